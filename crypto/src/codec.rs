@@ -1,0 +1,71 @@
+//! A minimal strict binary framing for ceremony messages: fixed-size fields back to back,
+//! variable lists prefixed by a u16 count. Decoding rejects trailing bytes.
+
+use crate::error::EncodingError;
+
+pub(crate) struct Writer(Vec<u8>);
+
+impl Writer {
+    pub(crate) fn new() -> Self {
+        Self(Vec::new())
+    }
+    pub(crate) fn put(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    pub(crate) fn put_u16(&mut self, v: u16) -> &mut Self {
+        self.put(&v.to_be_bytes())
+    }
+    pub(crate) fn put_u32(&mut self, v: u32) -> &mut Self {
+        self.put(&v.to_be_bytes())
+    }
+    /// A u32 length prefix then the bytes.
+    pub(crate) fn put_var(&mut self, bytes: &[u8]) -> &mut Self {
+        self.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX))
+            .put(bytes)
+    }
+    pub(crate) fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+pub(crate) struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self(bytes)
+    }
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], EncodingError> {
+        if self.0.len() < n {
+            return Err(EncodingError::Length {
+                expected: n,
+                actual: self.0.len(),
+            });
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    pub(crate) fn u16(&mut self) -> Result<u16, EncodingError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32, EncodingError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub(crate) fn var(&mut self) -> Result<&'a [u8], EncodingError> {
+        let n = self.u32()?;
+        self.take(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+    pub(crate) fn end(self) -> Result<(), EncodingError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(EncodingError::Length {
+                expected: 0,
+                actual: self.0.len(),
+            })
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Threshold delegation (DESIGN.md §3 "Delegation partial").
+//!
+//! Node `i` answers a request for ephemeral key `K` with `D_i = share_i·K` and a DLEQ proof that
+//! `log_G PK_i = log_K D_i`. A combiner verifies each partial (yielding a
+//! [`VerifiedPartialDelegation`], the only kind [`combine`] accepts) and computes
+//! `S = Σ λ_i·D_i = sk·K`, whose x-coordinate is the ECIES shared secret.
+
+use rand_core::CryptoRngCore;
+
+use crate::{
+    dleq::{self, DleqProof, Statement, PROOF_LEN},
+    ecies,
+    error::Error,
+    secret::SharedSecret,
+    shamir::{lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet},
+    suite::{Suite, POINT_LEN},
+};
+
+/// What a partial is bound to: the key epoch, a request id, and the ephemeral key `K`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DelegationRequest<S: Suite> {
+    epoch: u64,
+    request_id: Vec<u8>,
+    ephemeral: S::Point,
+}
+
+impl<S: Suite> DelegationRequest<S> {
+    /// A request for `K` under `epoch`; `request_id` is any caller-chosen identifier (the
+    /// manager uses a hash of the authorized request), bound into every proof.
+    pub fn new(epoch: u64, request_id: impl Into<Vec<u8>>, ephemeral: S::Point) -> Self {
+        Self {
+            epoch,
+            request_id: request_id.into(),
+            ephemeral,
+        }
+    }
+
+    /// The ephemeral key `K`.
+    pub fn ephemeral(&self) -> &S::Point {
+        &self.ephemeral
+    }
+
+    /// The key epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> &[u8] {
+        &self.request_id
+    }
+
+    /// The proof context for node `i`: `epoch(8) || i(2) || request_id`.
+    pub(crate) fn context(&self, index: NodeIndex) -> Vec<u8> {
+        proof_context(self.epoch, index, &self.request_id)
+    }
+}
+
+/// `epoch(8, BE) || index(2, BE) || request_id`: binds a proof to epoch, node and request.
+pub(crate) fn proof_context(epoch: u64, index: NodeIndex, request_id: &[u8]) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(10 + request_id.len());
+    ctx.extend_from_slice(&epoch.to_be_bytes());
+    ctx.extend_from_slice(&index.to_bytes());
+    ctx.extend_from_slice(request_id);
+    ctx
+}
+
+/// Encoded partial length: `index(2) || D_i(33) || proof(98)`.
+pub const PARTIAL_LEN: usize = 2 + POINT_LEN + PROOF_LEN;
+
+/// A node's partial delegation as received: not yet trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialDelegation<S: Suite> {
+    index: NodeIndex,
+    partial: S::Point,
+    proof: DleqProof<S>,
+}
+
+/// A partial whose proof has been checked against the node's public share; only
+/// [`PartialDelegation::verify`] and [`verify_all`] make one, and it is never deserialized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedPartialDelegation<S: Suite> {
+    index: NodeIndex,
+    partial: S::Point,
+    request: DelegationRequest<S>,
+}
+
+impl<S: Suite> VerifiedPartialDelegation<S> {
+    /// The node that produced it.
+    pub fn index(&self) -> NodeIndex {
+        self.index
+    }
+}
+
+impl<S: Suite> PartialDelegation<S> {
+    /// Node side: compute `D_i = share_i·K` and its proof.
+    pub fn create(
+        share: &KeyShare<S>,
+        request: &DelegationRequest<S>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Self {
+        let partial = request.ephemeral * share.value().expose();
+        let public = share.public_share();
+        let context = request.context(share.index());
+        let statement = Statement {
+            context: &context,
+            base: &request.ephemeral,
+            public: &public,
+            image: &partial,
+        };
+        let proof = DleqProof::prove(share.value(), &statement, rng);
+        Self {
+            index: share.index(),
+            partial,
+            proof,
+        }
+    }
+
+    /// The node that claims to have produced it.
+    pub fn index(&self) -> NodeIndex {
+        self.index
+    }
+
+    /// Check the proof against the node's public share in `keys`.
+    pub fn verify(
+        self,
+        keys: &PublicKeySet<S>,
+        request: &DelegationRequest<S>,
+    ) -> Result<VerifiedPartialDelegation<S>, Error> {
+        let public = keys.public_share(self.index)?;
+        let context = request.context(self.index);
+        let statement = Statement {
+            context: &context,
+            base: &request.ephemeral,
+            public: &public,
+            image: &self.partial,
+        };
+        if self.proof.verify(&statement) {
+            Ok(VerifiedPartialDelegation {
+                index: self.index,
+                partial: self.partial,
+                request: request.clone(),
+            })
+        } else {
+            Err(Error::InvalidProof {
+                culprit: self.index,
+            })
+        }
+    }
+
+    /// `index || D_i || proof`.
+    pub fn to_bytes(&self) -> [u8; PARTIAL_LEN] {
+        let mut out = [0u8; PARTIAL_LEN];
+        out[..2].copy_from_slice(&self.index.to_bytes());
+        out[2..2 + POINT_LEN].copy_from_slice(&S::encode_point(&self.partial));
+        out[2 + POINT_LEN..].copy_from_slice(&self.proof.to_bytes());
+        out
+    }
+
+    /// Strict decoding.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.len() != PARTIAL_LEN {
+            return Err(crate::error::EncodingError::Length {
+                expected: PARTIAL_LEN,
+                actual: bytes.len(),
+            }
+            .into());
+        }
+        Ok(Self {
+            index: NodeIndex::from_bytes(&bytes[..2])?,
+            partial: S::decode_point(&bytes[2..2 + POINT_LEN])?,
+            proof: DleqProof::from_bytes(&bytes[2 + POINT_LEN..])?,
+        })
+    }
+}
+
+/// Verify many partials for one request. Checks all proofs in one batch; if the batch fails,
+/// falls back to one-by-one checks so every bad partial is named. Returns the verified partials
+/// and the errors (each naming its culprit), in input order.
+pub fn verify_all<S: Suite>(
+    partials: Vec<PartialDelegation<S>>,
+    keys: &PublicKeySet<S>,
+    request: &DelegationRequest<S>,
+    rng: &mut impl CryptoRngCore,
+) -> (Vec<VerifiedPartialDelegation<S>>, Vec<Error>) {
+    let mut known = Vec::with_capacity(partials.len());
+    let mut errors = Vec::new();
+    for p in partials {
+        let index = p.index;
+        match keys.public_share(index) {
+            Ok(public) => known.push((p, public, request.context(index))),
+            Err(e) => errors.push(e),
+        }
+    }
+    let statements: Vec<_> = known
+        .iter()
+        .map(|(p, public, ctx)| {
+            (
+                Statement {
+                    context: ctx,
+                    base: &request.ephemeral,
+                    public,
+                    image: &p.partial,
+                },
+                &p.proof,
+            )
+        })
+        .collect();
+    if dleq::verify_batch(&statements, rng) {
+        let verified = known
+            .into_iter()
+            .map(|(p, _, _)| VerifiedPartialDelegation {
+                index: p.index,
+                partial: p.partial,
+                request: request.clone(),
+            })
+            .collect();
+        return (verified, errors);
+    }
+    let mut verified = Vec::with_capacity(known.len());
+    for (p, _, _) in known {
+        match p.verify(keys, request) {
+            Ok(v) => verified.push(v),
+            Err(e) => errors.push(e),
+        }
+    }
+    (verified, errors)
+}
+
+/// Combine `t = keys.threshold()` verified partials into `S = Σ λ_i·D_i` and return `x(S)`. Uses the first `t`
+/// distinct indices; all partials must be for the same request.
+pub fn combine<S: Suite>(
+    partials: &[VerifiedPartialDelegation<S>],
+    keys: &PublicKeySet<S>,
+) -> Result<SharedSecret, Error> {
+    ecies::shared_secret::<S>(&combine_point(partials, keys)?)
+}
+
+/// Like [`combine`], but returns the shared point `S` itself.
+pub fn combine_point<S: Suite>(
+    partials: &[VerifiedPartialDelegation<S>],
+    keys: &PublicKeySet<S>,
+) -> Result<S::Point, Error> {
+    let chosen = select(partials, keys.threshold(), |p| p.index)?;
+    let request = &chosen[0].request;
+    if chosen.iter().any(|p| p.request != *request) {
+        return Err(Error::MixedRequests);
+    }
+    let indices: Vec<NodeIndex> = chosen.iter().map(|p| p.index).collect();
+    let lambdas = lagrange_coefficients::<S>(&indices)?;
+    let terms: Vec<_> = chosen
+        .iter()
+        .zip(lambdas)
+        .map(|(p, l)| (p.partial, l))
+        .collect();
+    Ok(S::lincomb(&terms))
+}
+
+/// The first `threshold` items with distinct indices, or an error if there are fewer.
+pub(crate) fn select<T>(
+    items: &[T],
+    threshold: u16,
+    index: impl Fn(&T) -> NodeIndex,
+) -> Result<Vec<&T>, Error> {
+    let mut chosen: Vec<&T> = Vec::with_capacity(usize::from(threshold));
+    for item in items {
+        if chosen.len() == usize::from(threshold) {
+            break;
+        }
+        if !chosen.iter().any(|c| index(c) == index(item)) {
+            chosen.push(item);
+        }
+    }
+    if threshold == 0 || chosen.len() < usize::from(threshold) {
+        return Err(Error::NotEnoughPartials {
+            got: chosen.len(),
+            threshold,
+        });
+    }
+    Ok(chosen)
+}

@@ -1,0 +1,390 @@
+//! Threshold proxy re-encryption to a target EC key (DESIGN.md §3 "Re-encryption partial").
+//!
+//! For a ciphertext with ephemeral key `K` under the cluster key and a target `B = b·G`, node
+//! `i` returns `R_i = r_i·G`, `C_i = share_i·K + r_i·B` and a proof of knowledge of
+//! `(share_i, r_i)` for the three relations `PK_i = share_i·G`, `R_i = r_i·G`,
+//! `C_i = share_i·K + r_i·B` (`a, b'` random; `T1 = a·G`, `T2 = b'·G`, `T3 = a·K + b'·B`;
+//! `c = H(...)`; `z1 = a + c·share_i`, `z2 = b' + c·r_i`). Combining `t` verified partials
+//! gives `R = Σ λ_i·R_i`, `C = Σ λ_i·C_i = S + r·B`; the target opens with `S = C - b·R`.
+//! The combiner never learns `S`.
+
+use ff::Field;
+use rand_core::CryptoRngCore;
+use zeroize::Zeroizing;
+
+use crate::{
+    delegation::{proof_context, select},
+    dleq::random_weight,
+    dst,
+    ecies::{self, Ciphertext},
+    error::{EncodingError, Error},
+    hash::hash_to_scalar,
+    secret::{SecretScalar, SharedSecret},
+    shamir::{lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet},
+    suite::{Suite, POINT_LEN, SCALAR_LEN},
+};
+
+/// What a re-encryption partial is bound to: epoch, request id, capsule `K`, target `B`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReencryptionRequest<S: Suite> {
+    epoch: u64,
+    request_id: Vec<u8>,
+    ephemeral: S::Point,
+    target: S::Point,
+}
+
+impl<S: Suite> ReencryptionRequest<S> {
+    /// Re-encrypt the capsule `K` to `target` under `epoch`.
+    pub fn new(
+        epoch: u64,
+        request_id: impl Into<Vec<u8>>,
+        ephemeral: S::Point,
+        target: S::Point,
+    ) -> Self {
+        Self {
+            epoch,
+            request_id: request_id.into(),
+            ephemeral,
+            target,
+        }
+    }
+
+    /// The capsule `K`.
+    pub fn ephemeral(&self) -> &S::Point {
+        &self.ephemeral
+    }
+
+    /// The target key `B`.
+    pub fn target(&self) -> &S::Point {
+        &self.target
+    }
+}
+
+/// Encoded proof length: `T1, T2, T3 (33 each) || z1, z2 (32 each)`.
+pub const PROOF_LEN: usize = 3 * POINT_LEN + 2 * SCALAR_LEN;
+/// Encoded partial length: `index(2) || R_i(33) || C_i(33) || proof`.
+pub const PARTIAL_LEN: usize = 2 + 2 * POINT_LEN + PROOF_LEN;
+
+/// Proof of knowledge of `(share_i, r_i)` for the three relations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReencryptionProof<S: Suite> {
+    t1: S::Point,
+    t2: S::Point,
+    t3: S::Point,
+    z1: S::Scalar,
+    z2: S::Scalar,
+}
+
+/// A node's re-encryption partial as received: not yet trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialReencryption<S: Suite> {
+    index: NodeIndex,
+    r: S::Point,
+    c: S::Point,
+    proof: ReencryptionProof<S>,
+}
+
+/// A re-encryption partial whose proof has been checked; the only kind [`combine`] accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedPartialReencryption<S: Suite> {
+    index: NodeIndex,
+    r: S::Point,
+    c: S::Point,
+    request: ReencryptionRequest<S>,
+}
+
+impl<S: Suite> VerifiedPartialReencryption<S> {
+    /// The node that produced it.
+    pub fn index(&self) -> NodeIndex {
+        self.index
+    }
+}
+
+struct Relations<'a, S: Suite> {
+    context: Vec<u8>,
+    public_share: &'a S::Point,
+    request: &'a ReencryptionRequest<S>,
+    r: &'a S::Point,
+    c: &'a S::Point,
+}
+
+impl<S: Suite> Relations<'_, S> {
+    fn challenge(&self, t1: &S::Point, t2: &S::Point, t3: &S::Point) -> S::Scalar {
+        hash_to_scalar::<S>(
+            dst::PRE,
+            &[
+                &self.context,
+                &S::encode_point(self.public_share),
+                &S::encode_point(&self.request.ephemeral),
+                &S::encode_point(&self.request.target),
+                &S::encode_point(self.r),
+                &S::encode_point(self.c),
+                &S::encode_point(t1),
+                &S::encode_point(t2),
+                &S::encode_point(t3),
+            ],
+        )
+    }
+}
+
+impl<S: Suite> PartialReencryption<S> {
+    /// Node side: `R_i`, `C_i` and the proof.
+    pub fn create(
+        share: &KeyShare<S>,
+        request: &ReencryptionRequest<S>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Self {
+        let r_secret = SecretScalar::<S>::random(rng);
+        let a = SecretScalar::<S>::random(rng);
+        let b = SecretScalar::<S>::random(rng);
+        let r = r_secret.public_point();
+        let c = S::lincomb(&[
+            (request.ephemeral, *share.value().expose()),
+            (request.target, *r_secret.expose()),
+        ]);
+        let t1 = a.public_point();
+        let t2 = b.public_point();
+        let t3 = S::lincomb(&[
+            (request.ephemeral, *a.expose()),
+            (request.target, *b.expose()),
+        ]);
+        let public_share = share.public_share();
+        let relations = Relations {
+            context: proof_context(request.epoch, share.index(), &request.request_id),
+            public_share: &public_share,
+            request,
+            r: &r,
+            c: &c,
+        };
+        let e = relations.challenge(&t1, &t2, &t3);
+        let proof = ReencryptionProof {
+            t1,
+            t2,
+            t3,
+            z1: *a.expose() + e * share.value().expose(),
+            z2: *b.expose() + e * r_secret.expose(),
+        };
+        Self {
+            index: share.index(),
+            r,
+            c,
+            proof,
+        }
+    }
+
+    /// The node that claims to have produced it.
+    pub fn index(&self) -> NodeIndex {
+        self.index
+    }
+
+    fn check(
+        &self,
+        public_share: &S::Point,
+        request: &ReencryptionRequest<S>,
+        rng: &mut impl CryptoRngCore,
+    ) -> bool {
+        let relations = Relations {
+            context: proof_context(request.epoch, self.index, &request.request_id),
+            public_share,
+            request,
+            r: &self.r,
+            c: &self.c,
+        };
+        let p = &self.proof;
+        let e = relations.challenge(&p.t1, &p.t2, &p.t3);
+        // z1·G = T1 + e·PK_i ; z2·G = T2 + e·R_i ; z1·K + z2·B = T3 + e·C_i, checked at once
+        // with random weights (1, ρ, δ): one generator multiplication and one MSM.
+        let rho = random_weight::<S>(rng);
+        let delta = random_weight::<S>(rng);
+        let g = S::mul_by_generator(&(p.z1 + rho * p.z2));
+        let sum = S::lincomb(&[
+            (g, S::Scalar::ONE),
+            (p.t1, -S::Scalar::ONE),
+            (*public_share, -e),
+            (p.t2, -rho),
+            (self.r, -(rho * e)),
+            (request.ephemeral, delta * p.z1),
+            (request.target, delta * p.z2),
+            (p.t3, -delta),
+            (self.c, -(delta * e)),
+        ]);
+        bool::from(group::Group::is_identity(&sum))
+    }
+
+    /// Check the proof against the node's public share in `keys`.
+    pub fn verify(
+        self,
+        keys: &PublicKeySet<S>,
+        request: &ReencryptionRequest<S>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<VerifiedPartialReencryption<S>, Error> {
+        let public = keys.public_share(self.index)?;
+        if self.check(&public, request, rng) {
+            Ok(VerifiedPartialReencryption {
+                index: self.index,
+                r: self.r,
+                c: self.c,
+                request: request.clone(),
+            })
+        } else {
+            Err(Error::InvalidProof {
+                culprit: self.index,
+            })
+        }
+    }
+
+    /// `index || R_i || C_i || T1 || T2 || T3 || z1 || z2`.
+    pub fn to_bytes(&self) -> [u8; PARTIAL_LEN] {
+        let mut out = [0u8; PARTIAL_LEN];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&self.index.to_bytes());
+        for p in [
+            &self.r,
+            &self.c,
+            &self.proof.t1,
+            &self.proof.t2,
+            &self.proof.t3,
+        ] {
+            put(&S::encode_point(p));
+        }
+        put(&S::encode_scalar(&self.proof.z1));
+        put(&S::encode_scalar(&self.proof.z2));
+        out
+    }
+
+    /// Strict decoding.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.len() != PARTIAL_LEN {
+            return Err(EncodingError::Length {
+                expected: PARTIAL_LEN,
+                actual: bytes.len(),
+            }
+            .into());
+        }
+        let point = |k: usize| S::decode_point(&bytes[2 + k * POINT_LEN..2 + (k + 1) * POINT_LEN]);
+        let scalars = 2 + 5 * POINT_LEN;
+        Ok(Self {
+            index: NodeIndex::from_bytes(&bytes[..2])?,
+            r: point(0)?,
+            c: point(1)?,
+            proof: ReencryptionProof {
+                t1: point(2)?,
+                t2: point(3)?,
+                t3: point(4)?,
+                z1: S::decode_scalar(&bytes[scalars..scalars + SCALAR_LEN])?,
+                z2: S::decode_scalar(&bytes[scalars + SCALAR_LEN..])?,
+            },
+        })
+    }
+}
+
+/// Verify many partials for one request; every bad one is named by its error.
+pub fn verify_all<S: Suite>(
+    partials: Vec<PartialReencryption<S>>,
+    keys: &PublicKeySet<S>,
+    request: &ReencryptionRequest<S>,
+    rng: &mut impl CryptoRngCore,
+) -> (Vec<VerifiedPartialReencryption<S>>, Vec<Error>) {
+    let mut verified = Vec::with_capacity(partials.len());
+    let mut errors = Vec::new();
+    for p in partials {
+        match p.verify(keys, request, rng) {
+            Ok(v) => verified.push(v),
+            Err(e) => errors.push(e),
+        }
+    }
+    (verified, errors)
+}
+
+/// The combined capsule `(K, R, C)`, openable only by the target's secret `b`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReencryptedCapsule<S: Suite> {
+    ephemeral: S::Point,
+    r: S::Point,
+    c: S::Point,
+}
+
+/// Encoded capsule length: `K || R || C`.
+pub const CAPSULE_LEN: usize = 3 * POINT_LEN;
+
+impl<S: Suite> ReencryptedCapsule<S> {
+    /// Target side: `S = C - b·R`, returned as `x(S)`.
+    pub fn open(&self, target_secret: &SecretScalar<S>) -> Result<SharedSecret, Error> {
+        ecies::shared_secret::<S>(&(self.c - self.r * target_secret.expose()))
+    }
+
+    /// Open and decrypt the original ciphertext body.
+    pub fn decrypt(
+        &self,
+        target_secret: &SecretScalar<S>,
+        ciphertext: &Ciphertext<S>,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        if *ciphertext.ephemeral() != self.ephemeral {
+            return Err(Error::MixedRequests);
+        }
+        ecies::open_with_shared_secret(&self.open(target_secret)?, ciphertext)
+    }
+
+    /// The capsule `K`.
+    pub fn ephemeral(&self) -> &S::Point {
+        &self.ephemeral
+    }
+
+    /// `K || R || C`.
+    pub fn to_bytes(&self) -> [u8; CAPSULE_LEN] {
+        let mut out = [0u8; CAPSULE_LEN];
+        for (k, p) in [&self.ephemeral, &self.r, &self.c].into_iter().enumerate() {
+            out[k * POINT_LEN..(k + 1) * POINT_LEN].copy_from_slice(&S::encode_point(p));
+        }
+        out
+    }
+
+    /// Strict decoding.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.len() != CAPSULE_LEN {
+            return Err(EncodingError::Length {
+                expected: CAPSULE_LEN,
+                actual: bytes.len(),
+            }
+            .into());
+        }
+        Ok(Self {
+            ephemeral: S::decode_point(&bytes[..POINT_LEN])?,
+            r: S::decode_point(&bytes[POINT_LEN..2 * POINT_LEN])?,
+            c: S::decode_point(&bytes[2 * POINT_LEN..])?,
+        })
+    }
+}
+
+/// Combine `t = keys.threshold()` verified partials of one request into `(K, R, C)`.
+pub fn combine<S: Suite>(
+    partials: &[VerifiedPartialReencryption<S>],
+    keys: &PublicKeySet<S>,
+) -> Result<ReencryptedCapsule<S>, Error> {
+    let chosen = select(partials, keys.threshold(), |p| p.index)?;
+    let request = &chosen[0].request;
+    if chosen.iter().any(|p| p.request != *request) {
+        return Err(Error::MixedRequests);
+    }
+    let indices: Vec<NodeIndex> = chosen.iter().map(|p| p.index).collect();
+    let lambdas = lagrange_coefficients::<S>(&indices)?;
+    let r_terms: Vec<_> = chosen
+        .iter()
+        .zip(&lambdas)
+        .map(|(p, l)| (p.r, *l))
+        .collect();
+    let c_terms: Vec<_> = chosen
+        .iter()
+        .zip(&lambdas)
+        .map(|(p, l)| (p.c, *l))
+        .collect();
+    Ok(ReencryptedCapsule {
+        ephemeral: request.ephemeral,
+        r: S::lincomb(&r_terms),
+        c: S::lincomb(&c_terms),
+    })
+}

@@ -1,0 +1,415 @@
+//! Shamir secret sharing with Feldman commitments and Lagrange interpolation (DESIGN.md §3
+//! "Shares"): a degree `t-1` polynomial `f`, `share_i = f(i)`, commitments `A_k = a_k·G`,
+//! public share `PK_i = Σ_k i^k·A_k`, `PK = A_0`, `λ_i^T = Π_{j∈T, j≠i} j/(j-i)`.
+
+use core::{fmt, num::NonZeroU16};
+use std::collections::BTreeMap;
+
+use ff::Field;
+use rand_core::CryptoRngCore;
+use zeroize::Zeroize;
+
+use crate::{
+    error::{EncodingError, Error},
+    secret::SecretScalar,
+    suite::{Suite, POINT_LEN},
+};
+
+/// A node's index in a committee: a non-zero u16, the Shamir x-coordinate of its share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeIndex(NonZeroU16);
+
+impl NodeIndex {
+    /// `None` for zero.
+    pub const fn new(index: u16) -> Option<Self> {
+        match NonZeroU16::new(index) {
+            Some(i) => Some(Self(i)),
+            None => None,
+        }
+    }
+
+    /// The index as a number.
+    pub const fn get(self) -> u16 {
+        self.0.get()
+    }
+
+    /// Big-endian bytes, as bound into hashes and messages.
+    pub const fn to_bytes(self) -> [u8; 2] {
+        self.0.get().to_be_bytes()
+    }
+
+    /// Decode two big-endian bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
+        let array: [u8; 2] = bytes.try_into().map_err(|_| EncodingError::Length {
+            expected: 2,
+            actual: bytes.len(),
+        })?;
+        Self::new(u16::from_be_bytes(array)).ok_or(EncodingError::ZeroIndex)
+    }
+
+    /// The index as a scalar (the x-coordinate).
+    pub fn to_scalar<S: Suite>(self) -> S::Scalar {
+        S::Scalar::from(u64::from(self.get()))
+    }
+}
+
+impl fmt::Display for NodeIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
+impl TryFrom<u16> for NodeIndex {
+    type Error = EncodingError;
+    fn try_from(value: u16) -> Result<Self, Self::Error> {
+        Self::new(value).ok_or(EncodingError::ZeroIndex)
+    }
+}
+
+/// A secret polynomial of degree `t-1`; coefficients are zeroized on drop.
+pub struct SecretPolynomial<S: Suite> {
+    coefficients: Vec<S::Scalar>,
+}
+
+impl<S: Suite> SecretPolynomial<S> {
+    /// A random polynomial with `threshold` coefficients and a random non-zero constant term.
+    pub fn random(threshold: u16, rng: &mut impl CryptoRngCore) -> Self {
+        let constant = SecretScalar::<S>::random(rng);
+        Self::with_constant(&constant, threshold, rng)
+    }
+
+    /// A random polynomial with `threshold` coefficients and the given constant term (used by
+    /// resharing, where `g_i(0) = share_i`).
+    pub fn with_constant(
+        constant: &SecretScalar<S>,
+        threshold: u16,
+        rng: &mut impl CryptoRngCore,
+    ) -> Self {
+        let mut coefficients = Vec::with_capacity(usize::from(threshold.max(1)));
+        coefficients.push(*constant.expose());
+        for _ in 1..threshold.max(1) {
+            coefficients.push(S::Scalar::random(&mut *rng));
+        }
+        Self { coefficients }
+    }
+
+    /// The threshold `t` (number of coefficients).
+    pub fn threshold(&self) -> u16 {
+        u16::try_from(self.coefficients.len()).unwrap_or(u16::MAX)
+    }
+
+    /// The constant term `f(0)`.
+    pub fn constant(&self) -> Option<SecretScalar<S>> {
+        SecretScalar::new(self.coefficients[0])
+    }
+
+    /// `f(i)`, by Horner's rule.
+    pub fn evaluate(&self, index: NodeIndex) -> Option<SecretScalar<S>> {
+        let x = index.to_scalar::<S>();
+        let mut acc = S::Scalar::ZERO;
+        for c in self.coefficients.iter().rev() {
+            acc = acc * x + c;
+        }
+        let share = SecretScalar::new(acc);
+        acc.zeroize();
+        share
+    }
+
+    /// Feldman commitments `A_k = a_k·G`.
+    pub fn commit(&self) -> Commitment<S> {
+        Commitment(self.coefficients.iter().map(S::mul_by_generator).collect())
+    }
+}
+
+impl<S: Suite> Drop for SecretPolynomial<S> {
+    fn drop(&mut self) {
+        self.coefficients.iter_mut().for_each(Zeroize::zeroize);
+    }
+}
+
+impl<S: Suite> fmt::Debug for SecretPolynomial<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SecretPolynomial<{}>(degree {}, ..)",
+            S::NAME,
+            self.coefficients.len() - 1
+        )
+    }
+}
+
+/// Feldman commitments `A_0 .. A_{t-1}` to a polynomial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commitment<S: Suite>(Vec<S::Point>);
+
+impl<S: Suite> Commitment<S> {
+    /// Wrap commitments; rejects an empty list or more than `u16::MAX` entries.
+    pub fn new(points: Vec<S::Point>) -> Result<Self, EncodingError> {
+        if points.is_empty() || points.len() > usize::from(u16::MAX) {
+            return Err(EncodingError::Length {
+                expected: 1,
+                actual: points.len(),
+            });
+        }
+        Ok(Self(points))
+    }
+
+    /// The threshold `t` this commits to.
+    pub fn threshold(&self) -> u16 {
+        u16::try_from(self.0.len()).unwrap_or(u16::MAX)
+    }
+
+    /// The committed points.
+    pub fn points(&self) -> &[S::Point] {
+        &self.0
+    }
+
+    /// `A_0`, the commitment to the constant term (the public key for a fresh DKG).
+    pub fn constant(&self) -> S::Point {
+        self.0[0]
+    }
+
+    /// `Σ_k i^k·A_k`: the public image `f(i)·G` of the share of node `i`.
+    pub fn evaluate(&self, index: NodeIndex) -> S::Point {
+        let x = index.to_scalar::<S>();
+        let mut power = S::Scalar::ONE;
+        let terms: Vec<(S::Point, S::Scalar)> = self
+            .0
+            .iter()
+            .map(|a| {
+                let term = (*a, power);
+                power *= x;
+                term
+            })
+            .collect();
+        S::lincomb(&terms)
+    }
+
+    /// Coefficient-wise sum of commitments (the joint commitment of a DKG).
+    pub fn sum<'a>(commitments: impl IntoIterator<Item = &'a Self>) -> Option<Self> {
+        let mut iter = commitments.into_iter();
+        let first = iter.next()?.0.clone();
+        let summed = iter.try_fold(first, |mut acc, c| {
+            if c.0.len() != acc.len() {
+                return None;
+            }
+            acc.iter_mut().zip(&c.0).for_each(|(a, b)| *a += b);
+            Some(acc)
+        })?;
+        Some(Self(summed))
+    }
+
+    /// `Σ λ_i·C_i`: the combination of commitments with Lagrange weights (resharing).
+    pub fn weighted_sum(weighted: &[(S::Scalar, &Self)]) -> Option<Self> {
+        let len = weighted.first()?.1 .0.len();
+        if weighted.iter().any(|(_, c)| c.0.len() != len) {
+            return None;
+        }
+        let points = (0..len)
+            .map(|k| {
+                let terms: Vec<_> = weighted.iter().map(|(l, c)| (c.0[k], *l)).collect();
+                S::lincomb(&terms)
+            })
+            .collect();
+        Some(Self(points))
+    }
+
+    /// Concatenated compressed points.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|p| S::encode_point(p)).collect()
+    }
+
+    /// Strict decoding of concatenated compressed points.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
+        if bytes.is_empty() || bytes.len() % POINT_LEN != 0 {
+            return Err(EncodingError::Length {
+                expected: POINT_LEN * (bytes.len() / POINT_LEN).max(1),
+                actual: bytes.len(),
+            });
+        }
+        let points = bytes
+            .chunks_exact(POINT_LEN)
+            .map(S::decode_point)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(points)
+    }
+}
+
+/// The Lagrange coefficient at zero `λ_i^T = Π_{j∈T, j≠i} j/(j-i)` for `i ∈ T`.
+///
+/// Returns `None` if `i ∉ T` or `T` has a duplicate index.
+pub fn lagrange_coefficient<S: Suite>(index: NodeIndex, set: &[NodeIndex]) -> Option<S::Scalar> {
+    if !set.contains(&index) {
+        return None;
+    }
+    let xi = index.to_scalar::<S>();
+    let mut numerator = S::Scalar::ONE;
+    let mut denominator = S::Scalar::ONE;
+    let mut seen_self = false;
+    for j in set {
+        if *j == index {
+            if seen_self {
+                return None;
+            }
+            seen_self = true;
+            continue;
+        }
+        let xj = j.to_scalar::<S>();
+        numerator *= xj;
+        denominator *= xj - xi;
+    }
+    Option::from(denominator.invert()).map(|inv: S::Scalar| numerator * inv)
+}
+
+/// Lagrange coefficients at zero for every index of `set` (distinct indices required), with
+/// one field inversion for the whole set (Montgomery's trick).
+pub fn lagrange_coefficients<S: Suite>(set: &[NodeIndex]) -> Result<Vec<S::Scalar>, Error> {
+    let mut sorted = set.to_vec();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::DuplicateIndex(w[0]));
+    }
+    let xs: Vec<S::Scalar> = set.iter().map(|i| i.to_scalar::<S>()).collect();
+    let mut numerators = Vec::with_capacity(xs.len());
+    let mut denominators = Vec::with_capacity(xs.len());
+    for (a, xi) in xs.iter().enumerate() {
+        let mut num = S::Scalar::ONE;
+        let mut den = S::Scalar::ONE;
+        for (b, xj) in xs.iter().enumerate() {
+            if a != b {
+                num *= xj;
+                den *= *xj - xi;
+            }
+        }
+        numerators.push(num);
+        denominators.push(den);
+    }
+    // Batch inversion: prefix products, one inversion, walk back.
+    let mut prefix = Vec::with_capacity(denominators.len());
+    let mut acc = S::Scalar::ONE;
+    for d in &denominators {
+        prefix.push(acc);
+        acc *= d;
+    }
+    let mut inv: S::Scalar = Option::from(acc.invert()).ok_or(Error::DuplicateIndex(set[0]))?;
+    let mut out = vec![S::Scalar::ZERO; set.len()];
+    for k in (0..denominators.len()).rev() {
+        out[k] = numerators[k] * prefix[k] * inv;
+        inv *= denominators[k];
+    }
+    Ok(out)
+}
+
+/// The public side of a shared key: threshold, Feldman commitment of the joint polynomial
+/// (so `PK = A_0` and any `PK_i` can be derived), and the committee's public shares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKeySet<S: Suite> {
+    commitment: Commitment<S>,
+    public_shares: BTreeMap<NodeIndex, S::Point>,
+}
+
+impl<S: Suite> PublicKeySet<S> {
+    /// Build from the joint commitment and the committee's indices.
+    pub fn new(commitment: Commitment<S>, committee: impl IntoIterator<Item = NodeIndex>) -> Self {
+        let public_shares = committee
+            .into_iter()
+            .map(|i| (i, commitment.evaluate(i)))
+            .collect();
+        Self {
+            commitment,
+            public_shares,
+        }
+    }
+
+    /// The threshold `t`.
+    pub fn threshold(&self) -> u16 {
+        self.commitment.threshold()
+    }
+
+    /// The public key `PK = A_0`.
+    pub fn public_key(&self) -> S::Point {
+        self.commitment.constant()
+    }
+
+    /// The joint Feldman commitment.
+    pub fn commitment(&self) -> &Commitment<S> {
+        &self.commitment
+    }
+
+    /// `PK_i` of a committee member.
+    pub fn public_share(&self, index: NodeIndex) -> Result<S::Point, Error> {
+        self.public_shares
+            .get(&index)
+            .copied()
+            .ok_or(Error::UnknownNode(index))
+    }
+
+    /// All public shares of the committee, by index.
+    pub fn public_shares(&self) -> &BTreeMap<NodeIndex, S::Point> {
+        &self.public_shares
+    }
+
+    /// The committee size `n`.
+    pub fn committee_size(&self) -> usize {
+        self.public_shares.len()
+    }
+}
+
+/// One node's secret share `f(i)`.
+#[derive(Clone, Debug)]
+pub struct KeyShare<S: Suite> {
+    index: NodeIndex,
+    value: SecretScalar<S>,
+}
+
+impl<S: Suite> KeyShare<S> {
+    /// Wrap a share value for index `i`.
+    pub fn new(index: NodeIndex, value: SecretScalar<S>) -> Self {
+        Self { index, value }
+    }
+
+    /// The share's node index.
+    pub fn index(&self) -> NodeIndex {
+        self.index
+    }
+
+    /// The secret share value.
+    pub fn value(&self) -> &SecretScalar<S> {
+        &self.value
+    }
+
+    /// `PK_i = share_i·G`.
+    pub fn public_share(&self) -> S::Point {
+        self.value.public_point()
+    }
+}
+
+/// Deal a fresh secret to `n` nodes with indices `1..=n` (trusted dealer; for tests, tools and
+/// simulations — the cluster uses the DKG). Returns the shares and the public key set.
+pub fn deal<S: Suite>(
+    secret: &SecretScalar<S>,
+    threshold: u16,
+    n: u16,
+    rng: &mut impl CryptoRngCore,
+) -> Result<(Vec<KeyShare<S>>, PublicKeySet<S>), Error> {
+    if threshold == 0 || threshold > n {
+        return Err(Error::InvalidThreshold {
+            threshold,
+            n: usize::from(n),
+        });
+    }
+    let poly = SecretPolynomial::with_constant(secret, threshold, rng);
+    let indices: Vec<NodeIndex> = (1..=n).filter_map(NodeIndex::new).collect();
+    let shares = indices
+        .iter()
+        .map(|i| {
+            poly.evaluate(*i)
+                .map(|v| KeyShare::new(*i, v))
+                .ok_or(Error::InvalidThreshold {
+                    threshold,
+                    n: usize::from(n),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((shares, PublicKeySet::new(poly.commit(), indices)))
+}
