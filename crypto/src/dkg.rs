@@ -317,6 +317,19 @@ pub fn deal<S: Suite>(
         }
         (CeremonyKind::Reshare { .. }, _) => return Err(Error::NotAParticipant(dealer)),
     };
+    sign_dealing(config, dealer, node_key, &polynomial, rng, |_, _| None)
+}
+
+/// Build and sign a dealing; `corrupt` may replace a recipient's plaintext share (fault
+/// injection for the `byzantine` feature; `None` everywhere for an honest dealer).
+fn sign_dealing<S: Suite, R: CryptoRngCore>(
+    config: &CeremonyConfig<S>,
+    dealer: NodeIndex,
+    node_key: &SecretScalar<S>,
+    polynomial: &SecretPolynomial<S>,
+    rng: &mut R,
+    corrupt: impl Fn(NodeIndex, &mut R) -> Option<Vec<u8>>,
+) -> Result<Dealing<S>, Error> {
     let constant = polynomial
         .constant()
         .ok_or(Error::NotAParticipant(dealer))?;
@@ -325,7 +338,11 @@ pub fn deal<S: Suite>(
     let mut encrypted_shares = Vec::with_capacity(config.recipients.len());
     for (j, key) in &config.recipients {
         let value = polynomial.evaluate(*j).ok_or(Error::NotAParticipant(*j))?;
-        encrypted_shares.push(ecies::encrypt::<S>(key, value.to_bytes().as_ref(), rng)?);
+        let plaintext = match corrupt(*j, rng) {
+            Some(bad) => zeroize::Zeroizing::new(bad),
+            None => zeroize::Zeroizing::new(value.to_bytes().to_vec()),
+        };
+        encrypted_shares.push(ecies::encrypt::<S>(key, &plaintext, rng)?);
     }
     let commitment = polynomial.commit();
     let digest = dealing_digest(
@@ -1105,4 +1122,118 @@ pub fn confirm<S: Suite>(
         });
     }
     Ok(())
+}
+
+/// Fault injection for tests and simulations (feature `byzantine`): messages an attacker
+/// holding a node key could produce. Never enabled in the node or the manager.
+#[cfg(feature = "byzantine")]
+pub mod byzantine {
+    use super::{
+        respond, sign_dealing, CeremonyConfig, CeremonyKind, Complaint, Dealing, Response,
+        SecretPolynomial, Signature,
+    };
+    use crate::{
+        dleq::{DleqProof, Statement},
+        dst, Error, KeyShare, NodeIndex, SecretScalar, Suite,
+    };
+    use rand_core::CryptoRngCore;
+
+    /// A dealing that is correctly signed but gives `victims` a share that does not match the
+    /// commitments (a random scalar), or undecodable bytes if `garbage`.
+    pub fn deal_bad_shares<S: Suite, R: CryptoRngCore>(
+        config: &CeremonyConfig<S>,
+        dealer: NodeIndex,
+        node_key: &SecretScalar<S>,
+        share: Option<&KeyShare<S>>,
+        victims: &[NodeIndex],
+        garbage: bool,
+        rng: &mut R,
+    ) -> Result<Dealing<S>, Error> {
+        let polynomial = match (&config.kind, share) {
+            (CeremonyKind::Reshare { .. }, Some(share)) => {
+                SecretPolynomial::with_constant(share.value(), config.threshold, rng)
+            }
+            _ => SecretPolynomial::random(config.threshold, rng),
+        };
+        sign_dealing(
+            config,
+            dealer,
+            node_key,
+            &polynomial,
+            rng,
+            |j, rng: &mut R| {
+                victims.contains(&j).then(|| {
+                    if garbage {
+                        vec![0xff; 7]
+                    } else {
+                        SecretScalar::<S>::random(rng).to_bytes().to_vec()
+                    }
+                })
+            },
+        )
+    }
+
+    /// A correctly signed dealing whose proof of possession is for another statement.
+    pub fn deal_bad_proof_of_possession<S: Suite, R: CryptoRngCore>(
+        config: &CeremonyConfig<S>,
+        dealer: NodeIndex,
+        node_key: &SecretScalar<S>,
+        rng: &mut R,
+    ) -> Result<Dealing<S>, Error> {
+        let polynomial = SecretPolynomial::<S>::random(config.threshold, rng);
+        let mut dealing = sign_dealing(config, dealer, node_key, &polynomial, rng, |_, _| None)?;
+        dealing.proof_of_possession = Signature::sign(
+            dst::POK,
+            &SecretScalar::random(rng),
+            b"not the context",
+            rng,
+        );
+        let digest = dealing.digest(config);
+        dealing.signature = Signature::sign(
+            dst::SIGNATURE,
+            node_key,
+            &super::signed_message(dst::message::DEALING, &config.digest, &digest),
+            rng,
+        );
+        Ok(dealing)
+    }
+
+    /// An honest response plus a (verifiably false) accusation of `accused`, whose real
+    /// share is revealed with a valid proof.
+    pub fn respond_with_false_complaint<S: Suite>(
+        config: &CeremonyConfig<S>,
+        me: NodeIndex,
+        node_key: &SecretScalar<S>,
+        dealings: &[Dealing<S>],
+        accused: NodeIndex,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Response<S>, Error> {
+        let (mut response, _) = respond(config, me, node_key, dealings, rng)?;
+        if let Some(dealing) = dealings.iter().find(|d| d.dealer == accused) {
+            if let Some(ciphertext) = dealing.share_for(config, me) {
+                let revealed = *ciphertext.ephemeral() * node_key.expose();
+                let context = config.reveal_context(accused, me);
+                let public = node_key.public_point();
+                let statement = Statement {
+                    context: &context,
+                    base: ciphertext.ephemeral(),
+                    public: &public,
+                    image: &revealed,
+                };
+                response.complaints.push(Complaint {
+                    dealer: accused,
+                    revealed,
+                    proof: DleqProof::prove(node_key, &statement, rng),
+                });
+            }
+        }
+        let body = response.body();
+        response.signature = Signature::sign(
+            dst::SIGNATURE,
+            node_key,
+            &super::signed_message(dst::message::COMPLAINTS, &config.digest, &body),
+            rng,
+        );
+        Ok(response)
+    }
 }
