@@ -523,6 +523,34 @@ pub struct Complaint<S: Suite> {
     proof: DleqProof<S>,
 }
 
+impl<S: Suite> Complaint<S> {
+    /// Accuse `dealer`: reveal the ECIES shared point `sk_j·K` of its ciphertext to `me`, with
+    /// a DLEQ proof against `me`'s node key, so anyone can decrypt that share and judge.
+    fn accuse(
+        config: &CeremonyConfig<S>,
+        dealer: NodeIndex,
+        me: NodeIndex,
+        node_key: &SecretScalar<S>,
+        ciphertext: &Ciphertext<S>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Self {
+        let revealed = *ciphertext.ephemeral() * node_key.expose();
+        let context = config.reveal_context(dealer, me);
+        let public = node_key.public_point();
+        let statement = Statement {
+            context: &context,
+            base: ciphertext.ephemeral(),
+            public: &public,
+            image: &revealed,
+        };
+        Self {
+            dealer,
+            revealed,
+            proof: DleqProof::prove(node_key, &statement, rng),
+        }
+    }
+}
+
 /// A recipient's signed round-2 broadcast.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response<S: Suite> {
@@ -588,25 +616,12 @@ pub fn respond<S: Suite>(
             continue;
         };
         let revealed = *ciphertext.ephemeral() * node_key.expose();
-        match open_share(config, dealing, me, &revealed) {
-            Some(value) => {
-                shares.insert(*dealer, value);
-            }
-            None => {
-                let context = config.reveal_context(*dealer, me);
-                let public = node_key.public_point();
-                let statement = Statement {
-                    context: &context,
-                    base: ciphertext.ephemeral(),
-                    public: &public,
-                    image: &revealed,
-                };
-                complaints.push(Complaint {
-                    dealer: *dealer,
-                    revealed,
-                    proof: DleqProof::prove(node_key, &statement, rng),
-                });
-            }
+        if let Some(value) = open_share(config, dealing, me, &revealed) {
+            shares.insert(*dealer, value);
+        } else {
+            complaints.push(Complaint::accuse(
+                config, *dealer, me, node_key, ciphertext, rng,
+            ));
         }
     }
     let body = response_body(me, &acks, &complaints);
@@ -834,83 +849,10 @@ pub fn finalize<S: Suite>(
     rng: &mut impl CryptoRngCore,
 ) -> Result<(CeremonyOutput<S>, Option<Confirmation<S>>), Error> {
     let valid = valid_dealings(config, dealings);
-    // Valid responses, one per recipient (a recipient with two different ones is ignored).
-    let mut by_recipient: BTreeMap<NodeIndex, Option<&Response<S>>> = BTreeMap::new();
-    for r in responses.iter().filter(|r| r.verify_signature(config)) {
-        by_recipient
-            .entry(r.recipient)
-            .and_modify(|e| {
-                if e.is_some_and(|prev| prev != r) {
-                    *e = None;
-                }
-            })
-            .or_insert(Some(r));
-    }
-    let responses: Vec<&Response<S>> = by_recipient.into_values().flatten().collect();
-
+    let responses = one_response_per_recipient(config, responses);
     let mut faults = BTreeSet::new();
-    // Acknowledgements: count per (dealer, digest); conflicting signed digests prove equivocation.
-    let mut acked: BTreeMap<NodeIndex, BTreeMap<Digest32, usize>> = BTreeMap::new();
-    for response in &responses {
-        for ack in &response.acks {
-            let Ok(key) = config.dealer_key(ack.dealer) else {
-                continue;
-            };
-            let msg = signed_message(dst::message::DEALING, &config.digest, &ack.digest);
-            if ack.dealer_signature.verify(dst::SIGNATURE, key, &msg) {
-                *acked
-                    .entry(ack.dealer)
-                    .or_default()
-                    .entry(ack.digest)
-                    .or_default() += 1;
-            }
-        }
-    }
-    for (dealer, digests) in &acked {
-        let own = valid.get(dealer).map(|(d, _)| d);
-        if digests.len() > 1 || own.is_some_and(|d| !digests.contains_key(d)) {
-            faults.insert((*dealer, Fault::Equivocation));
-        }
-    }
-    let threshold = usize::from(config.threshold);
-    let mut qualified: BTreeSet<NodeIndex> = acked
-        .iter()
-        .filter(|(dealer, digests)| {
-            !faults.contains(&(**dealer, Fault::Equivocation))
-                && digests.values().any(|count| *count >= threshold)
-        })
-        .map(|(dealer, _)| *dealer)
-        .collect();
-
-    // Complaints against qualified dealers, judged by decrypting the revealed share.
-    for response in &responses {
-        for complaint in &response.complaints {
-            if !qualified.contains(&complaint.dealer) {
-                continue;
-            }
-            let (_, dealing) = valid.get(&complaint.dealer).ok_or(Error::MissingDealing {
-                dealer: complaint.dealer,
-            })?;
-            let Some(ciphertext) = dealing.share_for(config, response.recipient) else {
-                continue;
-            };
-            let context = config.reveal_context(complaint.dealer, response.recipient);
-            let statement = Statement {
-                context: &context,
-                base: ciphertext.ephemeral(),
-                public: config.recipient_key(response.recipient)?,
-                image: &complaint.revealed,
-            };
-            if !complaint.proof.verify(&statement) {
-                faults.insert((response.recipient, Fault::InvalidComplaint));
-            } else if open_share(config, dealing, response.recipient, &complaint.revealed).is_some()
-            {
-                faults.insert((response.recipient, Fault::FalseComplaint));
-            } else {
-                faults.insert((complaint.dealer, Fault::BadShare));
-            }
-        }
-    }
+    let mut qualified = acknowledged_dealers(config, &valid, &responses, &mut faults);
+    judge_complaints(config, &valid, &responses, &qualified, &mut faults)?;
     qualified.retain(|i| !faults.contains(&(*i, Fault::BadShare)));
     let qualified: Vec<NodeIndex> = qualified.into_iter().collect();
     if qualified.len() < config.required_dealers() {
@@ -918,18 +860,17 @@ pub fn finalize<S: Suite>(
             .dealers
             .keys()
             .filter(|i| !qualified.contains(i))
-            .copied()
-            .collect();
+            .copied();
         return Err(Error::NotEnoughDealers {
             qualified: qualified.len(),
             required: config.required_dealers(),
-            disqualified,
+            disqualified: disqualified.collect(),
         });
     }
-    let mut dealings_in_qual = Vec::with_capacity(qualified.len());
-    for i in &qualified {
-        dealings_in_qual.push(valid.get(i).ok_or(Error::MissingDealing { dealer: *i })?);
-    }
+    let qual_dealings = qualified
+        .iter()
+        .map(|i| valid.get(i).ok_or(Error::MissingDealing { dealer: *i }))
+        .collect::<Result<Vec<_>, _>>()?;
 
     // The joint key. Fresh: Σ_{i∈QUAL}. Reshare: Σ_{i∈QUAL} λ_i^{QUAL}, so A'_0 = PK.
     let weights: Vec<S::Scalar> = match &config.kind {
@@ -938,7 +879,7 @@ pub fn finalize<S: Suite>(
     };
     let weighted: Vec<(S::Scalar, &Commitment<S>)> = weights
         .iter()
-        .zip(&dealings_in_qual)
+        .zip(&qual_dealings)
         .map(|(w, (_, d))| (*w, &d.commitment))
         .collect();
     let commitment = Commitment::weighted_sum(&weighted).ok_or(Error::NotEnoughDealers {
@@ -955,13 +896,12 @@ pub fn finalize<S: Suite>(
         }
     }
     let public = PublicKeySet::new(commitment, config.recipients.keys().copied());
-
     let transcript_hash = {
         let mut h = Sha256::new();
         h.update(dst::DKG_TRANSCRIPT);
         h.update(b"/transcript");
         h.update(config.digest);
-        for (i, (digest, _)) in qualified.iter().zip(&dealings_in_qual) {
+        for (i, (digest, _)) in qualified.iter().zip(&qual_dealings) {
             h.update(i.to_bytes());
             h.update(digest);
         }
@@ -969,42 +909,144 @@ pub fn finalize<S: Suite>(
         h.finalize().into()
     };
 
-    let mut share = None;
-    let mut confirmation = None;
-    if let Some(me) = received.recipient {
-        let mut value = <S::Scalar as ff::Field>::ZERO;
-        for (i, w) in qualified.iter().zip(&weights) {
-            let s = received
-                .shares
-                .get(i)
-                .ok_or(Error::MissingDealing { dealer: *i })?;
-            value += *w * s.expose();
+    let ReceivedShares { recipient, shares } = received;
+    let (share, confirmation) = match recipient {
+        Some(me) => {
+            let share = combine_shares(me, &qualified, &weights, &shares, &public)?;
+            let confirmation = Confirmation::sign(config, me, node_key, transcript_hash, rng)?;
+            (Some(share), Some(confirmation))
         }
-        let value = SecretScalar::new(value).ok_or(Error::NotAParticipant(me))?;
-        if value.public_point() != public.public_share(me)? {
-            return Err(Error::InvalidMessage {
-                culprit: me,
-                reason: "own share does not match the joint commitment",
-            });
-        }
-        share = Some(KeyShare::new(me, value));
-        confirmation = Some(Confirmation::sign(
-            config,
-            me,
-            node_key,
-            transcript_hash,
-            rng,
-        )?);
-    }
+        None => (None, None),
+    };
     let output = CeremonyOutput {
         epoch: config.epoch,
         share,
         public,
         qualified,
-        faults: faults.into_iter().map(|(i, f)| (i, f)).collect(),
+        faults: faults.into_iter().collect(),
         transcript_hash,
     };
     Ok((output, confirmation))
+}
+
+/// Responses with a valid signature, one per recipient (a recipient that signed two different
+/// responses is ignored).
+fn one_response_per_recipient<'a, S: Suite>(
+    config: &CeremonyConfig<S>,
+    responses: &'a [Response<S>],
+) -> Vec<&'a Response<S>> {
+    let mut by_recipient: BTreeMap<NodeIndex, Option<&Response<S>>> = BTreeMap::new();
+    for r in responses.iter().filter(|r| r.verify_signature(config)) {
+        by_recipient
+            .entry(r.recipient)
+            .and_modify(|e| {
+                if e.is_some_and(|prev| prev != r) {
+                    *e = None;
+                }
+            })
+            .or_insert(Some(r));
+    }
+    by_recipient.into_values().flatten().collect()
+}
+
+/// Dealers acknowledged with one digest by at least `t` responses. Two validly signed digests
+/// for one dealer (among the acknowledgements, or against our own copy) prove equivocation.
+fn acknowledged_dealers<S: Suite>(
+    config: &CeremonyConfig<S>,
+    valid: &BTreeMap<NodeIndex, (Digest32, &Dealing<S>)>,
+    responses: &[&Response<S>],
+    faults: &mut BTreeSet<(NodeIndex, Fault)>,
+) -> BTreeSet<NodeIndex> {
+    let mut acked: BTreeMap<NodeIndex, BTreeMap<Digest32, usize>> = BTreeMap::new();
+    for ack in responses.iter().flat_map(|r| &r.acks) {
+        let Ok(key) = config.dealer_key(ack.dealer) else {
+            continue;
+        };
+        let msg = signed_message(dst::message::DEALING, &config.digest, &ack.digest);
+        if ack.dealer_signature.verify(dst::SIGNATURE, key, &msg) {
+            *acked
+                .entry(ack.dealer)
+                .or_default()
+                .entry(ack.digest)
+                .or_default() += 1;
+        }
+    }
+    let threshold = usize::from(config.threshold);
+    let mut qualified = BTreeSet::new();
+    for (dealer, digests) in &acked {
+        let own = valid.get(dealer).map(|(d, _)| d);
+        if digests.len() > 1 || own.is_some_and(|d| !digests.contains_key(d)) {
+            faults.insert((*dealer, Fault::Equivocation));
+        } else if digests.values().any(|count| *count >= threshold) {
+            qualified.insert(*dealer);
+        }
+    }
+    qualified
+}
+
+/// Judge every complaint against a qualified dealer by checking the reveal proof and
+/// decrypting the revealed share: convict the dealer or record a false accuser.
+fn judge_complaints<S: Suite>(
+    config: &CeremonyConfig<S>,
+    valid: &BTreeMap<NodeIndex, (Digest32, &Dealing<S>)>,
+    responses: &[&Response<S>],
+    qualified: &BTreeSet<NodeIndex>,
+    faults: &mut BTreeSet<(NodeIndex, Fault)>,
+) -> Result<(), Error> {
+    for response in responses {
+        for complaint in response
+            .complaints
+            .iter()
+            .filter(|c| qualified.contains(&c.dealer))
+        {
+            let (_, dealing) = valid.get(&complaint.dealer).ok_or(Error::MissingDealing {
+                dealer: complaint.dealer,
+            })?;
+            let Some(ciphertext) = dealing.share_for(config, response.recipient) else {
+                continue;
+            };
+            let context = config.reveal_context(complaint.dealer, response.recipient);
+            let statement = Statement {
+                context: &context,
+                base: ciphertext.ephemeral(),
+                public: config.recipient_key(response.recipient)?,
+                image: &complaint.revealed,
+            };
+            let fault = if !complaint.proof.verify(&statement) {
+                (response.recipient, Fault::InvalidComplaint)
+            } else if open_share(config, dealing, response.recipient, &complaint.revealed).is_some()
+            {
+                (response.recipient, Fault::FalseComplaint)
+            } else {
+                (complaint.dealer, Fault::BadShare)
+            };
+            faults.insert(fault);
+        }
+    }
+    Ok(())
+}
+
+/// `share'_j = Σ_{i∈QUAL} w_i·s_{i→j}`, checked against the joint commitment.
+fn combine_shares<S: Suite>(
+    me: NodeIndex,
+    qualified: &[NodeIndex],
+    weights: &[S::Scalar],
+    shares: &BTreeMap<NodeIndex, SecretScalar<S>>,
+    public: &PublicKeySet<S>,
+) -> Result<KeyShare<S>, Error> {
+    let mut value = zeroize::Zeroizing::new(<S::Scalar as ff::Field>::ZERO);
+    for (i, w) in qualified.iter().zip(weights) {
+        let s = shares.get(i).ok_or(Error::MissingDealing { dealer: *i })?;
+        *value += *w * s.expose();
+    }
+    let value = SecretScalar::new(*value).ok_or(Error::NotAParticipant(me))?;
+    if value.public_point() != public.public_share(me)? {
+        return Err(Error::InvalidMessage {
+            culprit: me,
+            reason: "own share does not match the joint commitment",
+        });
+    }
+    Ok(KeyShare::new(me, value))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1132,10 +1174,7 @@ pub mod byzantine {
         respond, sign_dealing, CeremonyConfig, CeremonyKind, Complaint, Dealing, Response,
         SecretPolynomial, Signature,
     };
-    use crate::{
-        dleq::{DleqProof, Statement},
-        dst, Error, KeyShare, NodeIndex, SecretScalar, Suite,
-    };
+    use crate::{dst, Error, KeyShare, NodeIndex, SecretScalar, Suite};
     use rand_core::CryptoRngCore;
 
     /// A dealing that is correctly signed but gives `victims` a share that does not match the
@@ -1211,20 +1250,8 @@ pub mod byzantine {
         let (mut response, _) = respond(config, me, node_key, dealings, rng)?;
         if let Some(dealing) = dealings.iter().find(|d| d.dealer == accused) {
             if let Some(ciphertext) = dealing.share_for(config, me) {
-                let revealed = *ciphertext.ephemeral() * node_key.expose();
-                let context = config.reveal_context(accused, me);
-                let public = node_key.public_point();
-                let statement = Statement {
-                    context: &context,
-                    base: ciphertext.ephemeral(),
-                    public: &public,
-                    image: &revealed,
-                };
-                response.complaints.push(Complaint {
-                    dealer: accused,
-                    revealed,
-                    proof: DleqProof::prove(node_key, &statement, rng),
-                });
+                let complaint = Complaint::accuse(config, accused, me, node_key, ciphertext, rng);
+                response.complaints.push(complaint);
             }
         }
         let body = response.body();

@@ -3,6 +3,8 @@
 //! key and transcript; with more, every honest node fails with `NotEnoughDealers`. A frozen
 //! transcript (`tests/vectors/dkg.json`) pins the wire-visible results.
 
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -71,7 +73,9 @@ fn run<S: Suite>(
     for (i, key) in &keys {
         let victims = victims_of(*i, n);
         let broadcast = |view: &mut BTreeMap<NodeIndex, Vec<Dealing<S>>>, d: &Dealing<S>| {
-            view.values_mut().for_each(|v| v.push(d.clone()));
+            for v in view.values_mut() {
+                v.push(d.clone());
+            }
         };
         match role(i) {
             Behaviour::Silent => {}
@@ -321,8 +325,14 @@ fn messages_round_trip_through_bytes_and_reject_garbage() {
         assert!(Dealing::<Secp256k1>::from_bytes(&bytes[..cut]).is_err());
     }
     assert!(Dealing::<Secp256k1>::from_bytes(&[bytes.as_slice(), &[0]].concat()).is_err());
-    let (response, _) =
-        dkg::respond(&config, idx(2), &keys[1], &[dealing.clone()], &mut rng).unwrap();
+    let (response, _) = dkg::respond(
+        &config,
+        idx(2),
+        &keys[1],
+        std::slice::from_ref(&dealing),
+        &mut rng,
+    )
+    .unwrap();
     assert_eq!(
         dkg::Response::from_bytes(&response.to_bytes()).unwrap(),
         response

@@ -3,6 +3,8 @@
 //! RFC 9380 expand_message_xmd for the proofs). Checked both ways: Rust opens the Python
 //! ciphertexts, and Rust, given the same ephemeral key and nonce, produces the same bytes.
 
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
 use serde_json::Value;
 use tkms_crypto::{
     dleq::{DleqProof, Statement},

@@ -2,6 +2,8 @@
 //! combine to what the full key gives; `t-1` cannot; a tampered partial is rejected and its
 //! node named; re-encryption opens for the target; a reshared committee serves the same key.
 
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
