@@ -1,0 +1,133 @@
+//! The `tkms` command line: ECIES helpers (Nox-compatible) for a person at a shell or a script
+//! checking interoperability. Cluster commands (`testnet`, `delegate`, `reencrypt`) come with
+//! the cluster.
+
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use rand_core::OsRng;
+use tkms_crypto::{ecies, Secp256k1, SecretScalar, Suite, P256};
+use zeroize::Zeroizing;
+
+/// The tkms command-line tool.
+#[derive(Debug, Parser)]
+#[command(name = "tkms", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// ECIES (HKDF-SHA256 + AES-256-GCM, byte-compatible with the Nox KMS).
+    Ecies {
+        /// Curve suite.
+        #[arg(long, value_enum, default_value_t = Curve::Secp256k1, global = true)]
+        curve: Curve,
+        #[command(subcommand)]
+        command: EciesCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Curve {
+    Secp256k1,
+    P256,
+}
+
+#[derive(Debug, Subcommand)]
+enum EciesCommand {
+    /// Print a new key pair as JSON `{"secret_key":"0x..","public_key":"0x.."}`.
+    Keygen,
+    /// Read plaintext on stdin; print the container `K || nonce || ct||tag` as 0x-hex.
+    Encrypt {
+        /// Recipient public key, SEC1 compressed hex (0x optional).
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Read a hex container on stdin; write the plaintext to stdout.
+    Decrypt {
+        /// File holding the 32-byte secret key as hex (0x optional).
+        #[arg(long)]
+        secret_key_file: PathBuf,
+    },
+}
+
+/// Run a parsed command line with the given input and output.
+pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<()> {
+    match cli.command {
+        Command::Ecies {
+            curve: Curve::Secp256k1,
+            command,
+        } => ecies_command::<Secp256k1>(command, input, output),
+        Command::Ecies {
+            curve: Curve::P256,
+            command,
+        } => ecies_command::<P256>(command, input, output),
+    }
+}
+
+fn ecies_command<S: Suite>(
+    command: EciesCommand,
+    input: &mut impl Read,
+    output: &mut impl Write,
+) -> Result<()> {
+    match command {
+        EciesCommand::Keygen => {
+            let secret = SecretScalar::<S>::random(&mut OsRng);
+            let secret_hex = Zeroizing::new(hex::encode(secret.to_bytes().as_ref()));
+            let public_hex = hex::encode(S::encode_point(&secret.public_point()));
+            writeln!(
+                output,
+                "{{\"secret_key\":\"0x{}\",\"public_key\":\"0x{public_hex}\"}}",
+                secret_hex.as_str()
+            )?;
+        }
+        EciesCommand::Encrypt { public_key } => {
+            let bytes = decode_hex(&public_key).context("public key is not hex")?;
+            let public = S::decode_point(&bytes).context("invalid public key")?;
+            let mut plaintext = Zeroizing::new(Vec::new());
+            input
+                .read_to_end(&mut plaintext)
+                .context("reading plaintext from stdin")?;
+            let ciphertext = ecies::encrypt::<S>(&public, &plaintext, &mut OsRng)?;
+            writeln!(output, "0x{}", hex::encode(ciphertext.to_bytes()))?;
+        }
+        EciesCommand::Decrypt { secret_key_file } => {
+            let text =
+                Zeroizing::new(std::fs::read_to_string(&secret_key_file).with_context(|| {
+                    format!("reading secret key file {}", secret_key_file.display())
+                })?);
+            let bytes = Zeroizing::new(decode_hex(&text).context("secret key file is not hex")?);
+            let secret = SecretScalar::<S>::from_bytes(&bytes).context("invalid secret key")?;
+            let mut text = String::new();
+            input
+                .read_to_string(&mut text)
+                .context("reading the hex ciphertext from stdin")?;
+            let container = decode_hex(&text).context("ciphertext is not hex")?;
+            let ciphertext =
+                ecies::Ciphertext::<S>::from_bytes(&container).context("invalid ciphertext")?;
+            let plaintext = ecies::decrypt(&secret, &ciphertext)?;
+            output.write_all(&plaintext)?;
+        }
+    }
+    output.flush()?;
+    Ok(())
+}
+
+/// Hex with optional `0x` and surrounding whitespace.
+fn decode_hex(text: &str) -> Result<Vec<u8>> {
+    let text = text.trim();
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    if digits.is_empty() {
+        bail!("empty input");
+    }
+    Ok(hex::decode(digits)?)
+}
