@@ -10,10 +10,10 @@ use rand_core::CryptoRngCore;
 use crate::{
     dleq::{self, DleqProof, Statement, PROOF_LEN},
     ecies,
-    error::Error,
+    error::{EncodingError, Error},
     secret::SharedSecret,
     shamir::{lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet},
-    suite::{Suite, POINT_LEN},
+    suite::{msm_vartime, Encoded, Suite, POINT_LEN},
 };
 
 /// What a partial is bound to: the key epoch, a request id, and the ephemeral key `K`.
@@ -21,13 +21,18 @@ use crate::{
 pub struct DelegationRequest<S: Suite> {
     epoch: u64,
     request_id: Vec<u8>,
-    ephemeral: S::Point,
+    ephemeral: Encoded<S>,
 }
 
 impl<S: Suite> DelegationRequest<S> {
     /// A request for `K` under `epoch`; `request_id` is any caller-chosen identifier (the
     /// manager uses a hash of the authorized request), bound into every proof.
     pub fn new(epoch: u64, request_id: impl Into<Vec<u8>>, ephemeral: S::Point) -> Self {
+        Self::with_encoded(epoch, request_id, Encoded::new(ephemeral))
+    }
+
+    /// Like [`DelegationRequest::new`] with `K` as decoded from the wire (keeps its bytes).
+    pub fn with_encoded(epoch: u64, request_id: impl Into<Vec<u8>>, ephemeral: Encoded<S>) -> Self {
         Self {
             epoch,
             request_id: request_id.into(),
@@ -37,7 +42,7 @@ impl<S: Suite> DelegationRequest<S> {
 
     /// The ephemeral key `K`.
     pub fn ephemeral(&self) -> &S::Point {
-        &self.ephemeral
+        self.ephemeral.point()
     }
 
     /// The key epoch.
@@ -51,7 +56,7 @@ impl<S: Suite> DelegationRequest<S> {
     }
 
     /// The proof context for node `i`: `epoch(8) || i(2) || request_id`.
-    pub(crate) fn context(&self, index: NodeIndex) -> Vec<u8> {
+    fn context(&self, index: NodeIndex) -> Vec<u8> {
         proof_context(self.epoch, index, &self.request_id)
     }
 }
@@ -72,7 +77,7 @@ pub const PARTIAL_LEN: usize = 2 + POINT_LEN + PROOF_LEN;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartialDelegation<S: Suite> {
     index: NodeIndex,
-    partial: S::Point,
+    partial: Encoded<S>,
     proof: DleqProof<S>,
 }
 
@@ -99,8 +104,8 @@ impl<S: Suite> PartialDelegation<S> {
         request: &DelegationRequest<S>,
         rng: &mut impl CryptoRngCore,
     ) -> Self {
-        let partial = request.ephemeral * share.value().expose();
-        let public = share.public_share();
+        let partial = Encoded::new(*request.ephemeral() * share.value().expose());
+        let public = Encoded::new(share.public_share());
         let context = request.context(share.index());
         let statement = Statement {
             context: &context,
@@ -121,26 +126,30 @@ impl<S: Suite> PartialDelegation<S> {
         self.index
     }
 
+    fn verified(self, request: &DelegationRequest<S>) -> VerifiedPartialDelegation<S> {
+        VerifiedPartialDelegation {
+            index: self.index,
+            partial: *self.partial.point(),
+            request: request.clone(),
+        }
+    }
+
     /// Check the proof against the node's public share in `keys`.
     pub fn verify(
         self,
         keys: &PublicKeySet<S>,
         request: &DelegationRequest<S>,
     ) -> Result<VerifiedPartialDelegation<S>, Error> {
-        let public = keys.public_share(self.index)?;
+        let public = keys.public_share_encoded(self.index)?;
         let context = request.context(self.index);
         let statement = Statement {
             context: &context,
             base: &request.ephemeral,
-            public: &public,
+            public,
             image: &self.partial,
         };
         if self.proof.verify(&statement) {
-            Ok(VerifiedPartialDelegation {
-                index: self.index,
-                partial: self.partial,
-                request: request.clone(),
-            })
+            Ok(self.verified(request))
         } else {
             Err(Error::InvalidProof {
                 culprit: self.index,
@@ -152,7 +161,7 @@ impl<S: Suite> PartialDelegation<S> {
     pub fn to_bytes(&self) -> [u8; PARTIAL_LEN] {
         let mut out = [0u8; PARTIAL_LEN];
         out[..2].copy_from_slice(&self.index.to_bytes());
-        out[2..2 + POINT_LEN].copy_from_slice(&S::encode_point(&self.partial));
+        out[2..2 + POINT_LEN].copy_from_slice(self.partial.bytes());
         out[2 + POINT_LEN..].copy_from_slice(&self.proof.to_bytes());
         out
     }
@@ -160,7 +169,7 @@ impl<S: Suite> PartialDelegation<S> {
     /// Strict decoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         if bytes.len() != PARTIAL_LEN {
-            return Err(crate::error::EncodingError::Length {
+            return Err(EncodingError::Length {
                 expected: PARTIAL_LEN,
                 actual: bytes.len(),
             }
@@ -168,7 +177,7 @@ impl<S: Suite> PartialDelegation<S> {
         }
         Ok(Self {
             index: NodeIndex::from_bytes(&bytes[..2])?,
-            partial: S::decode_point(&bytes[2..2 + POINT_LEN])?,
+            partial: Encoded::from_bytes(&bytes[2..2 + POINT_LEN])?,
             proof: DleqProof::from_bytes(&bytes[2 + POINT_LEN..])?,
         })
     }
@@ -186,34 +195,30 @@ pub fn verify_all<S: Suite>(
     let mut known = Vec::with_capacity(partials.len());
     let mut errors = Vec::new();
     for p in partials {
-        let index = p.index;
-        match keys.public_share(index) {
-            Ok(public) => known.push((p, public, request.context(index))),
+        match keys.public_share_encoded(p.index) {
+            Ok(public) => {
+                let context = request.context(p.index);
+                known.push((p, public, context));
+            }
             Err(e) => errors.push(e),
         }
     }
     let statements: Vec<_> = known
         .iter()
-        .map(|(p, public, ctx)| {
-            (
-                Statement {
-                    context: ctx,
-                    base: &request.ephemeral,
-                    public,
-                    image: &p.partial,
-                },
-                &p.proof,
-            )
+        .map(|(p, public, context)| {
+            let statement = Statement {
+                context,
+                base: &request.ephemeral,
+                public: *public,
+                image: &p.partial,
+            };
+            (statement, &p.proof)
         })
         .collect();
     if dleq::verify_batch(&statements, rng) {
         let verified = known
             .into_iter()
-            .map(|(p, _, _)| VerifiedPartialDelegation {
-                index: p.index,
-                partial: p.partial,
-                request: request.clone(),
-            })
+            .map(|(p, _, _)| p.verified(request))
             .collect();
         return (verified, errors);
     }
@@ -227,8 +232,8 @@ pub fn verify_all<S: Suite>(
     (verified, errors)
 }
 
-/// Combine `t = keys.threshold()` verified partials into `S = Σ λ_i·D_i` and return `x(S)`. Uses the first `t`
-/// distinct indices; all partials must be for the same request.
+/// Combine `t = keys.threshold()` verified partials into `S = Σ λ_i·D_i` and return `x(S)`.
+/// Uses the first `t` distinct indices; all partials must be for the same request.
 pub fn combine<S: Suite>(
     partials: &[VerifiedPartialDelegation<S>],
     keys: &PublicKeySet<S>,
@@ -253,7 +258,8 @@ pub fn combine_point<S: Suite>(
         .zip(lambdas)
         .map(|(p, l)| (p.partial, l))
         .collect();
-    Ok(S::lincomb(&terms))
+    // The partials and the Lagrange weights are public: a variable-time MSM is safe.
+    Ok(msm_vartime::<S>(&terms))
 }
 
 /// The first `threshold` items with distinct indices, or an error if there are fewer.

@@ -45,7 +45,7 @@ use crate::{
     shamir::{
         lagrange_coefficients, Commitment, KeyShare, NodeIndex, PublicKeySet, SecretPolynomial,
     },
-    suite::{Suite, POINT_LEN},
+    suite::{Encoded, Suite, POINT_LEN},
 };
 
 /// A 32-byte digest (config, dealing, transcript).
@@ -536,12 +536,11 @@ impl<S: Suite> Complaint<S> {
     ) -> Self {
         let revealed = *ciphertext.ephemeral() * node_key.expose();
         let context = config.reveal_context(dealer, me);
-        let public = node_key.public_point();
         let statement = Statement {
             context: &context,
-            base: ciphertext.ephemeral(),
-            public: &public,
-            image: &revealed,
+            base: &Encoded::new(*ciphertext.ephemeral()),
+            public: &Encoded::new(node_key.public_point()),
+            image: &Encoded::new(revealed),
         };
         Self {
             dealer,
@@ -958,12 +957,20 @@ fn acknowledged_dealers<S: Suite>(
     faults: &mut BTreeSet<(NodeIndex, Fault)>,
 ) -> BTreeSet<NodeIndex> {
     let mut acked: BTreeMap<NodeIndex, BTreeMap<Digest32, usize>> = BTreeMap::new();
+    // Honest acknowledgements repeat the dealer's one signature: check each distinct one once.
+    let mut checked: BTreeMap<(NodeIndex, Digest32, [u8; SIGNATURE_LEN]), bool> = BTreeMap::new();
     for ack in responses.iter().flat_map(|r| &r.acks) {
         let Ok(key) = config.dealer_key(ack.dealer) else {
             continue;
         };
-        let msg = signed_message(dst::message::DEALING, &config.digest, &ack.digest);
-        if ack.dealer_signature.verify(dst::SIGNATURE, key, &msg) {
+        let signature = ack.dealer_signature.to_bytes();
+        let valid_signature = *checked
+            .entry((ack.dealer, ack.digest, signature))
+            .or_insert_with(|| {
+                let msg = signed_message(dst::message::DEALING, &config.digest, &ack.digest);
+                ack.dealer_signature.verify(dst::SIGNATURE, key, &msg)
+            });
+        if valid_signature {
             *acked
                 .entry(ack.dealer)
                 .or_default()
@@ -1008,9 +1015,9 @@ fn judge_complaints<S: Suite>(
             let context = config.reveal_context(complaint.dealer, response.recipient);
             let statement = Statement {
                 context: &context,
-                base: ciphertext.ephemeral(),
-                public: config.recipient_key(response.recipient)?,
-                image: &complaint.revealed,
+                base: &Encoded::new(*ciphertext.ephemeral()),
+                public: &Encoded::new(*config.recipient_key(response.recipient)?),
+                image: &Encoded::new(complaint.revealed),
             };
             let fault = if !complaint.proof.verify(&statement) {
                 (response.recipient, Fault::InvalidComplaint)

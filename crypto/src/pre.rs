@@ -8,7 +8,6 @@
 //! gives `R = Σ λ_i·R_i`, `C = Σ λ_i·C_i = S + r·B`; the target opens with `S = C - b·R`.
 //! The combiner never learns `S`.
 
-use ff::Field;
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
@@ -21,7 +20,7 @@ use crate::{
     hash::hash_to_scalar,
     secret::{SecretScalar, SharedSecret},
     shamir::{lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet},
-    suite::{Suite, POINT_LEN, SCALAR_LEN},
+    suite::{msm_vartime, Encoded, Suite, POINT_LEN, SCALAR_LEN},
 };
 
 /// What a re-encryption partial is bound to: epoch, request id, capsule `K`, target `B`.
@@ -29,8 +28,8 @@ use crate::{
 pub struct ReencryptionRequest<S: Suite> {
     epoch: u64,
     request_id: Vec<u8>,
-    ephemeral: S::Point,
-    target: S::Point,
+    ephemeral: Encoded<S>,
+    target: Encoded<S>,
 }
 
 impl<S: Suite> ReencryptionRequest<S> {
@@ -40,6 +39,21 @@ impl<S: Suite> ReencryptionRequest<S> {
         request_id: impl Into<Vec<u8>>,
         ephemeral: S::Point,
         target: S::Point,
+    ) -> Self {
+        Self::with_encoded(
+            epoch,
+            request_id,
+            Encoded::new(ephemeral),
+            Encoded::new(target),
+        )
+    }
+
+    /// Like [`ReencryptionRequest::new`] with points as decoded from the wire.
+    pub fn with_encoded(
+        epoch: u64,
+        request_id: impl Into<Vec<u8>>,
+        ephemeral: Encoded<S>,
+        target: Encoded<S>,
     ) -> Self {
         Self {
             epoch,
@@ -51,12 +65,12 @@ impl<S: Suite> ReencryptionRequest<S> {
 
     /// The capsule `K`.
     pub fn ephemeral(&self) -> &S::Point {
-        &self.ephemeral
+        self.ephemeral.point()
     }
 
     /// The target key `B`.
     pub fn target(&self) -> &S::Point {
-        &self.target
+        self.target.point()
     }
 }
 
@@ -68,9 +82,9 @@ pub const PARTIAL_LEN: usize = 2 + 2 * POINT_LEN + PROOF_LEN;
 /// Proof of knowledge of `(share_i, r_i)` for the three relations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReencryptionProof<S: Suite> {
-    t1: S::Point,
-    t2: S::Point,
-    t3: S::Point,
+    t1: Encoded<S>,
+    t2: Encoded<S>,
+    t3: Encoded<S>,
     z1: S::Scalar,
     z2: S::Scalar,
 }
@@ -79,8 +93,8 @@ pub struct ReencryptionProof<S: Suite> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartialReencryption<S: Suite> {
     index: NodeIndex,
-    r: S::Point,
-    c: S::Point,
+    r: Encoded<S>,
+    c: Encoded<S>,
     proof: ReencryptionProof<S>,
 }
 
@@ -100,31 +114,29 @@ impl<S: Suite> VerifiedPartialReencryption<S> {
     }
 }
 
-struct Relations<'a, S: Suite> {
-    context: Vec<u8>,
-    public_share: &'a S::Point,
-    request: &'a ReencryptionRequest<S>,
-    r: &'a S::Point,
-    c: &'a S::Point,
-}
-
-impl<S: Suite> Relations<'_, S> {
-    fn challenge(&self, t1: &S::Point, t2: &S::Point, t3: &S::Point) -> S::Scalar {
-        hash_to_scalar::<S>(
-            dst::PRE,
-            &[
-                &self.context,
-                &S::encode_point(self.public_share),
-                &S::encode_point(&self.request.ephemeral),
-                &S::encode_point(&self.request.target),
-                &S::encode_point(self.r),
-                &S::encode_point(self.c),
-                &S::encode_point(t1),
-                &S::encode_point(t2),
-                &S::encode_point(t3),
-            ],
-        )
-    }
+/// `e = H("tkms/v1/pre", ctx, PK_i, K, B, R_i, C_i, T1, T2, T3)`.
+fn challenge<S: Suite>(
+    context: &[u8],
+    public_share: &Encoded<S>,
+    request: &ReencryptionRequest<S>,
+    r: &Encoded<S>,
+    c: &Encoded<S>,
+    t: [&Encoded<S>; 3],
+) -> S::Scalar {
+    hash_to_scalar::<S>(
+        dst::PRE,
+        &[
+            context,
+            public_share.bytes(),
+            request.ephemeral.bytes(),
+            request.target.bytes(),
+            r.bytes(),
+            c.bytes(),
+            t[0].bytes(),
+            t[1].bytes(),
+            t[2].bytes(),
+        ],
+    )
 }
 
 impl<S: Suite> PartialReencryption<S> {
@@ -137,26 +149,19 @@ impl<S: Suite> PartialReencryption<S> {
         let r_secret = SecretScalar::<S>::random(rng);
         let a = SecretScalar::<S>::random(rng);
         let b = SecretScalar::<S>::random(rng);
-        let r = r_secret.public_point();
-        let c = S::lincomb(&[
-            (request.ephemeral, *share.value().expose()),
-            (request.target, *r_secret.expose()),
-        ]);
-        let t1 = a.public_point();
-        let t2 = b.public_point();
-        let t3 = S::lincomb(&[
-            (request.ephemeral, *a.expose()),
-            (request.target, *b.expose()),
-        ]);
-        let public_share = share.public_share();
-        let relations = Relations {
-            context: proof_context(request.epoch, share.index(), &request.request_id),
-            public_share: &public_share,
-            request,
-            r: &r,
-            c: &c,
-        };
-        let e = relations.challenge(&t1, &t2, &t3);
+        let (k, target) = (*request.ephemeral(), *request.target());
+        // Secret scalars: constant-time multi-scalar multiplication.
+        let r = Encoded::new(r_secret.public_point());
+        let c = Encoded::new(S::lincomb(&[
+            (k, *share.value().expose()),
+            (target, *r_secret.expose()),
+        ]));
+        let t1 = Encoded::new(a.public_point());
+        let t2 = Encoded::new(b.public_point());
+        let t3 = Encoded::new(S::lincomb(&[(k, *a.expose()), (target, *b.expose())]));
+        let context = proof_context(request.epoch, share.index(), &request.request_id);
+        let public_share = Encoded::new(share.public_share());
+        let e = challenge(&context, &public_share, request, &r, &c, [&t1, &t2, &t3]);
         let proof = ReencryptionProof {
             t1,
             t2,
@@ -179,35 +184,35 @@ impl<S: Suite> PartialReencryption<S> {
 
     fn check(
         &self,
-        public_share: &S::Point,
+        public_share: &Encoded<S>,
         request: &ReencryptionRequest<S>,
         rng: &mut impl CryptoRngCore,
     ) -> bool {
-        let relations = Relations {
-            context: proof_context(request.epoch, self.index, &request.request_id),
+        let p = &self.proof;
+        let context = proof_context(request.epoch, self.index, &request.request_id);
+        let e = challenge(
+            &context,
             public_share,
             request,
-            r: &self.r,
-            c: &self.c,
-        };
-        let p = &self.proof;
-        let e = relations.challenge(&p.t1, &p.t2, &p.t3);
+            &self.r,
+            &self.c,
+            [&p.t1, &p.t2, &p.t3],
+        );
         // z1·G = T1 + e·PK_i ; z2·G = T2 + e·R_i ; z1·K + z2·B = T3 + e·C_i, checked at once
-        // with random weights (1, ρ, δ): one generator multiplication and one MSM.
+        // with weights (1, ρ, δ): one generator multiplication and one variable-time MSM of
+        // public values. Unit coefficients are added outside the MSM.
         let rho = random_weight::<S>(rng);
         let delta = random_weight::<S>(rng);
-        let g = S::mul_by_generator(&(p.z1 + rho * p.z2));
-        let sum = S::lincomb(&[
-            (g, S::Scalar::ONE),
-            (p.t1, -S::Scalar::ONE),
-            (*public_share, -e),
-            (p.t2, -rho),
-            (self.r, -(rho * e)),
-            (request.ephemeral, delta * p.z1),
-            (request.target, delta * p.z2),
-            (p.t3, -delta),
-            (self.c, -(delta * e)),
-        ]);
+        let sum = S::mul_by_generator(&(p.z1 + rho * p.z2)) - p.t1.point()
+            + msm_vartime::<S>(&[
+                (*public_share.point(), -e),
+                (*p.t2.point(), -rho),
+                (*self.r.point(), -(rho * e)),
+                (*request.ephemeral(), delta * p.z1),
+                (*request.target(), delta * p.z2),
+                (*p.t3.point(), -delta),
+                (*self.c.point(), -(delta * e)),
+            ]);
         bool::from(group::Group::is_identity(&sum))
     }
 
@@ -218,12 +223,12 @@ impl<S: Suite> PartialReencryption<S> {
         request: &ReencryptionRequest<S>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<VerifiedPartialReencryption<S>, Error> {
-        let public = keys.public_share(self.index)?;
-        if self.check(&public, request, rng) {
+        let public = keys.public_share_encoded(self.index)?;
+        if self.check(public, request, rng) {
             Ok(VerifiedPartialReencryption {
                 index: self.index,
-                r: self.r,
-                c: self.c,
+                r: *self.r.point(),
+                c: *self.c.point(),
                 request: request.clone(),
             })
         } else {
@@ -236,23 +241,20 @@ impl<S: Suite> PartialReencryption<S> {
     /// `index || R_i || C_i || T1 || T2 || T3 || z1 || z2`.
     pub fn to_bytes(&self) -> [u8; PARTIAL_LEN] {
         let mut out = [0u8; PARTIAL_LEN];
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            out[at..at + bytes.len()].copy_from_slice(bytes);
-            at += bytes.len();
-        };
-        put(&self.index.to_bytes());
-        for p in [
+        out[..2].copy_from_slice(&self.index.to_bytes());
+        let points = [
             &self.r,
             &self.c,
             &self.proof.t1,
             &self.proof.t2,
             &self.proof.t3,
-        ] {
-            put(&S::encode_point(p));
+        ];
+        for (k, p) in points.into_iter().enumerate() {
+            out[2 + k * POINT_LEN..2 + (k + 1) * POINT_LEN].copy_from_slice(p.bytes());
         }
-        put(&S::encode_scalar(&self.proof.z1));
-        put(&S::encode_scalar(&self.proof.z2));
+        let scalars = 2 + 5 * POINT_LEN;
+        out[scalars..scalars + SCALAR_LEN].copy_from_slice(&S::encode_scalar(&self.proof.z1));
+        out[scalars + SCALAR_LEN..].copy_from_slice(&S::encode_scalar(&self.proof.z2));
         out
     }
 
@@ -265,7 +267,8 @@ impl<S: Suite> PartialReencryption<S> {
             }
             .into());
         }
-        let point = |k: usize| S::decode_point(&bytes[2 + k * POINT_LEN..2 + (k + 1) * POINT_LEN]);
+        let point =
+            |k: usize| Encoded::from_bytes(&bytes[2 + k * POINT_LEN..2 + (k + 1) * POINT_LEN]);
         let scalars = 2 + 5 * POINT_LEN;
         Ok(Self {
             index: NodeIndex::from_bytes(&bytes[..2])?,
@@ -383,8 +386,8 @@ pub fn combine<S: Suite>(
         .map(|(p, l)| (p.c, *l))
         .collect();
     Ok(ReencryptedCapsule {
-        ephemeral: request.ephemeral,
-        r: S::lincomb(&r_terms),
-        c: S::lincomb(&c_terms),
+        ephemeral: *request.ephemeral(),
+        r: msm_vartime::<S>(&r_terms),
+        c: msm_vartime::<S>(&c_terms),
     })
 }

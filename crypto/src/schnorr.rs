@@ -5,7 +5,6 @@
 //! tag `tkms/v1/pok`) and for node-key signatures on ceremony messages (tag `tkms/v1/sig`),
 //! so a transcript can be relayed by anyone and equivocation proven.
 
-use ff::Field;
 use rand_core::CryptoRngCore;
 
 use crate::{
@@ -45,10 +44,7 @@ impl<S: Suite> Signature<S> {
     /// Verify against public key `X`.
     pub fn verify(&self, dst: &[u8], public: &S::Point, msg: &[u8]) -> bool {
         let c = challenge::<S>(dst, &self.r, public, msg);
-        S::lincomb(&[
-            (S::mul_by_generator(&self.z), S::Scalar::ONE),
-            (*public, -c),
-        ]) == self.r
+        S::mul_by_generator(&self.z) - *public * c == self.r
     }
 
     /// `R || z`.

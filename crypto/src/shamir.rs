@@ -12,7 +12,7 @@ use zeroize::Zeroize;
 use crate::{
     error::{EncodingError, Error},
     secret::SecretScalar,
-    suite::{Suite, POINT_LEN},
+    suite::{msm_vartime, Encoded, Suite, POINT_LEN},
 };
 
 /// A node's index in a committee: a non-zero u16, the Shamir x-coordinate of its share.
@@ -182,7 +182,7 @@ impl<S: Suite> Commitment<S> {
                 term
             })
             .collect();
-        S::lincomb(&terms)
+        msm_vartime::<S>(&terms)
     }
 
     /// Coefficient-wise sum of commitments (the joint commitment of a DKG).
@@ -208,7 +208,7 @@ impl<S: Suite> Commitment<S> {
         let points = (0..len)
             .map(|k| {
                 let terms: Vec<_> = weighted.iter().map(|(l, c)| (c.0[k], *l)).collect();
-                S::lincomb(&terms)
+                msm_vartime::<S>(&terms)
             })
             .collect();
         Some(Self(points))
@@ -305,20 +305,35 @@ pub fn lagrange_coefficients<S: Suite>(set: &[NodeIndex]) -> Result<Vec<S::Scala
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKeySet<S: Suite> {
     commitment: Commitment<S>,
-    public_shares: BTreeMap<NodeIndex, S::Point>,
+    public_key: Encoded<S>,
+    public_shares: BTreeMap<NodeIndex, Encoded<S>>,
 }
 
 impl<S: Suite> PublicKeySet<S> {
-    /// Build from the joint commitment and the committee's indices.
+    /// Build from the joint commitment and the committee's indices (computes and encodes each
+    /// public share once; verifiers then hash the cached bytes).
     pub fn new(commitment: Commitment<S>, committee: impl IntoIterator<Item = NodeIndex>) -> Self {
         let public_shares = committee
             .into_iter()
-            .map(|i| (i, commitment.evaluate(i)))
+            .map(|i| (i, Encoded::new(commitment.evaluate(i))))
             .collect();
         Self {
+            public_key: Encoded::new(commitment.constant()),
             commitment,
             public_shares,
         }
+    }
+
+    /// `PK_i` of a committee member with its encoding.
+    pub fn public_share_encoded(&self, index: NodeIndex) -> Result<&Encoded<S>, Error> {
+        self.public_shares
+            .get(&index)
+            .ok_or(Error::UnknownNode(index))
+    }
+
+    /// The public key with its encoding.
+    pub fn public_key_encoded(&self) -> &Encoded<S> {
+        &self.public_key
     }
 
     /// The threshold `t`.
@@ -338,15 +353,12 @@ impl<S: Suite> PublicKeySet<S> {
 
     /// `PK_i` of a committee member.
     pub fn public_share(&self, index: NodeIndex) -> Result<S::Point, Error> {
-        self.public_shares
-            .get(&index)
-            .copied()
-            .ok_or(Error::UnknownNode(index))
+        self.public_share_encoded(index).map(|e| *e.point())
     }
 
     /// All public shares of the committee, by index.
-    pub fn public_shares(&self) -> &BTreeMap<NodeIndex, S::Point> {
-        &self.public_shares
+    pub fn public_shares(&self) -> impl Iterator<Item = (NodeIndex, &S::Point)> + '_ {
+        self.public_shares.iter().map(|(i, e)| (*i, e.point()))
     }
 
     /// The committee size `n`.

@@ -411,7 +411,7 @@ fn summary<S: Suite>(run: &Run<S>) -> serde_json::Value {
         "config_digest": hex::encode(run.config.digest()),
         "qualified": output.qualified().iter().map(|i| i.get()).collect::<Vec<_>>(),
         "public_key": hex::encode(S::encode_point(&output.public().public_key())),
-        "public_shares": output.public().public_shares().iter()
+        "public_shares": output.public().public_shares()
             .map(|(i, p)| (i.get().to_string(), hex::encode(S::encode_point(p))))
             .collect::<BTreeMap<_, _>>(),
         "transcript_hash": hex::encode(output.transcript_hash()),
