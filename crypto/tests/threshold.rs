@@ -327,3 +327,197 @@ fn partials_are_bound_to_their_request() {
     partial_for_other_request_is_rejected::<Secp256k1>(1);
     partial_for_other_request_is_rejected::<P256>(2);
 }
+
+/// Run a reshare among `dealers` (old holders, by index) to `recipients`, with `cheater`
+/// (if any) dealing bad shares to every recipient. Returns every recipient's output.
+fn reshare<S: Suite>(
+    old_shares: &[KeyShare<S>],
+    old_keys: &tkms_crypto::PublicKeySet<S>,
+    dealers: &[u16],
+    recipients: &[u16],
+    threshold: u16,
+    cheater: Option<u16>,
+    rng: &mut ChaCha20Rng,
+) -> Vec<dkg::CeremonyOutput<S>> {
+    let old_nodes = node_keys::<S>(dealers, rng);
+    let new_nodes = node_keys::<S>(recipients, rng);
+    let config = CeremonyConfig::reshare(
+        5,
+        threshold,
+        old_keys.clone(),
+        publics(&old_nodes),
+        publics(&new_nodes),
+    )
+    .unwrap();
+    let victims: Vec<NodeIndex> = new_nodes.keys().copied().collect();
+    let dealings: Vec<_> = old_nodes
+        .iter()
+        .map(|(i, key)| {
+            let share = old_shares.iter().find(|s| s.index() == *i).unwrap();
+            if Some(i.get()) == cheater {
+                dkg::byzantine::deal_bad_shares(&config, *i, key, Some(share), &victims, false, rng)
+                    .unwrap()
+            } else {
+                dkg::deal(&config, *i, key, Some(share), rng).unwrap()
+            }
+        })
+        .collect();
+    let (responses, states): (Vec<_>, Vec<_>) = new_nodes
+        .iter()
+        .map(|(j, key)| {
+            let (response, received) = dkg::respond(&config, *j, key, &dealings, rng).unwrap();
+            (response, (*j, received))
+        })
+        .unzip();
+    states
+        .into_iter()
+        .map(|(j, received)| {
+            dkg::finalize(
+                &config,
+                &new_nodes[&j],
+                received,
+                &dealings,
+                &responses,
+                rng,
+            )
+            .unwrap()
+            .0
+        })
+        .collect()
+}
+
+#[test]
+fn proactive_refresh_changes_every_share_but_not_the_key() {
+    let mut rng = rng(21);
+    let sk = SecretScalar::<Secp256k1>::random(&mut rng);
+    let (old_shares, old_keys) = shamir::deal(&sk, 3, 5, &mut rng).unwrap();
+    let outputs = reshare(
+        &old_shares,
+        &old_keys,
+        &[1, 2, 3, 4, 5],
+        &[1, 2, 3, 4, 5],
+        3,
+        None,
+        &mut rng,
+    );
+    for output in &outputs {
+        assert_eq!(output.public().public_key(), old_keys.public_key());
+        let new = output.share().unwrap();
+        let old = old_shares
+            .iter()
+            .find(|s| s.index() == new.index())
+            .unwrap();
+        // Same index, new value: a share stolen before the refresh is useless after it.
+        assert_ne!(new.public_share(), old.public_share());
+        assert_ne!(
+            output.public().public_share(new.index()).unwrap(),
+            old_keys.public_share(new.index()).unwrap()
+        );
+    }
+}
+
+#[test]
+fn reshare_excludes_a_cheating_old_holder() {
+    let mut rng = rng(22);
+    let sk = SecretScalar::<P256>::random(&mut rng);
+    let (old_shares, old_keys) = shamir::deal(&sk, 3, 5, &mut rng).unwrap();
+    let outputs = reshare(
+        &old_shares,
+        &old_keys,
+        &[1, 2, 3, 4, 5],
+        &[6, 7, 8, 9],
+        3,
+        Some(2),
+        &mut rng,
+    );
+    for output in &outputs {
+        assert_eq!(output.public().public_key(), old_keys.public_key());
+        assert!(!output.qualified().contains(&NodeIndex::new(2).unwrap()));
+        assert!(output
+            .faults()
+            .contains(&(NodeIndex::new(2).unwrap(), dkg::Fault::BadShare)));
+    }
+    // With only the old threshold of dealers and one of them cheating, the reshare must fail.
+    let old_nodes = node_keys::<P256>(&[1, 2, 3], &mut rng);
+    let new_nodes = node_keys::<P256>(&[6, 7, 8], &mut rng);
+    let config = CeremonyConfig::reshare(
+        5,
+        2,
+        old_keys.clone(),
+        publics(&old_nodes),
+        publics(&new_nodes),
+    )
+    .unwrap();
+    let victims: Vec<NodeIndex> = new_nodes.keys().copied().collect();
+    let dealings: Vec<_> = old_nodes
+        .iter()
+        .map(|(i, key)| {
+            let share = old_shares.iter().find(|s| s.index() == *i).unwrap();
+            if i.get() == 1 {
+                dkg::byzantine::deal_bad_shares(
+                    &config,
+                    *i,
+                    key,
+                    Some(share),
+                    &victims,
+                    false,
+                    &mut rng,
+                )
+                .unwrap()
+            } else {
+                dkg::deal(&config, *i, key, Some(share), &mut rng).unwrap()
+            }
+        })
+        .collect();
+    let (responses, states): (Vec<_>, Vec<_>) = new_nodes
+        .iter()
+        .map(|(j, key)| {
+            let (response, received) = dkg::respond(&config, *j, key, &dealings, &mut rng).unwrap();
+            (response, (*j, received))
+        })
+        .unzip();
+    for (j, received) in states {
+        let result = dkg::finalize(
+            &config,
+            &new_nodes[&j],
+            received,
+            &dealings,
+            &responses,
+            &mut rng,
+        );
+        assert!(
+            matches!(
+                result,
+                Err(Error::NotEnoughDealers {
+                    qualified: 2,
+                    required: 3,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn reshare_config_is_validated() {
+    let mut rng = rng(23);
+    let sk = SecretScalar::<Secp256k1>::random(&mut rng);
+    let (_, old_keys) = shamir::deal(&sk, 3, 5, &mut rng).unwrap();
+    let two = publics(&node_keys::<Secp256k1>(&[1, 2], &mut rng));
+    let outsider = publics(&node_keys::<Secp256k1>(&[1, 2, 9], &mut rng));
+    let new = publics(&node_keys::<Secp256k1>(&[6, 7, 8], &mut rng));
+    // Fewer dealers than the old threshold; a dealer that held no share.
+    assert!(matches!(
+        CeremonyConfig::reshare(2, 2, old_keys.clone(), two, new.clone()),
+        Err(Error::NotEnoughDealers {
+            qualified: 2,
+            required: 3,
+            ..
+        })
+    ));
+    assert_eq!(
+        CeremonyConfig::reshare(2, 2, old_keys, outsider, new).unwrap_err(),
+        Error::UnknownNode(NodeIndex::new(9).unwrap())
+    );
+}
