@@ -1,0 +1,1296 @@
+//! An open encrypted index: IVF with an SQ8 first stage and exact re-rank over
+//! forward-private segment storage (seed 002 §2-§3, DESIGN §4.4).
+//!
+//! Items are assigned to IVF lists (k-means centroids, trained by [`Index::train`]; an
+//! untrained index has one list and searches it exhaustively). Every upsert writes, per list
+//! it touches, one new immutable *segment* `(list, counter)` whose storage tokens and
+//! encryption key derive from `HMAC(seed key, generation ‖ list)` and the list's next counter
+//! — so a segment written after a query is unlinkable to that query's tokens (forward
+//! privacy). A query derives tokens only for its probed lists, decrypts their compact SQ8
+//! code blocks, keeps `rerank_mult · top_k` candidates and decrypts only those exact vectors.
+//! Deletes tombstone slots; [`Index::compact`] rewrites a list's live items into one segment
+//! under a new counter. Records that become unreferenced (deleted or overwritten slots,
+//! compacted or retrained segments) are never deleted in the batch that made them garbage:
+//! they are queued in the encrypted state and removed by a later write batch (or
+//! [`Index::sweep`]), so the batch writing a merged or replacing segment does not name the
+//! tokens past queries fetched.
+//!
+//! A handle's reads use its in-memory state; when a record it expects is missing or fails
+//! authentication, it re-reads the stored state and, if another handle changed it, reloads
+//! and retries once.
+//!
+//! The decrypted index state (config, centroids, counters, id → location map) is held in
+//! memory and persisted encrypted under the DEK-derived state key on every write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use rand::rngs::{OsRng, StdRng};
+use rand::{RngCore, SeedableRng};
+use rayon::prelude::*;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::keys::{
+    Dek, IndexKey, IndexKeys, Scope, SegmentKeys, UserKey, SEGMENT_SALT_LEN, USER_KEY_ID_LEN,
+};
+use crate::kmeans;
+use crate::labels;
+use crate::quantize::Sq8;
+use crate::records::{
+    catalog_key, data_key, decode, decode_vector, encode, encode_vector, index_prefix, state_key,
+    user_key, DocRecord, Garbage, IndexHeader, ListState, Location, SegmentCodes, SegmentMeta,
+    SegmentState, State, UserRecord, KIND_CODES, KIND_DOC, KIND_META, KIND_VECTOR, UID_LEN,
+};
+use crate::store::{value_digest, Applied, Precondition, Store, WriteBatch};
+use crate::types::{
+    CompactionStats, IndexConfig, Item, QueryParams, QueryResult, TrainParams, MAX_ABS_COMPONENT,
+    MAX_CONTENTS_LEN, MAX_ID_LEN, MAX_METADATA_LEN, MAX_RERANK, MAX_TOP_K, MAX_TRAIN_ITERS,
+};
+
+/// Deepest accepted metadata nesting (objects and arrays).
+pub const MAX_METADATA_DEPTH: usize = 32;
+
+fn json_depth(v: &Value) -> usize {
+    // Iterative, so hostile nesting cannot overflow the stack here.
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        if d > MAX_METADATA_DEPTH {
+            break;
+        }
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Largest number of items accepted in one upsert.
+pub const MAX_BATCH: usize = 1_000_000;
+
+/// What a handle was opened with.
+enum Access {
+    /// The index KEK: everything, including minting user keys and deleting the index.
+    Admin(IndexKey),
+    /// A minted user key.
+    User(Scope),
+}
+
+struct Loaded {
+    state: State,
+    /// SHA-256 of the stored state ciphertext this handle last saw (optimistic concurrency).
+    digest: [u8; 32],
+}
+
+/// An item validated and prepared for writing.
+struct NewItem {
+    id: String,
+    vector: Vec<f32>,
+    prepared: Vec<f32>,
+    contents: Option<Vec<u8>>,
+    metadata: Option<String>,
+}
+
+/// An open encrypted index. Cheap to share between threads (`&Index` is `Sync`); queries run
+/// concurrently, writes are serialized.
+///
+/// ```
+/// use tkms_engine::{Client, IndexConfig, IndexKey, Item, QueryParams, StorageConfig};
+///
+/// let client = Client::new(StorageConfig::memory())?;
+/// let key = IndexKey::generate();
+/// let index = client.create_index("docs", &key, IndexConfig::new(2).with_n_lists(2))?;
+/// index.upsert(vec![
+///     Item::new("a", vec![0.0, 0.0]),
+///     Item::new("b", vec![10.0, 10.0]),
+///     Item::new("c", vec![10.0, 11.0]),
+/// ])?;
+/// index.train(&Default::default())?;
+/// let hits = index.query(&[9.0, 9.5], &QueryParams::new(2).n_probes(2))?;
+/// assert_eq!(hits[0].id, "b");
+/// # Ok::<(), tkms_engine::Error>(())
+/// ```
+pub struct Index {
+    name: String,
+    uid: [u8; UID_LEN],
+    store: Arc<dyn Store>,
+    dek: Dek,
+    keys: IndexKeys,
+    access: Access,
+    state: RwLock<Loaded>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("name", &self.name)
+            .field("access", &self.access_name())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn dek_wrap_aad(name: &str, uid: &[u8; UID_LEN]) -> Vec<u8> {
+    let len = u32::try_from(name.len()).unwrap_or(u32::MAX).to_be_bytes();
+    [labels::DEK_WRAP_AAD, &len, name.as_bytes(), uid].concat()
+}
+
+pub(crate) fn user_wrap_aad(uid: &[u8; UID_LEN], key_id: &[u8], scope: Scope) -> Vec<u8> {
+    [labels::USER_WRAP_AAD, uid, key_id, &[scope.to_byte()]].concat()
+}
+
+fn state_aad(uid: &[u8; UID_LEN]) -> Vec<u8> {
+    [labels::STATE_AAD, uid].concat()
+}
+
+fn slot_u32(slot: usize) -> u32 {
+    u32::try_from(slot).expect("segment sizes are bounded by MAX_BATCH")
+}
+
+fn list_u32(list: usize) -> u32 {
+    u32::try_from(list).expect("list counts are bounded by MAX_LISTS")
+}
+
+/// Checks a vector's length and values; `position` is the item's place in its upsert batch
+/// (errors never carry ids or values).
+pub(crate) fn check_vector(config: &IndexConfig, v: &[f32], position: Option<usize>) -> Result<()> {
+    if v.len() != config.dimension {
+        return Err(Error::DimensionMismatch {
+            expected: config.dimension,
+            got: v.len(),
+            position,
+        });
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::NonFiniteVector { position });
+    }
+    if let Some(at) = v.iter().position(|x| x.abs() > MAX_ABS_COMPONENT) {
+        let whose = position.map_or_else(
+            || "the query vector".to_owned(),
+            |p| format!("the vector of the item at batch position {p}"),
+        );
+        return Err(Error::InvalidArgument(format!(
+            "{whose} has a component of magnitude above {MAX_ABS_COMPONENT:e} (component {at})"
+        )));
+    }
+    Ok(())
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Ranks are "smaller is closer"; a NaN (which finite, bounded inputs cannot produce, but a
+/// corrupted quantizer could) sorts last instead of first.
+fn sane_rank(r: f32) -> f32 {
+    if r.is_nan() {
+        f32::INFINITY
+    } else {
+        r
+    }
+}
+
+fn prepare_items(config: &IndexConfig, items: Vec<Item>) -> Result<Vec<NewItem>> {
+    if items.len() > MAX_BATCH {
+        return Err(Error::InvalidArgument(format!(
+            "at most {MAX_BATCH} items per upsert, got {}",
+            items.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for (pos, item) in items.into_iter().enumerate() {
+        if item.id.is_empty() || item.id.len() > MAX_ID_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "item ids must be 1..={MAX_ID_LEN} bytes, got {} bytes at batch position {pos}",
+                item.id.len()
+            )));
+        }
+        if !seen.insert(item.id.clone()) {
+            return Err(Error::DuplicateId(pos));
+        }
+        check_vector(config, &item.vector, Some(pos))?;
+        if let Some(c) = &item.contents {
+            if c.len() > MAX_CONTENTS_LEN {
+                return Err(Error::InvalidArgument(format!(
+                    "contents of the item at batch position {pos} are {} bytes, at most \
+                     {MAX_CONTENTS_LEN} are accepted",
+                    c.len()
+                )));
+            }
+        }
+        let metadata = match item.metadata {
+            None => None,
+            Some(m @ Value::Object(_)) if json_depth(&m) <= MAX_METADATA_DEPTH => {
+                let json = m.to_string();
+                if json.len() > MAX_METADATA_LEN {
+                    return Err(Error::InvalidArgument(format!(
+                        "metadata of the item at batch position {pos} is {} bytes as JSON, at \
+                         most {MAX_METADATA_LEN} are accepted",
+                        json.len()
+                    )));
+                }
+                Some(json)
+            }
+            Some(Value::Object(_)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "metadata of the item at batch position {pos} is nested deeper than \
+                     {MAX_METADATA_DEPTH} levels"
+                )))
+            }
+            Some(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "metadata of the item at batch position {pos} must be a JSON object, got {}",
+                    json_type(&other)
+                )))
+            }
+        };
+        out.push(NewItem {
+            prepared: config.metric.prepare(&item.vector),
+            id: item.id,
+            vector: item.vector,
+            contents: item.contents,
+            metadata,
+        });
+    }
+    Ok(out)
+}
+
+/// Validated query parameters.
+struct Plan {
+    top_k: usize,
+    n_probes: usize,
+    rerank: usize,
+    filter: Option<Filter>,
+    include: crate::types::Include,
+}
+
+impl Plan {
+    fn new(config: &IndexConfig, p: &QueryParams) -> Result<Self> {
+        if p.top_k == 0 || p.top_k > MAX_TOP_K {
+            return Err(Error::InvalidArgument(format!(
+                "top_k must be 1..={MAX_TOP_K}, got {}",
+                p.top_k
+            )));
+        }
+        let n_probes = p.n_probes.unwrap_or(config.n_probes);
+        if n_probes == 0 {
+            return Err(Error::InvalidArgument("n_probes must be at least 1".into()));
+        }
+        let mult = p.rerank_mult.unwrap_or(config.rerank_mult);
+        if mult == 0 || mult > 1000 {
+            return Err(Error::InvalidArgument(format!(
+                "rerank_mult must be 1..=1000, got {mult}"
+            )));
+        }
+        let rerank = p.top_k.saturating_mul(mult);
+        if rerank > MAX_RERANK {
+            return Err(Error::InvalidArgument(format!(
+                "top_k · rerank_mult must be at most {MAX_RERANK}, got {} · {mult}",
+                p.top_k
+            )));
+        }
+        Ok(Self {
+            top_k: p.top_k,
+            n_probes,
+            rerank,
+            filter: p.filter.as_ref().map(Filter::parse).transpose()?,
+            include: p.include,
+        })
+    }
+}
+
+/// A first-stage candidate.
+struct Candidate {
+    rank: f32,
+    segment: usize,
+    slot: u32,
+}
+
+impl Index {
+    pub(crate) fn open(
+        name: String,
+        uid: [u8; UID_LEN],
+        store: Arc<dyn Store>,
+        dek: Dek,
+        key: Option<IndexKey>,
+        scope: Scope,
+    ) -> Result<Self> {
+        let keys = IndexKeys::derive(&dek);
+        let loaded = load_state(store.as_ref(), &uid, &keys)?;
+        Ok(Self {
+            name,
+            uid,
+            store,
+            dek,
+            keys,
+            access: key.map_or(Access::User(scope), Access::Admin),
+            state: RwLock::new(loaded),
+        })
+    }
+
+    /// Writes the initial (empty, untrained) state of a new index into `batch`.
+    pub(crate) fn initial_state_record(
+        uid: &[u8; UID_LEN],
+        dek: &Dek,
+        config: IndexConfig,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let state = State {
+            config,
+            generation: 0,
+            centroids: None,
+            lists: vec![ListState::default()],
+            ids: HashMap::new(),
+            garbage: Vec::new(),
+        };
+        let keys = IndexKeys::derive(dek);
+        let plain = Zeroizing::new(encode(&state));
+        (
+            state_key(uid),
+            keys.state_cipher().seal(&state_aad(uid), &plain),
+        )
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Loaded> {
+        // State is only replaced after a successful commit, so a poisoned lock still guards a
+        // consistent value.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Loaded> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn access_name(&self) -> &'static str {
+        match self.access {
+            Access::Admin(_) => "the index key",
+            Access::User(Scope::ReadWrite) => "a read-write user key",
+            Access::User(Scope::ReadOnly) => "a read-only user key",
+        }
+    }
+
+    fn require_write(&self, operation: &'static str) -> Result<()> {
+        match self.access {
+            Access::Admin(_) | Access::User(Scope::ReadWrite) => Ok(()),
+            Access::User(Scope::ReadOnly) => Err(Error::PermissionDenied {
+                operation,
+                needed: "read-write access",
+                held: self.access_name(),
+            }),
+        }
+    }
+
+    fn require_admin(&self, operation: &'static str) -> Result<&IndexKey> {
+        match &self.access {
+            Access::Admin(k) => Ok(k),
+            Access::User(_) => Err(Error::PermissionDenied {
+                operation,
+                needed: "the index key",
+                held: self.access_name(),
+            }),
+        }
+    }
+
+    /// The index name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The index configuration.
+    pub fn config(&self) -> IndexConfig {
+        self.read().state.config.clone()
+    }
+
+    /// `None` when opened with the index key, else the user key's scope.
+    pub fn user_scope(&self) -> Option<Scope> {
+        match self.access {
+            Access::Admin(_) => None,
+            Access::User(s) => Some(s),
+        }
+    }
+
+    /// Whether [`Index::train`] has built IVF lists.
+    pub fn is_trained(&self) -> bool {
+        self.read().state.centroids.is_some()
+    }
+
+    /// Number of live items.
+    pub fn len(&self) -> usize {
+        self.read().state.ids.len()
+    }
+
+    /// True when the index holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of stored segments (all lists), for monitoring compaction.
+    pub fn segment_count(&self) -> usize {
+        self.read()
+            .state
+            .lists
+            .iter()
+            .map(|l| l.segments.len())
+            .sum()
+    }
+
+    /// All live ids, sorted.
+    pub fn list_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self.read().state.ids.keys().cloned().collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Removes the records queued as garbage by earlier writes (deleted and overwritten
+    /// items, compacted and retrained segments) in one batch that writes nothing but the
+    /// state. Every upsert, delete and train also sweeps at its start; compaction does not.
+    /// Returns the number of garbage entries (segments or slot groups) removed.
+    pub fn sweep(&self) -> Result<usize> {
+        self.require_write("sweep")?;
+        let mut guard = self.write();
+        if guard.state.garbage.is_empty() {
+            return Ok(0);
+        }
+        let mut state = guard.state.clone();
+        let mut b = WriteBatch::new();
+        let n = self.sweep_into(&mut state, &mut b);
+        self.commit(&mut guard, state, b)?;
+        Ok(n)
+    }
+
+    /// Moves the garbage queued by earlier batches into `b` as deletions.
+    fn sweep_into(&self, state: &mut State, b: &mut WriteBatch) -> usize {
+        let garbage = std::mem::take(&mut state.garbage);
+        self.delete_garbage(&garbage, b);
+        garbage.len()
+    }
+
+    fn delete_garbage(&self, garbage: &[Garbage], b: &mut WriteBatch) {
+        for g in garbage {
+            let seg = self.segment_keys(g.generation, g.list, g.counter, &g.salt);
+            for &slot in &g.slots {
+                b.delete(self.record_storage_key(&seg, KIND_VECTOR, slot));
+                b.delete(self.record_storage_key(&seg, KIND_DOC, slot));
+            }
+            if let Some(len) = g.segment_len {
+                b.delete(self.record_storage_key(&seg, KIND_CODES, 0));
+                b.delete(self.record_storage_key(&seg, KIND_META, 0));
+                for slot in 0..len {
+                    b.delete(self.record_storage_key(&seg, KIND_VECTOR, slot));
+                    b.delete(self.record_storage_key(&seg, KIND_DOC, slot));
+                }
+            }
+        }
+    }
+
+    /// Re-reads the stored state if it differs from the one this handle holds; returns
+    /// whether it was replaced.
+    fn refresh_if_changed(&self) -> Result<bool> {
+        let Some(sealed) = self.store.get(&state_key(&self.uid))? else {
+            return Ok(false);
+        };
+        if value_digest(&sealed) == self.read().digest {
+            return Ok(false);
+        }
+        let fresh = load_state(self.store.as_ref(), &self.uid, &self.keys)?;
+        *self.write() = fresh;
+        Ok(true)
+    }
+
+    /// Runs a read against the handle's state; if a record was missing or failed
+    /// authentication because another handle changed the index meanwhile, reloads the state
+    /// and runs it once more.
+    fn read_fresh<T>(&self, f: impl Fn(&State) -> Result<T>) -> Result<T> {
+        let first = f(&self.read().state);
+        match first {
+            Err(Error::Corrupted(_)) => {
+                if self.refresh_if_changed()? {
+                    f(&self.read().state)
+                } else {
+                    first
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Re-reads the index state from storage (after [`Error::Conflict`]).
+    pub fn reload(&self) -> Result<()> {
+        let fresh = load_state(self.store.as_ref(), &self.uid, &self.keys)?;
+        *self.write() = fresh;
+        Ok(())
+    }
+
+    fn segment_keys(
+        &self,
+        generation: u32,
+        list: u32,
+        counter: u64,
+        salt: &[u8; SEGMENT_SALT_LEN],
+    ) -> SegmentKeys {
+        self.keys
+            .cluster_seed(generation, list)
+            .segment(counter, salt)
+    }
+
+    fn record_storage_key(&self, seg: &SegmentKeys, kind: u8, slot: u32) -> Vec<u8> {
+        data_key(&self.uid, &seg.record_key(kind, slot))
+    }
+
+    fn put_record(
+        &self,
+        seg: &SegmentKeys,
+        kind: u8,
+        slot: u32,
+        plain: Vec<u8>,
+        b: &mut WriteBatch,
+    ) {
+        let plain = Zeroizing::new(plain);
+        let key = self.record_storage_key(seg, kind, slot);
+        let sealed = seg.cipher.seal(&key, &plain);
+        b.put(key, sealed);
+    }
+
+    /// Writes `items` as one new segment `(list, next counter)`; updates the id map.
+    fn write_segment(&self, state: &mut State, list: u32, items: Vec<NewItem>, b: &mut WriteBatch) {
+        let dim = state.config.dimension;
+        let ls = &mut state.lists[list as usize];
+        let counter = ls.next_counter;
+        ls.next_counter += 1;
+        let mut salt = [0u8; SEGMENT_SALT_LEN];
+        OsRng.fill_bytes(&mut salt);
+        ls.segments.push(SegmentState {
+            counter,
+            salt,
+            len: slot_u32(items.len()),
+            deleted: Vec::new(),
+        });
+        let seg = self.segment_keys(state.generation, list, counter, &salt);
+        let quantizer = Sq8::fit(dim, items.iter().map(|p| p.prepared.as_slice()));
+        let mut codes = Vec::with_capacity(items.len() * dim);
+        for p in &items {
+            quantizer.encode(&p.prepared, &mut codes);
+        }
+
+        self.put_record(
+            &seg,
+            KIND_CODES,
+            0,
+            encode(&SegmentCodes::new(
+                items.iter().map(|p| p.id.as_str()),
+                quantizer,
+                codes,
+            )),
+            b,
+        );
+        let metadata = items.iter().map(|p| p.metadata.clone()).collect();
+        self.put_record(&seg, KIND_META, 0, encode(&SegmentMeta { metadata }), b);
+        for (slot, p) in items.into_iter().enumerate() {
+            let slot = slot_u32(slot);
+            self.put_record(&seg, KIND_VECTOR, slot, encode_vector(&p.vector), b);
+            let doc = DocRecord {
+                id: p.id.clone(),
+                contents: p.contents,
+                metadata: p.metadata,
+            };
+            self.put_record(&seg, KIND_DOC, slot, encode(&doc), b);
+            state.ids.insert(
+                p.id,
+                Location {
+                    list,
+                    counter,
+                    slot,
+                },
+            );
+        }
+    }
+
+    /// Marks `loc` deleted and queues its vector and document records as garbage; drops the
+    /// segment (queueing all of it) when nothing in it is live. Nothing is deleted from
+    /// storage here: see [`Index::sweep`].
+    fn tombstone(state: &mut State, loc: Location) {
+        let generation = state.generation;
+        let Some(ls) = state.lists.get_mut(loc.list as usize) else {
+            return;
+        };
+        let Some(pos) = ls.segments.iter().position(|s| s.counter == loc.counter) else {
+            return;
+        };
+        let s = &mut ls.segments[pos];
+        if let Err(i) = s.deleted.binary_search(&loc.slot) {
+            s.deleted.insert(i, loc.slot);
+        }
+        if s.live() == 0 {
+            let s = ls.segments.remove(pos);
+            queue_segment_garbage(state, generation, loc.list, &s);
+            return;
+        }
+        let salt = s.salt;
+        match state.garbage.last_mut() {
+            Some(g)
+                if g.generation == generation
+                    && g.list == loc.list
+                    && g.counter == loc.counter
+                    && g.segment_len.is_none() =>
+            {
+                g.slots.push(loc.slot);
+            }
+            _ => state.garbage.push(Garbage {
+                generation,
+                list: loc.list,
+                counter: loc.counter,
+                salt,
+                slots: vec![loc.slot],
+                segment_len: None,
+            }),
+        }
+    }
+
+    /// Decrypts the live items of a segment.
+    fn read_segment_items(
+        &self,
+        state: &State,
+        list: u32,
+        s: &SegmentState,
+    ) -> Result<Vec<NewItem>> {
+        let seg = self.segment_keys(state.generation, list, s.counter, &s.salt);
+        let slots: Vec<u32> = (0..s.len).filter(|slot| !s.is_deleted(*slot)).collect();
+        let keys: Vec<Vec<u8>> = slots
+            .iter()
+            .flat_map(|&slot| {
+                [
+                    self.record_storage_key(&seg, KIND_VECTOR, slot),
+                    self.record_storage_key(&seg, KIND_DOC, slot),
+                ]
+            })
+            .collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut values = self.store.get_many(&refs)?.into_iter();
+        let mut out = Vec::with_capacity(slots.len());
+        for pair in keys.chunks_exact(2) {
+            let vector = decode_vector(
+                &open_record(&seg, &pair[0], values.next().flatten())?,
+                state.config.dimension,
+            )?;
+            let doc: DocRecord = decode(
+                &open_record(&seg, &pair[1], values.next().flatten())?,
+                "document",
+            )?;
+            out.push(NewItem {
+                prepared: state.config.metric.prepare(&vector),
+                id: doc.id,
+                vector,
+                contents: doc.contents,
+                metadata: doc.metadata,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Persists `state` and the batch atomically, if nobody changed the index meanwhile.
+    fn commit(&self, loaded: &mut Loaded, state: State, mut b: WriteBatch) -> Result<()> {
+        let plain = Zeroizing::new(encode(&state));
+        let sealed = self.keys.state_cipher().seal(&state_aad(&self.uid), &plain);
+        let digest = value_digest(&sealed);
+        let key = state_key(&self.uid);
+        b.require(Precondition::Digest(key.clone(), loaded.digest));
+        b.put(key, sealed);
+        match self.store.apply(b)? {
+            Applied::Committed => {
+                loaded.state = state;
+                loaded.digest = digest;
+                Ok(())
+            }
+            Applied::PreconditionFailed => Err(Error::Conflict(self.name.clone())),
+        }
+    }
+
+    fn assign(state: &State, items: &[NewItem]) -> Vec<u32> {
+        match &state.centroids {
+            None => vec![0; items.len()],
+            Some(c) => {
+                let dim = state.config.dimension;
+                items
+                    .par_iter()
+                    .map(|p| list_u32(kmeans::nearest_by(c, dim, &p.prepared, state.config.metric)))
+                    .collect()
+            }
+        }
+    }
+
+    fn write_grouped(&self, state: &mut State, items: Vec<NewItem>, b: &mut WriteBatch) {
+        let lists = Self::assign(state, &items);
+        let mut groups: BTreeMap<u32, Vec<NewItem>> = BTreeMap::new();
+        for (p, l) in items.into_iter().zip(lists) {
+            groups.entry(l).or_default().push(p);
+        }
+        for (list, group) in groups {
+            self.write_segment(state, list, group, b);
+        }
+    }
+
+    /// Inserts or replaces items. The whole batch is validated first (dimension, finite
+    /// values, unique non-empty ids, object metadata) and written atomically; items of one
+    /// batch that fall in the same list share one new segment.
+    pub fn upsert(&self, items: Vec<Item>) -> Result<()> {
+        self.require_write("upsert")?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.write();
+        let prepared = prepare_items(&guard.state.config, items)?;
+        let mut state = guard.state.clone();
+        let mut b = WriteBatch::new();
+        self.sweep_into(&mut state, &mut b);
+        for p in &prepared {
+            if let Some(loc) = state.ids.get(&p.id).copied() {
+                Self::tombstone(&mut state, loc);
+            }
+        }
+        self.write_grouped(&mut state, prepared, &mut b);
+        self.commit(&mut guard, state, b)?;
+
+        let max = guard.state.config.max_segments_per_list;
+        let crowded: Vec<u32> = (0..guard.state.lists.len())
+            .filter(|&l| guard.state.lists[l].segments.len() > max)
+            .map(list_u32)
+            .collect();
+        if !crowded.is_empty() {
+            // The upsert is committed; a failed automatic compaction leaves a valid index and
+            // is retried after the next upsert, so it is not reported as an upsert failure.
+            let _ = self.compact_lists(&mut guard, &crowded);
+        }
+        Ok(())
+    }
+
+    /// Deletes items by id; unknown ids are ignored. Returns how many were deleted.
+    pub fn delete<S: AsRef<str>>(&self, ids: &[S]) -> Result<usize> {
+        self.require_write("delete")?;
+        let mut guard = self.write();
+        let mut state = guard.state.clone();
+        let mut b = WriteBatch::new();
+        // Garbage of earlier batches first; this batch's own garbage waits for a later one.
+        self.sweep_into(&mut state, &mut b);
+        let mut n = 0;
+        for id in ids {
+            if let Some(loc) = state.ids.remove(id.as_ref()) {
+                Self::tombstone(&mut state, loc);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.commit(&mut guard, state, b)?;
+        }
+        Ok(n)
+    }
+
+    /// Fetches items by id, in request order; unknown ids are skipped.
+    pub fn get<S: AsRef<str>>(&self, ids: &[S]) -> Result<Vec<Item>> {
+        self.read_fresh(|state| self.get_in(state, ids))
+    }
+
+    fn get_in<S: AsRef<str>>(&self, state: &State, ids: &[S]) -> Result<Vec<Item>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(loc) = state.ids.get(id.as_ref()) else {
+                continue;
+            };
+            let salt = state
+                .lists
+                .get(loc.list as usize)
+                .and_then(|l| l.segments.iter().find(|s| s.counter == loc.counter))
+                .map(|s| s.salt)
+                .ok_or_else(|| Error::Corrupted("the id map names a missing segment".into()))?;
+            let seg = self.segment_keys(state.generation, loc.list, loc.counter, &salt);
+            let vk = self.record_storage_key(&seg, KIND_VECTOR, loc.slot);
+            let dk = self.record_storage_key(&seg, KIND_DOC, loc.slot);
+            let mut vals = self.store.get_many(&[&vk, &dk])?.into_iter();
+            let vector = decode_vector(
+                &open_record(&seg, &vk, vals.next().flatten())?,
+                state.config.dimension,
+            )?;
+            let doc: DocRecord =
+                decode(&open_record(&seg, &dk, vals.next().flatten())?, "document")?;
+            out.push(Item {
+                id: doc.id,
+                vector,
+                contents: doc.contents,
+                metadata: parse_metadata(doc.metadata.as_deref())?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The `top_k` nearest items to `vector`.
+    pub fn query(&self, vector: &[f32], params: &QueryParams) -> Result<Vec<QueryResult>> {
+        let config = self.config();
+        let plan = Plan::new(&config, params)?;
+        check_vector(&config, vector, None)?;
+        self.read_fresh(|state| self.search(state, &plan, vector))
+    }
+
+    /// [`Index::query`] for several vectors, run in parallel. All vectors are validated
+    /// before any search runs.
+    pub fn query_batch(
+        &self,
+        vectors: &[Vec<f32>],
+        params: &QueryParams,
+    ) -> Result<Vec<Vec<QueryResult>>> {
+        let config = self.config();
+        let plan = Plan::new(&config, params)?;
+        for v in vectors {
+            check_vector(&config, v, None)?;
+        }
+        self.read_fresh(|state| {
+            vectors
+                .par_iter()
+                .map(|v| self.search(state, &plan, v))
+                .collect()
+        })
+    }
+
+    /// Stage 1: decrypt the probed segments' SQ8 codes (and metadata when filtering), keep
+    /// the best `rerank_mult · top_k` candidates.
+    fn first_stage(
+        &self,
+        state: &State,
+        plan: &Plan,
+        pq: &[f32],
+        segs: &[(&SegmentState, SegmentKeys)],
+    ) -> Result<(Vec<SegmentCodes>, Vec<Candidate>)> {
+        let metric = state.config.metric;
+        let dim = state.config.dimension;
+        let with_meta = plan.filter.is_some();
+        let mut keys = Vec::with_capacity(segs.len() * 2);
+        for (_, seg) in segs {
+            keys.push(self.record_storage_key(seg, KIND_CODES, 0));
+            if with_meta {
+                keys.push(self.record_storage_key(seg, KIND_META, 0));
+            }
+        }
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut values = self.store.get_many(&refs)?.into_iter();
+        let mut key_iter = keys.iter();
+
+        // Stage 1: SQ8 codes.
+        let mut blocks: Vec<SegmentCodes> = Vec::with_capacity(segs.len());
+        let mut cands: Vec<Candidate> = Vec::new();
+        for (i, (s, seg)) in segs.iter().enumerate() {
+            let ck = key_iter.next().map_or(&[][..], Vec::as_slice);
+            let block: SegmentCodes = decode(
+                &open_record(seg, ck, values.next().flatten())?,
+                "segment codes",
+            )?;
+            let len = s.len as usize;
+            block.validate(len, dim)?;
+            let meta: Option<SegmentMeta> = if with_meta {
+                let mk = key_iter.next().map_or(&[][..], Vec::as_slice);
+                let m: SegmentMeta = decode(
+                    &open_record(seg, mk, values.next().flatten())?,
+                    "segment metadata",
+                )?;
+                if m.metadata.len() != len {
+                    return Err(Error::Corrupted("segment metadata does not match".into()));
+                }
+                Some(m)
+            } else {
+                None
+            };
+            let scorer = block.quantizer.scorer(metric, pq);
+            for slot in 0..s.len {
+                if s.is_deleted(slot) {
+                    continue;
+                }
+                if let (Some(f), Some(m)) = (&plan.filter, &meta) {
+                    let value = parse_metadata(m.metadata[slot as usize].as_deref())?;
+                    if !f.matches(value.as_ref()) {
+                        continue;
+                    }
+                }
+                let code = &block.codes[slot as usize * dim..(slot as usize + 1) * dim];
+                cands.push(Candidate {
+                    rank: sane_rank(scorer.rank(code)),
+                    segment: i,
+                    slot,
+                });
+            }
+            blocks.push(block);
+        }
+        if cands.len() > plan.rerank {
+            cands.select_nth_unstable_by(plan.rerank, |a, b| {
+                a.rank
+                    .total_cmp(&b.rank)
+                    .then(a.segment.cmp(&b.segment))
+                    .then(a.slot.cmp(&b.slot))
+            });
+            cands.truncate(plan.rerank);
+        }
+
+        Ok((blocks, cands))
+    }
+
+    fn search(&self, state: &State, plan: &Plan, query: &[f32]) -> Result<Vec<QueryResult>> {
+        let metric = state.config.metric;
+        let dim = state.config.dimension;
+        let pq = metric.prepare(query);
+        let lists: Vec<u32> = match &state.centroids {
+            None => vec![0],
+            Some(c) => kmeans::nearest_n(c, dim, &pq, plan.n_probes, metric)
+                .into_iter()
+                .map(list_u32)
+                .collect(),
+        };
+
+        // Tokens for the probed lists only (seed 002 §3 "Minimal key generation").
+        let mut segs: Vec<(&SegmentState, SegmentKeys)> = Vec::new();
+        for list in lists {
+            let seed = self.keys.cluster_seed(state.generation, list);
+            for s in &state.lists[list as usize].segments {
+                segs.push((s, seed.segment(s.counter, &s.salt)));
+            }
+        }
+        let (blocks, cands) = self.first_stage(state, plan, &pq, &segs)?;
+
+        // Stage 2: decrypt only the candidates' exact vectors and re-rank.
+        let vkeys: Vec<Vec<u8>> = cands
+            .iter()
+            .map(|c| self.record_storage_key(&segs[c.segment].1, KIND_VECTOR, c.slot))
+            .collect();
+        let refs: Vec<&[u8]> = vkeys.iter().map(Vec::as_slice).collect();
+        let vals = self.store.get_many(&refs)?;
+        let mut exact: Vec<(f32, &Candidate, Vec<f32>)> = Vec::with_capacity(cands.len());
+        for ((c, k), v) in cands.iter().zip(&vkeys).zip(vals) {
+            let vector = decode_vector(&open_record(&segs[c.segment].1, k, v)?, dim)?;
+            let rank = sane_rank(metric.rank(&pq, &metric.prepare(&vector)));
+            exact.push((rank, c, vector));
+        }
+        exact.sort_by(|a, b| {
+            a.0.total_cmp(&b.0).then_with(|| {
+                blocks[a.1.segment]
+                    .id_bytes(a.1.slot as usize)
+                    .cmp(blocks[b.1.segment].id_bytes(b.1.slot as usize))
+            })
+        });
+        exact.truncate(plan.top_k);
+
+        let docs = if plan.include.any_doc() {
+            let dkeys: Vec<Vec<u8>> = exact
+                .iter()
+                .map(|(_, c, _)| self.record_storage_key(&segs[c.segment].1, KIND_DOC, c.slot))
+                .collect();
+            let refs: Vec<&[u8]> = dkeys.iter().map(Vec::as_slice).collect();
+            let vals = self.store.get_many(&refs)?;
+            let mut docs = Vec::with_capacity(dkeys.len());
+            for (((_, c, _), k), v) in exact.iter().zip(&dkeys).zip(vals) {
+                let doc: DocRecord = decode(&open_record(&segs[c.segment].1, k, v)?, "document")?;
+                docs.push(Some(doc));
+            }
+            docs
+        } else {
+            exact.iter().map(|_| None).collect()
+        };
+
+        exact
+            .into_iter()
+            .zip(docs)
+            .map(|((rank, c, vector), doc)| {
+                let (contents, metadata) = match doc {
+                    Some(d) => (
+                        d.contents.filter(|_| plan.include.contents),
+                        if plan.include.metadata {
+                            parse_metadata(d.metadata.as_deref())?
+                        } else {
+                            None
+                        },
+                    ),
+                    None => (None, None),
+                };
+                Ok(QueryResult {
+                    id: blocks[c.segment].id(c.slot as usize)?,
+                    distance: metric.finish(rank),
+                    vector: plan.include.vector.then_some(vector),
+                    contents,
+                    metadata,
+                })
+            })
+            .collect()
+    }
+
+    /// Builds the IVF lists: k-means (k-means++ seeding) on a sample of the stored vectors,
+    /// then every live item is re-encrypted into new segments under a new key generation.
+    /// Can be called again to retrain.
+    pub fn train(&self, params: &TrainParams) -> Result<()> {
+        self.require_write("train")?;
+        let mut guard = self.write();
+        let old = &guard.state;
+        let n_lists = old.config.n_lists;
+        let dim = old.config.dimension;
+        let live = old.ids.len();
+        if params.max_iters > MAX_TRAIN_ITERS {
+            return Err(Error::InvalidArgument(format!(
+                "max_iters must be at most {MAX_TRAIN_ITERS}, got {}",
+                params.max_iters
+            )));
+        }
+        if live < n_lists {
+            return Err(Error::NotEnoughVectors {
+                have: live,
+                need: n_lists,
+            });
+        }
+        let sample_n = params.sample_size.unwrap_or(256 * n_lists).min(live);
+        if sample_n < n_lists {
+            return Err(Error::InvalidArgument(format!(
+                "sample_size {sample_n} is smaller than n_lists {n_lists}"
+            )));
+        }
+        let generation = old
+            .generation
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidArgument("index retrained too many times".into()))?;
+
+        let mut items = Vec::with_capacity(live);
+        for (list, ls) in old.lists.iter().enumerate() {
+            for s in &ls.segments {
+                items.extend(self.read_segment_items(old, list_u32(list), s)?);
+            }
+        }
+        if items.len() != live {
+            return Err(Error::Corrupted(format!(
+                "the id map lists {live} items but the segments hold {}",
+                items.len()
+            )));
+        }
+        let mut rng = StdRng::seed_from_u64(params.seed);
+        let picked = rand::seq::index::sample(&mut rng, items.len(), sample_n);
+        let data: Vec<f32> = picked
+            .iter()
+            .flat_map(|i| items[i].prepared.iter().copied())
+            .collect();
+        let centroids = kmeans::train(&data, dim, n_lists, params.max_iters, params.seed);
+
+        // Garbage of earlier batches is swept now; every old segment becomes garbage for a
+        // later batch.
+        let mut b = WriteBatch::new();
+        self.delete_garbage(&old.garbage, &mut b);
+        let mut state = State {
+            config: old.config.clone(),
+            generation,
+            centroids: Some(centroids),
+            lists: vec![ListState::default(); n_lists],
+            ids: HashMap::with_capacity(live),
+            garbage: Vec::new(),
+        };
+        for (list, ls) in old.lists.iter().enumerate() {
+            for s in &ls.segments {
+                queue_segment_garbage(&mut state, old.generation, list_u32(list), s);
+            }
+        }
+        self.write_grouped(&mut state, items, &mut b);
+        self.commit(&mut guard, state, b)
+    }
+
+    /// Merges each list's segments (dropping deleted slots) into one new segment under a new
+    /// counter. Query results are unchanged. The old segments are queued as garbage and
+    /// removed by a later write (or [`Index::sweep`]), never by the compaction batch itself.
+    pub fn compact(&self) -> Result<CompactionStats> {
+        self.require_write("compact")?;
+        let mut guard = self.write();
+        let lists: Vec<u32> = (0..guard.state.lists.len())
+            .filter(|&l| {
+                let segs = &guard.state.lists[l].segments;
+                segs.len() > 1 || segs.iter().any(|s| !s.deleted.is_empty())
+            })
+            .map(list_u32)
+            .collect();
+        self.compact_lists(&mut guard, &lists)
+    }
+
+    fn compact_lists(&self, loaded: &mut Loaded, lists: &[u32]) -> Result<CompactionStats> {
+        let mut stats = CompactionStats::default();
+        if lists.is_empty() {
+            return Ok(stats);
+        }
+        let mut state = loaded.state.clone();
+        let mut b = WriteBatch::new();
+        for &list in lists {
+            let segs = std::mem::take(&mut state.lists[list as usize].segments);
+            let mut items = Vec::new();
+            for s in &segs {
+                items.extend(self.read_segment_items(&loaded.state, list, s)?);
+                let generation = state.generation;
+                queue_segment_garbage(&mut state, generation, list, s);
+                stats.tombstones_dropped += s.deleted.len();
+            }
+            stats.segments_before += segs.len();
+            stats.lists_compacted += 1;
+            if !items.is_empty() {
+                self.write_segment(&mut state, list, items, &mut b);
+                stats.segments_after += 1;
+            }
+        }
+        self.commit(loaded, state, b)?;
+        Ok(stats)
+    }
+
+    /// Mints a per-user key with `scope`. Needs a handle opened with the index key.
+    ///
+    /// ```
+    /// use tkms_engine::{Client, IndexConfig, IndexKey, Item, Scope, StorageConfig};
+    /// let client = Client::new(StorageConfig::memory())?;
+    /// let key = IndexKey::generate();
+    /// let admin = client.create_index("shared", &key, IndexConfig::new(2))?;
+    /// let reader = admin.mint_user_key(Scope::ReadOnly)?;
+    /// let as_reader = client.load_index_with_user_key("shared", &reader)?;
+    /// assert!(as_reader.upsert(vec![Item::new("x", vec![1.0, 2.0])]).is_err());
+    /// # Ok::<(), tkms_engine::Error>(())
+    /// ```
+    pub fn mint_user_key(&self, scope: Scope) -> Result<UserKey> {
+        let kek = self.require_admin("mint_user_key")?;
+        let mut key_id = [0u8; USER_KEY_ID_LEN];
+        OsRng.fill_bytes(&mut key_id);
+        let uk = UserKey::mint(kek, key_id, scope);
+        let record = UserRecord {
+            scope: scope.to_byte(),
+            wrapped_dek: uk.wrap_cipher().seal(
+                &user_wrap_aad(&self.uid, &key_id, scope),
+                self.dek.as_bytes(),
+            ),
+        };
+        let mut b = WriteBatch::new();
+        b.require(Precondition::Digest(
+            state_key(&self.uid),
+            self.read().digest,
+        ));
+        b.put(user_key(&self.uid, &key_id), encode(&record));
+        match self.store.apply(b)? {
+            Applied::Committed => Ok(uk),
+            Applied::PreconditionFailed => Err(Error::Conflict(self.name.clone())),
+        }
+    }
+
+    /// Revokes a user key by id; returns whether it existed. Needs the index key.
+    pub fn revoke_user_key(&self, key_id: &[u8; USER_KEY_ID_LEN]) -> Result<bool> {
+        self.require_admin("revoke_user_key")?;
+        let k = user_key(&self.uid, key_id);
+        let existed = self.store.get(&k)?.is_some();
+        let mut b = WriteBatch::new();
+        b.delete(k);
+        self.store.apply(b)?;
+        Ok(existed)
+    }
+
+    /// Deletes the index and all its data. Needs the index key. Refused with
+    /// [`Error::IndexNotFound`] when the catalog entry of this name no longer belongs to this
+    /// handle's index (it was deleted, and perhaps recreated, through another handle).
+    pub fn delete_index(self) -> Result<()> {
+        self.require_admin("delete_index")?;
+        let ck = catalog_key(&self.name);
+        let raw = self.store.get(&ck)?;
+        let ours = match &raw {
+            Some(raw) => decode::<IndexHeader>(raw, "index header")?.uid == self.uid,
+            None => false,
+        };
+        let Some(raw) = raw.filter(|_| ours) else {
+            return Err(Error::IndexNotFound(self.name.clone()));
+        };
+        let mut b = WriteBatch::new();
+        b.require(Precondition::Digest(ck.clone(), value_digest(&raw)));
+        b.delete(ck);
+        b.delete_prefix(index_prefix(&self.uid));
+        match self.store.apply(b)? {
+            Applied::Committed => Ok(()),
+            Applied::PreconditionFailed => Err(Error::Conflict(self.name.clone())),
+        }
+    }
+}
+
+/// Queues every record of segment `s` of `list` (under `generation`) as garbage.
+fn queue_segment_garbage(state: &mut State, generation: u32, list: u32, s: &SegmentState) {
+    state.garbage.push(Garbage {
+        generation,
+        list,
+        counter: s.counter,
+        salt: s.salt,
+        slots: Vec::new(),
+        segment_len: Some(s.len),
+    });
+}
+
+fn open_record(
+    seg: &SegmentKeys,
+    key: &[u8],
+    value: Option<Vec<u8>>,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let sealed = value.ok_or_else(|| Error::Corrupted("a segment record is missing".into()))?;
+    seg.cipher
+        .open(key, &sealed)
+        .map_err(|_| Error::Corrupted("a segment record failed authentication".into()))
+}
+
+fn parse_metadata(json: Option<&str>) -> Result<Option<Value>> {
+    json.map(|s| {
+        serde_json::from_str(s).map_err(|e| Error::Corrupted(format!("stored metadata: {e}")))
+    })
+    .transpose()
+}
+
+fn load_state(store: &dyn Store, uid: &[u8; UID_LEN], keys: &IndexKeys) -> Result<Loaded> {
+    let sealed = store
+        .get(&state_key(uid))?
+        .ok_or_else(|| Error::Corrupted("the index state record is missing".into()))?;
+    let plain = keys
+        .state_cipher()
+        .open(&state_aad(uid), &sealed)
+        .map_err(|_| Error::Corrupted("the index state failed authentication".into()))?;
+    let state: State = decode(&plain, "index state")?;
+    let lists_ok = match &state.centroids {
+        None => state.lists.len() == 1,
+        Some(c) => {
+            state.lists.len() == state.config.n_lists
+                && c.len() == state.config.n_lists * state.config.dimension
+        }
+    };
+    if !lists_ok {
+        return Err(Error::Corrupted("index state is inconsistent".into()));
+    }
+    Ok(Loaded {
+        state,
+        digest: value_digest(&sealed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_ranks_sort_last() {
+        let mut ranks = [sane_rank(f32::NAN), 1.0, sane_rank(-f32::NAN), -3.0];
+        ranks.sort_by(f32::total_cmp);
+        assert_eq!(ranks[..2], [-3.0, 1.0]);
+        assert!(ranks[2..].iter().all(|r| *r == f32::INFINITY));
+    }
+
+    #[test]
+    fn vector_checks_name_positions_not_ids() {
+        let cfg = IndexConfig::new(2);
+        assert!(check_vector(&cfg, &[1e15, -1e15], Some(0)).is_ok());
+        let err = check_vector(&cfg, &[0.0, 2e15], Some(4)).unwrap_err();
+        assert!(err.to_string().contains("batch position 4"), "{err}");
+        let err = check_vector(&cfg, &[0.0, -2e15], None).unwrap_err();
+        assert!(err.to_string().contains("query vector"), "{err}");
+    }
+}

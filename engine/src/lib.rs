@@ -1,0 +1,61 @@
+//! `tkms-engine`: an encrypted vector index in the manner of CyborgDB (seeds 000-002,
+//! DESIGN §4.4).
+//!
+//! * **Keys** ([`keys`]): the caller's 32-byte KEK wraps a per-index DEK; every other key is
+//!   derived from the DEK with the labelled HKDF/HMAC/SHA-3 steps of [`labels`]. A wrong KEK
+//!   is refused with [`Error::WrongKey`]. Per-user keys carry a read-only or read-write
+//!   [`Scope`].
+//! * **Encrypted storage** ([`store`]): vectors, ids, contents and metadata are stored only as
+//!   AES-256-GCM ciphertexts with random nonces, under storage keys that are derived tokens;
+//!   the id → location map is itself encrypted. Backends: memory and one redb file.
+//! * **Index**: IVF lists from k-means, per-list forward-private segments
+//!   (`HMAC(seed key, list)` → per-counter SHA-3 lookup token and encryption key), an SQ8
+//!   first stage and an exact re-rank of `rerank_mult · top_k` decrypted vectors, metadata
+//!   [`Filter`]s, compaction.
+//!
+//! ```
+//! use serde_json::json;
+//! use tkms_engine::{Client, IndexConfig, IndexKey, Item, QueryParams, StorageConfig};
+//!
+//! let client = Client::new(StorageConfig::memory())?;
+//! let key = IndexKey::generate();
+//! let index = client.create_index("songs", &key, IndexConfig::new(3).with_n_lists(2))?;
+//! index.upsert(vec![
+//!     Item::new("s1", vec![1.0, 0.0, 0.0]).with_metadata(json!({"genre": "jazz"})),
+//!     Item::new("s2", vec![0.9, 0.1, 0.0]).with_metadata(json!({"genre": "rock"})),
+//!     Item::new("s3", vec![0.0, 0.0, 1.0]).with_metadata(json!({"genre": "jazz"})),
+//! ])?;
+//! index.train(&Default::default())?;
+//! let hits = index.query(
+//!     &[1.0, 0.05, 0.0],
+//!     &QueryParams::new(1).n_probes(2).filter(json!({"genre": {"$ne": "jazz"}})),
+//! )?;
+//! assert_eq!(hits[0].id, "s2");
+//! # Ok::<(), tkms_engine::Error>(())
+//! ```
+
+mod client;
+mod error;
+mod filter;
+mod index;
+pub mod keys;
+mod kmeans;
+pub mod labels;
+mod metric;
+mod quantize;
+mod records;
+pub mod store;
+mod types;
+
+pub use client::{Client, MAX_INDEX_NAME_LEN};
+pub use error::{Error, Result};
+pub use filter::Filter;
+pub use index::{Index, MAX_BATCH, MAX_METADATA_DEPTH};
+pub use keys::{IndexKey, Scope, UserKey};
+pub use metric::Metric;
+pub use store::StorageConfig;
+pub use types::{
+    CompactionStats, Include, IndexConfig, Item, QueryParams, QueryResult, TrainParams,
+    MAX_ABS_COMPONENT, MAX_CENTROID_FLOATS, MAX_CONTENTS_LEN, MAX_DIMENSION, MAX_ID_LEN, MAX_LISTS,
+    MAX_METADATA_LEN, MAX_RERANK, MAX_TOP_K, MAX_TRAIN_ITERS,
+};

@@ -1,0 +1,17 @@
+//! # tkms-simulations
+//!
+//! A seeded, deterministic discrete-event simulator that drives the real `tkms-crypto`
+//! protocol code (DKG, resharing, threshold delegation) over a simulated network with
+//! latency, loss, reordering, partitions, crashes and byzantine nodes.
+//!
+//! - [`sim`]: virtual clock, event queue, network model, crash schedule.
+//! - [`dkg_node`]: a DKG/reshare participant as a state machine.
+//! - [`delegation`]: a manager fanning delegation requests out to share holders.
+//! - [`scenario`]: ready-made runs (DKG, reshare, delegation) and their metrics.
+//! - [`invariants`]: the properties checked at the end of a run.
+
+pub mod delegation;
+pub mod dkg_node;
+pub mod invariants;
+pub mod scenario;
+pub mod sim;
