@@ -225,7 +225,7 @@ fn dkg_ops(c: &mut Criterion) {
                     dkg::finalize(
                         &config,
                         &nodes[&first],
-                        received,
+                        &received,
                         &dealings,
                         &responses,
                         &mut rng,
@@ -250,7 +250,7 @@ fn dkg_ops(c: &mut Criterion) {
                     .iter()
                     .zip(states)
                     .map(|((_, k), s)| {
-                        dkg::finalize(&config, k, s, &dealings, &responses, &mut rng).unwrap()
+                        dkg::finalize(&config, k, &s, &dealings, &responses, &mut rng).unwrap()
                     })
                     .collect();
                 let confirmations: Vec<_> = results.iter().filter_map(|(_, c)| *c).collect();

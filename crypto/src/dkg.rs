@@ -574,6 +574,38 @@ impl<S: Suite> ReceivedShares<S> {
             shares: BTreeMap::new(),
         }
     }
+
+    /// Take in a dealing that arrived after [`respond`] (relayed by a peer after
+    /// [`finalize`] reported [`Error::MissingDealing`]): validate it, decrypt this node's
+    /// share and check it against the commitments. Nothing is broadcast: this node's response
+    /// is already out, so a bad share can no longer be accused — it is refused here, and
+    /// `finalize` keeps reporting the dealing missing (this node then needs a reshare).
+    /// Returns `Ok(true)` if a share was added, `Ok(false)` if one from this dealer was
+    /// already held.
+    pub fn absorb(
+        &mut self,
+        config: &CeremonyConfig<S>,
+        node_key: &SecretScalar<S>,
+        dealing: &Dealing<S>,
+    ) -> Result<bool, Error> {
+        let me = self
+            .recipient
+            .ok_or(Error::NotAParticipant(dealing.dealer))?;
+        if self.shares.contains_key(&dealing.dealer) {
+            return Ok(false);
+        }
+        dealing.validate(config)?;
+        let ciphertext = dealing
+            .share_for(config, me)
+            .ok_or(Error::NotAParticipant(me))?;
+        let revealed = *ciphertext.ephemeral() * node_key.expose();
+        let value = open_share(config, dealing, me, &revealed).ok_or(Error::InvalidMessage {
+            culprit: dealing.dealer,
+            reason: "share does not match the dealer's commitments",
+        })?;
+        self.shares.insert(dealing.dealer, value);
+        Ok(true)
+    }
 }
 
 impl<S: Suite> core::fmt::Debug for ReceivedShares<S> {
@@ -842,7 +874,7 @@ impl<S: Suite> CeremonyOutput<S> {
 pub fn finalize<S: Suite>(
     config: &CeremonyConfig<S>,
     node_key: &SecretScalar<S>,
-    received: ReceivedShares<S>,
+    received: &ReceivedShares<S>,
     dealings: &[Dealing<S>],
     responses: &[Response<S>],
     rng: &mut impl CryptoRngCore,
@@ -908,10 +940,9 @@ pub fn finalize<S: Suite>(
         h.finalize().into()
     };
 
-    let ReceivedShares { recipient, shares } = received;
-    let (share, confirmation) = match recipient {
+    let (share, confirmation) = match received.recipient {
         Some(me) => {
-            let share = combine_shares(me, &qualified, &weights, &shares, &public)?;
+            let share = combine_shares(me, &qualified, &weights, &received.shares, &public)?;
             let confirmation = Confirmation::sign(config, me, node_key, transcript_hash, rng)?;
             (Some(share), Some(confirmation))
         }

@@ -221,7 +221,7 @@ impl<S: Suite> Commitment<S> {
 
     /// Strict decoding of concatenated compressed points.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
-        if bytes.is_empty() || bytes.len() % POINT_LEN != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(POINT_LEN) {
             return Err(EncodingError::Length {
                 expected: POINT_LEN * (bytes.len() / POINT_LEN).max(1),
                 actual: bytes.len(),

@@ -144,7 +144,7 @@ fn run<S: Suite>(
     let mut results = BTreeMap::new();
     let mut confirmations = Vec::new();
     for (j, received) in states {
-        match dkg::finalize(&config, &keys[&j], received, &view[&j], &responses, rng) {
+        match dkg::finalize(&config, &keys[&j], &received, &view[&j], &responses, rng) {
             Ok((output, confirmation)) => {
                 confirmations.extend(confirmation);
                 results.insert(j, Ok(output));
@@ -416,4 +416,81 @@ fn summary<S: Suite>(run: &Run<S>) -> serde_json::Value {
             .collect::<BTreeMap<_, _>>(),
         "transcript_hash": hex::encode(output.transcript_hash()),
     })
+}
+
+#[test]
+fn a_node_that_missed_a_dealing_absorbs_it_when_relayed() {
+    let mut rng = ChaCha20Rng::seed_from_u64(31);
+    let keys: BTreeMap<NodeIndex, SecretScalar<Secp256k1>> = (1..=4)
+        .map(|i| (idx(i), SecretScalar::random(&mut rng)))
+        .collect();
+    let committee = keys.iter().map(|(i, k)| (*i, k.public_point())).collect();
+    let config = CeremonyConfig::dkg(3, 3, committee).unwrap();
+    let dealings: Vec<_> = keys
+        .iter()
+        .map(|(i, k)| dkg::deal(&config, *i, k, None, &mut rng).unwrap())
+        .collect();
+    // Node 4 never received dealer 2's dealing; everyone else did.
+    let late = &dealings[1];
+    let partial_view: Vec<_> = dealings
+        .iter()
+        .filter(|d| d.dealer() != idx(2))
+        .cloned()
+        .collect();
+    let mut responses = Vec::new();
+    let mut states = BTreeMap::new();
+    for (j, k) in &keys {
+        let view = if *j == idx(4) {
+            &partial_view
+        } else {
+            &dealings
+        };
+        let (response, received) = dkg::respond(&config, *j, k, view, &mut rng).unwrap();
+        responses.push(response);
+        states.insert(*j, (received, view.clone()));
+    }
+    let (mut received, view) = states.remove(&idx(4)).unwrap();
+    let result = dkg::finalize(
+        &config,
+        &keys[&idx(4)],
+        &received,
+        &view,
+        &responses,
+        &mut rng,
+    );
+    assert_eq!(
+        result.unwrap_err(),
+        Error::MissingDealing { dealer: idx(2) }
+    );
+    // A peer relays the signed dealing; node 4 absorbs it and finalizes like everyone else.
+    assert!(received.absorb(&config, &keys[&idx(4)], late).unwrap());
+    assert!(!received.absorb(&config, &keys[&idx(4)], late).unwrap());
+    let view: Vec<_> = view.into_iter().chain([late.clone()]).collect();
+    let (mine, _) = dkg::finalize(
+        &config,
+        &keys[&idx(4)],
+        &received,
+        &view,
+        &responses,
+        &mut rng,
+    )
+    .unwrap();
+    let (received_1, view_1) = &states[&idx(1)];
+    let (theirs, _) = dkg::finalize(
+        &config,
+        &keys[&idx(1)],
+        received_1,
+        view_1,
+        &responses,
+        &mut rng,
+    )
+    .unwrap();
+    assert_eq!(mine.transcript_hash(), theirs.transcript_hash());
+    assert_eq!(mine.public(), theirs.public());
+    // A dealing signed for another ceremony is refused.
+    let other = config.restart(&[]).unwrap();
+    let foreign = dkg::deal(&other, idx(2), &keys[&idx(2)], None, &mut rng).unwrap();
+    let (_, mut fresh) =
+        dkg::respond(&config, idx(4), &keys[&idx(4)], &partial_view, &mut rng).unwrap();
+    assert!(fresh.absorb(&config, &keys[&idx(4)], &foreign).is_err());
 }

@@ -251,7 +251,7 @@ fn reshare_keeps_public_key<S: Suite>(seed: u64) {
         let (output, confirmation) = dkg::finalize(
             &config,
             &new_nodes[&j],
-            received,
+            &received,
             &dealings,
             &responses,
             &mut rng,
@@ -375,7 +375,7 @@ fn reshare<S: Suite>(
             dkg::finalize(
                 &config,
                 &new_nodes[&j],
-                received,
+                &received,
                 &dealings,
                 &responses,
                 rng,
