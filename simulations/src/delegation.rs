@@ -54,14 +54,14 @@ pub enum DelMsg {
         /// Request number.
         id: u32,
         /// What to compute.
-        request: DelegationRequest<S>,
+        request: Box<DelegationRequest<S>>,
     },
     /// Node → manager.
     Partial {
         /// Request number.
         id: u32,
         /// The node's answer.
-        partial: PartialDelegation<S>,
+        partial: Box<PartialDelegation<S>>,
     },
 }
 
@@ -189,7 +189,13 @@ impl Manager {
         }
     }
 
-    fn on_partial(&mut self, now: Time, id: u32, partial: PartialDelegation<S>, rng: &mut ChaCha20Rng) {
+    fn on_partial(
+        &mut self,
+        now: Time,
+        id: u32,
+        partial: PartialDelegation<S>,
+        rng: &mut ChaCha20Rng,
+    ) {
         let Some(open) = self.open.get_mut(&id) else {
             return;
         };
@@ -259,7 +265,11 @@ impl ShareNode {
         Self { share, fault }
     }
 
-    fn answer(&self, request: &DelegationRequest<S>, rng: &mut ChaCha20Rng) -> Option<PartialDelegation<S>> {
+    fn answer(
+        &self,
+        request: &DelegationRequest<S>,
+        rng: &mut ChaCha20Rng,
+    ) -> Option<PartialDelegation<S>> {
         let wrong = |rng: &mut ChaCha20Rng| {
             let fake = KeyShare::new(self.share.index(), SecretScalar::random(rng));
             PartialDelegation::create(&fake, request, rng)
@@ -311,15 +321,29 @@ impl Actor for DelegationActor {
         match (self, msg) {
             (Self::Node(node), DelMsg::Request { id, request }) => {
                 if let Some(partial) = node.answer(&request, rng) {
-                    out.send(from, DelMsg::Partial { id, partial });
+                    out.send(
+                        from,
+                        DelMsg::Partial {
+                            id,
+                            partial: Box::new(partial),
+                        },
+                    );
                 }
             }
-            (Self::Manager(m), DelMsg::Partial { id, partial }) => m.on_partial(now, id, partial, rng),
+            (Self::Manager(m), DelMsg::Partial { id, partial }) => {
+                m.on_partial(now, id, *partial, rng);
+            }
             _ => {}
         }
     }
 
-    fn on_timer(&mut self, now: Time, timer: u64, _rng: &mut ChaCha20Rng, out: &mut Outbox<DelMsg>) {
+    fn on_timer(
+        &mut self,
+        now: Time,
+        timer: u64,
+        _rng: &mut ChaCha20Rng,
+        out: &mut Outbox<DelMsg>,
+    ) {
         let Self::Manager(m) = self else {
             return;
         };
@@ -354,7 +378,10 @@ impl Actor for DelegationActor {
                     raw: Vec::new(),
                 },
             );
-            let msg = DelMsg::Request { id, request };
+            let msg = DelMsg::Request {
+                id,
+                request: Box::new(request),
+            };
             out.broadcast(&m.nodes, &msg);
             out.timer(m.deadline, DEADLINE | u64::from(id));
         } else if timer & DEADLINE != 0 && m.open.contains_key(&id) {

@@ -160,8 +160,8 @@ impl Message for DkgMsg {
 enum Phase {
     /// Waiting for dealings.
     Dealing,
-    /// Response sent; waiting for responses. Holds the shares decrypted in round 2.
-    Responding(Option<ReceivedShares<S>>),
+    /// Response sent; waiting for responses (the decrypted shares are in `DkgNode::shares`).
+    Responding,
     /// Finalize needs a dealing we lack; a relay was requested.
     AwaitingRelay(NodeIndex),
     /// Confirmation sent; waiting for confirmations.
@@ -185,6 +185,9 @@ pub struct DkgNode {
     config: CeremonyConfig<S>,
     peers: Vec<Addr>,
     phase: Phase,
+    /// Round 2's decrypted shares (secret; never sent). Late dealings relayed by peers are
+    /// absorbed into it.
+    shares: Option<ReceivedShares<S>>,
     dealings: BTreeMap<NodeIndex, Vec<Dealing<S>>>,
     responses: BTreeMap<NodeIndex, Response<S>>,
     confirmations: BTreeMap<NodeIndex, Confirmation<S>>,
@@ -228,6 +231,7 @@ impl DkgNode {
             config,
             peers,
             phase: Phase::Dealing,
+            shares: None,
             dealings: BTreeMap::new(),
             responses: BTreeMap::new(),
             confirmations: BTreeMap::new(),
@@ -300,6 +304,7 @@ impl DkgNode {
         self.confirmations.clear();
         self.sent.clear();
         self.relays = 0;
+        self.shares = None;
         if self.is_dealer() {
             self.deal(rng, out);
         }
@@ -391,6 +396,11 @@ impl DkgNode {
         match msg.body {
             DkgBody::Dealing(d) | DkgBody::Relay(d) => {
                 let dealer = d.dealer();
+                if let Some(shares) = self.shares.as_mut() {
+                    // A dealing that arrives after round 2: take this node's share from it.
+                    // A bad one is refused here and finalize keeps reporting it missing.
+                    let _ = shares.absorb(&self.config, &self.key, &d);
+                }
                 if !self.store_dealing(d) {
                     return;
                 }
@@ -399,14 +409,14 @@ impl DkgNode {
                         self.round2(rng, out);
                     }
                     Phase::AwaitingRelay(missing) if missing == dealer => {
-                        self.try_finalize(now, None, rng, out);
+                        self.try_finalize(now, rng, out);
                     }
                     _ => {}
                 }
             }
             DkgBody::Response(r) => {
                 self.responses.entry(r.recipient()).or_insert(r);
-                if matches!(self.phase, Phase::Responding(_))
+                if matches!(self.phase, Phase::Responding)
                     && self.responses.len() == self.config.recipients().len()
                 {
                     self.end_round2(now, rng, out);
@@ -434,7 +444,7 @@ impl DkgNode {
     }
 
     fn round2(&mut self, rng: &mut ChaCha20Rng, out: &mut Outbox<DkgMsg>) {
-        let mut received = None;
+        self.shares = None;
         if self.is_recipient() {
             let dealings = self.all_dealings();
             let responded = match self.behaviour {
@@ -459,48 +469,41 @@ impl DkgNode {
             if let Ok((response, shares)) = responded {
                 self.responses.insert(self.me, response.clone());
                 self.broadcast(DkgBody::Response(response), out);
-                received = Some(shares);
+                self.shares = Some(shares);
             }
         }
-        self.phase = Phase::Responding(received);
+        self.phase = Phase::Responding;
         out.timer(self.timeouts.round, self.timer_id(ROUND2));
     }
 
     fn end_round2(&mut self, now: Time, rng: &mut ChaCha20Rng, out: &mut Outbox<DkgMsg>) {
-        let received = match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Responding(r) => r,
-            other => {
-                self.phase = other;
-                return;
-            }
-        };
-        self.try_finalize(now, received, rng, out);
+        if matches!(self.phase, Phase::Responding) {
+            self.try_finalize(now, rng, out);
+        }
     }
 
-    /// Round 3. `received` is round 2's decrypted shares; `None` rebuilds them from the
-    /// dealings now at hand (after a relay: `finalize` consumes them, and the ones from round 2
-    /// lack the relayed dealer's share). The rebuilt response is not sent: a second, different
-    /// response would get this node's acknowledgements ignored.
-    fn try_finalize(
-        &mut self,
-        now: Time,
-        received: Option<ReceivedShares<S>>,
-        rng: &mut ChaCha20Rng,
-        out: &mut Outbox<DkgMsg>,
-    ) {
+    /// Round 3, with round 2's shares (plus any relayed dealings absorbed since).
+    fn try_finalize(&mut self, now: Time, rng: &mut ChaCha20Rng, out: &mut Outbox<DkgMsg>) {
         let dealings = self.all_dealings();
-        let received = match received {
-            Some(r) => r,
+        let observer = ReceivedShares::observer();
+        let received = match &self.shares {
+            Some(shares) => shares,
+            // Round 2 failed for this recipient: it has no shares to finalize with.
             None if self.is_recipient() => {
-                match dkg::respond(&self.config, self.me, &self.key, &dealings, rng) {
-                    Ok((_, r)) => r,
-                    Err(e) => return self.finish(now, Err(e)),
-                }
+                return self.finish(now, Err(Error::NotAParticipant(self.me)));
             }
-            None => ReceivedShares::observer(),
+            None => &observer,
         };
         let responses: Vec<Response<S>> = self.responses.values().cloned().collect();
-        match dkg::finalize(&self.config, &self.key, received, &dealings, &responses, rng) {
+        let result = dkg::finalize(
+            &self.config,
+            &self.key,
+            received,
+            &dealings,
+            &responses,
+            rng,
+        );
+        match result {
             Ok((output, confirmation)) => {
                 if let Some(c) = confirmation {
                     self.confirmations.insert(self.me, c);
@@ -582,13 +585,13 @@ impl Actor for DkgNode {
         let low = timer & 0xff_ffff_ffff;
         if low == expected(ROUND1) && matches!(self.phase, Phase::Dealing) {
             self.round2(rng, out);
-        } else if low == expected(ROUND2) && matches!(self.phase, Phase::Responding(_)) {
+        } else if low == expected(ROUND2) && matches!(self.phase, Phase::Responding) {
             self.end_round2(now, rng, out);
         } else if low == expected(RELAY)
             && timer >> 40 == u64::from(self.relays)
             && matches!(self.phase, Phase::AwaitingRelay(_))
         {
-            self.try_finalize(now, None, rng, out);
+            self.try_finalize(now, rng, out);
         } else if low == expected(ROUND3) && matches!(self.phase, Phase::Confirming(_)) {
             self.end_round3(now, rng, out);
         }
@@ -603,11 +606,14 @@ impl Actor for DkgNode {
         out.broadcast(&self.peers, &msg);
         let round = match self.phase {
             Phase::Dealing => ROUND1,
-            Phase::Responding(_) => ROUND2,
+            Phase::Responding => ROUND2,
             Phase::AwaitingRelay(_) => RELAY | (u64::from(self.relays) << 40),
             Phase::Confirming(_) | Phase::Done => ROUND3,
         };
-        out.timer(self.timeouts.round, self.timer_id(round & 0xff) | (round & !0xff));
+        out.timer(
+            self.timeouts.round,
+            self.timer_id(round & 0xff) | (round & !0xff),
+        );
     }
 }
 
@@ -624,7 +630,12 @@ mod tests {
         let committee = keys
             .iter()
             .enumerate()
-            .filter_map(|(i, k)| Some((NodeIndex::new(i as u16 + 1)?, k.public_point())))
+            .filter_map(|(i, k)| {
+                Some((
+                    NodeIndex::new(u16::try_from(i + 1).ok()?)?,
+                    k.public_point(),
+                ))
+            })
             .collect();
         let config = CeremonyConfig::dkg(1, 2, committee).unwrap();
         let me = NodeIndex::new(1).unwrap();

@@ -106,7 +106,13 @@ pub trait Actor {
         out: &mut Outbox<Self::Msg>,
     );
     /// A timer armed earlier fired (timers armed before a crash never fire).
-    fn on_timer(&mut self, now: Time, timer: u64, rng: &mut ChaCha20Rng, out: &mut Outbox<Self::Msg>);
+    fn on_timer(
+        &mut self,
+        now: Time,
+        timer: u64,
+        rng: &mut ChaCha20Rng,
+        out: &mut Outbox<Self::Msg>,
+    );
     /// The node comes back after a crash. State survives (it models what a node persists);
     /// timers and messages of the downtime are lost.
     fn on_restart(&mut self, now: Time, rng: &mut ChaCha20Rng, out: &mut Outbox<Self::Msg>) {
@@ -141,7 +147,10 @@ impl Latency {
             (j, Jitter::Uniform) => rng.gen_range(0..=j),
             (j, Jitter::Exponential) => {
                 let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-                ((-u.ln()) * j as f64).min(20.0 * j as f64) as Time
+                // Non-negative and capped at 20·j, so the conversion neither wraps nor loses sign.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let delay = ((-u.ln()) * j as f64).min(20.0 * j as f64) as Time;
+                delay
             }
         };
         self.base + extra
@@ -493,5 +502,39 @@ impl<A: Actor> Simulator<A> {
     /// Nodes down at the current time.
     pub fn down(&self) -> &BTreeSet<Addr> {
         &self.down
+    }
+}
+
+/// What is left after a run.
+pub struct Finished<A> {
+    /// The actors, with their results.
+    pub actors: BTreeMap<Addr, A>,
+    /// The run's RNG, to continue the same stream in a later phase.
+    pub rng: ChaCha20Rng,
+    /// Traffic counters.
+    pub stats: NetStats,
+    /// Time of the last event.
+    pub end: Time,
+    /// Events processed.
+    pub events: u64,
+    /// Trace hash (see [`Simulator::trace_hash`]).
+    pub trace: u64,
+    /// Nodes down at the end.
+    pub down: BTreeSet<Addr>,
+}
+
+impl<A: Actor> Simulator<A> {
+    /// Run to quiescence (or `until`) and hand everything back.
+    pub fn finish(mut self, until: Time) -> Finished<A> {
+        let end = self.run(until);
+        Finished {
+            actors: self.actors,
+            rng: self.rng,
+            stats: self.stats,
+            end,
+            events: self.events,
+            trace: self.trace,
+            down: self.down,
+        }
     }
 }
