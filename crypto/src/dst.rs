@@ -10,6 +10,9 @@ pub const PRE: &[u8] = b"tkms/v1/pre";
 pub const POK: &[u8] = b"tkms/v1/pok";
 /// Schnorr signatures by node keys over DKG messages.
 pub const SIGNATURE: &[u8] = b"tkms/v1/sig";
+/// The manager's signature over a request it sends to a node (mutual authentication: nodes
+/// accept only pinned or registered manager keys).
+pub const NODE_REQUEST: &[u8] = b"tkms/v1/node-request";
 /// The DKG / reshare transcript hash.
 pub const DKG_TRANSCRIPT: &[u8] = b"tkms/v1/dkg-transcript";
 /// Random weights for batch verification (derived from the batch, plus fresh randomness).

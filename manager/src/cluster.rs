@@ -1,0 +1,337 @@
+//! Fan-out to the nodes (DESIGN.md §4.1, §7): a request goes to every node at once with a
+//! per-node timeout; each partial is verified by its proof as it arrives; the first `t`
+//! verified partials are combined and the rest abandoned. A node that times out, refuses, or
+//! returns a partial whose proof fails is named in the result (for logs and metrics) and never
+//! changes the answer. With fewer than `t` usable nodes the request fails as soon as that is
+//! certain, never later than the per-node timeout.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use rand_core::OsRng;
+use tkms_crypto::{
+    delegation::{self, DelegationRequest, PartialDelegation, VerifiedPartialDelegation},
+    pre::{self, PartialReencryption, ReencryptedCapsule, ReencryptionRequest},
+    suite::Encoded,
+    NodeIndex, PublicKeySet, Secp256k1, SecretScalar, SharedSecret,
+};
+use tkms_proto::{
+    node::v1::{self as pb, node_client::NodeClient},
+    SignedRequest,
+};
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+/// The cluster suite.
+pub type S = Secp256k1;
+
+/// Why one node did not contribute.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeFailure {
+    /// No answer within the per-node timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The node could not be reached (connection refused or lost).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The node answered with an error status.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The node's answer does not decode or carries the wrong index.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// The node's partial failed its proof: the node is faulty or malicious.
+    #[error("invalid proof")]
+    InvalidProof,
+}
+
+/// A request that could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// Fewer than `t` nodes produced a verified partial.
+    #[error("only {verified} of the {threshold} required nodes answered with a valid partial")]
+    Unavailable {
+        /// Partials required.
+        threshold: u16,
+        /// Verified partials obtained.
+        verified: usize,
+        /// Every node that did not contribute, and why.
+        failures: Vec<(NodeIndex, NodeFailure)>,
+    },
+    /// The request itself is invalid (reported before any node is asked).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// A combined result and the nodes that failed on the way.
+#[derive(Debug)]
+pub struct Served<T> {
+    /// The result.
+    pub value: T,
+    /// Nodes that timed out, refused or sent a bad partial before `t` valid ones arrived.
+    pub failures: Vec<(NodeIndex, NodeFailure)>,
+}
+
+/// Where a node listens.
+#[derive(Debug, Clone)]
+pub struct NodeEndpoint {
+    /// Its index in the committee.
+    pub index: NodeIndex,
+    /// Its gRPC URL (`http://127.0.0.1:7001`).
+    pub url: String,
+}
+
+/// The manager's view of the cluster for one epoch.
+pub struct Cluster {
+    nodes: Vec<(NodeIndex, NodeClient<Channel>)>,
+    keys: PublicKeySet<S>,
+    epoch: u64,
+    manager_key: SecretScalar<S>,
+    timeout: Duration,
+}
+
+impl Cluster {
+    /// Connect (lazily: a down node does not delay start-up) to `endpoints`.
+    pub fn new(
+        endpoints: &[NodeEndpoint],
+        keys: PublicKeySet<S>,
+        epoch: u64,
+        manager_key: SecretScalar<S>,
+        timeout: Duration,
+    ) -> Result<Self, ClusterError> {
+        let mut nodes = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            keys.public_share(e.index).map_err(|_| {
+                ClusterError::Invalid(format!("node {} is not in the key set", e.index))
+            })?;
+            let channel = Endpoint::from_shared(e.url.clone())
+                .map_err(|err| ClusterError::Invalid(format!("node {} url: {err}", e.index)))?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect_lazy();
+            nodes.push((e.index, NodeClient::new(channel)));
+        }
+        Ok(Self {
+            nodes,
+            keys,
+            epoch,
+            manager_key,
+            timeout,
+        })
+    }
+
+    /// The key set served.
+    pub fn keys(&self) -> &PublicKeySet<S> {
+        &self.keys
+    }
+
+    /// The key epoch served.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Obtain `x(S)` for the ephemeral key `K`: `t` verified partial delegations, combined.
+    pub async fn delegate(
+        &self,
+        ephemeral: Encoded<S>,
+        request_id: Vec<u8>,
+        authorization: Option<pb::RequesterAuthorization>,
+    ) -> Result<Served<SharedSecret>, ClusterError> {
+        let mut request = pb::PartialDelegationRequest {
+            epoch: self.epoch,
+            request_id: request_id.clone(),
+            ephemeral: ephemeral.bytes().to_vec(),
+            authorization,
+            manager: None,
+        };
+        request.sign(&self.manager_key);
+        let domain = DelegationRequest::with_encoded(self.epoch, request_id, ephemeral);
+        let mut calls = JoinSet::new();
+        for (index, client) in &self.nodes {
+            let (index, mut client, request, timeout) =
+                (*index, client.clone(), request.clone(), self.timeout);
+            calls.spawn(async move {
+                let answer =
+                    tokio::time::timeout(timeout, client.partial_delegation(request)).await;
+                (index, answer)
+            });
+        }
+        let threshold = self.keys.threshold();
+        let mut verified: Vec<VerifiedPartialDelegation<S>> = Vec::new();
+        let mut failures = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            let Ok((index, answer)) = joined else {
+                continue;
+            };
+            let outcome = match answer {
+                Err(_) => Err(NodeFailure::Timeout),
+                Ok(Err(status)) => Err(failure_of(&status)),
+                Ok(Ok(response)) => {
+                    check_delegation(index, &response.into_inner().partial, &self.keys, &domain)
+                }
+            };
+            match outcome {
+                Ok(v) => verified.push(v),
+                Err(failure) => {
+                    tracing::warn!(node = %index, %failure, "node did not contribute a valid partial delegation");
+                    failures.push((index, failure));
+                }
+            }
+            if verified.len() == usize::from(threshold) {
+                calls.abort_all();
+                let value = delegation::combine(&verified, &self.keys)
+                    .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+                return Ok(Served { value, failures });
+            }
+        }
+        Err(ClusterError::Unavailable {
+            threshold,
+            verified: verified.len(),
+            failures,
+        })
+    }
+
+    /// Re-encrypt capsules `K_j` to `target`: per capsule, `t` verified partials combined into
+    /// `(K, R, C)`. One node request carries the whole batch.
+    pub async fn reencrypt(
+        &self,
+        target: Encoded<S>,
+        capsules: Vec<(Vec<u8>, Encoded<S>)>,
+        authorization: Option<pb::RequesterAuthorization>,
+    ) -> Result<Served<Vec<ReencryptedCapsule<S>>>, ClusterError> {
+        if capsules.is_empty() {
+            return Err(ClusterError::Invalid("no capsules".into()));
+        }
+        let mut request = pb::PartialReencryptionRequest {
+            epoch: self.epoch,
+            target: target.bytes().to_vec(),
+            capsules: capsules
+                .iter()
+                .map(|(id, k)| pb::Capsule {
+                    request_id: id.clone(),
+                    ephemeral: k.bytes().to_vec(),
+                })
+                .collect(),
+            authorization,
+            manager: None,
+        };
+        request.sign(&self.manager_key);
+        let domains: Vec<ReencryptionRequest<S>> = capsules
+            .into_iter()
+            .map(|(id, k)| ReencryptionRequest::with_encoded(self.epoch, id, k, target))
+            .collect();
+        let mut calls = JoinSet::new();
+        for (index, client) in &self.nodes {
+            let (index, mut client, request, timeout) =
+                (*index, client.clone(), request.clone(), self.timeout);
+            calls.spawn(async move {
+                let answer =
+                    tokio::time::timeout(timeout, client.partial_reencryption(request)).await;
+                (index, answer)
+            });
+        }
+        let threshold = self.keys.threshold();
+        let mut verified: BTreeMap<NodeIndex, Vec<pre::VerifiedPartialReencryption<S>>> =
+            BTreeMap::new();
+        let mut failures = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            let Ok((index, answer)) = joined else {
+                continue;
+            };
+            let outcome = match answer {
+                Err(_) => Err(NodeFailure::Timeout),
+                Ok(Err(status)) => Err(failure_of(&status)),
+                Ok(Ok(response)) => {
+                    check_reencryption(index, &response.into_inner().partials, &self.keys, &domains)
+                }
+            };
+            match outcome {
+                Ok(v) => {
+                    verified.insert(index, v);
+                }
+                Err(failure) => {
+                    tracing::warn!(node = %index, %failure, "node did not contribute valid partial re-encryptions");
+                    failures.push((index, failure));
+                }
+            }
+            if verified.len() == usize::from(threshold) {
+                calls.abort_all();
+                let mut value = Vec::with_capacity(domains.len());
+                for k in 0..domains.len() {
+                    let column: Vec<_> = verified.values().map(|v| v[k].clone()).collect();
+                    value.push(
+                        pre::combine(&column, &self.keys)
+                            .map_err(|e| ClusterError::Invalid(e.to_string()))?,
+                    );
+                }
+                return Ok(Served { value, failures });
+            }
+        }
+        Err(ClusterError::Unavailable {
+            threshold,
+            verified: verified.len(),
+            failures,
+        })
+    }
+}
+
+/// `UNAVAILABLE` is what the transport reports for a node it cannot reach; nodes themselves
+/// answer with other codes.
+fn failure_of(status: &tonic::Status) -> NodeFailure {
+    match status.code() {
+        tonic::Code::Unavailable => NodeFailure::Unreachable(status.message().to_string()),
+        _ => NodeFailure::Refused(status.message().to_string()),
+    }
+}
+
+fn check_delegation(
+    index: NodeIndex,
+    bytes: &[u8],
+    keys: &PublicKeySet<S>,
+    request: &DelegationRequest<S>,
+) -> Result<VerifiedPartialDelegation<S>, NodeFailure> {
+    let partial = PartialDelegation::<S>::from_bytes(bytes)
+        .map_err(|e| NodeFailure::Malformed(e.to_string()))?;
+    if partial.index() != index {
+        return Err(NodeFailure::Malformed(format!(
+            "answered as node {}",
+            partial.index()
+        )));
+    }
+    partial
+        .verify(keys, request)
+        .map_err(|_| NodeFailure::InvalidProof)
+}
+
+fn check_reencryption(
+    index: NodeIndex,
+    partials: &[Vec<u8>],
+    keys: &PublicKeySet<S>,
+    requests: &[ReencryptionRequest<S>],
+) -> Result<Vec<pre::VerifiedPartialReencryption<S>>, NodeFailure> {
+    if partials.len() != requests.len() {
+        return Err(NodeFailure::Malformed(format!(
+            "{} partials for {} capsules",
+            partials.len(),
+            requests.len()
+        )));
+    }
+    partials
+        .iter()
+        .zip(requests)
+        .map(|(bytes, request)| {
+            let partial = PartialReencryption::<S>::from_bytes(bytes)
+                .map_err(|e| NodeFailure::Malformed(e.to_string()))?;
+            if partial.index() != index {
+                return Err(NodeFailure::Malformed(format!(
+                    "answered as node {}",
+                    partial.index()
+                )));
+            }
+            partial
+                .verify(keys, request, &mut OsRng)
+                .map_err(|_| NodeFailure::InvalidProof)
+        })
+        .collect()
+}

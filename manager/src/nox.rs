@@ -1,0 +1,1 @@
+//! Nox-compatible /v0/delegate wire format (being written).

@@ -1,0 +1,273 @@
+//! The manager's fan-out against real node gRPC servers on loopback sockets: delegation and
+//! re-encryption succeed with up to `n - t` nodes down or lying, name the culprits, and fail
+//! fast and clearly with more down.
+
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tkms_crypto::{
+    ecies, shamir, suite::Encoded, KeyShare, NodeIndex, PublicKeySet, Secp256k1, SecretScalar,
+};
+use tkms_manager::cluster::{Cluster, ClusterError, NodeEndpoint, NodeFailure};
+use tkms_node::service::{ActiveShare, NodeService};
+use tkms_proto::node::v1::node_server::NodeServer;
+use tokio::{net::TcpListener, sync::RwLock, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+
+type S = Secp256k1;
+
+struct TestCluster {
+    sk: SecretScalar<S>,
+    keys: PublicKeySet<S>,
+    endpoints: Vec<NodeEndpoint>,
+    servers: Vec<JoinHandle<()>>,
+    manager: SecretScalar<S>,
+}
+
+/// Start `n` node servers holding a `t`-of-`n` sharing; `liars` serve a wrong share.
+async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let sk = SecretScalar::<S>::random(&mut rng);
+    let (shares, keys) = shamir::deal(&sk, t, n, &mut rng).unwrap();
+    let manager = SecretScalar::<S>::random(&mut rng);
+    let accepted = vec![Encoded::new(manager.public_point())];
+    let mut endpoints = Vec::new();
+    let mut servers = Vec::new();
+    for share in shares {
+        let share = if liars.contains(&share.index().get()) {
+            KeyShare::new(share.index(), SecretScalar::random(&mut rng))
+        } else {
+            share
+        };
+        let index = share.index();
+        let active = Arc::new(RwLock::new(Some(ActiveShare {
+            epoch: 1,
+            share,
+            keys: keys.clone(),
+        })));
+        let service = NodeService::new(active, accepted.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        servers.push(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(NodeServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        }));
+        endpoints.push(NodeEndpoint { index, url });
+    }
+    TestCluster {
+        sk,
+        keys,
+        endpoints,
+        servers,
+        manager,
+    }
+}
+
+impl TestCluster {
+    fn cluster(&self, timeout: Duration) -> Cluster {
+        Cluster::new(
+            &self.endpoints,
+            self.keys.clone(),
+            1,
+            self.manager.clone(),
+            timeout,
+        )
+        .unwrap()
+    }
+
+    fn kill(&self, index: u16) {
+        self.servers[usize::from(index) - 1].abort();
+    }
+}
+
+fn encrypt(keys: &PublicKeySet<S>, message: &[u8]) -> ecies::Ciphertext<S> {
+    ecies::encrypt::<S>(&keys.public_key(), message, &mut rand::rngs::OsRng).unwrap()
+}
+
+#[tokio::test]
+async fn delegation_through_real_sockets_matches_the_full_key() {
+    let tc = start(3, 5, &[], 1).await;
+    let cluster = tc.cluster(Duration::from_secs(2));
+    let ct = encrypt(&tc.keys, b"hello through the cluster");
+    let served = cluster
+        .delegate(Encoded::new(*ct.ephemeral()), b"req-1".to_vec(), None)
+        .await
+        .unwrap();
+    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    let direct = ecies::shared_secret::<S>(&(*ct.ephemeral() * tc.sk.expose())).unwrap();
+    assert_eq!(served.value.as_bytes(), direct.as_bytes());
+    assert_eq!(
+        &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
+        b"hello through the cluster"
+    );
+}
+
+#[tokio::test]
+async fn n_minus_t_nodes_down_still_serves_and_one_more_fails_fast() {
+    let tc = start(3, 5, &[], 2).await;
+    tc.kill(1);
+    tc.kill(4);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cluster = tc.cluster(Duration::from_millis(500));
+    let ct = encrypt(&tc.keys, b"still served");
+    let served = cluster
+        .delegate(Encoded::new(*ct.ephemeral()), b"r".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
+        b"still served"
+    );
+
+    // Aborting a server stops new connections; a fresh cluster view (new connections, as
+    // after a manager restart) sees node 5 down. Process-level kills are in the e2e tests.
+    tc.kill(5);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cluster = tc.cluster(Duration::from_millis(500));
+    let started = Instant::now();
+    let err = cluster
+        .delegate(Encoded::new(*ct.ephemeral()), b"r".to_vec(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    match err {
+        ClusterError::Unavailable {
+            threshold: 3,
+            verified: 2,
+            failures,
+        } => {
+            let down: Vec<u16> = failures.iter().map(|(i, _)| i.get()).collect();
+            assert_eq!(down.len(), 3, "{failures:?}");
+            for i in [1, 4, 5] {
+                assert!(down.contains(&i), "{failures:?}");
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn lying_nodes_are_named_and_change_nothing() {
+    let tc = start(3, 5, &[2, 5], 3).await;
+    let cluster = tc.cluster(Duration::from_secs(2));
+    let ct = encrypt(&tc.keys, b"liars cannot change this");
+    // Several requests: the liars answer at various positions among the first t.
+    for r in 0..4u8 {
+        let served = cluster
+            .delegate(Encoded::new(*ct.ephemeral()), vec![r], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
+            b"liars cannot change this"
+        );
+        for (index, failure) in &served.failures {
+            assert!(
+                [2, 5].contains(&index.get()),
+                "honest node {index} blamed: {failure}"
+            );
+            assert_eq!(*failure, NodeFailure::InvalidProof);
+        }
+    }
+    // Re-encryption too: a batch of two capsules to a target key.
+    let target = SecretScalar::<S>::random(&mut rand::rngs::OsRng);
+    let other = encrypt(&tc.keys, b"second capsule");
+    let capsules = vec![
+        (b"c1".to_vec(), Encoded::new(*ct.ephemeral())),
+        (b"c2".to_vec(), Encoded::new(*other.ephemeral())),
+    ];
+    let served = cluster
+        .reencrypt(Encoded::new(target.public_point()), capsules, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        &*served.value[0].decrypt(&target, &ct).unwrap(),
+        b"liars cannot change this"
+    );
+    assert_eq!(
+        &*served.value[1].decrypt(&target, &other).unwrap(),
+        b"second capsule"
+    );
+    for (index, _) in &served.failures {
+        assert!([2, 5].contains(&index.get()));
+    }
+}
+
+#[tokio::test]
+async fn nodes_refuse_requests_not_signed_by_an_accepted_manager() {
+    let tc = start(2, 3, &[], 4).await;
+    let impostor = SecretScalar::<S>::random(&mut rand::rngs::OsRng);
+    let cluster = Cluster::new(
+        &tc.endpoints,
+        tc.keys.clone(),
+        1,
+        impostor,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let ct = encrypt(&tc.keys, b"x");
+    let err = cluster
+        .delegate(Encoded::new(*ct.ephemeral()), b"r".to_vec(), None)
+        .await
+        .unwrap_err();
+    let ClusterError::Unavailable { failures, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(failures.len(), 3);
+    for (_, failure) in failures {
+        assert_eq!(
+            failure,
+            NodeFailure::Refused("manager key is not accepted by this node".into())
+        );
+    }
+    // A wrong epoch is refused by every node with a clear reason.
+    let stale = Cluster::new(
+        &tc.endpoints,
+        tc.keys.clone(),
+        7,
+        tc.manager.clone(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let err = stale
+        .delegate(Encoded::new(*ct.ephemeral()), b"r".to_vec(), None)
+        .await
+        .unwrap_err();
+    let ClusterError::Unavailable { failures, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert!(failures
+        .iter()
+        .all(|(_, f)| *f == NodeFailure::Refused("this node serves epoch 1, not 7".into())));
+}
+
+#[test]
+fn unknown_nodes_are_refused_at_setup() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let sk = SecretScalar::<S>::random(&mut rng);
+    let (_, keys) = shamir::deal(&sk, 2, 3, &mut rng).unwrap();
+    let endpoints = [NodeEndpoint {
+        index: NodeIndex::new(9).unwrap(),
+        url: "http://127.0.0.1:1".into(),
+    }];
+    let err = Cluster::new(&endpoints, keys, 1, sk, Duration::from_secs(1))
+        .err()
+        .unwrap();
+    assert_eq!(
+        err,
+        ClusterError::Invalid("node 9 is not in the key set".into())
+    );
+}

@@ -1,0 +1,1 @@
+//! The encrypted share vault (being written).
