@@ -8,4 +8,5 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod http;
 pub mod nox;

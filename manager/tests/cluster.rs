@@ -4,94 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tkms_crypto::{
-    ecies, shamir, suite::Encoded, KeyShare, NodeIndex, PublicKeySet, Secp256k1, SecretScalar,
-};
+use tkms_crypto::{ecies, shamir, suite::Encoded, NodeIndex, SecretScalar};
 use tkms_manager::cluster::{Cluster, ClusterError, NodeEndpoint, NodeFailure};
-use tkms_node::service::{ActiveShare, NodeService};
-use tkms_proto::node::v1::node_server::NodeServer;
-use tokio::{net::TcpListener, sync::RwLock, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 
-type S = Secp256k1;
+mod common;
 
-struct TestCluster {
-    sk: SecretScalar<S>,
-    keys: PublicKeySet<S>,
-    endpoints: Vec<NodeEndpoint>,
-    servers: Vec<JoinHandle<()>>,
-    manager: SecretScalar<S>,
-}
-
-/// Start `n` node servers holding a `t`-of-`n` sharing; `liars` serve a wrong share.
-async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let sk = SecretScalar::<S>::random(&mut rng);
-    let (shares, keys) = shamir::deal(&sk, t, n, &mut rng).unwrap();
-    let manager = SecretScalar::<S>::random(&mut rng);
-    let accepted = vec![Encoded::new(manager.public_point())];
-    let mut endpoints = Vec::new();
-    let mut servers = Vec::new();
-    for share in shares {
-        let share = if liars.contains(&share.index().get()) {
-            KeyShare::new(share.index(), SecretScalar::random(&mut rng))
-        } else {
-            share
-        };
-        let index = share.index();
-        let active = Arc::new(RwLock::new(Some(ActiveShare {
-            epoch: 1,
-            share,
-            keys: keys.clone(),
-        })));
-        let service = NodeService::new(active, accepted.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        servers.push(tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(NodeServer::new(service))
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        }));
-        endpoints.push(NodeEndpoint { index, url });
-    }
-    TestCluster {
-        sk,
-        keys,
-        endpoints,
-        servers,
-        manager,
-    }
-}
-
-impl TestCluster {
-    fn cluster(&self, timeout: Duration) -> Cluster {
-        Cluster::new(
-            &self.endpoints,
-            self.keys.clone(),
-            1,
-            self.manager.clone(),
-            timeout,
-        )
-        .unwrap()
-    }
-
-    fn kill(&self, index: u16) {
-        self.servers[usize::from(index) - 1].abort();
-    }
-}
-
-fn encrypt(keys: &PublicKeySet<S>, message: &[u8]) -> ecies::Ciphertext<S> {
-    ecies::encrypt::<S>(&keys.public_key(), message, &mut rand::rngs::OsRng).unwrap()
-}
+use common::{encrypt, start, S};
 
 #[tokio::test]
 async fn delegation_through_real_sockets_matches_the_full_key() {

@@ -1,0 +1,88 @@
+//! A cluster of real node gRPC servers on loopback sockets, for the manager's tests.
+
+#![allow(clippy::unwrap_used, dead_code)] // test harness; not every test uses every helper
+
+use std::{sync::Arc, time::Duration};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tkms_crypto::{ecies, shamir, suite::Encoded, KeyShare, PublicKeySet, Secp256k1, SecretScalar};
+use tkms_manager::cluster::{Cluster, NodeEndpoint};
+use tkms_node::service::{ActiveShare, NodeService};
+use tkms_proto::node::v1::node_server::NodeServer;
+use tokio::{net::TcpListener, sync::RwLock, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub type S = Secp256k1;
+
+pub struct TestCluster {
+    pub sk: SecretScalar<S>,
+    pub keys: PublicKeySet<S>,
+    pub endpoints: Vec<NodeEndpoint>,
+    pub servers: Vec<JoinHandle<()>>,
+    pub manager: SecretScalar<S>,
+}
+
+/// Start `n` node servers holding a `t`-of-`n` sharing; `liars` serve a wrong share.
+pub async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let sk = SecretScalar::<S>::random(&mut rng);
+    let (shares, keys) = shamir::deal(&sk, t, n, &mut rng).unwrap();
+    let manager = SecretScalar::<S>::random(&mut rng);
+    let accepted = vec![Encoded::new(manager.public_point())];
+    let mut endpoints = Vec::new();
+    let mut servers = Vec::new();
+    for share in shares {
+        let share = if liars.contains(&share.index().get()) {
+            KeyShare::new(share.index(), SecretScalar::random(&mut rng))
+        } else {
+            share
+        };
+        let index = share.index();
+        let active = Arc::new(RwLock::new(Some(ActiveShare {
+            epoch: 1,
+            share,
+            keys: keys.clone(),
+        })));
+        let service = NodeService::new(active, accepted.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        servers.push(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(NodeServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        }));
+        endpoints.push(NodeEndpoint { index, url });
+    }
+    TestCluster {
+        sk,
+        keys,
+        endpoints,
+        servers,
+        manager,
+    }
+}
+
+impl TestCluster {
+    pub fn cluster(&self, timeout: Duration) -> Cluster {
+        Cluster::new(
+            &self.endpoints,
+            self.keys.clone(),
+            1,
+            self.manager.clone(),
+            timeout,
+        )
+        .unwrap()
+    }
+
+    pub fn kill(&self, index: u16) {
+        self.servers[usize::from(index) - 1].abort();
+    }
+}
+
+/// Encrypt to the cluster key, as a client would.
+pub fn encrypt(keys: &PublicKeySet<S>, message: &[u8]) -> ecies::Ciphertext<S> {
+    ecies::encrypt::<S>(&keys.public_key(), message, &mut rand::rngs::OsRng).unwrap()
+}
