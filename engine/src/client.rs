@@ -19,7 +19,7 @@ use crate::records::{
     UID_LEN,
 };
 use crate::store::{
-    Applied, DiskStore, MemoryStore, Precondition, StorageConfig, Store, WriteBatch,
+    Applied, DiskStore, MemoryStore, Precondition, S3Store, StorageConfig, Store, WriteBatch,
 };
 use crate::types::IndexConfig;
 
@@ -78,6 +78,7 @@ impl Client {
         let store: Arc<dyn Store> = match config {
             StorageConfig::Memory => Arc::new(MemoryStore::new()),
             StorageConfig::Disk(dir) => Arc::new(DiskStore::open(&dir)?),
+            StorageConfig::S3(config) => Arc::new(S3Store::open(&config)?),
         };
         Ok(Self { store })
     }

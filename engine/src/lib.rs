@@ -53,7 +53,7 @@ pub use filter::Filter;
 pub use index::{Index, MAX_BATCH, MAX_METADATA_DEPTH};
 pub use keys::{IndexKey, Scope, UserKey};
 pub use metric::Metric;
-pub use store::StorageConfig;
+pub use store::{S3Config, StorageConfig};
 pub use types::{
     CompactionStats, Include, IndexConfig, Item, QueryParams, QueryResult, TrainParams,
     MAX_ABS_COMPONENT, MAX_CENTROID_FLOATS, MAX_CONTENTS_LEN, MAX_DIMENSION, MAX_ID_LEN, MAX_LISTS,

@@ -5,16 +5,19 @@
 //! and AES-256-GCM ciphertexts; a backend never sees plaintext ids, vectors or metadata
 //! (seed 002 §1). Writes are grouped in a [`WriteBatch`] that a backend applies atomically,
 //! with optional preconditions so two handles cannot silently overwrite each other's index
-//! state. Backends here: [`MemoryStore`] and [`DiskStore`] (one redb file); an
-//! `object_store`-based S3 backend can implement the same trait later.
+//! state. Backends here: [`MemoryStore`], [`DiskStore`] (one redb file) and [`S3Store`]
+//! (`object_store` over S3; batches there are crash-ordered with a conditional-put commit
+//! point, not atomic across keys: see [`s3`]).
 
 mod disk;
 mod memory;
+pub mod s3;
 
 use std::path::PathBuf;
 
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
+pub use s3::{S3Config, S3Store};
 
 use crate::error::Result;
 
@@ -133,6 +136,8 @@ pub enum StorageConfig {
     Memory,
     /// One redb file, `tkms-engine.redb`, in this directory (created if missing).
     Disk(PathBuf),
+    /// Objects in an S3 (or S3-compatible) bucket; see [`S3Store`] for what is atomic.
+    S3(S3Config),
 }
 
 impl StorageConfig {
@@ -144,6 +149,11 @@ impl StorageConfig {
     /// Durable storage in one ACID redb file inside directory `path`.
     pub fn disk(path: impl Into<PathBuf>) -> Self {
         StorageConfig::Disk(path.into())
+    }
+
+    /// Storage in an S3 bucket (which must exist).
+    pub fn s3(config: S3Config) -> Self {
+        StorageConfig::S3(config)
     }
 }
 
