@@ -131,6 +131,37 @@ impl Cluster {
         self.epoch
     }
 
+    /// Send `request` to every node at once; each answer arrives with its node's index, as
+    /// the response or the reason the node did not answer (timeout, unreachable, refused).
+    fn fan_out<Req, Resp, F, Fut>(
+        &self,
+        request: &Req,
+        call: F,
+    ) -> JoinSet<(NodeIndex, Result<Resp, NodeFailure>)>
+    where
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(NodeClient<Channel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>
+            + Send
+            + 'static,
+    {
+        let mut calls = JoinSet::new();
+        for (index, client) in &self.nodes {
+            let (index, timeout) = (*index, self.timeout);
+            let pending = call(client.clone(), request.clone());
+            calls.spawn(async move {
+                let answer = match tokio::time::timeout(timeout, pending).await {
+                    Err(_) => Err(NodeFailure::Timeout),
+                    Ok(Err(status)) => Err(failure_of(&status)),
+                    Ok(Ok(response)) => Ok(response.into_inner()),
+                };
+                (index, answer)
+            });
+        }
+        calls
+    }
+
     /// Obtain `x(S)` for the ephemeral key `K`: `t` verified partial delegations, combined.
     pub async fn delegate(
         &self,
@@ -147,16 +178,9 @@ impl Cluster {
         };
         request.sign(&self.manager_key);
         let domain = DelegationRequest::with_encoded(self.epoch, request_id, ephemeral);
-        let mut calls = JoinSet::new();
-        for (index, client) in &self.nodes {
-            let (index, mut client, request, timeout) =
-                (*index, client.clone(), request.clone(), self.timeout);
-            calls.spawn(async move {
-                let answer =
-                    tokio::time::timeout(timeout, client.partial_delegation(request)).await;
-                (index, answer)
-            });
-        }
+        let mut calls = self.fan_out(&request, |mut client, request| async move {
+            client.partial_delegation(request).await
+        });
         let threshold = usize::from(self.keys.threshold());
         let mut verified: Vec<VerifiedPartialDelegation<S>> = Vec::new();
         // Decoded partials wait until there are enough to finish, then are checked in one
@@ -168,11 +192,7 @@ impl Cluster {
             let Ok((index, answer)) = joined else {
                 continue;
             };
-            let decoded = match answer {
-                Err(_) => Err(NodeFailure::Timeout),
-                Ok(Err(status)) => Err(failure_of(&status)),
-                Ok(Ok(response)) => decode_delegation(index, &response.into_inner().partial),
-            };
+            let decoded = answer.and_then(|response| decode_delegation(index, &response.partial));
             match decoded {
                 Ok(partial) => pending.push(partial),
                 Err(failure) => failures.push((index, failure)),
@@ -243,16 +263,9 @@ impl Cluster {
             .into_iter()
             .map(|(id, k)| ReencryptionRequest::with_encoded(self.epoch, id, k, target))
             .collect();
-        let mut calls = JoinSet::new();
-        for (index, client) in &self.nodes {
-            let (index, mut client, request, timeout) =
-                (*index, client.clone(), request.clone(), self.timeout);
-            calls.spawn(async move {
-                let answer =
-                    tokio::time::timeout(timeout, client.partial_reencryption(request)).await;
-                (index, answer)
-            });
-        }
+        let mut calls = self.fan_out(&request, |mut client, request| async move {
+            client.partial_reencryption(request).await
+        });
         let threshold = self.keys.threshold();
         let mut verified: BTreeMap<NodeIndex, Vec<pre::VerifiedPartialReencryption<S>>> =
             BTreeMap::new();
@@ -261,13 +274,9 @@ impl Cluster {
             let Ok((index, answer)) = joined else {
                 continue;
             };
-            let outcome = match answer {
-                Err(_) => Err(NodeFailure::Timeout),
-                Ok(Err(status)) => Err(failure_of(&status)),
-                Ok(Ok(response)) => {
-                    check_reencryption(index, &response.into_inner().partials, &self.keys, &domains)
-                }
-            };
+            let outcome = answer.and_then(|response| {
+                check_reencryption(index, &response.partials, &self.keys, &domains)
+            });
             match outcome {
                 Ok(v) => {
                     verified.insert(index, v);
