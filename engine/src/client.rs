@@ -147,13 +147,10 @@ impl Client {
             .map_err(|_| Error::WrongKey {
                 index: name.to_owned(),
             })?;
-        let dek = Dek::from_plaintext(&plain)
-            .ok_or_else(|| Error::Corrupted("wrapped DEK has the wrong length".into()))?;
-        Index::open(
-            name.to_owned(),
+        self.open_with_dek(
+            name,
             header.uid,
-            Arc::clone(&self.store),
-            dek,
+            &plain,
             Some(key.clone()),
             Scope::ReadWrite,
         )
@@ -181,15 +178,27 @@ impl Client {
                 &record.wrapped_dek,
             )
             .map_err(|_| wrong())?;
-        let dek = Dek::from_plaintext(&plain)
+        self.open_with_dek(name, header.uid, &plain, None, key.scope())
+    }
+
+    /// Open an index handle from its unwrapped DEK bytes.
+    fn open_with_dek(
+        &self,
+        name: &str,
+        uid: [u8; UID_LEN],
+        plain: &[u8],
+        index_key: Option<IndexKey>,
+        scope: Scope,
+    ) -> Result<Index> {
+        let dek = Dek::from_plaintext(plain)
             .ok_or_else(|| Error::Corrupted("wrapped DEK has the wrong length".into()))?;
         Index::open(
             name.to_owned(),
-            header.uid,
+            uid,
             Arc::clone(&self.store),
             dek,
-            None,
-            key.scope(),
+            index_key,
+            scope,
         )
     }
 

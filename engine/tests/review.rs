@@ -8,11 +8,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use common::{id, Mixture};
+use common::{id, Mixture, RecordingStore};
 use serde_json::json;
-use tkms_engine::store::{Applied, MemoryStore, Store, WriteBatch, WriteOp};
+use tkms_engine::store::{Store, WriteBatch, WriteOp};
 use tkms_engine::{
     Client, Error, IndexConfig, IndexKey, Item, Metric, QueryParams, Scope, StorageConfig,
     TrainParams,
@@ -27,35 +27,6 @@ fn items(n: usize, dim: usize, seed: u64) -> Vec<Item> {
                 .with_metadata(json!({ "n": i }))
         })
         .collect()
-}
-
-/// A store that remembers every key read and every batch applied.
-#[derive(Default)]
-struct RecordingStore {
-    inner: MemoryStore,
-    reads: Mutex<Vec<Vec<u8>>>,
-    batches: Mutex<Vec<WriteBatch>>,
-}
-
-impl Store for RecordingStore {
-    fn get(&self, key: &[u8]) -> tkms_engine::Result<Option<Vec<u8>>> {
-        self.reads.lock().unwrap().push(key.to_vec());
-        self.inner.get(key)
-    }
-    fn get_many(&self, keys: &[&[u8]]) -> tkms_engine::Result<Vec<Option<Vec<u8>>>> {
-        self.reads
-            .lock()
-            .unwrap()
-            .extend(keys.iter().map(|k| k.to_vec()));
-        self.inner.get_many(keys)
-    }
-    fn scan_prefix(&self, prefix: &[u8]) -> tkms_engine::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_prefix(prefix)
-    }
-    fn apply(&self, batch: WriteBatch) -> tkms_engine::Result<Applied> {
-        self.batches.lock().unwrap().push(batch.clone());
-        self.inner.apply(batch)
-    }
 }
 
 fn puts(b: &WriteBatch) -> Vec<Vec<u8>> {

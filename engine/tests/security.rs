@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 
-use common::Mixture;
+use common::{Mixture, RecordingStore};
 use serde_json::json;
 use tkms_engine::{
     Client, Error, IndexConfig, IndexKey, Item, QueryParams, Scope, StorageConfig, TrainParams,
@@ -386,36 +386,6 @@ fn tampered_storage_is_detected_not_trusted() {
     // of unprobed lists and user records; most flips must be caught.
     assert!(detected * 2 > all.len(), "{detected} of {}", all.len());
     assert_eq!(client.load_index("tamper", &key).unwrap().len(), 50);
-}
-
-/// A store that remembers every key read, to see what a query touches.
-#[derive(Default)]
-struct RecordingStore {
-    inner: tkms_engine::store::MemoryStore,
-    reads: std::sync::Mutex<Vec<Vec<u8>>>,
-}
-
-impl tkms_engine::store::Store for RecordingStore {
-    fn get(&self, key: &[u8]) -> tkms_engine::Result<Option<Vec<u8>>> {
-        self.reads.lock().unwrap().push(key.to_vec());
-        self.inner.get(key)
-    }
-    fn get_many(&self, keys: &[&[u8]]) -> tkms_engine::Result<Vec<Option<Vec<u8>>>> {
-        self.reads
-            .lock()
-            .unwrap()
-            .extend(keys.iter().map(|k| k.to_vec()));
-        self.inner.get_many(keys)
-    }
-    fn scan_prefix(&self, prefix: &[u8]) -> tkms_engine::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_prefix(prefix)
-    }
-    fn apply(
-        &self,
-        batch: tkms_engine::store::WriteBatch,
-    ) -> tkms_engine::Result<tkms_engine::store::Applied> {
-        self.inner.apply(batch)
-    }
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! Deterministic synthetic data shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)] // shared test helpers
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::sync::Mutex;
+
+use tkms_engine::store::{Applied, MemoryStore, Store, WriteBatch};
 use tkms_engine::Metric;
 
 /// A Gaussian mixture: `n` points in `dim` dimensions around `centers` random centers.
@@ -74,4 +77,33 @@ pub fn brute_force(metric: Metric, data: &[Vec<f32>], q: &[f32], k: usize) -> Ve
 
 pub fn id(i: usize) -> String {
     format!("item-{i:06}")
+}
+
+/// A store that remembers every key read and every batch applied.
+#[derive(Default)]
+pub struct RecordingStore {
+    pub inner: MemoryStore,
+    pub reads: Mutex<Vec<Vec<u8>>>,
+    pub batches: Mutex<Vec<WriteBatch>>,
+}
+
+impl Store for RecordingStore {
+    fn get(&self, key: &[u8]) -> tkms_engine::Result<Option<Vec<u8>>> {
+        self.reads.lock().unwrap().push(key.to_vec());
+        self.inner.get(key)
+    }
+    fn get_many(&self, keys: &[&[u8]]) -> tkms_engine::Result<Vec<Option<Vec<u8>>>> {
+        self.reads
+            .lock()
+            .unwrap()
+            .extend(keys.iter().map(|k| k.to_vec()));
+        self.inner.get_many(keys)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> tkms_engine::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_prefix(prefix)
+    }
+    fn apply(&self, batch: WriteBatch) -> tkms_engine::Result<Applied> {
+        self.batches.lock().unwrap().push(batch.clone());
+        self.inner.apply(batch)
+    }
 }
