@@ -38,6 +38,9 @@ pub enum EncodingError {
     /// Hex text could not be decoded.
     #[error("invalid hex")]
     Hex,
+    /// A message starts with a type tag this version does not know.
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
 }
 
 /// Errors of the protocol functions in this crate.

@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ceremony;
 mod codec;
 pub mod delegation;
 pub mod dkg;

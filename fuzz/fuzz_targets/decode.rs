@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tkms_crypto::{
+    ceremony::Message,
     delegation::PartialDelegation,
     dkg::{Confirmation, Dealing, Response},
     dleq::DleqProof,
@@ -42,4 +43,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(r.to_bytes(), data);
     }
     let _ = Confirmation::<P256>::from_bytes(data);
+    if let Ok(m) = Message::<Secp256k1>::from_bytes(data) {
+        assert_eq!(m.to_bytes(), data);
+    }
 });
