@@ -50,7 +50,7 @@ pub const MAX_INDEX_NAME_LEN: usize = 128;
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
 }
 
 impl std::fmt::Debug for Client {
@@ -59,7 +59,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_INDEX_NAME_LEN
         && name
@@ -111,6 +111,19 @@ impl Client {
 
     /// Creates an index; fails with [`Error::IndexExists`] if the name is taken.
     pub fn create_index(&self, name: &str, key: &IndexKey, config: IndexConfig) -> Result<Index> {
+        self.create_index_with(name, key, config, |_| {})
+    }
+
+    /// [`Client::create_index`] with extra writes (and preconditions) committed in the same
+    /// batch; a failed extra precondition is reported as [`Error::KmsEnvelopeExists`] when the
+    /// index name itself is free.
+    pub(crate) fn create_index_with(
+        &self,
+        name: &str,
+        key: &IndexKey,
+        config: IndexConfig,
+        extra: impl FnOnce(&mut WriteBatch),
+    ) -> Result<Index> {
         check_name(name)?;
         config.validate()?;
         let mut uid = [0u8; UID_LEN];
@@ -126,6 +139,7 @@ impl Client {
         b.require(Precondition::Absent(catalog_key(name)));
         b.put(catalog_key(name), encode(&header));
         b.put(state_key, state);
+        extra(&mut b);
         match self.store.apply(b)? {
             Applied::Committed => Index::open(
                 name.to_owned(),
@@ -135,6 +149,9 @@ impl Client {
                 Some(key.clone()),
                 Scope::ReadWrite,
             ),
+            Applied::PreconditionFailed if self.store.get(&catalog_key(name))?.is_none() => {
+                Err(Error::KmsEnvelopeExists(name.to_owned()))
+            }
             Applied::PreconditionFailed => Err(Error::IndexExists(name.to_owned())),
         }
     }

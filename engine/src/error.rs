@@ -85,6 +85,20 @@ pub enum Error {
     /// Stored data failed authentication or decoding (tampering or corruption).
     #[error("stored data is corrupted or was tampered with: {0}")]
     Corrupted(String),
+    /// A KMS envelope is malformed or does not fit the request (unknown provider, provider
+    /// mismatch, `wrapped_kek` set for provider `none`, oversized field).
+    #[error("invalid KMS envelope: {0}")]
+    InvalidEnvelope(String),
+    /// `create_index_kms` found an envelope already stored for this index.
+    #[error("a KMS envelope for index `{0}` already exists")]
+    KmsEnvelopeExists(String),
+    /// No KMS envelope is stored for this index.
+    #[error("no KMS envelope is stored for index `{0}`")]
+    KmsEnvelopeNotFound(String),
+    /// The external KMS failed or refused to wrap or unwrap a KEK (wrong key, wrong
+    /// encryption context, tampered blob, missing permission, unreachable endpoint).
+    #[error("KMS error: {0}")]
+    Kms(String),
     /// The storage backend failed.
     #[error("storage error: {0}")]
     Storage(String),

@@ -40,9 +40,10 @@ use crate::kmeans;
 use crate::labels;
 use crate::quantize::Sq8;
 use crate::records::{
-    catalog_key, data_key, decode, decode_vector, encode, encode_vector, index_prefix, state_key,
-    user_key, DocRecord, Garbage, IndexHeader, ListState, Location, SegmentCodes, SegmentMeta,
-    SegmentState, State, UserRecord, KIND_CODES, KIND_DOC, KIND_META, KIND_VECTOR, UID_LEN,
+    catalog_key, data_key, decode, decode_vector, encode, encode_vector, index_prefix, kms_key,
+    state_key, user_key, DocRecord, Garbage, IndexHeader, ListState, Location, SegmentCodes,
+    SegmentMeta, SegmentState, State, UserRecord, KIND_CODES, KIND_DOC, KIND_META, KIND_VECTOR,
+    UID_LEN,
 };
 use crate::store::{value_digest, Applied, Precondition, Store, WriteBatch};
 use crate::types::{
@@ -1209,6 +1210,7 @@ impl Index {
         let mut b = WriteBatch::new();
         b.require(Precondition::Digest(ck.clone(), value_digest(&raw)));
         b.delete(ck);
+        b.delete(kms_key(&self.name));
         b.delete_prefix(index_prefix(&self.uid));
         match self.store.apply(b)? {
             Applied::Committed => Ok(()),

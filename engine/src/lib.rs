@@ -12,6 +12,9 @@
 //!   (`HMAC(seed key, list)` → per-counter SHA-3 lookup token and encryption key), an SQ8
 //!   first stage and an exact re-rank of `rerank_mult · top_k` decrypted vectors, metadata
 //!   [`Filter`]s, compaction.
+//! * **KMS envelopes** ([`kms`]): a `KMSBlob` FlatBuffer beside the keystore records how the
+//!   KEK is wrapped by an external KMS (`none`, `aws-kms`; `tkms` plugs in as a
+//!   [`kms::KeyProvider`]).
 //!
 //! ```
 //! use serde_json::json;
@@ -40,6 +43,7 @@ mod filter;
 mod index;
 pub mod keys;
 mod kmeans;
+pub mod kms;
 pub mod labels;
 mod metric;
 mod quantize;

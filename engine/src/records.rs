@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! c/<index name>                      IndexHeader (postcard): version, uid, DEK wrapped under KEK
+//! k/<index name>                      KMS envelope (KMSBlob FlatBuffer): the KEK as wrapped by a KMS
 //! x/<uid:16>/s                        index state, AES-256-GCM under the DEK-derived state key
 //! x/<uid:16>/u/<key id:16>            UserRecord: scope, DEK wrapped under the user's key
 //! x/<uid:16>/d/<record key:32>        segment records, AES-256-GCM under the segment key:
@@ -37,6 +38,11 @@ pub(crate) const CATALOG_PREFIX: &[u8] = b"c/";
 
 pub(crate) fn catalog_key(name: &str) -> Vec<u8> {
     [CATALOG_PREFIX, name.as_bytes()].concat()
+}
+
+/// Key of the KMS envelope (a `KMSBlob` FlatBuffer) of an index, beside its catalog entry.
+pub(crate) fn kms_key(name: &str) -> Vec<u8> {
+    [b"k/".as_slice(), name.as_bytes()].concat()
 }
 
 pub(crate) fn index_prefix(uid: &[u8; UID_LEN]) -> Vec<u8> {

@@ -9,11 +9,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::moto::{http, Moto};
 use common::{brute_force, Mixture};
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
@@ -25,82 +23,10 @@ use tkms_engine::{
     TrainParams,
 };
 
-const INSTALL_HINT: &str = "moto_server is needed for the S3 tests: pip install \"moto[server]\"";
 const SECRET_META: &str = "confidential-metadata-value";
 const SECRET_CONTENTS: &str = "the eagle lands at midnight";
 
-/// A running `moto_server`, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http(port: u16, method: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
 impl Moto {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let port_s = port.to_string();
-        let which = Command::new("which")
-            .arg("moto_server")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .filter(|p| !p.is_empty());
-        let mut cmd = if let Some(exe) = which {
-            let mut c = Command::new(exe);
-            c.args(["-H", "127.0.0.1", "-p", &port_s]);
-            c
-        } else {
-            let mut c = Command::new("python3");
-            c.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port_s]);
-            c
-        };
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start moto_server ({e}); {INSTALL_HINT}"));
-        let mut moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = moto.child.try_wait().unwrap() {
-                panic!("moto_server exited at start-up ({status}); {INSTALL_HINT}");
-            }
-            if http(port, "GET", "/").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
-                return moto;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer on port {port} within 60 s; {INSTALL_HINT}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// Creates `bucket` (moto accepts an unsigned `PUT /bucket`).
     fn bucket(&self, bucket: &str) {
         let r = http(self.port, "PUT", &format!("/{bucket}")).unwrap();

@@ -1,6 +1,8 @@
 //! Deterministic synthetic data shared by the integration tests.
 #![allow(dead_code, clippy::unwrap_used)] // shared test helpers
 
+pub mod moto;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Mutex;
