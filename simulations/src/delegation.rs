@@ -15,6 +15,7 @@ use tkms_crypto::{
     KeyShare, NodeIndex, PublicKeySet, SecretScalar, SharedSecret, Suite,
 };
 
+use crate::cpu::CpuModel;
 use crate::dkg_node::S;
 use crate::sim::{Actor, Addr, Message, Outbox, Time};
 
@@ -44,6 +45,12 @@ pub enum ManagerMode {
     /// DELIBERATELY BROKEN: combine the first `t` partials received without verifying them.
     /// Exists only to show that the "only verified partials" invariant can fail.
     CombineUnverified,
+    /// DELIBERATELY BROKEN: ask only the first `t` nodes, never the others (no fallback when
+    /// one of them is down or lies). Exists only to show that the liveness invariant can fail.
+    AskOnlyT,
+    /// DELIBERATELY BROKEN: no deadline; a request waits for ever for missing partials (the
+    /// hang DESIGN §7 forbids). Exists only to show that the liveness invariant can fail.
+    NoDeadline,
 }
 
 /// A delegation message.
@@ -138,6 +145,7 @@ pub struct Manager {
     plan: Vec<PlannedRequest>,
     open: BTreeMap<u32, Open>,
     records: BTreeMap<u32, RequestRecord>,
+    cpu: CpuModel,
 }
 
 impl Manager {
@@ -160,7 +168,15 @@ impl Manager {
             plan,
             open: BTreeMap::new(),
             records: BTreeMap::new(),
+            cpu: CpuModel::FREE,
         }
+    }
+
+    /// Charge CPU time from `cpu` for verifying and combining.
+    #[must_use]
+    pub fn with_cpu(mut self, cpu: CpuModel) -> Self {
+        self.cpu = cpu;
+        self
     }
 
     /// Every request's record.
@@ -189,26 +205,27 @@ impl Manager {
         }
     }
 
+    /// Take in a partial; returns the CPU time spent.
     fn on_partial(
         &mut self,
         now: Time,
         id: u32,
         partial: PartialDelegation<S>,
         rng: &mut ChaCha20Rng,
-    ) {
+    ) -> Time {
         let Some(open) = self.open.get_mut(&id) else {
-            return;
+            return 0;
         };
         let Some(record) = self.records.get_mut(&id) else {
-            return;
+            return 0;
         };
         if open.raw.iter().any(|p| p.index() == partial.index()) {
-            return;
+            return 0;
         }
         record.received += 1;
         let t = usize::from(self.keys.threshold());
         match self.mode {
-            ManagerMode::Verify => {
+            ManagerMode::Verify | ManagerMode::AskOnlyT | ManagerMode::NoDeadline => {
                 open.raw.push(partial.clone());
                 let (verified, errors) =
                     delegation::verify_all(vec![partial.clone()], &self.keys, &record.request, rng);
@@ -225,16 +242,22 @@ impl Manager {
                     let secret = delegation::combine(&open.verified, &self.keys)
                         .ok()
                         .map(|s| *s.as_bytes());
-                    self.complete(now, id, secret);
+                    let cost = self.cpu.verify() + self.cpu.combine(t);
+                    self.complete(now + cost, id, secret);
+                    return cost;
                 }
+                self.cpu.verify()
             }
             ManagerMode::CombineUnverified => {
                 open.raw.push(partial.clone());
                 open.used.push(partial);
                 if open.used.len() >= t {
                     let secret = combine_unverified(&open.used).map(|s| *s.as_bytes());
-                    self.complete(now, id, secret);
+                    let cost = self.cpu.combine(t);
+                    self.complete(now + cost, id, secret);
+                    return cost;
                 }
+                0
             }
         }
     }
@@ -257,12 +280,13 @@ fn combine_unverified(partials: &[PartialDelegation<S>]) -> Option<SharedSecret>
 pub struct ShareNode {
     share: KeyShare<S>,
     fault: NodeFault,
+    cpu: CpuModel,
 }
 
 impl ShareNode {
-    /// A node holding `share`.
-    pub fn new(share: KeyShare<S>, fault: NodeFault) -> Self {
-        Self { share, fault }
+    /// A node holding `share`, spending `cpu.partial()` per answer.
+    pub fn new(share: KeyShare<S>, fault: NodeFault, cpu: CpuModel) -> Self {
+        Self { share, fault, cpu }
     }
 
     fn answer(
@@ -321,6 +345,7 @@ impl Actor for DelegationActor {
         match (self, msg) {
             (Self::Node(node), DelMsg::Request { id, request }) => {
                 if let Some(partial) = node.answer(&request, rng) {
+                    out.work(node.cpu.partial());
                     out.send(
                         from,
                         DelMsg::Partial {
@@ -331,7 +356,8 @@ impl Actor for DelegationActor {
                 }
             }
             (Self::Manager(m), DelMsg::Partial { id, partial }) => {
-                m.on_partial(now, id, *partial, rng);
+                let cost = m.on_partial(now, id, *partial, rng);
+                out.work(cost);
             }
             _ => {}
         }
@@ -382,8 +408,14 @@ impl Actor for DelegationActor {
                 id,
                 request: Box::new(request),
             };
-            out.broadcast(&m.nodes, &msg);
-            out.timer(m.deadline, DEADLINE | u64::from(id));
+            let ask = match m.mode {
+                ManagerMode::AskOnlyT => usize::from(m.keys.threshold()).min(m.nodes.len()),
+                _ => m.nodes.len(),
+            };
+            out.broadcast(&m.nodes[..ask], &msg);
+            if m.mode != ManagerMode::NoDeadline {
+                out.timer(m.deadline, DEADLINE | u64::from(id));
+            }
         } else if timer & DEADLINE != 0 && m.open.contains_key(&id) {
             m.complete(now, id, None);
         }

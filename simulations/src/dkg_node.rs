@@ -2,16 +2,18 @@
 //! [`tkms_crypto::ceremony::Participant`], run as a simulator [`Actor`] on virtual time. The
 //! real node drives the same type over libp2p with wall-clock timers.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{
-    ceremony::{Action, Participant, Timeouts},
+    ceremony::{Action, Body, Message, Participant, Timeouts},
     dkg::{CeremonyConfig, CeremonyOutput},
     Error, KeyShare, NodeIndex, Secp256k1, SecretScalar,
 };
 
-use crate::sim::{Actor, Addr, Message, Outbox, Time, MS, SECOND};
+use crate::cpu::CpuModel;
+use crate::sim::{self, Actor, Addr, Outbox, Time, MS, SECOND};
 
 /// The suite the simulator runs on.
 pub type S = Secp256k1;
@@ -43,6 +45,20 @@ impl Default for DkgTimeouts {
     }
 }
 
+impl DkgTimeouts {
+    /// The defaults for a committee of `n`, with one relay request allowed per dealer: the
+    /// ceremony asks for one missing dealing per relay request, so a node that missed round 1
+    /// (a partition, a late start) needs up to `n - 1` of them, more than the ceremony's
+    /// default of 4. (With 4, such a node ends with `MissingDealing` while the others succeed:
+    /// `tkms-simulations dkg --seed 27 --n 16 --partition 3@0-1000 --max-relays 4`.)
+    pub fn for_committee(n: u16) -> Self {
+        Self {
+            max_relays: u32::from(n).max(Self::default().max_relays),
+            ..Self::default()
+        }
+    }
+}
+
 impl From<DkgTimeouts> for Timeouts {
     fn from(t: DkgTimeouts) -> Self {
         Self {
@@ -57,18 +73,11 @@ impl From<DkgTimeouts> for Timeouts {
 /// A ceremony message with its real wire size.
 #[derive(Clone, Debug)]
 pub struct DkgMsg {
-    msg: tkms_crypto::ceremony::Message<S>,
+    msg: Message<S>,
     size: usize,
 }
 
-impl DkgMsg {
-    fn new(msg: tkms_crypto::ceremony::Message<S>) -> Self {
-        let size = msg.to_bytes().len();
-        Self { msg, size }
-    }
-}
-
-impl Message for DkgMsg {
+impl sim::Message for DkgMsg {
     fn wire_size(&self) -> usize {
         self.size
     }
@@ -78,12 +87,66 @@ impl Message for DkgMsg {
     }
 }
 
+/// How rounds end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounds {
+    /// tkms: a round ends as soon as every expected message is in; its timeout only bounds
+    /// the wait for silent peers (the [`Participant`] as the node runs it).
+    EventDriven,
+    /// For comparison (drand's DKG before its fix): phase `k` of attempt `a` ends at the fixed
+    /// time `(3a + k)·round` after the start, whatever has arrived. The node takes in a phase's
+    /// dealings, responses or confirmations only when the phase ends (held until then), and
+    /// drops those that reach it after that, so a phase whose work does not fit in `round`
+    /// loses its messages.
+    FixedPhases,
+}
+
+/// What every participant of a run shares: timeouts, the CPU cost model, the round rule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeEnv {
+    /// Round timeouts.
+    pub timeouts: DkgTimeouts,
+    /// CPU cost of each step.
+    pub cpu: CpuModel,
+    /// How rounds end.
+    pub rounds: Rounds,
+}
+
+impl Default for NodeEnv {
+    fn default() -> Self {
+        Self {
+            timeouts: DkgTimeouts::default(),
+            cpu: CpuModel::CALIBRATED,
+            rounds: Rounds::EventDriven,
+        }
+    }
+}
+
+/// What this node has seen in one attempt (the sizes the cost model needs).
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    dealers: BTreeSet<NodeIndex>,
+    responses: BTreeSet<NodeIndex>,
+    confirmations: BTreeSet<NodeIndex>,
+    responded: bool,
+    finalized: bool,
+}
+
 /// One participant of a DKG or reshare ceremony.
 #[derive(Debug)]
 pub struct DkgNode {
     inner: Participant<S>,
     actions: Vec<Action<S>>,
+    env: NodeEnv,
+    seen: BTreeMap<u32, Seen>,
+    finished_at: Option<Time>,
+    late: u64,
+    /// [`Rounds::FixedPhases`]: messages held until their phase ends, by deadline.
+    held: BTreeMap<Time, Vec<(NodeIndex, Message<S>)>>,
 }
+
+/// Timer ids of phase ends (the participant's own ids stay below 2^48).
+const PHASE_END: u64 = 1 << 63;
 
 fn micros(d: Duration) -> Time {
     Time::try_from(d.as_micros()).unwrap_or(Time::MAX)
@@ -97,13 +160,18 @@ impl DkgNode {
         key: SecretScalar<S>,
         share: Option<KeyShare<S>>,
         behaviour: DkgBehaviour,
-        timeouts: DkgTimeouts,
+        env: NodeEnv,
         config: CeremonyConfig<S>,
     ) -> Self {
         Self {
-            inner: Participant::new(me, key, share, timeouts.into(), config)
+            inner: Participant::new(me, key, share, env.timeouts.into(), config)
                 .with_behaviour(behaviour),
             actions: Vec::new(),
+            env,
+            seen: BTreeMap::new(),
+            finished_at: None,
+            late: 0,
+            held: BTreeMap::new(),
         }
     }
 
@@ -117,9 +185,9 @@ impl DkgNode {
         self.inner.take_result()
     }
 
-    /// When it finished (virtual time).
+    /// When it finished (virtual time, including the CPU time of its last step).
     pub fn done_at(&self) -> Option<Time> {
-        self.inner.done_at().map(micros)
+        self.finished_at
     }
 
     /// The attempt in progress or finished.
@@ -137,11 +205,158 @@ impl DkgNode {
         self.inner.index()
     }
 
-    /// Hand the participant's actions to the simulator.
-    fn flush(&mut self, out: &mut Outbox<DkgMsg>) {
+    /// Messages dropped because they missed their phase's deadline ([`Rounds::FixedPhases`]).
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    fn sizes(&self) -> (usize, usize) {
+        let config = self.inner.config();
+        (config.recipients().len(), usize::from(config.threshold()))
+    }
+
+    /// Under [`Rounds::FixedPhases`], the end of the phase `msg` belongs to.
+    fn phase_end(&self, msg: &Message<S>) -> Option<Time> {
+        if self.env.rounds != Rounds::FixedPhases {
+            return None;
+        }
+        let phase = match msg.body {
+            Body::Dealing(_) | Body::Relay(_) => 1,
+            Body::Response(_) => 2,
+            Body::Confirmation(_) => 3,
+            Body::RelayRequest(_) | Body::SyncRequest => return None,
+        };
+        Some((3 * u64::from(msg.attempt) + phase) * self.env.timeouts.round)
+    }
+
+    /// Hand one message to the participant; returns the CPU time of what it did.
+    fn deliver(
+        &mut self,
+        now: Time,
+        from: NodeIndex,
+        msg: Message<S>,
+        rng: &mut ChaCha20Rng,
+    ) -> Time {
+        let mut cost = self.observe(from, &msg);
+        let (attempt, done) = (self.inner.attempt(), self.inner.is_done());
+        self.inner.on_message(
+            Duration::from_micros(now),
+            from,
+            msg,
+            rng,
+            &mut self.actions,
+        );
+        cost += self.work(now, false, attempt, done);
+        cost
+    }
+
+    /// Note what a message tells the cost model, and the CPU time of taking in a dealing that
+    /// arrives after this node already responded (validate, decrypt, check: one dealing of
+    /// round 2).
+    fn observe(&mut self, from: NodeIndex, msg: &Message<S>) -> Time {
+        if msg.attempt < self.inner.attempt() {
+            return 0;
+        }
+        let (n, t) = self.sizes();
+        let seen = self.seen.entry(msg.attempt).or_default();
+        match &msg.body {
+            Body::Dealing(d) | Body::Relay(d)
+                if seen.dealers.insert(d.dealer()) && seen.responded =>
+            {
+                return self.env.cpu.respond(1, n, t);
+            }
+            Body::Response(r) if r.recipient() == from => {
+                seen.responses.insert(from);
+            }
+            Body::Confirmation(c) if c.node() == from => {
+                seen.confirmations.insert(from);
+            }
+            _ => {}
+        }
+        0
+    }
+
+    /// The CPU time of the round functions the last handler ran, read off what it emitted:
+    /// a new attempt deals; the first own response of an attempt is round 2; the first own
+    /// confirmation, or a relay request, is round 3; finishing after round 3 is round 4
+    /// (finishing before it is a failed round 3).
+    fn work(&mut self, now: Time, started: bool, attempt_before: u32, done_before: bool) -> Time {
+        let (n, t) = self.sizes();
+        let cpu = self.env.cpu;
+        let me = self.inner.index();
+        let attempt = self.inner.attempt();
+        let mut cost = 0;
+        if attempt != attempt_before {
+            // Round 4 of the previous attempt found a mismatch and restarted.
+            let confirmations = self
+                .seen
+                .get(&attempt_before)
+                .map_or(0, |s| s.confirmations.len());
+            cost += cpu.confirm(confirmations);
+        }
+        let deals = (started || attempt != attempt_before)
+            && self.inner.config().dealers().contains_key(&me)
+            && self.inner.behaviour() != DkgBehaviour::Silent;
+        if deals {
+            let times = if self.inner.behaviour() == DkgBehaviour::Equivocate {
+                2
+            } else {
+                1
+            };
+            cost += times * cpu.deal(n, t);
+            self.seen.entry(attempt).or_default().dealers.insert(me);
+        }
+        let mut relayed = false;
+        for action in &self.actions {
+            let Action::Send { msg, .. } = action else {
+                continue;
+            };
+            let seen = self.seen.entry(msg.attempt).or_default();
+            match &msg.body {
+                Body::Response(r) if r.recipient() == me && !seen.responded => {
+                    seen.responded = true;
+                    seen.responses.insert(me);
+                    cost += cpu.respond(seen.dealers.len(), n, t);
+                }
+                Body::Confirmation(c) if c.node() == me && !seen.finalized => {
+                    seen.finalized = true;
+                    seen.confirmations.insert(me);
+                    cost += cpu.finalize(seen.dealers.len(), seen.responses.len(), n, t);
+                }
+                Body::RelayRequest(_) if !relayed => {
+                    relayed = true;
+                    cost += cpu.finalize(seen.dealers.len(), seen.responses.len(), n, t);
+                }
+                _ => {}
+            }
+        }
+        if self.inner.is_done() && !done_before {
+            let seen = self.seen.entry(attempt).or_default();
+            cost += if seen.finalized {
+                cpu.confirm(seen.confirmations.len())
+            } else {
+                cpu.finalize(seen.dealers.len(), seen.responses.len(), n, t)
+            };
+            self.finished_at = Some(now + cost);
+        }
+        cost
+    }
+
+    /// Hand the participant's actions to the simulator, with the CPU time they took.
+    fn flush(&mut self, cost: Time, out: &mut Outbox<DkgMsg>) {
+        out.work(cost);
+        // A broadcast is one message cloned per peer: measure its encoding once.
+        let mut last: Option<(Message<S>, usize)> = None;
         for action in self.actions.drain(..) {
             match action {
-                Action::Send { to, msg } => out.send(to.get(), DkgMsg::new(msg)),
+                Action::Send { to, msg } => {
+                    let size = match &last {
+                        Some((m, size)) if *m == msg => *size,
+                        _ => msg.to_bytes().len(),
+                    };
+                    last = Some((msg.clone(), size));
+                    out.send(to.get(), DkgMsg { msg, size });
+                }
                 Action::SetTimer { after, timer } => out.timer(micros(after), timer),
             }
         }
@@ -152,9 +367,11 @@ impl Actor for DkgNode {
     type Msg = DkgMsg;
 
     fn start(&mut self, now: Time, rng: &mut ChaCha20Rng, out: &mut Outbox<DkgMsg>) {
+        let (attempt, done) = (self.inner.attempt(), self.inner.is_done());
         self.inner
             .start(Duration::from_micros(now), rng, &mut self.actions);
-        self.flush(out);
+        let cost = self.work(now, true, attempt, done);
+        self.flush(cost, out);
     }
 
     fn on_message(
@@ -165,30 +382,54 @@ impl Actor for DkgNode {
         rng: &mut ChaCha20Rng,
         out: &mut Outbox<DkgMsg>,
     ) {
+        let mut cost = self.env.cpu.decode(msg.size);
         if let Some(from) = NodeIndex::new(from) {
-            let now = Duration::from_micros(now);
-            self.inner
-                .on_message(now, from, msg.msg, rng, &mut self.actions);
+            match self.phase_end(&msg.msg) {
+                Some(end) if now > end => self.late += 1,
+                Some(end) => {
+                    let held = self.held.entry(end).or_default();
+                    if held.is_empty() {
+                        out.timer(end - now, PHASE_END | end);
+                    }
+                    held.push((from, msg.msg));
+                }
+                None => cost += self.deliver(now, from, msg.msg, rng),
+            }
         }
-        self.flush(out);
+        self.flush(cost, out);
     }
 
     fn on_timer(&mut self, now: Time, timer: u64, rng: &mut ChaCha20Rng, out: &mut Outbox<DkgMsg>) {
-        let now = Duration::from_micros(now);
-        self.inner.on_timer(now, timer, rng, &mut self.actions);
-        self.flush(out);
+        if timer & PHASE_END != 0 {
+            // The phase ended: take in what arrived during it, in arrival order.
+            let mut cost = 0;
+            for (from, msg) in self.held.remove(&(timer & !PHASE_END)).unwrap_or_default() {
+                cost += self.deliver(now, from, msg, rng);
+            }
+            return self.flush(cost, out);
+        }
+        let (attempt, done) = (self.inner.attempt(), self.inner.is_done());
+        self.inner
+            .on_timer(Duration::from_micros(now), timer, rng, &mut self.actions);
+        let cost = self.work(now, false, attempt, done);
+        self.flush(cost, out);
     }
 
-    fn on_restart(&mut self, _now: Time, _rng: &mut ChaCha20Rng, out: &mut Outbox<DkgMsg>) {
+    fn on_restart(&mut self, now: Time, _rng: &mut ChaCha20Rng, out: &mut Outbox<DkgMsg>) {
         self.inner.on_restart(&mut self.actions);
-        self.flush(out);
+        // Phase-end timers died with the crash (what was held is kept: it models the inbox of
+        // a node that persisted it; the participant's own state survives the same way).
+        for end in self.held.keys() {
+            out.timer(end.saturating_sub(now), PHASE_END | end);
+        }
+        self.flush(0, out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::Command;
+    use crate::sim::{Command, Message as _};
     use rand::SeedableRng;
 
     #[test]
@@ -212,7 +453,7 @@ mod tests {
             keys[0].clone(),
             None,
             DkgBehaviour::Honest,
-            DkgTimeouts::default(),
+            NodeEnv::default(),
             config,
         );
         let mut out = Outbox::default();

@@ -1,20 +1,23 @@
 //! `tkms-simulations <scenario> --seed S [--n N --t T ...] [--out metrics.csv]`: run one
 //! scenario (or `--runs R` consecutive seeds), print a one-line summary per run, and write
-//! per-run metrics as CSV.
+//! per-run metrics as CSV. `tkms-simulations sweep <name> --seed S --out DIR` runs a sweep
+//! (CSV + SVG plots); `tkms-simulations calibrate` measures the real round functions and fits
+//! the CPU cost model.
 
 use std::io::Write as _;
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, ValueEnum};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use tkms_simulations::{
+    cpu::{self, CpuModel},
     delegation::{ManagerMode, NodeFault},
-    dkg_node::DkgBehaviour,
+    dkg_node::{DkgBehaviour, Rounds},
     invariants,
     scenario::{self, default_threshold, node_addrs, RunMetrics, Scenario},
     sim::{Crash, Jitter, Partition, MS},
 };
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug)]
 enum Which {
     /// A DKG; invariant: agreement.
     Dkg,
@@ -28,9 +31,86 @@ enum Which {
 
 #[derive(Parser, Debug)]
 #[command(about = "Deterministic simulation of tkms clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A DKG; invariant: agreement.
+    Dkg(Args),
+    /// A DKG; invariant: secrecy threshold.
+    Secrecy(Args),
+    /// A DKG then a reshare; invariant: the public key is kept.
+    Reshare(Args),
+    /// A DKG then delegations; invariants: liveness and only verified partials.
+    Delegation(Args),
+    /// A sweep: CSV and SVG plots in `--out`.
+    Sweep(SweepArgs),
+    /// Time the real round functions (thread CPU time) and fit the CPU cost model.
+    Calibrate(CalibrateArgs),
+    /// Re-render the SVG plots from the sweep CSVs in `--out`.
+    Plot {
+        /// Directory with the sweep CSVs.
+        #[arg(long, default_value = "docs/simulations")]
+        out: std::path::PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Cpu {
+    /// The calibrated cost model (default).
+    Calibrated,
+    /// No CPU cost: network delays only.
+    Free,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoundsArg {
+    /// A round ends when every message is in (tkms).
+    EventDriven,
+    /// Phases of fixed length (drand before its fix).
+    FixedPhases,
+}
+
+#[derive(ClapArgs, Debug)]
+struct CalibrateArgs {
+    /// Committee sizes to measure (each with t = floor(n/3)+1 and floor(2n/3)+1).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4,8,16,24,32,48,64,96,128"
+    )]
+    n: Vec<usize>,
+    /// Repetitions per measurement (the minimum is kept).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// CSV output path for the measurements.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+#[derive(ClapArgs, Debug)]
+struct SweepArgs {
+    /// Which sweep.
+    name: tkms_simulations::sweep::Sweep,
+    /// Base seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output directory (CSV and SVG).
+    #[arg(long, default_value = "docs/simulations")]
+    out: std::path::PathBuf,
+    /// Seeds per point.
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// Largest committee size (smaller for a quick look).
+    #[arg(long)]
+    max_n: Option<u16>,
+}
+
+#[derive(ClapArgs, Debug)]
 struct Args {
-    /// Scenario to run.
-    scenario: Which,
     /// Seed of the run's only RNG.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -64,6 +144,9 @@ struct Args {
     /// DKG round timeout, ms.
     #[arg(long, default_value_t = 2000)]
     round_timeout_ms: u64,
+    /// Relay requests per ceremony attempt (default: the ceremony's).
+    #[arg(long)]
+    max_relays: Option<u32>,
     /// Byzantine DKG participants, e.g. `3=bad-shares,5=equivocate` (silent, bad-shares,
     /// garbage-shares, bad-pop, equivocate, false-accuser).
     #[arg(long, default_value = "")]
@@ -93,6 +176,16 @@ struct Args {
     /// Run the deliberately broken manager that combines unverified partials.
     #[arg(long)]
     broken_manager: bool,
+    /// CPU cost model.
+    #[arg(long, value_enum, default_value_t = Cpu::Calibrated)]
+    cpu: Cpu,
+    /// Multiply every CPU cost (2 = a machine twice as slow).
+    #[arg(long, default_value_t = 1.0)]
+    slowdown: f64,
+    /// How ceremony rounds end: `event-driven` (tkms) or drand-style `fixed-phases` of
+    /// `--round-timeout-ms`.
+    #[arg(long, value_enum, default_value_t = RoundsArg::EventDriven)]
+    rounds: RoundsArg,
     /// CSV output path.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -122,6 +215,18 @@ fn build(args: &Args, seed: u64) -> anyhow::Result<Scenario> {
     s.net.reliable = !args.datagram;
     s.net.reorder = args.reorder;
     s.timeouts.round = args.round_timeout_ms * MS;
+    if let Some(r) = args.max_relays {
+        s.timeouts.max_relays = r;
+    }
+    s.cpu = match args.cpu {
+        Cpu::Calibrated => CpuModel::CALIBRATED,
+        Cpu::Free => CpuModel::FREE,
+    }
+    .slower(args.slowdown);
+    s.rounds = match args.rounds {
+        RoundsArg::EventDriven => Rounds::EventDriven,
+        RoundsArg::FixedPhases => Rounds::FixedPhases,
+    };
     s.requests = args.requests;
     s.request_deadline = args.deadline_ms * MS;
     if args.broken_manager {
@@ -205,12 +310,11 @@ fn run_one(which: Which, s: &Scenario) -> anyhow::Result<RunMetrics> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn run_scenario(which: Which, args: &Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for seed in args.seed..args.seed.saturating_add(args.runs.max(1)) {
-        let s = build(&args, seed)?;
-        let m = run_one(args.scenario, &s)?;
+        let s = build(args, seed)?;
+        let m = run_one(which, &s)?;
         println!("{}", m.summary());
         rows.push(m);
     }
@@ -223,4 +327,64 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn calibrate(args: &CalibrateArgs) -> anyhow::Result<()> {
+    let mut samples = Vec::new();
+    println!("{}", cpu::Sample::HEADER);
+    for (i, n) in args.n.iter().enumerate() {
+        let mut ts = vec![*n / 3 + 1, 2 * *n / 3 + 1];
+        ts.dedup();
+        for t in ts {
+            let seed = u64::try_from(i).unwrap_or(0) * 100 + t as u64;
+            let s = cpu::measure(*n, t.min(*n), args.reps, seed)?;
+            println!("{}", s.csv_row());
+            samples.push(s);
+        }
+    }
+    let model = cpu::fit(&samples);
+    println!("\nfit: {model:#?}\n");
+    println!("n,t,round,measured_us,model_us,error_pct");
+    for s in &samples {
+        let p = cpu::predict(&model, s.n, s.t);
+        for (name, measured, model) in [
+            ("deal", s.deal, p[0]),
+            ("respond", s.respond, p[1]),
+            ("finalize", s.finalize, p[2]),
+            ("confirm", s.confirm, p[3]),
+        ] {
+            let err = (model as f64 - measured) / measured * 100.0;
+            println!("{},{},{name},{measured:.0},{model},{err:.1}", s.n, s.t);
+        }
+    }
+    if let Some(path) = &args.out {
+        let mut f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        writeln!(f, "{}", cpu::Sample::HEADER)?;
+        for s in &samples {
+            writeln!(f, "{}", s.csv_row())?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Dkg(a) => run_scenario(Which::Dkg, &a),
+        Command::Secrecy(a) => run_scenario(Which::Secrecy, &a),
+        Command::Reshare(a) => run_scenario(Which::Reshare, &a),
+        Command::Delegation(a) => run_scenario(Which::Delegation, &a),
+        Command::Calibrate(a) => calibrate(&a),
+        Command::Plot { out } => tkms_simulations::plot::all(&out),
+        Command::Sweep(a) => {
+            let started = std::time::Instant::now();
+            std::fs::create_dir_all(&a.out)?;
+            tkms_simulations::sweep::run(a.name, a.seed, a.seeds, a.max_n, &a.out)?;
+            eprintln!(
+                "sweep done in {:.1} s wall",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
 }

@@ -13,12 +13,29 @@ use tkms_crypto::{
     ecies, Error, KeyShare, NodeIndex, PublicKeySet, SecretScalar,
 };
 
+use crate::cpu::CpuModel;
 use crate::delegation::{
     DelegationActor, Manager, ManagerMode, NodeFault, PlannedRequest, RequestRecord, ShareNode,
     MANAGER,
 };
-use crate::dkg_node::{DkgBehaviour, DkgNode, DkgTimeouts, S};
+use crate::dkg_node::{DkgBehaviour, DkgNode, DkgTimeouts, NodeEnv, Rounds, S};
 use crate::sim::{Addr, Crash, NetConfig, NetStats, Simulator, Time, MS, SECOND};
+
+/// Deliberately broken variants of the system, each there to show that the invariant meant to
+/// catch it does (a check that cannot fail proves nothing). Never the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// BROKEN: this node is handed a ceremony configuration with threshold `t + 1` (a
+    /// configuration-distribution bug); everyone else runs the real one. Caught by DKG
+    /// agreement: the honest nodes do not all end the same way.
+    DivergentConfig(u16),
+    /// BROKEN: the DKG runs with threshold `t - 1` while the cluster is meant to need `t`.
+    /// Caught by the secrecy threshold: `t - 1` shares reconstruct the key.
+    ThresholdTooLow,
+    /// BROKEN: the "reshare" runs a fresh DKG among the new committee. Caught by "reshare
+    /// keeps the key".
+    FreshDkgAsReshare,
+}
 
 /// Everything that defines a run.
 #[derive(Clone, Debug)]
@@ -39,6 +56,10 @@ pub struct Scenario {
     pub node_faults: BTreeMap<u16, NodeFault>,
     /// DKG round timeouts.
     pub timeouts: DkgTimeouts,
+    /// CPU cost of each protocol step.
+    pub cpu: CpuModel,
+    /// How ceremony rounds end (tkms: event-driven).
+    pub rounds: Rounds,
     /// Manager behaviour.
     pub manager: ManagerMode,
     /// Delegation requests to issue.
@@ -51,10 +72,13 @@ pub struct Scenario {
     pub reshare_to: Option<(u16, u16)>,
     /// Virtual time limit of each phase.
     pub horizon: Time,
+    /// A deliberately broken variant (tests of the invariants only).
+    pub broken: Option<Broken>,
 }
 
 impl Scenario {
-    /// Defaults: `t = floor(2n/3) + 1`, 20–50 ms links, 2 s round timeouts, 10 requests.
+    /// Defaults: `t = floor(2n/3) + 1`, 20–50 ms links, 2 s round timeouts, one relay request
+    /// per dealer ([`DkgTimeouts::for_committee`]), calibrated CPU costs, 10 requests.
     pub fn new(seed: u64, n: u16) -> Self {
         Self {
             seed,
@@ -64,13 +88,16 @@ impl Scenario {
             crashes: Vec::new(),
             dkg_faults: BTreeMap::new(),
             node_faults: BTreeMap::new(),
-            timeouts: DkgTimeouts::default(),
+            timeouts: DkgTimeouts::for_committee(n),
+            cpu: CpuModel::CALIBRATED,
+            rounds: Rounds::EventDriven,
             manager: ManagerMode::Verify,
             requests: 10,
             request_interval: 10 * MS,
             request_deadline: SECOND,
             reshare_to: None,
             horizon: 600 * SECOND,
+            broken: None,
         }
     }
 
@@ -148,6 +175,13 @@ pub struct CeremonyRun {
     pub end: Time,
     /// Trace hash.
     pub trace: u64,
+    /// Messages dropped for missing their phase's deadline ([`Rounds::FixedPhases`]).
+    pub late: u64,
+    /// CPU time of the busiest node, µs.
+    pub max_cpu: Time,
+    /// The threshold the cluster is meant to have (the scenario's), which the secrecy
+    /// invariant holds the result to.
+    pub intended_threshold: u16,
 }
 
 impl CeremonyRun {
@@ -183,10 +217,13 @@ impl CeremonyRun {
     }
 }
 
+/// Per-node configurations that differ from the ceremony's (the `DivergentConfig` bug).
+type Overrides = BTreeMap<NodeIndex, CeremonyConfig<S>>;
+
 #[allow(clippy::too_many_arguments)]
 fn run_ceremony(
     scenario: &Scenario,
-    config: &CeremonyConfig<S>,
+    (config, intended_threshold, overrides): (&CeremonyConfig<S>, u16, &Overrides),
     keys: &BTreeMap<NodeIndex, SecretScalar<S>>,
     shares: &BTreeMap<NodeIndex, KeyShare<S>>,
     faults: &BTreeMap<u16, DkgBehaviour>,
@@ -216,16 +253,22 @@ fn run_ceremony(
                 key.clone(),
                 shares.get(&i).cloned(),
                 behaviour,
-                scenario.timeouts,
-                config.clone(),
+                NodeEnv {
+                    timeouts: scenario.timeouts,
+                    cpu: scenario.cpu,
+                    rounds: scenario.rounds,
+                },
+                overrides.get(&i).unwrap_or(config).clone(),
             ),
         );
     }
     let done = Simulator::new(actors, net, crashes, rng).finish(scenario.horizon);
+    let mut late = 0;
     let nodes = done
         .actors
         .into_iter()
         .map(|(a, mut node)| {
+            late += node.late();
             let outcome = NodeOutcome {
                 behaviour: node.behaviour(),
                 result: node.take_result(),
@@ -242,6 +285,9 @@ fn run_ceremony(
         stats: done.stats,
         end: done.end,
         trace: done.trace,
+        late,
+        max_cpu: done.cpu.values().copied().max().unwrap_or(0),
+        intended_threshold,
     };
     (run, done.rng)
 }
@@ -266,10 +312,20 @@ fn committee(
 pub fn run_dkg(scenario: &Scenario) -> Result<CeremonyRun, Error> {
     let mut rng = ChaCha20Rng::seed_from_u64(scenario.seed);
     let keys = node_keys(scenario.n, &mut rng);
-    let config = CeremonyConfig::dkg(1, scenario.t, committee(&keys, |_| true))?;
+    let members = committee(&keys, |_| true);
+    let t = match scenario.broken {
+        Some(Broken::ThresholdTooLow) => scenario.t.saturating_sub(1).max(1),
+        _ => scenario.t,
+    };
+    let config = CeremonyConfig::dkg(1, t, members.clone())?;
+    let mut overrides = Overrides::new();
+    if let Some(Broken::DivergentConfig(node)) = scenario.broken {
+        let other = CeremonyConfig::dkg(1, (t + 1).min(scenario.n), members)?;
+        overrides.insert(idx(node), other);
+    }
     let (run, _) = run_ceremony(
         scenario,
-        &config,
+        (&config, scenario.t, &overrides),
         &keys,
         &BTreeMap::new(),
         &scenario.dkg_faults,
@@ -287,7 +343,8 @@ type Setup = (
     ChaCha20Rng,
 );
 
-/// A fault-free DKG (setup), then the studied phase continues the same RNG stream.
+/// A fault-free DKG (setup: no byzantine nodes, crashes or partitions; the same links, loss
+/// and CPU model), then the studied phase continues the same RNG stream.
 fn setup(scenario: &Scenario, committee_size: u16) -> Result<Setup, Error> {
     let mut rng = ChaCha20Rng::seed_from_u64(scenario.seed);
     let keys = node_keys(committee_size.max(scenario.n), &mut rng);
@@ -295,12 +352,15 @@ fn setup(scenario: &Scenario, committee_size: u16) -> Result<Setup, Error> {
     let config = CeremonyConfig::dkg(1, scenario.t, committee(&keys, |i| i <= n))?;
     let (run, rng) = run_ceremony(
         scenario,
-        &config,
+        (&config, scenario.t, &Overrides::new()),
         &keys,
         &BTreeMap::new(),
         &BTreeMap::new(),
         &[],
-        scenario.net.clone(),
+        NetConfig {
+            partitions: Vec::new(),
+            ..scenario.net.clone()
+        },
         rng,
     );
     Ok((run, keys, rng))
@@ -328,10 +388,14 @@ pub fn run_reshare(scenario: &Scenario) -> Result<ReshareRun, Error> {
         dkg.shares().into_iter().map(|s| (s.index(), s)).collect();
     let dealers = committee(&keys, |i| shares.contains_key(&idx(i)));
     let recipients = committee(&keys, |i| i <= new_n);
-    let config = CeremonyConfig::reshare(2, new_t, previous, dealers, recipients)?;
+    let config = if scenario.broken == Some(Broken::FreshDkgAsReshare) {
+        CeremonyConfig::dkg(2, new_t, recipients)?
+    } else {
+        CeremonyConfig::reshare(2, new_t, previous, dealers, recipients)?
+    };
     let (reshare, _) = run_ceremony(
         scenario,
-        &config,
+        (&config, new_t, &Overrides::new()),
         &keys,
         &shares,
         &scenario.dkg_faults,
@@ -345,8 +409,6 @@ pub fn run_reshare(scenario: &Scenario) -> Result<ReshareRun, Error> {
 /// The result of a delegation scenario.
 #[derive(Debug)]
 pub struct DelegationRun {
-    /// The DKG that made the key.
-    pub dkg: CeremonyRun,
     /// The key set the manager used.
     pub keys: PublicKeySet<S>,
     /// Every request, with its plaintext oracle.
@@ -363,16 +425,47 @@ pub struct DelegationRun {
     pub trace: u64,
 }
 
+/// The fault-free DKG a delegation scenario starts from: it depends only on the seed, `n`,
+/// `t`, the network (without partitions), the timeouts and the CPU model, so one setup serves
+/// every fault pattern of a sweep point.
+pub struct DelegationSetup {
+    keys: PublicKeySet<S>,
+    shares: Vec<KeyShare<S>>,
+    rng: ChaCha20Rng,
+}
+
+impl DelegationSetup {
+    /// Run the setup DKG of `scenario`.
+    pub fn new(scenario: &Scenario) -> Result<Self, Error> {
+        let mut setup_scenario = scenario.clone();
+        setup_scenario.net.partitions.clear();
+        let (dkg, _, rng) = setup(&setup_scenario, scenario.n)?;
+        let keys = dkg.public().cloned().ok_or(Error::NotEnoughConfirmations {
+            got: 0,
+            required: usize::from(scenario.t),
+        })?;
+        Ok(Self {
+            keys,
+            shares: dkg.shares(),
+            rng,
+        })
+    }
+}
+
 /// A DKG, then `requests` delegations through the manager, with the scenario's node faults,
 /// crashes and partitions applied to the delegation phase.
 pub fn run_delegation(scenario: &Scenario) -> Result<DelegationRun, Error> {
-    let mut setup_scenario = scenario.clone();
-    setup_scenario.net.partitions.clear();
-    let (dkg, _, mut rng) = setup(&setup_scenario, scenario.n)?;
-    let keys = dkg.public().cloned().ok_or(Error::NotEnoughConfirmations {
-        got: 0,
-        required: usize::from(scenario.t),
-    })?;
+    run_delegation_from(scenario, &DelegationSetup::new(scenario)?)
+}
+
+/// The delegation phase of `scenario` from `setup` (which must be
+/// `DelegationSetup::new(scenario)`, or of a scenario differing only in faults).
+pub fn run_delegation_from(
+    scenario: &Scenario,
+    setup: &DelegationSetup,
+) -> Result<DelegationRun, Error> {
+    let keys = setup.keys.clone();
+    let mut rng = setup.rng.clone();
     let epoch = 1;
     let mut plan = Vec::new();
     for r in 0..scenario.requests {
@@ -386,7 +479,7 @@ pub fn run_delegation(scenario: &Scenario) -> Result<DelegationRun, Error> {
     }
     let mut actors = BTreeMap::new();
     let mut nodes = Vec::new();
-    for share in dkg.shares() {
+    for share in setup.shares.iter().cloned() {
         let a = share.index().get();
         let fault = scenario
             .node_faults
@@ -394,7 +487,10 @@ pub fn run_delegation(scenario: &Scenario) -> Result<DelegationRun, Error> {
             .copied()
             .unwrap_or(NodeFault::Honest);
         nodes.push(a);
-        actors.insert(a, DelegationActor::Node(ShareNode::new(share, fault)));
+        actors.insert(
+            a,
+            DelegationActor::Node(ShareNode::new(share, fault, scenario.cpu)),
+        );
     }
     let reachable_honest =
         nodes
@@ -417,7 +513,8 @@ pub fn run_delegation(scenario: &Scenario) -> Result<DelegationRun, Error> {
         scenario.manager,
         scenario.request_deadline,
         plan,
-    );
+    )
+    .with_cpu(scenario.cpu);
     actors.insert(MANAGER, DelegationActor::Manager(Box::new(manager)));
     let done = Simulator::new(actors, scenario.net.clone(), &scenario.crashes, rng)
         .finish(scenario.horizon);
@@ -431,7 +528,6 @@ pub fn run_delegation(scenario: &Scenario) -> Result<DelegationRun, Error> {
         }
     }
     Ok(DelegationRun {
-        dkg,
         keys,
         requests,
         reachable_honest,

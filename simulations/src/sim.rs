@@ -4,8 +4,14 @@
 //! Nothing here reads the wall clock, sleeps or spawns threads, and every random choice comes
 //! from the one [`ChaCha20Rng`] seeded from the run's seed, so a seed replays a run bit for
 //! bit. Actors are sans-IO state machines: they react to events and emit [`Command`]s.
+//!
+//! **CPU.** Each actor is one single-threaded event loop. A handler may declare the CPU time
+//! its work took ([`Outbox::work`], from the cost model in [`crate::cpu`]): the actor is then
+//! busy until `start + cost`, its commands take effect at that time (messages leave, timers
+//! are armed), and events that reach it meanwhile wait in its inbox in arrival order. A crash
+//! loses the work in progress and the inbox. With zero cost a handler is instantaneous.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
@@ -47,16 +53,18 @@ pub enum Command<M> {
     },
 }
 
-/// The commands an actor emits while handling one event.
+/// The commands an actor emits while handling one event, and the CPU time it spent.
 #[derive(Debug)]
 pub struct Outbox<M> {
     commands: Vec<Command<M>>,
+    work: Time,
 }
 
 impl<M> Default for Outbox<M> {
     fn default() -> Self {
         Self {
             commands: Vec::new(),
+            work: 0,
         }
     }
 }
@@ -77,6 +85,16 @@ impl<M: Clone> Outbox<M> {
     /// Arm a timer.
     pub fn timer(&mut self, after: Time, timer: u64) {
         self.commands.push(Command::SetTimer { after, timer });
+    }
+
+    /// Declare `cost` µs of CPU work done by this handler (added up over calls).
+    pub fn work(&mut self, cost: Time) {
+        self.work = self.work.saturating_add(cost);
+    }
+
+    /// The CPU time declared so far.
+    pub fn cost(&self) -> Time {
+        self.work
     }
 
     /// The commands emitted so far (for unit tests of actors without a simulator).
@@ -256,10 +274,36 @@ pub struct NetStats {
 
 enum Event<M> {
     Start(Addr),
-    Deliver { from: Addr, to: Addr, msg: M },
-    Timer { node: Addr, timer: u64, life: u32 },
+    Deliver {
+        from: Addr,
+        to: Addr,
+        msg: M,
+    },
+    Timer {
+        node: Addr,
+        timer: u64,
+        life: u32,
+    },
     Crash(Addr),
     Restart(Addr),
+    /// The commands of a handler that took CPU time, released when it is done.
+    Output {
+        node: Addr,
+        life: u32,
+        commands: Vec<Command<M>>,
+    },
+    /// The actor's CPU is free again: handle the next event of its inbox.
+    Wake(Addr),
+}
+
+impl<M> Event<M> {
+    /// The actor whose event loop handles this event, if it is one an actor handles.
+    fn target(&self) -> Option<Addr> {
+        match self {
+            Self::Start(a) | Self::Deliver { to: a, .. } | Self::Timer { node: a, .. } => Some(*a),
+            _ => None,
+        }
+    }
 }
 
 /// The simulator: actors by address, the clock, the queue, the network and the one RNG.
@@ -273,6 +317,14 @@ pub struct Simulator<A: Actor> {
     down: BTreeSet<Addr>,
     /// Incremented at each restart, so timers of an earlier life never fire.
     lives: BTreeMap<Addr, u32>,
+    /// When each actor's CPU is free.
+    busy_until: BTreeMap<Addr, Time>,
+    /// Events waiting for a busy actor, in arrival order.
+    inbox: BTreeMap<Addr, VecDeque<Event<A::Msg>>>,
+    /// Actors with a `Wake` event queued.
+    waking: BTreeSet<Addr>,
+    /// CPU time spent per actor.
+    cpu: BTreeMap<Addr, Time>,
     stats: NetStats,
     events: u64,
     trace: u64,
@@ -296,6 +348,10 @@ impl<A: Actor> Simulator<A> {
             rng,
             down: BTreeSet::new(),
             lives: BTreeMap::new(),
+            busy_until: BTreeMap::new(),
+            inbox: BTreeMap::new(),
+            waking: BTreeSet::new(),
+            cpu: BTreeMap::new(),
             stats: NetStats::default(),
             events: 0,
             trace: 0xcbf2_9ce4_8422_2325,
@@ -344,70 +400,159 @@ impl<A: Actor> Simulator<A> {
         self.now
     }
 
+    fn life(&self, a: Addr) -> u32 {
+        self.lives.get(&a).copied().unwrap_or(0)
+    }
+
+    fn busy(&self, a: Addr) -> bool {
+        self.busy_until.get(&a).is_some_and(|t| *t > self.now)
+    }
+
     fn step(&mut self, event: Event<A::Msg>) {
+        if let Some(a) = event.target() {
+            if self.busy(a) && !self.down.contains(&a) {
+                self.inbox.entry(a).or_default().push_back(event);
+                self.wake_at_busy_end(a);
+                return;
+            }
+        }
+        match event {
+            Event::Crash(a) => {
+                self.mix(&[self.now, 4, u64::from(a)]);
+                self.down.insert(a);
+                self.stats.dropped += self.inbox.remove(&a).map_or(0, |q| {
+                    q.iter()
+                        .filter(|e| matches!(e, Event::Deliver { .. }))
+                        .count()
+                }) as u64;
+                self.busy_until.remove(&a);
+            }
+            Event::Restart(a) => {
+                self.mix(&[self.now, 5, u64::from(a)]);
+                if self.down.remove(&a) {
+                    *self.lives.entry(a).or_insert(0) += 1;
+                    let mut out = Outbox::default();
+                    if let Some(actor) = self.actors.get_mut(&a) {
+                        actor.on_restart(self.now, &mut self.rng, &mut out);
+                    }
+                    self.finish_handler(a, out);
+                }
+            }
+            Event::Output {
+                node,
+                life,
+                commands,
+            } => {
+                let alive = !self.down.contains(&node) && self.life(node) == life;
+                self.mix(&[self.now, 6, u64::from(node), u64::from(alive)]);
+                if alive {
+                    for command in commands {
+                        self.execute(node, command);
+                    }
+                }
+            }
+            Event::Wake(a) => {
+                self.waking.remove(&a);
+                if !self.busy(a) {
+                    let next = self.inbox.get_mut(&a).and_then(VecDeque::pop_front);
+                    if let Some(next) = next {
+                        self.handle(next);
+                    }
+                }
+                if self.inbox.get(&a).is_some_and(|q| !q.is_empty()) {
+                    self.wake_at_busy_end(a);
+                }
+            }
+            other => self.handle(other),
+        }
+    }
+
+    fn wake_at_busy_end(&mut self, a: Addr) {
+        if self.waking.insert(a) {
+            let at = self
+                .busy_until
+                .get(&a)
+                .copied()
+                .unwrap_or(self.now)
+                .max(self.now);
+            self.push(at, Event::Wake(a));
+        }
+    }
+
+    /// Run an actor's handler for `event` now (its CPU is free).
+    fn handle(&mut self, event: Event<A::Msg>) {
         let mut out = Outbox::default();
-        let (node, alive) = match event {
+        let node = match event {
             Event::Start(a) => {
                 self.mix(&[self.now, 1, u64::from(a)]);
-                let alive = !self.down.contains(&a);
-                if let (true, Some(actor)) = (alive, self.actors.get_mut(&a)) {
+                if self.down.contains(&a) {
+                    return;
+                }
+                if let Some(actor) = self.actors.get_mut(&a) {
                     actor.start(self.now, &mut self.rng, &mut out);
                 }
-                (a, alive)
+                a
             }
             Event::Deliver { from, to, msg } => {
                 let size = msg.wire_size() as u64;
                 self.mix(&[self.now, 2, u64::from(from), u64::from(to), size]);
                 if self.down.contains(&to) {
                     self.stats.dropped += 1;
-                    (to, false)
-                } else {
-                    if from != to {
-                        self.stats.delivered += 1;
-                    }
-                    if let Some(actor) = self.actors.get_mut(&to) {
-                        actor.on_message(self.now, from, msg, &mut self.rng, &mut out);
-                    }
-                    (to, true)
+                    return;
                 }
+                if from != to {
+                    self.stats.delivered += 1;
+                }
+                if let Some(actor) = self.actors.get_mut(&to) {
+                    actor.on_message(self.now, from, msg, &mut self.rng, &mut out);
+                }
+                to
             }
             Event::Timer { node, timer, life } => {
-                let alive = !self.down.contains(&node)
-                    && self.lives.get(&node).copied().unwrap_or(0) == life;
+                let alive = !self.down.contains(&node) && self.life(node) == life;
                 self.mix(&[self.now, 3, u64::from(node), timer, u64::from(alive)]);
-                if let (true, Some(actor)) = (alive, self.actors.get_mut(&node)) {
+                if !alive {
+                    return;
+                }
+                if let Some(actor) = self.actors.get_mut(&node) {
                     actor.on_timer(self.now, timer, &mut self.rng, &mut out);
                 }
-                (node, alive)
+                node
             }
-            Event::Crash(a) => {
-                self.mix(&[self.now, 4, u64::from(a)]);
-                self.down.insert(a);
-                (a, false)
-            }
-            Event::Restart(a) => {
-                self.mix(&[self.now, 5, u64::from(a)]);
-                let was_down = self.down.remove(&a);
-                if was_down {
-                    *self.lives.entry(a).or_insert(0) += 1;
-                    if let Some(actor) = self.actors.get_mut(&a) {
-                        actor.on_restart(self.now, &mut self.rng, &mut out);
-                    }
-                }
-                (a, was_down)
-            }
+            _ => return,
         };
-        if alive {
-            for command in out.drain() {
+        self.finish_handler(node, out);
+    }
+
+    /// Account a handler's CPU time and release its commands when the work is done.
+    fn finish_handler(&mut self, node: Addr, mut out: Outbox<A::Msg>) {
+        let cost = out.cost();
+        let commands = out.drain();
+        if cost == 0 {
+            for command in commands {
                 self.execute(node, command);
             }
+            return;
         }
+        self.mix(&[self.now, 7, u64::from(node), cost]);
+        *self.cpu.entry(node).or_insert(0) += cost;
+        let done = self.now.saturating_add(cost);
+        self.busy_until.insert(node, done);
+        let life = self.life(node);
+        self.push(
+            done,
+            Event::Output {
+                node,
+                life,
+                commands,
+            },
+        );
     }
 
     fn execute(&mut self, from: Addr, command: Command<A::Msg>) {
         match command {
             Command::SetTimer { after, timer } => {
-                let life = self.lives.get(&from).copied().unwrap_or(0);
+                let life = self.life(from);
                 self.push(
                     self.now.saturating_add(after),
                     Event::Timer {
@@ -503,6 +648,11 @@ impl<A: Actor> Simulator<A> {
     pub fn down(&self) -> &BTreeSet<Addr> {
         &self.down
     }
+
+    /// CPU time each actor spent (µs of virtual time).
+    pub fn cpu(&self) -> &BTreeMap<Addr, Time> {
+        &self.cpu
+    }
 }
 
 /// What is left after a run.
@@ -521,6 +671,8 @@ pub struct Finished<A> {
     pub trace: u64,
     /// Nodes down at the end.
     pub down: BTreeSet<Addr>,
+    /// CPU time each actor spent.
+    pub cpu: BTreeMap<Addr, Time>,
 }
 
 impl<A: Actor> Simulator<A> {
@@ -535,6 +687,99 @@ impl<A: Actor> Simulator<A> {
             events: self.events,
             trace: self.trace,
             down: self.down,
+            cpu: self.cpu,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[derive(Clone, Debug)]
+    struct Ping(u32);
+
+    impl Message for Ping {
+        fn wire_size(&self) -> usize {
+            4
+        }
+        fn kind(&self) -> &'static str {
+            "ping"
+        }
+    }
+
+    /// Actor 1 (kicked by a timer at time 0) sends three pings to actor 2, which works 10 ms
+    /// on each and echoes it; actor 1 records when the echoes arrive.
+    #[derive(Default)]
+    struct Echo {
+        got: Vec<(Time, u32)>,
+    }
+
+    impl Actor for Echo {
+        type Msg = Ping;
+        fn start(&mut self, _: Time, _: &mut ChaCha20Rng, _: &mut Outbox<Ping>) {}
+        fn on_message(
+            &mut self,
+            now: Time,
+            from: Addr,
+            msg: Ping,
+            _: &mut ChaCha20Rng,
+            out: &mut Outbox<Ping>,
+        ) {
+            if from == 1 {
+                out.work(10 * MS);
+                out.send(from, msg);
+            } else {
+                self.got.push((now, msg.0));
+            }
+        }
+        fn on_timer(&mut self, _: Time, _: u64, _: &mut ChaCha20Rng, out: &mut Outbox<Ping>) {
+            for i in 0..3 {
+                out.send(2, Ping(i));
+            }
+        }
+    }
+
+    fn run(crash: &[Crash]) -> Vec<(Time, u32)> {
+        let net = NetConfig {
+            latency: Latency {
+                base: MS,
+                jitter: 0,
+                dist: Jitter::Uniform,
+            },
+            ..NetConfig::default()
+        };
+        let actors = BTreeMap::from([(1, Echo::default()), (2, Echo::default())]);
+        let mut sim = Simulator::new(actors, net, crash, ChaCha20Rng::seed_from_u64(1));
+        // Kick actor 1 with a timer event at time 0.
+        sim.push(
+            0,
+            Event::Timer {
+                node: 1,
+                timer: 0,
+                life: 0,
+            },
+        );
+        let done = sim.finish(SECOND);
+        assert_eq!(done.cpu.get(&2).copied().unwrap_or(0) % (10 * MS), 0);
+        done.actors[&1].got.clone()
+    }
+
+    #[test]
+    fn a_busy_actor_handles_its_inbox_in_order_one_job_at_a_time() {
+        // Pings arrive at 1 ms; the echoes leave at 11, 21, 31 ms and arrive 1 ms later.
+        assert_eq!(run(&[]), vec![(12 * MS, 0), (22 * MS, 1), (32 * MS, 2)]);
+    }
+
+    #[test]
+    fn a_crash_loses_the_work_in_progress_and_the_inbox() {
+        let crash = [Crash {
+            node: 2,
+            at: 15 * MS,
+            restart: Some(16 * MS),
+        }];
+        // The first echo left at 11 ms; the second job (11-21 ms) and the queued third are lost.
+        assert_eq!(run(&crash), vec![(12 * MS, 0)]);
     }
 }

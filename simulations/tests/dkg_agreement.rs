@@ -6,8 +6,8 @@
 use tkms_simulations::{
     dkg_node::DkgBehaviour::{self, *},
     invariants::dkg_agreement,
-    scenario::{run_dkg, Scenario},
-    sim::{Jitter, MS},
+    scenario::{node_addrs, run_dkg, Broken, Scenario},
+    sim::{Jitter, Partition, MS},
 };
 
 const SEEDS: [u64; 4] = [1, 2, 3, 4];
@@ -53,6 +53,20 @@ fn agreement_under_loss_reordering_heavy_tails_and_a_crash_restart() {
 }
 
 #[test]
+fn agreement_when_a_partition_cuts_two_nodes_off_during_the_first_rounds() {
+    for seed in SEEDS {
+        let mut all = node_addrs(9);
+        all.push(0);
+        let mut s = Scenario::new(seed, 9).dkg_fault(5, Equivocate);
+        s.net
+            .partitions
+            .push(Partition::isolate(&[2, 8], &all, 0, 2_500 * MS));
+        s.net.loss = 0.02;
+        check(&s);
+    }
+}
+
+#[test]
 fn too_many_faulty_dealers_make_every_honest_node_abort() {
     for seed in SEEDS {
         let s = Scenario::new(seed, 5)
@@ -60,5 +74,21 @@ fn too_many_faulty_dealers_make_every_honest_node_abort() {
             .dkg_fault(1, Silent)
             .dkg_fault(2, BadProofOfPossession);
         assert!(!check(&s), "seed {seed}: 3 good dealers < t = 4 must abort");
+    }
+}
+
+/// The check can fail: one honest node handed a different configuration (a distribution bug)
+/// ends differently from the rest, and agreement says so.
+#[test]
+fn a_node_with_a_divergent_configuration_is_caught() {
+    for seed in SEEDS {
+        let mut s = Scenario::new(seed, 7).threshold(5);
+        s.broken = Some(Broken::DivergentConfig(3));
+        let run = run_dkg(&s).unwrap();
+        let verdict = dkg_agreement(&run);
+        assert!(
+            verdict.as_ref().is_err_and(|v| v.contains("split outcome")),
+            "seed {seed}: {verdict:?}"
+        );
     }
 }

@@ -7,20 +7,30 @@
 use tkms_simulations::{
     delegation::{ManagerMode, NodeFault},
     invariants::only_verified_partials,
-    scenario::{run_delegation, Scenario},
+    scenario::{node_addrs, run_delegation, Scenario},
+    sim::{Partition, MS},
 };
 
 const SEEDS: [u64; 4] = [41, 42, 43, 44];
 
 fn scenario(seed: u64, mode: ManagerMode) -> Scenario {
-    let mut s = Scenario::new(seed, 7)
+    let mut s = Scenario::new(seed, 9)
         .threshold(4)
         .node_fault(1, NodeFault::WrongPartial)
         .node_fault(3, NodeFault::FlippedProof)
         .node_fault(6, NodeFault::WrongPartial);
     s.manager = mode;
     s.requests = 8;
-    s
+    // Loss, reordering, node 2 cut off for the first 40 ms and a crash-restart of node 5:
+    // at least t = 4 honest nodes stay reachable.
+    let mut all = node_addrs(9);
+    all.push(0);
+    s.net.loss = 0.03;
+    s.net.reorder = 0.2;
+    s.net
+        .partitions
+        .push(Partition::isolate(&[2], &all, 0, 40 * MS));
+    s.crash(5, 30 * MS, Some(45 * MS))
 }
 
 #[test]
