@@ -48,8 +48,10 @@ pub mod labels;
 mod metric;
 mod quantize;
 mod records;
+pub mod service;
 pub mod store;
 mod types;
+pub mod vecfile;
 
 pub use client::{Client, MAX_INDEX_NAME_LEN};
 pub use error::{Error, Result};
