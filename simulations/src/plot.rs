@@ -219,7 +219,7 @@ fn draw(
             // A handful of integers: the span is a few dozen at most.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let k = (hi.floor() - lo.ceil()).max(0.0) as usize + 1;
-            k.max(2)
+            k.max(6)
         }
     };
     ctx.configure_mesh()
@@ -565,7 +565,7 @@ pub fn timeouts(csv: &Path, costs: &Path, out: &Path) -> anyhow::Result<()> {
         let bad: Vec<(f64, f64)> = table
             .points("n", "completion_ms", sel(false))?
             .into_iter()
-            .map(|(x, _)| (x, top * 1.6))
+            .map(|(x, _)| (x, top * 1.5 * 1.2f64.powi(i32::try_from(k).unwrap_or(0))))
             .collect();
         let s = Series::new(name.clone(), good, color);
         series.push(if rounds == "fixed" { s.dashed() } else { s });
