@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use alloy::node_bindings::{Anvil, AnvilInstance};
+use alloy::{
+    node_bindings::{Anvil, AnvilInstance},
+    providers::{Provider, ProviderBuilder},
+};
 
 use crate::error::{RegistryError, Result};
 
@@ -56,4 +59,15 @@ pub fn spawn_with(configure: impl FnOnce(Anvil) -> Anvil) -> Result<AnvilInstanc
             path,
             reason: e.to_string(),
         })
+}
+
+/// Switch a running anvil from one block per transaction (its default) to one block every
+/// `seconds`, as on a real chain (`evm_setIntervalMining`). Setting up with automining and
+/// then switching keeps a test's setup fast and its timing realistic.
+pub async fn set_block_time(anvil: &AnvilInstance, seconds: u64) -> Result<()> {
+    let provider = ProviderBuilder::new().connect_http(anvil.endpoint_url());
+    provider
+        .raw_request::<_, ()>("evm_setIntervalMining".into(), (seconds,))
+        .await?;
+    Ok(())
 }

@@ -264,11 +264,7 @@ async fn cache_follows_every_event_and_drops_a_revoked_gateway_within_one_block(
     let publisher = RegistryClient::connect(&d.rpc_url, d.address, Some(manager)).unwrap();
     let reader = RegistryClient::connect(&d.rpc_url, d.address, None).unwrap();
     // From here on, one block per second, as on a real chain (not one per transaction).
-    reader
-        .provider()
-        .raw_request::<_, ()>("evm_setIntervalMining".into(), (1,))
-        .await
-        .unwrap();
+    anvil::set_block_time(&anvil, 1).await.unwrap();
     let config = CacheConfig {
         poll_interval: Duration::from_millis(100),
         ..CacheConfig::default()
