@@ -39,6 +39,13 @@ use crate::{
 pub trait Registry: Send + Sync + 'static {
     /// The gateway authorized for `/v0/delegate` on `chain_id`, if that chain is served.
     fn gateway(&self, chain_id: u64) -> Option<Address>;
+
+    /// Whether `account` holds the gateway role on `chain_id`. A registry with several
+    /// gateways (the on-chain one) answers for each of them; by default an account is a
+    /// gateway when it is [`Registry::gateway`].
+    fn is_gateway(&self, chain_id: u64, account: Address) -> bool {
+        self.gateway(chain_id) == Some(account)
+    }
 }
 
 /// An embedded registry: one gateway per served chain, from configuration.

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod cluster;
 pub mod http;
 pub mod nox;

@@ -1,0 +1,266 @@
+//! `/v0/delegate` authorized from the on-chain registry: a real anvil (started here) with the
+//! registry deployed, a real node cluster (`common`), and the manager's router with a
+//! [`ChainRegistry`]. The epoch the manager serves is published on chain and read back; a
+//! gateway the owner revokes is refused before the chain's next block.
+
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
+mod common;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use alloy_primitives::{keccak256, Address, Bytes, B256};
+use aws_lc_rs::{encoding::AsDer, rsa::KeySize, rsa::PrivateDecryptingKey};
+use axum::{
+    body::{to_bytes, Body},
+    http::{Request, StatusCode},
+    Router,
+};
+use common::{encrypt, start, S};
+use k256::ecdsa::SigningKey;
+use tkms_crypto::Suite;
+use tkms_manager::{
+    chain::ChainRegistry,
+    http::{router, AppState, Metrics, Registry},
+    nox,
+};
+use tkms_registry::{
+    anvil, deploy_local, CacheConfig, EpochPublication, LocalSetup, NodeRecord, PrivateKeySigner,
+    RegistryCache, RegistryClient, Role,
+};
+use tower::ServiceExt;
+
+async fn call(app: &Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A `/v0/delegate` request as the Nox gateway sends it, signed by `gateway`.
+fn delegate_request(gateway: &SigningKey, chain_id: u64, ephemeral: &str) -> Request<Body> {
+    let rsa = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+    let target = format!(
+        "0x{}",
+        hex::encode(rsa.public_key().as_der().unwrap().as_ref())
+    );
+    let auth = nox::authorization_header(gateway, chain_id, ephemeral, &target);
+    let body = serde_json::json!({ "ephemeralPubKey": ephemeral, "targetPubKey": target });
+    Request::post(format!("/v0/delegate?chain_id={chain_id}"))
+        .header("content-type", "application/json")
+        .header("authorization", auth)
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // one end-to-end story, told in order
+async fn published_key_matches_and_a_revoked_gateway_is_refused_within_one_block() {
+    let tc = start(3, 5, &[], 31).await;
+    let wallet = SigningKey::from_slice(&[2u8; 32]).unwrap();
+    let gateways = [
+        SigningKey::from_slice(&[1u8; 32]).unwrap(),
+        SigningKey::from_slice(&[3u8; 32]).unwrap(),
+    ];
+    let gateway_addresses: Vec<Address> = gateways.iter().map(nox::wallet_address).collect();
+
+    // The chain: the registry, the manager wallet as manager, two gateways (the first is
+    // primary), and the cluster's five nodes with their public shares as node keys.
+    let anvil = anvil::spawn().unwrap();
+    let nodes: Vec<NodeRecord> = tc
+        .keys
+        .public_shares()
+        .zip(&tc.endpoints)
+        .map(|((index, share), endpoint)| NodeRecord {
+            index: index.get(),
+            peer_id: Bytes::from(
+                [
+                    &[0x00, 0x24, 0x08, 0x01, 0x12, 0x20][..],
+                    &[u8::try_from(index.get()).unwrap(); 32],
+                ]
+                .concat(),
+            ),
+            endpoints: vec![endpoint.url.clone()],
+            public_key: Bytes::from(S::encode_point(share).to_vec()),
+            attestation_digest: B256::ZERO,
+        })
+        .collect();
+    let d = deploy_local(
+        &anvil,
+        &LocalSetup {
+            manager: Some(nox::wallet_address(&wallet)),
+            gateways: gateway_addresses.clone(),
+            runners: vec![],
+            nodes,
+        },
+    )
+    .await
+    .unwrap();
+
+    let registry = ChainRegistry::new(
+        RegistryCache::start(
+            RegistryClient::connect(&d.rpc_url, d.address, None).unwrap(),
+            CacheConfig {
+                poll_interval: Duration::from_millis(100),
+                ..CacheConfig::default()
+            },
+        )
+        .await
+        .unwrap(),
+        tkms_manager::chain::DEFAULT_MAX_STALENESS,
+    );
+    let chain_id = registry.cache().chain_id();
+    assert_eq!(chain_id, d.chain_id);
+    let app = router(Arc::new(AppState {
+        cluster: tc.cluster(Duration::from_millis(800)),
+        wallet: wallet.clone(),
+        registry: Box::new(registry),
+        metrics: Metrics::default(),
+    }));
+
+    // The manager publishes the epoch it serves, with its own wallet key (the same k256 type
+    // signs EIP-712 proofs and chain transactions); kmsPublicKey() then equals /v0/public-key.
+    let (status, served) = call(
+        &app,
+        Request::get("/v0/public-key").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let served_key = hex::decode(
+        served["publicKey"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+    )
+    .unwrap();
+    let mut shares = Vec::new();
+    for (_, share) in tc.keys.public_shares() {
+        shares.extend_from_slice(&S::encode_point(share));
+    }
+    let manager = RegistryClient::connect(
+        &d.rpc_url,
+        d.address,
+        Some(PrivateKeySigner::from_signing_key(wallet.clone())),
+    )
+    .unwrap();
+    manager
+        .publish_epoch(&EpochPublication {
+            epoch: served["epoch"].as_u64().unwrap(),
+            t: 3,
+            n: 5,
+            public_key: Bytes::from(served_key.clone()),
+            public_shares_hash: keccak256(&shares),
+            transcript_hash: keccak256(b"test dealer transcript"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        d.owner.kms_public_key().await.unwrap().unwrap().to_vec(),
+        served_key
+    );
+
+    // One block per second from here, as on a real chain.
+    anvil::set_block_time(&anvil, 1).await.unwrap();
+    let ct = encrypt(&tc.keys, b"handle");
+    let ephemeral = format!("0x{}", hex::encode(S::encode_point(ct.ephemeral())));
+
+    let (status, json) = call(&app, delegate_request(&gateways[0], chain_id, &ephemeral)).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+
+    // The owner revokes the primary gateway: the other becomes primary, then the first goes.
+    d.owner
+        .set_primary_gateway(gateway_addresses[1])
+        .await
+        .unwrap();
+    let revoked = d
+        .owner
+        .revoke(Role::Gateway, gateway_addresses[0])
+        .await
+        .unwrap();
+    wait_for_head(&d.owner, revoked.block + 1).await;
+    let (status, json) = call(&app, delegate_request(&gateways[0], chain_id, &ephemeral)).await;
+    assert_eq!(status.as_u16(), nox::UNAUTHORIZED_STATUS, "{json}");
+    assert_eq!(json["code"], "signer_not_authorized", "{json}");
+    let (status, json) = call(&app, delegate_request(&gateways[1], chain_id, &ephemeral)).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+
+    // The last gateway revoked: nobody may delegate on this chain any more.
+    let revoked = d
+        .owner
+        .revoke(Role::Gateway, gateway_addresses[1])
+        .await
+        .unwrap();
+    wait_for_head(&d.owner, revoked.block + 1).await;
+    let (status, json) = call(&app, delegate_request(&gateways[1], chain_id, &ephemeral)).await;
+    // The handler asks `gateway()`, which has no answer once no gateway exists: `unknown_chain`
+    // today, `signer_not_authorized` once it asks `is_gateway`; a refusal either way.
+    assert_eq!(status.as_u16(), nox::UNAUTHORIZED_STATUS, "{json}");
+    assert!(
+        json["code"] == "unknown_chain" || json["code"] == "signer_not_authorized",
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn chain_registry_answers_only_for_its_chain_and_fails_closed_when_stale() {
+    let anvil = anvil::spawn().unwrap();
+    let gateway = Address::repeat_byte(0x61);
+    let runner = Address::repeat_byte(0x71);
+    let d = deploy_local(
+        &anvil,
+        &LocalSetup {
+            gateways: vec![gateway],
+            runners: vec![runner],
+            ..LocalSetup::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cache = RegistryCache::start(
+        RegistryClient::connect(&d.rpc_url, d.address, None).unwrap(),
+        CacheConfig {
+            poll_interval: Duration::from_millis(100),
+            ..CacheConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let registry = ChainRegistry::new(cache, Duration::from_millis(500));
+    let chain = d.chain_id;
+    assert_eq!(registry.gateway(chain), Some(gateway));
+    assert!(registry.is_gateway(chain, gateway));
+    assert!(!registry.is_gateway(chain, runner));
+    assert!(registry.is_runner(chain, runner));
+    assert_eq!(registry.gateway(chain + 1), None);
+    assert!(!registry.is_gateway(chain + 1, gateway));
+
+    // The chain goes away: after the staleness bound, nobody is a gateway any more.
+    drop(anvil);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while registry.is_gateway(chain, gateway) {
+        assert!(
+            Instant::now() < deadline,
+            "a stale registry still authorizes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(registry.gateway(chain), None);
+    assert!(registry.cache().age() > Duration::from_millis(500));
+}
+
+async fn wait_for_head(client: &RegistryClient, block: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.block_number().await.unwrap() < block {
+        assert!(
+            Instant::now() < deadline,
+            "the chain did not reach block {block}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
