@@ -13,6 +13,8 @@ use rand_core::OsRng;
 use tkms_crypto::{ecies, Secp256k1, SecretScalar, Suite, P256};
 use zeroize::Zeroizing;
 
+mod registry;
+
 /// The tkms command-line tool.
 #[derive(Debug, Parser)]
 #[command(name = "tkms", version, about)]
@@ -31,6 +33,8 @@ enum Command {
         #[command(subcommand)]
         command: EciesCommand,
     },
+    /// The on-chain registry: show it, grant and revoke roles, deploy one.
+    Registry(registry::RegistryArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,6 +72,7 @@ pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<(
             curve: Curve::P256,
             command,
         } => ecies_command::<P256>(command, input, output),
+        Command::Registry(args) => registry::run(args, output),
     }
 }
 
