@@ -246,6 +246,8 @@ const ROUND1: u64 = 1;
 const ROUND2: u64 = 2;
 const RELAY: u64 = 3;
 const ROUND3: u64 = 4;
+/// Extra round timeouts one attempt may wait for missing dealings or responses.
+const MAX_EXTENSIONS: u32 = 4;
 
 /// One participant of a DKG or reshare ceremony.
 pub struct Participant<S: Suite> {
@@ -268,6 +270,8 @@ pub struct Participant<S: Suite> {
     /// Messages of later attempts, replayed when this node gets there.
     future: Vec<(NodeIndex, Message<S>)>,
     relays: u32,
+    /// Round timers re-armed in this attempt because too few messages were in to proceed.
+    extensions: u32,
     result: Option<Result<CeremonyOutput<S>, Error>>,
     done_at: Option<Duration>,
 }
@@ -318,6 +322,7 @@ impl<S: Suite> Participant<S> {
             sent: Vec::new(),
             future: Vec::new(),
             relays: 0,
+            extensions: 0,
             result: None,
             done_at: None,
         }
@@ -405,9 +410,20 @@ impl<S: Suite> Participant<S> {
     ) {
         let expected = |round| self.timer_id(round);
         let low = timer & 0xff_ffff_ffff;
+        let threshold = usize::from(self.config.threshold());
         if low == expected(ROUND1) && matches!(self.phase, Phase::Dealing) {
+            // With fewer dealings than the ceremony needs, proceeding can only fail: wait
+            // another round (bounded) for slow dealers instead.
+            if self.dealings.len() < self.config.required_dealers() && self.extend(ROUND1, out) {
+                return;
+            }
             self.round2(rng, out);
         } else if low == expected(ROUND2) && matches!(self.phase, Phase::Responding) {
+            // Likewise, finalizing with fewer than t responses cannot produce a key that the
+            // others agree on; a slow node waits for them rather than failing alone.
+            if self.responses.len() < threshold && self.extend(ROUND2, out) {
+                return;
+            }
             self.end_round2(now, rng, out);
         } else if low == expected(RELAY)
             && timer >> 40 == u64::from(self.relays)
@@ -437,6 +453,19 @@ impl<S: Suite> Participant<S> {
             after: self.timeouts.round,
             timer: self.timer_id(round & 0xff) | (round & !0xff),
         });
+    }
+
+    /// Re-arm `round`'s timer once more, if this attempt has extensions left.
+    fn extend(&mut self, round: u64, out: &mut Vec<Action<S>>) -> bool {
+        if self.extensions >= MAX_EXTENSIONS {
+            return false;
+        }
+        self.extensions += 1;
+        out.push(Action::SetTimer {
+            after: self.timeouts.round,
+            timer: self.timer_id(round),
+        });
+        true
     }
 
     fn timer_id(&self, round: u64) -> u64 {
@@ -482,6 +511,7 @@ impl<S: Suite> Participant<S> {
         self.confirmations.clear();
         self.sent.clear();
         self.relays = 0;
+        self.extensions = 0;
         self.shares = None;
         if self.is_dealer() {
             self.deal(rng, out);
@@ -775,8 +805,22 @@ impl<S: Suite> Participant<S> {
             Err(Error::MissingDealing { dealer }) if self.relays < self.timeouts.max_relays => {
                 self.relays += 1;
                 self.phase = Phase::AwaitingRelay(dealer);
-                let msg = Message::new(self.config.attempt(), Body::RelayRequest(dealer));
-                self.send_to_peers(&msg, out);
+                // Ask for every dealing this node lacks at once, not one per relay round: a
+                // node cut off during round 1 may miss many.
+                let mut missing: Vec<NodeIndex> = self
+                    .config
+                    .dealers()
+                    .keys()
+                    .filter(|d| !self.dealings.contains_key(d))
+                    .copied()
+                    .collect();
+                if !missing.contains(&dealer) {
+                    missing.push(dealer);
+                }
+                for d in missing {
+                    let msg = Message::new(self.config.attempt(), Body::RelayRequest(d));
+                    self.send_to_peers(&msg, out);
+                }
                 let timer = self.timer_id(RELAY) | (u64::from(self.relays) << 40);
                 out.push(Action::SetTimer {
                     after: self.timeouts.relay,
