@@ -6,5 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ceremony;
+pub mod daemon;
+pub mod p2p;
 pub mod service;
 pub mod vault;

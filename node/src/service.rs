@@ -7,7 +7,7 @@
 //! before any secret is touched; a bad request gets `INVALID_ARGUMENT` or `UNAUTHENTICATED`
 //! and changes nothing.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use rand_core::OsRng;
 use tkms_crypto::{
@@ -21,6 +21,8 @@ use tkms_proto::{
     SignedRequest,
 };
 use tokio::sync::RwLock;
+
+use crate::ceremony::{self, Ceremonies, CeremonyError, Spec};
 use tonic::{Request, Response, Status};
 
 /// The suite the cluster runs (secp256k1, Nox-compatible).
@@ -40,6 +42,8 @@ pub struct ActiveShare {
     pub share: KeyShare<ClusterSuite>,
     /// The epoch's public key set (threshold, commitment, public shares).
     pub keys: PublicKeySet<ClusterSuite>,
+    /// The transcript hash the epoch was agreed on.
+    pub transcript_hash: [u8; 32],
 }
 
 /// The gRPC node service.
@@ -47,6 +51,8 @@ pub struct ActiveShare {
 pub struct NodeService {
     active: Arc<RwLock<Option<ActiveShare>>>,
     managers: Arc<Vec<Encoded<ClusterSuite>>>,
+    ceremonies: Option<Arc<Ceremonies>>,
+    node_key: Option<Encoded<ClusterSuite>>,
 }
 
 impl NodeService {
@@ -59,7 +65,21 @@ impl NodeService {
         Self {
             active,
             managers: Arc::new(managers),
+            ceremonies: None,
+            node_key: None,
         }
+    }
+
+    /// Run DKG and reshare ceremonies with `ceremonies`, as the node whose key is `node_key`.
+    #[must_use]
+    pub fn with_ceremonies(
+        mut self,
+        ceremonies: Arc<Ceremonies>,
+        node_key: Encoded<ClusterSuite>,
+    ) -> Self {
+        self.ceremonies = Some(ceremonies);
+        self.node_key = Some(node_key);
+        self
     }
 
     /// Check the manager's signature over the request.
@@ -95,6 +115,55 @@ fn epoch_matches(active: &ActiveShare, requested: u64) -> Result<(), Status> {
     }
 }
 
+/// Longest round timeout a request may ask for.
+const MAX_ROUND_TIMEOUT: Duration = Duration::from_secs(300);
+/// Round timeout when the request names none.
+const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn ceremony_spec(request: &pb::StartCeremonyRequest) -> Result<Spec, CeremonyError> {
+    let threshold = u16::try_from(request.threshold).map_err(|_| {
+        CeremonyError::Invalid(format!("threshold {} too large", request.threshold))
+    })?;
+    let recipients = ceremony::members(&request.recipients, "recipients")?;
+    let round_timeout = match request.round_timeout_ms {
+        0 => DEFAULT_ROUND_TIMEOUT,
+        ms => Duration::from_millis(ms).min(MAX_ROUND_TIMEOUT),
+    };
+    let (previous, dealers) = match pb::CeremonyKind::try_from(request.kind) {
+        Ok(pb::CeremonyKind::Dkg) => {
+            if !request.dealers.is_empty() && request.dealers != request.recipients {
+                return Err(CeremonyError::Invalid(
+                    "in a DKG the dealers are the recipients; leave dealers empty".into(),
+                ));
+            }
+            (None, recipients.clone())
+        }
+        Ok(pb::CeremonyKind::Reshare) => {
+            let dealers = ceremony::members(&request.dealers, "dealers")?;
+            if request.previous_epoch == 0 || request.previous_epoch >= request.epoch {
+                return Err(CeremonyError::Invalid(format!(
+                    "previous epoch {} must be non-zero and below the new epoch {}",
+                    request.previous_epoch, request.epoch
+                )));
+            }
+            let keys = ceremony::key_set(&request.previous_commitment, &dealers)?;
+            (Some((request.previous_epoch, keys)), dealers)
+        }
+        _ => return Err(CeremonyError::Invalid("unknown ceremony kind".into())),
+    };
+    if request.epoch == 0 {
+        return Err(CeremonyError::Invalid("epochs start at 1".into()));
+    }
+    Ok(Spec {
+        previous,
+        epoch: request.epoch,
+        threshold,
+        dealers,
+        recipients,
+        round_timeout,
+    })
+}
+
 fn no_share() -> Status {
     Status::failed_precondition("this node holds no key share yet (no DKG has completed)")
 }
@@ -106,21 +175,32 @@ impl Node for NodeService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let active = self.active.read().await;
-        let response = match active.as_ref() {
+        let mut response = match active.as_ref() {
             Some(a) => pb::StatusResponse {
                 index: u32::from(a.share.index().get()),
                 epoch: a.epoch,
                 threshold: u32::from(a.keys.threshold()),
                 committee_size: u32::try_from(a.keys.committee_size()).unwrap_or(u32::MAX),
                 public_key: a.keys.public_key_encoded().bytes().to_vec(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                ceremony: String::new(),
-            },
-            None => pb::StatusResponse {
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                commitment: a.keys.commitment().to_bytes(),
+                committee: a
+                    .keys
+                    .public_shares()
+                    .map(|(i, _)| u32::from(i.get()))
+                    .collect(),
+                transcript_hash: a.transcript_hash.to_vec(),
                 ..Default::default()
             },
+            None => pb::StatusResponse::default(),
         };
+        response.version = env!("CARGO_PKG_VERSION").to_string();
+        if let Some(key) = &self.node_key {
+            response.node_key = key.bytes().to_vec();
+        }
+        if let Some(c) = &self.ceremonies {
+            response.p2p_addr = c.p2p_address().to_string();
+            response.ceremony = c.in_progress().unwrap_or_default().to_string();
+        }
         Ok(Response::new(response))
     }
 
@@ -197,10 +277,34 @@ impl Node for NodeService {
         &self,
         request: Request<pb::StartCeremonyRequest>,
     ) -> Result<Response<pb::StartCeremonyResponse>, Status> {
-        self.authenticate(request.get_ref())?;
-        // The libp2p ceremony driver is the next step of the cluster work; say so plainly.
-        Err(Status::unimplemented(
-            "ceremonies over libp2p are not implemented in this build of tkms-node",
-        ))
+        let request = request.into_inner();
+        self.authenticate(&request)?;
+        let Some(ceremonies) = self.ceremonies.clone() else {
+            return Err(Status::unimplemented(
+                "this node was started without a ceremony channel",
+            ));
+        };
+        let spec = ceremony_spec(&request).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The ceremony runs to its end even if the manager stops waiting.
+        let outcome = tokio::spawn(async move { ceremonies.run(spec).await })
+            .await
+            .map_err(|e| Status::internal(format!("ceremony task: {e}")))?
+            .map_err(|e| match e {
+                CeremonyError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                CeremonyError::Precondition(_) => Status::failed_precondition(e.to_string()),
+                CeremonyError::Failed(_) => Status::aborted(e.to_string()),
+                CeremonyError::Vault(_) => Status::internal(e.to_string()),
+            })?;
+        Ok(Response::new(pb::StartCeremonyResponse {
+            epoch: outcome.epoch,
+            commitment: outcome.keys.commitment().to_bytes(),
+            transcript_hash: outcome.transcript_hash.to_vec(),
+            qualified: outcome
+                .qualified
+                .iter()
+                .map(|i| u32::from(i.get()))
+                .collect(),
+            holds_share: outcome.holds_share,
+        }))
     }
 }

@@ -23,6 +23,11 @@
 //!   `aad("shares", epoch as u64 BE)`, so a record cannot be moved to another epoch. Keys are
 //!   epoch numbers only; nothing secret is ever a key.
 //!
+//! - `identity` (`&str -> &[u8]`): the node's long-term keys, each `nonce (12) ||
+//!   AES-256-GCM(key, secret (32))` with AAD `aad("identity", name)`: `"node-key"` (the
+//!   secp256k1 node key that signs ceremony messages and receives encrypted shares) and
+//!   `"p2p-key"` (the ed25519 libp2p identity seed). Created on first use.
+//!
 //! where `aad(table, key) = "tkms/vault/v1" || len(table) (u8) || table || key` and every nonce is
 //! 96 random bits from the OS. A record (the plaintext, see [`StoredShare`]) is
 //! `version (u8 = 1) || epoch (u64) || len(suite) (u8) || suite || index (u16) || share (32) ||
@@ -83,10 +88,31 @@ mod labels {
     pub const HEADER_KEY: &str = "header";
     /// `meta` key of the key-check value.
     pub const KEY_CHECK_KEY: &str = "key-check";
+    /// Table of the node's long-term keys.
+    pub const IDENTITY_TABLE: &str = "identity";
+    /// `identity` key of the secp256k1 node key.
+    pub const NODE_KEY: &str = "node-key";
+    /// `identity` key of the ed25519 libp2p identity seed.
+    pub const P2P_KEY: &str = "p2p-key";
 }
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new(labels::META_TABLE);
 const SHARES: TableDefinition<u64, &[u8]> = TableDefinition::new(labels::SHARES_TABLE);
+const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new(labels::IDENTITY_TABLE);
+
+/// A node's long-term keys, kept in the vault.
+pub struct NodeIdentity {
+    /// The secp256k1 node key: signs ceremony messages, receives encrypted shares.
+    pub node_key: SecretScalar<Secp256k1>,
+    /// The ed25519 seed of the libp2p identity (peer id).
+    pub p2p_seed: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeIdentity(..)")
+    }
+}
 
 const FORMAT_VERSION: u8 = 1;
 const RECORD_VERSION: u8 = 1;
@@ -1085,6 +1111,58 @@ impl Vault {
         txn.commit().map_err(storage)?;
         tracing::info!(epoch, suite = %record.suite, index = %record.index, "share stored");
         Ok(())
+    }
+
+    /// The node's long-term keys, created (from the OS RNG) and stored on first use.
+    pub fn identity(&self) -> Result<NodeIdentity, VaultError> {
+        let node_key = self.identity_secret(labels::NODE_KEY, |bytes| {
+            SecretScalar::<Secp256k1>::from_bytes(bytes).is_ok()
+        })?;
+        let p2p_seed = self.identity_secret(labels::P2P_KEY, |_| true)?;
+        let node_key = SecretScalar::from_bytes(node_key.as_slice()).map_err(|e| {
+            VaultError::Corrupted(format!("the stored node key does not decode: {e}"))
+        })?;
+        Ok(NodeIdentity { node_key, p2p_seed })
+    }
+
+    /// The 32-byte secret `name` of the identity table, drawn until `valid` and stored if absent.
+    fn identity_secret(
+        &self,
+        name: &str,
+        valid: impl Fn(&[u8]) -> bool,
+    ) -> Result<Zeroizing<[u8; 32]>, VaultError> {
+        let secret_aad = aad(labels::IDENTITY_TABLE, name.as_bytes());
+        let txn = self.db.begin_write().map_err(storage)?;
+        let secret = {
+            let mut table = txn.open_table(IDENTITY).map_err(storage)?;
+            let existing = table
+                .get(name)
+                .map_err(storage)?
+                .map(|v| v.value().to_vec());
+            if let Some(sealed) = existing {
+                let plain = unseal(&self.key, &secret_aad, &sealed).ok_or_else(|| {
+                    VaultError::Corrupted(format!("the stored {name} failed authentication"))
+                })?;
+                let mut out = Zeroizing::new([0u8; 32]);
+                if plain.len() != 32 || !valid(plain.as_slice()) {
+                    return Err(VaultError::Corrupted(format!(
+                        "the stored {name} is invalid"
+                    )));
+                }
+                out.copy_from_slice(&plain);
+                return Ok(out);
+            }
+            let mut fresh = Zeroizing::new(random_array::<32>());
+            while !valid(fresh.as_slice()) {
+                *fresh = random_array();
+            }
+            let sealed = seal(&self.key, &secret_aad, fresh.as_slice())?;
+            table.insert(name, sealed.as_slice()).map_err(storage)?;
+            fresh
+        };
+        txn.commit().map_err(storage)?;
+        tracing::info!(key = name, "node identity key created in the vault");
+        Ok(secret)
     }
 
     /// The highest stored epoch.

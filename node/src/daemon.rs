@@ -1,0 +1,258 @@
+//! The node process (DESIGN.md §4.2, STYLE "thin binaries"): open the vault, load the node's
+//! identity and latest share, start the libp2p ceremony channel and the gRPC service, and
+//! serve until `shutdown` resolves. Both `tkms-node` and `tkms node run` call [`run`].
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use libp2p::{identity::Keypair, Multiaddr};
+use serde::Serialize;
+use tkms_crypto::{suite::Encoded, Suite};
+use tkms_proto::node::v1::node_server::NodeServer;
+use tokio::sync::{mpsc, oneshot, RwLock};
+
+use crate::{
+    ceremony::Ceremonies,
+    p2p::P2p,
+    service::{ActiveShare, ClusterSuite as S, NodeService},
+    vault::{EnvPassword, FilePassword, KdfParams, PasswordProvider, Vault, VaultError},
+};
+
+/// Where the vault password comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PasswordSource {
+    /// An environment variable (development only: the process environment is easy to leak).
+    Env,
+    /// A file, e.g. a mounted Kubernetes secret.
+    File,
+}
+
+/// Argon2id cost of a new vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KdfCost {
+    /// OWASP's production parameters (19 MiB, 2 passes).
+    Production,
+    /// Cheap parameters for local testnets and tests; logged as insecure.
+    Insecure,
+}
+
+/// Node configuration (command line of `tkms-node` and `tkms node run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeConfig {
+    /// Directory of the vault (`vault.redb`) and the node's status file (`node.json`).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// gRPC listen address for the manager.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub grpc_listen: SocketAddr,
+    /// libp2p listen address for ceremonies with the other nodes.
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    pub p2p_listen: Multiaddr,
+    /// Manager public key (33-byte compressed secp256k1, hex) whose signed requests this node
+    /// accepts; repeat for several.
+    #[arg(long = "manager-key", required = true)]
+    pub manager_keys: Vec<String>,
+    /// Where the vault password comes from.
+    #[arg(long, value_enum, default_value_t = PasswordSource::File)]
+    pub password: PasswordSource,
+    /// The password file (`--password file`).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// The environment variable (`--password env`).
+    #[arg(long, default_value = "TKMS_VAULT_PASSWORD")]
+    pub password_env: String,
+    /// Argon2id cost when the vault is created.
+    #[arg(long, value_enum, default_value_t = KdfCost::Production)]
+    pub kdf: KdfCost,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The vault could not be opened or read.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The libp2p channel could not start.
+    #[error(transparent)]
+    P2p(#[from] crate::p2p::P2pError),
+    /// A socket or file operation failed.
+    #[error("{0}")]
+    Io(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Server(String),
+}
+
+/// The status file `node.json`: what operators and `tkms testnet` need to reach the node.
+/// Nothing in it is secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatusFile {
+    /// Process id.
+    pub pid: u32,
+    /// gRPC address.
+    pub grpc_addr: String,
+    /// libp2p address with peer id.
+    pub p2p_addr: String,
+    /// Node key, compressed hex.
+    pub node_key: String,
+}
+
+fn password_provider(config: &NodeConfig) -> Result<Box<dyn PasswordProvider>, NodeError> {
+    match config.password {
+        PasswordSource::Env => Ok(Box::new(EnvPassword::new(config.password_env.clone()))),
+        PasswordSource::File => {
+            let path = config.password_file.clone().ok_or_else(|| {
+                NodeError::Config("--password file needs --password-file PATH".into())
+            })?;
+            Ok(Box::new(FilePassword::new(path)))
+        }
+    }
+}
+
+fn manager_keys(config: &NodeConfig) -> Result<Vec<Encoded<S>>, NodeError> {
+    config
+        .manager_keys
+        .iter()
+        .map(|k| {
+            let bytes = hex::decode(k.trim_start_matches("0x"))
+                .map_err(|e| NodeError::Config(format!("manager key {k:?}: {e}")))?;
+            Encoded::from_bytes(&bytes)
+                .map_err(|e| NodeError::Config(format!("manager key {k:?}: {e}")))
+        })
+        .collect()
+}
+
+/// The latest share in the vault, if any.
+fn latest_share(vault: &Vault) -> Result<Option<ActiveShare>, NodeError> {
+    let Some(epoch) = vault.latest_epoch()? else {
+        return Ok(None);
+    };
+    let Some((share, keys, transcript_hash)) = vault.get_share::<S>(epoch)? else {
+        return Ok(None);
+    };
+    Ok(Some(ActiveShare {
+        epoch,
+        share,
+        keys,
+        transcript_hash,
+    }))
+}
+
+fn write_status(dir: &Path, status: &NodeStatusFile) -> Result<(), NodeError> {
+    let tmp = dir.join("node.json.tmp");
+    let json = serde_json::to_vec_pretty(status).map_err(|e| NodeError::Io(e.to_string()))?;
+    std::fs::write(&tmp, json).map_err(|e| NodeError::Io(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, dir.join("node.json")).map_err(|e| NodeError::Io(e.to_string()))
+}
+
+/// Run the node until `shutdown` resolves.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let managers = manager_keys(&config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
+    let provider = password_provider(&config)?;
+    let params = match config.kdf {
+        KdfCost::Production => KdfParams::production(),
+        KdfCost::Insecure => KdfParams::insecure_for_tests(),
+    };
+    let vault_path = config.data_dir.join("vault.redb");
+    let vault =
+        tokio::task::spawn_blocking(move || Vault::open(vault_path, provider.as_ref(), params))
+            .await
+            .map_err(|e| NodeError::Io(e.to_string()))??;
+    let identity = vault.identity()?;
+    let active = latest_share(&vault)?;
+    if let Some(a) = &active {
+        tracing::info!(epoch = a.epoch, index = %a.share.index(), "resuming with the stored share");
+    } else {
+        tracing::info!("no share stored yet: waiting for a DKG");
+    }
+    let active = Arc::new(RwLock::new(active));
+    let vault = Arc::new(vault);
+
+    let mut seed = *identity.p2p_seed;
+    let keypair = Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|e| NodeError::Config(format!("p2p identity: {e}")))?;
+    let (inbox_tx, inbox_rx) = mpsc::channel(4096);
+    let (p2p_stop, p2p_stopped) = oneshot::channel();
+    let p2p = P2p::start(keypair, config.p2p_listen.clone(), inbox_tx, p2p_stopped).await?;
+    let node_key = Encoded::new(identity.node_key.public_point());
+    let ceremonies = Arc::new(Ceremonies::new(
+        p2p.clone(),
+        identity.node_key.clone(),
+        Arc::clone(&vault),
+        Arc::clone(&active),
+    ));
+    tokio::spawn(Arc::clone(&ceremonies).dispatch(inbox_rx));
+
+    let listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|e| NodeError::Io(format!("cannot listen on {}: {e}", config.grpc_listen)))?;
+    let grpc_addr = listener
+        .local_addr()
+        .map_err(|e| NodeError::Io(e.to_string()))?;
+    write_status(
+        &config.data_dir,
+        &NodeStatusFile {
+            pid: std::process::id(),
+            grpc_addr: grpc_addr.to_string(),
+            p2p_addr: p2p.address().to_string(),
+            node_key: hex::encode(S::encode_point(node_key.point())),
+        },
+    )?;
+    tracing::info!(%grpc_addr, p2p = %p2p.address(), node_key = %hex::encode(node_key.bytes()), "node serving");
+
+    let service = NodeService::new(active, managers).with_ceremonies(ceremonies, node_key);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(NodeServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| NodeError::Server(e.to_string()));
+    let _ = p2p_stop.send(());
+    tracing::info!("node stopped");
+    result
+}
+
+/// Log to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,27 @@
+//! `tkms-node`: a KMS node. This binary only parses its configuration and calls
+//! [`tkms_node::daemon::run`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// A tkms KMS node: holds one key share, runs ceremonies with its peers, serves the manager.
+#[derive(Debug, Parser)]
+#[command(name = "tkms-node", version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: tkms_node::daemon::NodeConfig,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tkms_node::daemon::init_tracing();
+    let cli = Cli::parse();
+    match tkms_node::daemon::run(cli.config, tkms_node::daemon::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tkms-node: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The node-to-node channel for DKG and reshare ceremonies (DESIGN.md §4.2): libp2p over TCP,
+//! authenticated and encrypted with Noise (XX, ed25519 identities), multiplexed with yamux.
+//!
+//! Every ceremony message goes point to point as a `request-response` exchange on
+//! `/tkms/ceremony/1` (CBOR envelope `{ceremony, msg}`), acknowledged by the receiver. A
+//! broadcast is one such request to every committee member: a committee is a closed, known set
+//! of at most a few hundred nodes, so direct delivery with acknowledgement and retry is both
+//! simpler and more reliable than gossip (no mesh to form before the first round). A request
+//! that fails (peer not up yet, connection lost) is retried with backoff for a bounded time.
+//!
+//! The transport authenticates the sender's peer id; the ceremony driver maps peer ids to node
+//! indices from the committee and drops anything else.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::StreamExt;
+use libp2p::{
+    identity::Keypair,
+    noise,
+    request_response::{self, cbor, OutboundRequestId, ProtocolSupport},
+    swarm::SwarmEvent,
+    tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// The ceremony protocol name.
+pub const PROTOCOL: &str = "/tkms/ceremony/1";
+/// Largest ceremony message accepted (a dealing for n = 256 is about 60 KB).
+pub const MAX_MESSAGE: u64 = 4 * 1024 * 1024;
+/// Delivery attempts of one message before it is given up.
+const MAX_ATTEMPTS: u32 = 20;
+
+/// What travels: the ceremony (its epoch) and the encoded `tkms_crypto::ceremony::Message`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The epoch the ceremony produces.
+    pub ceremony: u64,
+    /// `Message::to_bytes()`.
+    #[serde(with = "serde_bytes")]
+    pub msg: Vec<u8>,
+}
+
+/// The receiver's acknowledgement.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Ack;
+
+/// A message received from an authenticated peer.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The sender, as authenticated by Noise.
+    pub from: PeerId,
+    /// What it sent.
+    pub envelope: Envelope,
+}
+
+enum Command {
+    Send {
+        peer: PeerId,
+        addr: Multiaddr,
+        envelope: Envelope,
+        attempt: u32,
+    },
+}
+
+/// A handle to the running libp2p swarm.
+#[derive(Clone, Debug)]
+pub struct P2p {
+    commands: mpsc::UnboundedSender<Command>,
+    peer_id: PeerId,
+    listen: Multiaddr,
+}
+
+/// Why the channel could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum P2pError {
+    /// Building the transport failed.
+    #[error("libp2p transport: {0}")]
+    Transport(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+type Behaviour = cbor::Behaviour<Envelope, Ack>;
+
+impl P2p {
+    /// Start the swarm with identity `keypair`, listening on `listen` (port 0 picks one), and
+    /// deliver what peers send to `incoming`. Runs until `shutdown` fires.
+    pub async fn start(
+        keypair: Keypair,
+        listen: Multiaddr,
+        incoming: mpsc::Sender<Incoming>,
+        shutdown: oneshot::Receiver<()>,
+    ) -> Result<Self, P2pError> {
+        let codec = cbor::codec::Codec::<Envelope, Ack>::default()
+            .set_request_size_maximum(MAX_MESSAGE)
+            .set_response_size_maximum(64);
+        let behaviour = Behaviour::with_codec(
+            codec,
+            [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        );
+        let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| P2pError::Transport(e.to_string()))?
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| P2pError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        swarm
+            .listen_on(listen.clone())
+            .map_err(|e| P2pError::Listen {
+                addr: listen.clone(),
+                reason: e.to_string(),
+            })?;
+        // Wait for the bound address (port 0 resolves here).
+        let bound = loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => break address,
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(P2pError::Listen {
+                        addr: listen,
+                        reason: error.to_string(),
+                    })
+                }
+                SwarmEvent::ListenerClosed { reason, .. } => {
+                    return Err(P2pError::Listen {
+                        addr: listen,
+                        reason: format!("{reason:?}"),
+                    })
+                }
+                _ => {}
+            }
+        };
+        let peer_id = *swarm.local_peer_id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(swarm, rx, tx.clone(), incoming, shutdown));
+        Ok(Self {
+            commands: tx,
+            peer_id,
+            listen: bound,
+        })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The bound listen address, with `/p2p/<peer id>`: what peers dial.
+    pub fn address(&self) -> Multiaddr {
+        self.listen
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(self.peer_id))
+    }
+
+    /// Send `envelope` to `peer` at `addr`, retrying with backoff until acknowledged or given up.
+    pub fn send(&self, peer: PeerId, addr: Multiaddr, envelope: Envelope) {
+        let _ = self.commands.send(Command::Send {
+            peer,
+            addr,
+            envelope,
+            attempt: 0,
+        });
+    }
+}
+
+/// Split `/ip4/../tcp/../p2p/<id>` into the peer id and the address.
+pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut base = addr.clone();
+    match base.pop()? {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some((peer, base)),
+        _ => None,
+    }
+}
+
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    retry: mpsc::UnboundedSender<Command>,
+    incoming: mpsc::Sender<Incoming>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let mut pending: HashMap<OutboundRequestId, (PeerId, Multiaddr, Envelope, u32)> =
+        HashMap::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            command = commands.recv() => {
+                let Some(Command::Send { peer, addr, envelope, attempt }) = command else { break };
+                let id = swarm.behaviour_mut().send_request_with_addresses(
+                    &peer,
+                    envelope.clone(),
+                    vec![addr.clone()],
+                );
+                pending.insert(id, (peer, addr, envelope, attempt));
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(request_response::Event::Message { peer, message, .. }) => {
+                    match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let _ = swarm.behaviour_mut().send_response(channel, Ack);
+                            // A full inbox drops the message; the sender's retry or the
+                            // ceremony's relay and sync requests recover it.
+                            if incoming.try_send(Incoming { from: peer, envelope: request }).is_err() {
+                                tracing::warn!(%peer, "ceremony inbox full; message dropped");
+                            }
+                        }
+                        request_response::Message::Response { request_id, .. } => {
+                            pending.remove(&request_id);
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
+                    if let Some((peer_id, addr, envelope, attempt)) = pending.remove(&request_id) {
+                        if attempt + 1 < MAX_ATTEMPTS {
+                            let retry = retry.clone();
+                            let delay = Duration::from_millis(200 * u64::from(attempt + 1).min(10));
+                            tracing::debug!(%peer, %error, attempt, "ceremony message not delivered; retrying");
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let _ = retry.send(Command::Send { peer: peer_id, addr, envelope, attempt: attempt + 1 });
+                            });
+                        } else {
+                            tracing::warn!(%peer, %error, "ceremony message given up after {MAX_ATTEMPTS} attempts");
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::InboundFailure { peer, error, .. }) => {
+                    tracing::debug!(%peer, %error, "inbound ceremony message failed");
+                }
+                _ => {}
+            },
+        }
+    }
+}
