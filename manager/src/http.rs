@@ -27,11 +27,14 @@ use axum::{
 use k256::ecdsa::SigningKey;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tkms_crypto::{suite::Encoded, Secp256k1, Suite};
 use tkms_proto::node::v1 as pb;
+use zeroize::Zeroizing;
 
 use crate::{
-    cluster::{Cluster, ClusterError, NodeFailure},
+    admin::{Admin, AdminError, Served},
+    cluster::{ClusterError, NodeFailure},
     nox::{DelegateRequest, NoxError},
 };
 
@@ -128,8 +131,12 @@ impl Metrics {
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
-    /// The nodes of the current epoch.
-    pub cluster: Cluster,
+    /// The epoch served and its nodes (none before the first DKG).
+    pub served: Arc<Served>,
+    /// Ceremonies and epochs, for the admin endpoints (absent: no admin API).
+    pub admin: Option<Arc<Admin>>,
+    /// The operator's bearer token for the admin endpoints.
+    pub admin_token: Option<Zeroizing<String>>,
     /// The manager wallet that signs `/v0/delegate` proofs.
     pub wallet: SigningKey,
     /// Who may call.
@@ -146,6 +153,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v0/public-key", get(public_key))
         .route("/v0/delegate", post(delegate))
+        .route("/admin/dkg", post(admin_dkg))
+        .route("/admin/reshare", post(admin_reshare))
+        .route("/admin/nodes", get(admin_nodes))
+        .route("/admin/epochs", get(admin_epochs))
         .with_state(state)
 }
 
@@ -162,13 +173,37 @@ async fn root() -> Json<serde_json::Value> {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let keys = state.cluster.keys();
+    let Some(cluster) = state.served.cluster() else {
+        return Json(json!({ "status": "no-key", "epoch": 0 }));
+    };
+    let keys = cluster.keys();
+    let reachable = match &state.admin {
+        Some(admin) => {
+            let urls: Vec<String> = state
+                .served
+                .record()
+                .map(|r| r.nodes.into_iter().map(|n| n.url).collect())
+                .unwrap_or_default();
+            let views = admin.survey(&urls).await;
+            Some(views.iter().filter(|v| v.reachable).count())
+        }
+        None => None,
+    };
     Json(json!({
         "status": "ok",
-        "epoch": state.cluster.epoch(),
+        "epoch": cluster.epoch(),
         "threshold": keys.threshold(),
         "n": keys.committee_size(),
+        "reachable": reachable,
     }))
+}
+
+fn no_key() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_key",
+        "the cluster has no key yet: an operator must run a DKG (POST /admin/dkg)",
+    )
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -179,8 +214,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn public_key(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let keys = state.cluster.keys();
+async fn public_key(State(state): State<Arc<AppState>>) -> Response {
+    let Some(cluster) = state.served.cluster() else {
+        return no_key();
+    };
+    let keys = cluster.keys();
     let shares: BTreeMap<String, String> = keys
         .public_shares()
         .map(|(i, p)| {
@@ -192,11 +230,12 @@ async fn public_key(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         .collect();
     Json(json!({
         "publicKey": format!("0x{}", hex::encode(keys.public_key_encoded().bytes())),
-        "epoch": state.cluster.epoch(),
+        "epoch": cluster.epoch(),
         "threshold": keys.threshold(),
         "n": keys.committee_size(),
         "publicShares": shares,
     }))
+    .into_response()
 }
 
 fn nox_error(state: &AppState, e: &NoxError) -> Response {
@@ -258,8 +297,10 @@ async fn delegate(
         )),
     };
     let ephemeral = Encoded::new(*request.ephemeral());
-    match state
-        .cluster
+    let Some(cluster) = state.served.cluster() else {
+        return no_key();
+    };
+    match cluster
         .delegate(ephemeral, request_id, Some(authorization))
         .await
     {
@@ -300,5 +341,146 @@ async fn delegate(
             )
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin (operator) endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// An error response, small enough to return in a `Result`.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1, self.2)
+    }
+}
+
+/// The admin service and the operator check.
+fn operator(state: &AppState, headers: &HeaderMap) -> Result<Arc<Admin>, ApiError> {
+    let (Some(admin), Some(token)) = (&state.admin, &state.admin_token) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "this manager was started without an admin token".into(),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        tracing::warn!("admin request with a missing or wrong operator token refused");
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin endpoints need `Authorization: Bearer <operator token>`".into(),
+        ));
+    }
+    Ok(Arc::clone(admin))
+}
+
+fn admin_error(e: &AdminError) -> Response {
+    let (status, code) = match e {
+        AdminError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        AdminError::Node(_) => (StatusCode::SERVICE_UNAVAILABLE, "node_unavailable"),
+        AdminError::Ceremony(_) => (StatusCode::BAD_GATEWAY, "ceremony_failed"),
+        AdminError::Busy => (StatusCode::CONFLICT, "ceremony_in_progress"),
+        AdminError::State(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state"),
+    };
+    error(status, code, e.to_string())
+}
+
+/// Body of `POST /admin/dkg` and `/admin/reshare`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CeremonyBody {
+    threshold: u16,
+    #[serde(default)]
+    nodes: Option<Vec<String>>,
+}
+
+fn ceremony_body(body: &Bytes) -> Result<CeremonyBody, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("expected {{\"threshold\": t, \"nodes\": [urls]}}: {e}"),
+        )
+    })
+}
+
+fn epoch_json(record: &crate::admin::EpochRecord) -> Response {
+    match record.public_key_hex() {
+        Ok(pk) => Json(json!({
+            "epoch": record.epoch,
+            "threshold": record.threshold,
+            "publicKey": format!("0x{pk}"),
+            "transcriptHash": format!("0x{}", record.transcript_hash),
+            "nodes": record.nodes,
+        }))
+        .into_response(),
+        Err(e) => admin_error(&e),
+    }
+}
+
+async fn admin_dkg(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let admin = match operator(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let body = match ceremony_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    match admin.dkg(body.nodes, body.threshold).await {
+        Ok(record) => epoch_json(&record),
+        Err(e) => admin_error(&e),
+    }
+}
+
+async fn admin_reshare(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let admin = match operator(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let body = match ceremony_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let nodes = body.nodes.unwrap_or_else(|| admin.node_urls().to_vec());
+    match admin.reshare(nodes, body.threshold).await {
+        Ok(record) => epoch_json(&record),
+        Err(e) => admin_error(&e),
+    }
+}
+
+async fn admin_nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let admin = match operator(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let views = admin.survey(admin.node_urls()).await;
+    Json(json!({ "nodes": views })).into_response()
+}
+
+async fn admin_epochs(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let admin = match operator(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    match admin.epochs() {
+        Ok(epochs) => Json(json!({ "epochs": epochs })).into_response(),
+        Err(e) => admin_error(&e),
     }
 }

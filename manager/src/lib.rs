@@ -7,7 +7,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod chain;
 pub mod cluster;
+pub mod daemon;
+pub mod file_registry;
 pub mod http;
 pub mod nox;

@@ -41,7 +41,9 @@ async fn fixture(liars: &[u16]) -> Fixture {
     let gateway = SigningKey::from_slice(&[1u8; 32]).unwrap();
     let wallet = SigningKey::from_slice(&[2u8; 32]).unwrap();
     let state = AppState {
-        cluster: tc.cluster(Duration::from_millis(800)),
+        served: tc.served(Duration::from_millis(800)),
+        admin: None,
+        admin_token: None,
         wallet: wallet.clone(),
         registry: Box::new(
             StaticRegistry::default().with_gateway(CHAIN, nox::wallet_address(&gateway)),

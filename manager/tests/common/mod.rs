@@ -7,7 +7,10 @@ use std::{sync::Arc, time::Duration};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{ecies, shamir, suite::Encoded, KeyShare, PublicKeySet, Secp256k1, SecretScalar};
-use tkms_manager::cluster::{Cluster, NodeEndpoint};
+use tkms_manager::{
+    admin::{EpochNode, Served},
+    cluster::{Cluster, NodeEndpoint},
+};
 use tkms_node::service::{ActiveShare, NodeService};
 use tkms_proto::node::v1::node_server::NodeServer;
 use tokio::{net::TcpListener, sync::RwLock, task::JoinHandle};
@@ -43,6 +46,7 @@ pub async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
             epoch: 1,
             share,
             keys: keys.clone(),
+            transcript_hash: [0; 32],
         })));
         let service = NodeService::new(active, accepted.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -75,6 +79,19 @@ impl TestCluster {
             timeout,
         )
         .unwrap()
+    }
+
+    /// The served epoch for an `AppState`.
+    pub fn served(&self, timeout: Duration) -> Arc<Served> {
+        let nodes = self
+            .endpoints
+            .iter()
+            .map(|e| EpochNode {
+                index: e.index.get(),
+                url: e.url.clone(),
+            })
+            .collect();
+        Arc::new(Served::serving(self.cluster(timeout), nodes))
     }
 
     pub fn kill(&self, index: u16) {
