@@ -1,0 +1,538 @@
+//! `tkms testnet up`: a whole cluster on loopback (DESIGN.md §5). It starts `N` node processes
+//! and a manager (this same binary, `tkms node run` / `tkms manager run`), runs the DKG
+//! through the manager's admin API, writes `testnet.json` as soon as the cluster serves, and
+//! stops everything on Ctrl-C.
+//!
+//! Everything lives under `--data-dir`: per node its vault (`node-i/vault.redb`, encrypted),
+//! its vault password file and log; the manager's keys, operator token, registry file, state
+//! file and log. These are development secrets in files readable only by the user (mode
+//! 0600): a testnet is for development, and says so. Running `up` again on the same data dir
+//! resumes the same cluster (same ports, same key) instead of creating a new one; a node
+//! killed and restarted with the command recorded in `testnet.json` rejoins with its share.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use k256::ecdsa::SigningKey;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use tkms_crypto::{Secp256k1, SecretScalar, Suite};
+use zeroize::Zeroizing;
+
+/// Arguments of `tkms testnet up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: u16,
+    /// Threshold `t` (default: floor(2n/3) + 1).
+    #[arg(long)]
+    pub threshold: Option<u16>,
+    /// Directory for every node's and the manager's files.
+    #[arg(long, default_value = "tkms-testnet")]
+    pub data_dir: PathBuf,
+    /// Where to write the endpoints and keys.
+    #[arg(long, default_value = "testnet.json")]
+    pub out: PathBuf,
+    /// The chain id served by `/v0/delegate`.
+    #[arg(long, default_value_t = 31337)]
+    pub chain_id: u64,
+    /// Longest wait for one DKG round, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub round_timeout_ms: u64,
+    /// Exit after writing `testnet.json`, leaving the processes running (for scripts and
+    /// tests; stop them with the pids in the file).
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// One node in `testnet.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestnetNode {
+    /// Node index.
+    pub index: u16,
+    /// Process id.
+    pub pid: u32,
+    /// gRPC address.
+    pub grpc_addr: String,
+    /// libp2p address with peer id.
+    pub p2p_addr: String,
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// The command line that (re)starts this node.
+    pub command: Vec<String>,
+}
+
+/// `testnet.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Testnet {
+    /// The manager's base URL.
+    pub manager_url: String,
+    /// Chain id served.
+    pub chain_id: u64,
+    /// Cluster public key, compressed hex with 0x.
+    pub public_key: String,
+    /// Threshold.
+    pub threshold: u16,
+    /// Manager process id.
+    pub manager_pid: u32,
+    /// Address of the wallet that signs `/v0/delegate` proofs.
+    pub manager_address: String,
+    /// Development gateway key (authorized in the registry file), hex with 0x.
+    pub gateway_private_key: String,
+    /// Operator token of the admin endpoints.
+    pub admin_token: String,
+    /// The registry file (edit it to authorize or revoke gateways).
+    pub registry_file: PathBuf,
+    /// The nodes.
+    pub nodes: Vec<TestnetNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ports {
+    manager: u16,
+    grpc: Vec<u16>,
+    p2p: Vec<u16>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Write a secret file readable only by the user.
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents)?;
+    Ok(())
+}
+
+/// Read the hex secret at `path`, or create it with `make`.
+fn secret_file(path: &Path, make: impl FnOnce() -> Zeroizing<String>) -> Result<Zeroizing<String>> {
+    if path.exists() {
+        let text = Zeroizing::new(fs::read_to_string(path)?);
+        return Ok(Zeroizing::new(text.trim().to_string()));
+    }
+    let value = make();
+    write_private(path, value.as_bytes())?;
+    Ok(value)
+}
+
+fn random_hex(bytes: usize) -> Zeroizing<String> {
+    let mut b = Zeroizing::new(vec![0u8; bytes]);
+    OsRng.fill_bytes(&mut b);
+    Zeroizing::new(hex::encode(&*b))
+}
+
+fn scalar_hex() -> Zeroizing<String> {
+    let s = SecretScalar::<Secp256k1>::random(&mut OsRng);
+    Zeroizing::new(hex::encode(s.to_bytes().as_ref()))
+}
+
+/// A running child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: String, args: &[String], log: &Path) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the tkms binary")?;
+        let log_file =
+            fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { name, child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early ({status}); see its log", self.name);
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Deserialize)]
+struct NodeStatus {
+    pid: u32,
+    grpc_addr: String,
+    p2p_addr: String,
+}
+
+fn wait_for_node(dir: &Path, proc: &mut Proc, deadline: Instant) -> Result<NodeStatus> {
+    let path = dir.join("node.json");
+    loop {
+        if let Ok(bytes) = fs::read(&path) {
+            if let Ok(status) = serde_json::from_slice::<NodeStatus>(&bytes) {
+                if status.pid == proc.pid() {
+                    return Ok(status);
+                }
+            }
+        }
+        proc.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not start within the deadline; see {}",
+                proc.name,
+                dir.join("node.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?)
+}
+
+/// The ports of the testnet in `dir`: fixed at creation so a restarted node or manager comes
+/// back where it was.
+fn ports(dir: &Path, n: u16) -> Result<Ports> {
+    let ports_file = dir.join("ports.json");
+    if ports_file.exists() {
+        let ports: Ports = serde_json::from_slice(&fs::read(&ports_file)?)?;
+        if ports.grpc.len() != usize::from(n) {
+            bail!(
+                "{} holds a testnet of {} nodes, not {n}; use another --data-dir",
+                dir.display(),
+                ports.grpc.len()
+            );
+        }
+        Ok(ports)
+    } else {
+        let ports = Ports {
+            manager: free_port()?,
+            grpc: (0..n).map(|_| free_port()).collect::<Result<_>>()?,
+            p2p: (0..n).map(|_| free_port()).collect::<Result<_>>()?,
+        };
+        fs::write(&ports_file, serde_json::to_vec_pretty(&ports)?)?;
+        Ok(ports)
+    }
+}
+
+/// Start the node processes and wait until each has written its status file.
+fn start_nodes(
+    dir: &Path,
+    n: u16,
+    ports: &Ports,
+    manager_public: &str,
+    deadline: Instant,
+) -> Result<Vec<(Proc, TestnetNode)>> {
+    let mut nodes: Vec<(Proc, TestnetNode)> = Vec::new();
+    for k in 0..n {
+        let index = k + 1;
+        let ndir = dir.join(format!("node-{index}"));
+        fs::create_dir_all(&ndir)?;
+        let password = ndir.join("password");
+        secret_file(&password, || random_hex(32))?;
+        let _ = fs::remove_file(ndir.join("node.json"));
+        let command: Vec<String> = vec![
+            "node".into(),
+            "run".into(),
+            "--data-dir".into(),
+            ndir.display().to_string(),
+            "--grpc-listen".into(),
+            format!("127.0.0.1:{}", ports.grpc[usize::from(k)]),
+            "--p2p-listen".into(),
+            format!("/ip4/127.0.0.1/tcp/{}", ports.p2p[usize::from(k)]),
+            "--manager-key".into(),
+            manager_public.to_string(),
+            "--password".into(),
+            "file".into(),
+            "--password-file".into(),
+            password.display().to_string(),
+            "--kdf".into(),
+            "insecure".into(),
+        ];
+        let proc = Proc::spawn(format!("node {index}"), &command, &ndir.join("node.log"))?;
+        let mut full = vec![std::env::current_exe()?.display().to_string()];
+        full.extend(command);
+        nodes.push((
+            proc,
+            TestnetNode {
+                index,
+                pid: 0,
+                grpc_addr: String::new(),
+                p2p_addr: String::new(),
+                data_dir: ndir,
+                command: full,
+            },
+        ));
+    }
+    for (proc, node) in &mut nodes {
+        let status = wait_for_node(&node.data_dir, proc, deadline)?;
+        node.pid = status.pid;
+        node.grpc_addr = status.grpc_addr;
+        node.p2p_addr = status.p2p_addr;
+    }
+
+    Ok(nodes)
+}
+
+/// Wait for the manager, and run the DKG if the cluster has no key yet; return
+/// `/v0/public-key`.
+async fn ensure_key(
+    manager_url: &str,
+    manager: &mut Proc,
+    admin_token: &str,
+    t: u16,
+    n: u16,
+    deadline: Instant,
+    mdir: &Path,
+) -> Result<serde_json::Value> {
+    let client = http()?;
+    // Wait for the manager.
+    loop {
+        manager.check_alive()?;
+        if let Ok(r) = client.get(format!("{manager_url}/health")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the manager did not start; see {}",
+                mdir.join("manager.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let key = client
+        .get(format!("{manager_url}/v0/public-key"))
+        .send()
+        .await?;
+    if key.status().is_success() {
+        return Ok(key.json::<serde_json::Value>().await?);
+    }
+    eprintln!("tkms testnet: running the DKG ({t} of {n})...");
+    let started = Instant::now();
+    let dkg = client
+        .post(format!("{manager_url}/admin/dkg"))
+        .bearer_auth(admin_token)
+        .json(&serde_json::json!({ "threshold": t }))
+        .send()
+        .await?;
+    if !dkg.status().is_success() {
+        let body = dkg.text().await.unwrap_or_default();
+        bail!("the DKG failed: {body}");
+    }
+    eprintln!("tkms testnet: DKG done in {:.2?}", started.elapsed());
+    let key = client
+        .get(format!("{manager_url}/v0/public-key"))
+        .send()
+        .await?;
+    Ok(key.json::<serde_json::Value>().await?)
+}
+
+/// Start the manager process in front of `nodes`.
+fn start_manager(
+    mdir: &Path,
+    registry_file: &Path,
+    port: u16,
+    round_timeout_ms: u64,
+    nodes: &[(Proc, TestnetNode)],
+) -> Result<Proc> {
+    let mut margs: Vec<String> = vec![
+        "manager".into(),
+        "run".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--node-key-file".into(),
+        mdir.join("node-request.key").display().to_string(),
+        "--wallet-key-file".into(),
+        mdir.join("wallet.key").display().to_string(),
+        "--registry-file".into(),
+        registry_file.display().to_string(),
+        "--admin-token-file".into(),
+        mdir.join("admin.token").display().to_string(),
+        "--state-file".into(),
+        mdir.join("state.json").display().to_string(),
+        "--round-timeout-ms".into(),
+        round_timeout_ms.to_string(),
+    ];
+    for (_, node) in nodes {
+        margs.push("--node".into());
+        margs.push(format!("http://{}", node.grpc_addr));
+    }
+    Proc::spawn("manager".into(), &margs, &mdir.join("manager.log"))
+}
+
+fn print_summary(testnet: &Testnet, out: &Path, manager_pid: u32, t: u16, n: u16) {
+    println!("tkms testnet is up ({t} of {n})");
+    println!("  manager     {}  (pid {manager_pid})", testnet.manager_url);
+    println!("  public key  {}", testnet.public_key);
+    for node in &testnet.nodes {
+        println!(
+            "  node {:<3}    grpc {}  p2p {}  (pid {})",
+            node.index, node.grpc_addr, node.p2p_addr, node.pid
+        );
+    }
+    println!(
+        "  gateway key {} (development only)",
+        testnet.gateway_private_key
+    );
+    println!("  written to  {}", out.display());
+}
+
+/// Start the testnet; with `detach`, return once `testnet.json` is written.
+pub fn up(args: &UpArgs) -> Result<()> {
+    let n = args.nodes;
+    if n == 0 || n > 64 {
+        bail!("--nodes must be 1..=64 for a local testnet, got {n}");
+    }
+    let t = args.threshold.unwrap_or(2 * n / 3 + 1);
+    if t == 0 || t > n {
+        bail!("--threshold must be 1..={n}, got {t}");
+    }
+    let dir = &args.data_dir;
+    fs::create_dir_all(dir.join("manager"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+
+    let ports = ports(&dir, n)?;
+
+    let mdir = dir.join("manager");
+    let node_key = secret_file(&mdir.join("node-request.key"), scalar_hex)?;
+    let wallet_hex = secret_file(&mdir.join("wallet.key"), scalar_hex)?;
+    let gateway_hex = secret_file(&mdir.join("gateway.key"), scalar_hex)?;
+    let admin_token = secret_file(&mdir.join("admin.token"), || random_hex(24))?;
+    let manager_public = {
+        let bytes = Zeroizing::new(hex::decode(node_key.as_str())?);
+        let key = SecretScalar::<Secp256k1>::from_bytes(&bytes)?;
+        hex::encode(Secp256k1::encode_point(&key.public_point()))
+    };
+    let wallet = SigningKey::from_slice(&Zeroizing::new(hex::decode(wallet_hex.as_str())?))?;
+    let gateway = SigningKey::from_slice(&Zeroizing::new(hex::decode(gateway_hex.as_str())?))?;
+    let registry_file = mdir.join("registry.json");
+    if !registry_file.exists() {
+        let mut gateways = BTreeMap::new();
+        gateways.insert(
+            args.chain_id.to_string(),
+            tkms_manager::nox::wallet_address(&gateway),
+        );
+        tkms_manager::file_registry::RegistryFile { gateways }.save(&registry_file)?;
+    }
+
+    eprintln!(
+        "tkms testnet: {n} nodes, threshold {t}, data in {} (development only: the keys in it \
+         are plain files)",
+        dir.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut nodes = start_nodes(&dir, n, &ports, &manager_public, deadline)?;
+
+    let manager_url = format!("http://127.0.0.1:{}", ports.manager);
+    let mut manager = start_manager(
+        &mdir,
+        &registry_file,
+        ports.manager,
+        args.round_timeout_ms,
+        &nodes,
+    )?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let public = runtime.block_on(ensure_key(
+        &manager_url,
+        &mut manager,
+        admin_token.as_str(),
+        t,
+        n,
+        deadline,
+        &mdir,
+    ))?;
+
+    let testnet = Testnet {
+        manager_url: manager_url.clone(),
+        chain_id: args.chain_id,
+        public_key: public["publicKey"].as_str().unwrap_or_default().to_string(),
+        threshold: u16::try_from(public["threshold"].as_u64().unwrap_or_default()).unwrap_or(t),
+        manager_pid: manager.pid(),
+        manager_address: tkms_manager::nox::wallet_address(&wallet).to_string(),
+        gateway_private_key: format!("0x{}", gateway_hex.as_str()),
+        admin_token: admin_token.to_string(),
+        registry_file,
+        nodes: nodes.iter().map(|(_, n)| n.clone()).collect(),
+    };
+    let out = &args.out;
+    let tmp = out.with_extension("json.tmp");
+    write_private(&tmp, &serde_json::to_vec_pretty(&testnet)?)?;
+    fs::rename(&tmp, out)?;
+
+    print_summary(&testnet, out, manager.pid(), t, n);
+
+    if args.detach {
+        // Leave the processes running: forget the handles so Drop does not stop them.
+        for (proc, _) in nodes {
+            std::mem::forget(proc);
+        }
+        std::mem::forget(manager);
+        return Ok(());
+    }
+    println!("Ctrl-C stops the testnet.");
+    runtime.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    eprintln!("tkms testnet: stopping");
+    manager.stop();
+    for (proc, _) in &mut nodes {
+        proc.stop();
+    }
+    Ok(())
+}
