@@ -13,7 +13,10 @@ use rand_core::OsRng;
 use tkms_crypto::{ecies, Secp256k1, SecretScalar, Suite, P256};
 use zeroize::Zeroizing;
 
+mod engine;
+
 mod registry;
+pub mod testnet;
 
 /// The tkms command-line tool.
 #[derive(Debug, Parser)]
@@ -25,6 +28,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The encrypted vector engine: its HTTP service and clients of it.
+    Engine(engine::EngineArgs),
     /// ECIES (HKDF-SHA256 + AES-256-GCM, byte-compatible with the Nox KMS).
     Ecies {
         /// Curve suite.
@@ -35,6 +40,50 @@ enum Command {
     },
     /// The on-chain registry: show it, grant and revoke roles, deploy one.
     Registry(registry::RegistryArgs),
+    /// A whole cluster on this machine.
+    Testnet {
+        #[command(subcommand)]
+        command: TestnetCommand,
+    },
+    /// Run a KMS node (what `tkms-node` does).
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Run the manager (what `tkms-manager` does).
+    Manager {
+        #[command(subcommand)]
+        command: ManagerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TestnetCommand {
+    /// Start N nodes and a manager on loopback, run the DKG, write testnet.json; Ctrl-C stops.
+    Up(testnet::UpArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Serve until SIGTERM or Ctrl-C.
+    Run(tkms_node::daemon::NodeConfig),
+}
+
+#[derive(Debug, Subcommand)]
+enum ManagerCommand {
+    /// Serve until SIGTERM or Ctrl-C.
+    Run(tkms_manager::daemon::ManagerConfig),
+}
+
+/// Run a daemon on a multi-threaded runtime until SIGTERM or Ctrl-C.
+fn serve<F, Fut>(daemon: F) -> Result<()>
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    tkms_node::daemon::init_tracing();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(daemon(Box::pin(tkms_node::daemon::shutdown_signal())))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,6 +113,7 @@ enum EciesCommand {
 /// Run a parsed command line with the given input and output.
 pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<()> {
     match cli.command {
+        Command::Engine(args) => engine::run(args, output),
         Command::Ecies {
             curve: Curve::Secp256k1,
             command,
@@ -73,6 +123,23 @@ pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<(
             command,
         } => ecies_command::<P256>(command, input, output),
         Command::Registry(args) => registry::run(args, output),
+        Command::Testnet {
+            command: TestnetCommand::Up(args),
+        } => testnet::up(&args),
+        Command::Node {
+            command: NodeCommand::Run(config),
+        } => serve(|shutdown| async move {
+            tkms_node::daemon::run(config, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        Command::Manager {
+            command: ManagerCommand::Run(config),
+        } => serve(|shutdown| async move {
+            tkms_manager::daemon::run(config, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
     }
 }
 
