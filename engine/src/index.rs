@@ -320,6 +320,19 @@ struct Candidate {
     slot: u32,
 }
 
+/// A probed segment's decrypted first-stage records (codes, and metadata when filtering).
+struct OpenSegment {
+    codes: SegmentCodes,
+    meta: Option<SegmentMeta>,
+}
+
+/// Segments opened once for a whole batch of queries, by (list, counter).
+type SharedSegments = HashMap<(u32, u64), OpenSegment>;
+
+/// Queries of a batch that share their opened segments (bounds the plaintext codes held at
+/// once to about `QUERY_CHUNK · n_probes` lists).
+const QUERY_CHUNK: usize = 256;
+
 impl Index {
     pub(crate) fn open(
         name: String,
@@ -839,7 +852,7 @@ impl Index {
         let config = self.config();
         let plan = Plan::new(&config, params)?;
         check_vector(&config, vector, None)?;
-        self.read_fresh(|state| self.search(state, &plan, vector))
+        self.read_fresh(|state| self.search(state, &plan, vector, None))
     }
 
     /// [`Index::query`] for several vectors, run in parallel. All vectors are validated
@@ -855,23 +868,88 @@ impl Index {
             check_vector(&config, v, None)?;
         }
         self.read_fresh(|state| {
-            vectors
-                .par_iter()
-                .map(|v| self.search(state, &plan, v))
-                .collect()
+            let mut out = Vec::with_capacity(vectors.len());
+            for chunk in vectors.chunks(QUERY_CHUNK) {
+                let shared = self.open_for_batch(state, &plan, chunk)?;
+                out.extend(
+                    chunk
+                        .par_iter()
+                        .map(|v| self.search(state, &plan, v, Some(&shared)))
+                        .collect::<Result<Vec<_>>>()?,
+                );
+            }
+            Ok(out)
         })
     }
 
-    /// Stage 1: decrypt the probed segments' SQ8 codes (and metadata when filtering), keep
-    /// the best `rerank_mult · top_k` candidates.
-    fn first_stage(
+    /// The lists `query` probes.
+    fn probed_lists(state: &State, plan: &Plan, pq: &[f32]) -> Vec<u32> {
+        match &state.centroids {
+            None => vec![0],
+            Some(c) => kmeans::nearest_n(
+                c,
+                state.config.dimension,
+                pq,
+                plan.n_probes,
+                state.config.metric,
+            )
+            .into_iter()
+            .map(list_u32)
+            .collect(),
+        }
+    }
+
+    /// Opens, once, every segment of every list probed by some query of `queries`, so a
+    /// batch decrypts each probed segment once instead of once per query (the store sees
+    /// each of the batch's tokens read once).
+    fn open_for_batch(
         &self,
         state: &State,
         plan: &Plan,
-        pq: &[f32],
+        queries: &[Vec<f32>],
+    ) -> Result<SharedSegments> {
+        let mut lists: Vec<u32> = queries
+            .par_iter()
+            .flat_map_iter(|q| Self::probed_lists(state, plan, &state.config.metric.prepare(q)))
+            .collect();
+        lists.sort_unstable();
+        lists.dedup();
+        let opened: Vec<Vec<((u32, u64), OpenSegment)>> = lists
+            .par_iter()
+            .map(|&list| {
+                let segs = self.list_segments(state, list);
+                let open = self.open_segments(state, plan, &segs)?;
+                Ok(segs
+                    .iter()
+                    .zip(open)
+                    .map(|((s, _), o)| ((list, s.counter), o))
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        Ok(opened.into_iter().flatten().collect())
+    }
+
+    /// Tokens of the segments of one probed list (seed 002 §3 "Minimal key generation").
+    fn list_segments<'s>(
+        &self,
+        state: &'s State,
+        list: u32,
+    ) -> Vec<(&'s SegmentState, SegmentKeys)> {
+        let seed = self.keys.cluster_seed(state.generation, list);
+        state.lists[list as usize]
+            .segments
+            .iter()
+            .map(|s| (s, seed.segment(s.counter, &s.salt)))
+            .collect()
+    }
+
+    /// Reads and decrypts the first-stage records of `segs`.
+    fn open_segments(
+        &self,
+        state: &State,
+        plan: &Plan,
         segs: &[(&SegmentState, SegmentKeys)],
-    ) -> Result<(Vec<SegmentCodes>, Vec<Candidate>)> {
-        let metric = state.config.metric;
+    ) -> Result<Vec<OpenSegment>> {
         let dim = state.config.dimension;
         let with_meta = plan.filter.is_some();
         let mut keys = Vec::with_capacity(segs.len() * 2);
@@ -884,19 +962,16 @@ impl Index {
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let mut values = self.store.get_many(&refs)?.into_iter();
         let mut key_iter = keys.iter();
-
-        // Stage 1: SQ8 codes.
-        let mut blocks: Vec<SegmentCodes> = Vec::with_capacity(segs.len());
-        let mut cands: Vec<Candidate> = Vec::new();
-        for (i, (s, seg)) in segs.iter().enumerate() {
+        let mut out = Vec::with_capacity(segs.len());
+        for (s, seg) in segs {
             let ck = key_iter.next().map_or(&[][..], Vec::as_slice);
-            let block: SegmentCodes = decode(
+            let codes: SegmentCodes = decode(
                 &open_record(seg, ck, values.next().flatten())?,
                 "segment codes",
             )?;
             let len = s.len as usize;
-            block.validate(len, dim)?;
-            let meta: Option<SegmentMeta> = if with_meta {
+            codes.validate(len, dim)?;
+            let meta = if with_meta {
                 let mk = key_iter.next().map_or(&[][..], Vec::as_slice);
                 let m: SegmentMeta = decode(
                     &open_record(seg, mk, values.next().flatten())?,
@@ -909,6 +984,26 @@ impl Index {
             } else {
                 None
             };
+            out.push(OpenSegment { codes, meta });
+        }
+        Ok(out)
+    }
+
+    /// Stage 1: score the probed segments' SQ8 codes (metadata filter applied), keep the
+    /// best `rerank_mult · top_k` candidates.
+    fn first_stage(
+        state: &State,
+        plan: &Plan,
+        pq: &[f32],
+        segs: &[(&SegmentState, SegmentKeys)],
+        opened: &[&OpenSegment],
+    ) -> Result<Vec<Candidate>> {
+        let metric = state.config.metric;
+        let dim = state.config.dimension;
+        let mut cands: Vec<Candidate> = Vec::new();
+        for (i, ((s, _), open)) in segs.iter().zip(opened).enumerate() {
+            let block = &open.codes;
+            let meta = &open.meta;
             let scorer = block.quantizer.scorer(metric, pq);
             for slot in 0..s.len {
                 if s.is_deleted(slot) {
@@ -927,7 +1022,6 @@ impl Index {
                     slot,
                 });
             }
-            blocks.push(block);
         }
         if cands.len() > plan.rerank {
             cands.select_nth_unstable_by(plan.rerank, |a, b| {
@@ -938,31 +1032,45 @@ impl Index {
             });
             cands.truncate(plan.rerank);
         }
-
-        Ok((blocks, cands))
+        Ok(cands)
     }
 
-    fn search(&self, state: &State, plan: &Plan, query: &[f32]) -> Result<Vec<QueryResult>> {
+    fn search(
+        &self,
+        state: &State,
+        plan: &Plan,
+        query: &[f32],
+        shared: Option<&SharedSegments>,
+    ) -> Result<Vec<QueryResult>> {
         let metric = state.config.metric;
         let dim = state.config.dimension;
         let pq = metric.prepare(query);
-        let lists: Vec<u32> = match &state.centroids {
-            None => vec![0],
-            Some(c) => kmeans::nearest_n(c, dim, &pq, plan.n_probes, metric)
-                .into_iter()
-                .map(list_u32)
-                .collect(),
-        };
+        let lists = Self::probed_lists(state, plan, &pq);
 
         // Tokens for the probed lists only (seed 002 §3 "Minimal key generation").
         let mut segs: Vec<(&SegmentState, SegmentKeys)> = Vec::new();
+        let mut seg_lists = Vec::new();
         for list in lists {
-            let seed = self.keys.cluster_seed(state.generation, list);
-            for s in &state.lists[list as usize].segments {
-                segs.push((s, seed.segment(s.counter, &s.salt)));
-            }
+            let l = self.list_segments(state, list);
+            seg_lists.extend(std::iter::repeat_n(list, l.len()));
+            segs.extend(l);
         }
-        let (blocks, cands) = self.first_stage(state, plan, &pq, &segs)?;
+        let own;
+        let opened: Vec<&OpenSegment> = if let Some(shared) = shared {
+            segs.iter()
+                .zip(&seg_lists)
+                .map(|((s, _), list)| {
+                    shared.get(&(*list, s.counter)).ok_or_else(|| {
+                        Error::Corrupted("a probed segment was not opened for the batch".into())
+                    })
+                })
+                .collect::<Result<_>>()?
+        } else {
+            own = self.open_segments(state, plan, &segs)?;
+            own.iter().collect()
+        };
+        let cands = Self::first_stage(state, plan, &pq, &segs, &opened)?;
+        let blocks: Vec<&SegmentCodes> = opened.iter().map(|o| &o.codes).collect();
 
         // Stage 2: decrypt only the candidates' exact vectors and re-rank.
         let vkeys: Vec<Vec<u8>> = cands

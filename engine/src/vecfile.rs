@@ -3,8 +3,8 @@
 //!
 //! * `.fvecs` (the TEXMEX/ANN-benchmark format): per vector, a little-endian `i32` dimension
 //!   followed by that many little-endian `f32`;
-//! * `.npy` (NumPy format 1.0, 2.0 and 3.0): a 2-D C-order array of `<f4` or `<f8` (converted
-//!   to `f32`).
+//! * `.npy` (NumPy format 1.0, 2.0 and 3.0): a 2-D array of `<f4` or `<f8` (converted to
+//!   `f32`), C or Fortran order.
 //!
 //! Malformed files are [`Error::InvalidArgument`] with what is wrong; nothing panics on any
 //! input.
@@ -105,7 +105,7 @@ fn parse_fvecs(bytes: &[u8]) -> std::result::Result<Vectors, String> {
     Ok(Vectors { dim, data })
 }
 
-/// Reads a `.npy` file holding a 2-D C-order `<f4` or `<f8` array.
+/// Reads a `.npy` file holding a 2-D `<f4` or `<f8` array (C or Fortran order).
 pub fn read_npy(path: &Path) -> Result<Vectors> {
     parse_npy(&read_all(path)?).map_err(|m| bad(path, m))
 }
@@ -158,9 +158,13 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<Vectors, String> {
         ));
     };
     let fortran = header_value(header, "fortran_order").ok_or("header has no fortran_order")?;
-    if !fortran.starts_with("False") {
-        return Err("Fortran-order arrays are not supported: save with C order".into());
-    }
+    let fortran = if fortran.starts_with("True") {
+        true
+    } else if fortran.starts_with("False") {
+        false
+    } else {
+        return Err("malformed fortran_order".into());
+    };
     let shape = header_value(header, "shape").ok_or("header has no shape")?;
     let shape = shape
         .strip_prefix('(')
@@ -190,7 +194,7 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<Vectors, String> {
             n * width
         ));
     }
-    let data = if width == 4 {
+    let data: Vec<f32> = if width == 4 {
         body.chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
@@ -200,6 +204,17 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<Vectors, String> {
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect()
     };
+    if fortran {
+        // Column-major: element (r, c) is at c · rows + r.
+        let mut rowmajor = vec![0f32; n];
+        for (i, x) in data.into_iter().enumerate() {
+            rowmajor[(i % rows) * dim + i / rows] = x;
+        }
+        return Ok(Vectors {
+            dim,
+            data: rowmajor,
+        });
+    }
     Ok(Vectors { dim, data })
 }
 
@@ -208,8 +223,12 @@ mod tests {
     use super::*;
 
     fn npy(descr: &str, shape: &str, body: &[u8], major: u8) -> Vec<u8> {
+        npy_order(descr, "False", shape, body, major)
+    }
+
+    fn npy_order(descr: &str, order: &str, shape: &str, body: &[u8], major: u8) -> Vec<u8> {
         let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+            format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
         while (header.len() + 11) % 64 != 0 {
             header.push(' ');
         }
@@ -240,6 +259,12 @@ mod tests {
         }
         let body8: Vec<u8> = v.iter().flat_map(|x| f64::from(*x).to_le_bytes()).collect();
         assert_eq!(parse_npy(&npy("<f8", "(2, 3)", &body8, 1)).unwrap().data, v);
+        // Fortran order: the same 3×2 matrix stored column by column.
+        let cols: Vec<f32> = vec![1.0, -3.0, 5.0, 2.5, 4.0, 6.0];
+        let body: Vec<u8> = cols.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let got = parse_npy(&npy_order("<f4", "True", "(3, 2)", &body, 1)).unwrap();
+        assert_eq!(got.data, v);
+        assert!(parse_npy(&npy_order("<f4", "Maybe", "(3, 2)", &body, 1)).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! let config = ServiceConfig::new(
 //!     "127.0.0.1:8000".parse().unwrap(),
 //!     StorageConfig::disk("/var/lib/tkms-engine"),
-//!     vec!["a-long-random-api-key".into()],
+//!     vec![zeroize::Zeroizing::new("a-long-random-api-key".to_owned())],
 //! );
 //! run(config, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
