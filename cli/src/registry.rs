@@ -35,17 +35,8 @@ enum RegistryCommand {
     },
     /// Grant a role (signed by the owner).
     Grant {
-        /// The role.
-        #[arg(value_enum)]
-        role: RoleArg,
-        /// The account receiving it.
-        account: Address,
-        /// Address of the registry contract.
-        #[arg(long)]
-        registry: Address,
-        /// File holding the owner's private key as hex.
-        #[arg(long)]
-        key_file: PathBuf,
+        #[command(flatten)]
+        change: RoleChange,
         /// For a gateway: also make it the primary one (the one `gateway()` returns).
         #[arg(long)]
         primary: bool,
@@ -53,17 +44,8 @@ enum RegistryCommand {
     /// Revoke a role (signed by the owner). Revoking the primary gateway needs another
     /// gateway made primary first (`grant gateway OTHER --primary`), unless it is the last.
     Revoke {
-        /// The role.
-        #[arg(value_enum)]
-        role: RoleArg,
-        /// The account losing it.
-        account: Address,
-        /// Address of the registry contract.
-        #[arg(long)]
-        registry: Address,
-        /// File holding the owner's private key as hex.
-        #[arg(long)]
-        key_file: PathBuf,
+        #[command(flatten)]
+        change: RoleChange,
     },
     /// Deploy a new registry owned by the key's account; prints its address.
     Deploy {
@@ -71,6 +53,22 @@ enum RegistryCommand {
         #[arg(long)]
         key_file: PathBuf,
     },
+}
+
+/// Who gets or loses which role, where, signed by whom.
+#[derive(Debug, Args)]
+struct RoleChange {
+    /// The role.
+    #[arg(value_enum)]
+    role: RoleArg,
+    /// The account.
+    account: Address,
+    /// Address of the registry contract.
+    #[arg(long)]
+    registry: Address,
+    /// File holding the owner's private key as hex.
+    #[arg(long)]
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -115,13 +113,13 @@ async fn execute(args: RegistryArgs) -> Result<Value> {
             let state = client.state().await?;
             Ok(show(registry, chain_id, &state))
         }
-        RegistryCommand::Grant {
-            role,
-            account,
-            registry,
-            key_file,
-            primary,
-        } => {
+        RegistryCommand::Grant { change, primary } => {
+            let RoleChange {
+                role,
+                account,
+                registry,
+                key_file,
+            } = change;
             let client = writer(rpc, registry, &key_file).await?;
             let role = Role::from(role);
             if primary && role != Role::Gateway {
@@ -146,12 +144,13 @@ async fn execute(args: RegistryArgs) -> Result<Value> {
                 "transactions": receipts.iter().map(|(what, r)| receipt(what, r)).collect::<Vec<_>>(),
             }))
         }
-        RegistryCommand::Revoke {
-            role,
-            account,
-            registry,
-            key_file,
-        } => {
+        RegistryCommand::Revoke { change } => {
+            let RoleChange {
+                role,
+                account,
+                registry,
+                key_file,
+            } = change;
             let client = writer(rpc, registry, &key_file).await?;
             let role = Role::from(role);
             let r = client.revoke(role, account).await.map_err(explain)?;

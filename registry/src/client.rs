@@ -1,6 +1,6 @@
 //! [`RegistryClient`]: deploy, write and read the registry over JSON-RPC.
 
-use std::{collections::BTreeSet, fmt};
+use std::{collections::BTreeSet, fmt, time::Duration};
 
 use alloy::{
     contract::{CallBuilder, CallDecoder},
@@ -176,6 +176,21 @@ impl RegistryClient {
         Ok(self.provider.get_block_number().await?)
     }
 
+    /// Wait until the chain's head is at `block` or later (polling every 20 ms); `false` on
+    /// timeout.
+    pub async fn wait_for_block(&self, block: u64, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.block_number().await? >= block {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Fail with [`RegistryError::NoContract`] unless code is deployed at the address.
     pub async fn check_deployed(&self) -> Result<()> {
         let code = self.provider.get_code_at(self.address).await?;
@@ -256,32 +271,18 @@ impl RegistryClient {
 
     /// Register a node (owner only).
     pub async fn register_node(&self, node: &NodeRecord) -> Result<WriteReceipt> {
-        self.send(
-            "registerNode",
-            self.contract().registerNode(
-                node.index,
-                node.peer_id.clone(),
-                node.endpoints.clone(),
-                node.public_key.clone(),
-                node.attestation_digest,
-            ),
-        )
-        .await
+        let (index, peer_id, endpoints, key, digest) = node_args(node);
+        let contract = self.contract();
+        let call = contract.registerNode(index, peer_id, endpoints, key, digest);
+        self.send("registerNode", call).await
     }
 
     /// Replace a registered node's record (owner only).
     pub async fn update_node(&self, node: &NodeRecord) -> Result<WriteReceipt> {
-        self.send(
-            "updateNode",
-            self.contract().updateNode(
-                node.index,
-                node.peer_id.clone(),
-                node.endpoints.clone(),
-                node.public_key.clone(),
-                node.attestation_digest,
-            ),
-        )
-        .await
+        let (index, peer_id, endpoints, key, digest) = node_args(node);
+        let contract = self.contract();
+        let call = contract.updateNode(index, peer_id, endpoints, key, digest);
+        self.send("updateNode", call).await
     }
 
     /// Remove a registered node (owner only).
@@ -404,6 +405,17 @@ impl RegistryClient {
             approved_key_hash: (!approved.is_zero()).then_some(approved),
         })
     }
+}
+
+/// The arguments of `registerNode` and `updateNode`.
+fn node_args(n: &NodeRecord) -> (u16, Bytes, Vec<String>, Bytes, B256) {
+    (
+        n.index,
+        n.peer_id.clone(),
+        n.endpoints.clone(),
+        n.public_key.clone(),
+        n.attestation_digest,
+    )
 }
 
 /// `Ok(None)` when the call reverted with the custom error `absent` recognizes.

@@ -26,17 +26,28 @@ pub struct NodeRecord {
     pub attestation_digest: B256,
 }
 
-impl From<TkmsRegistry::Node> for NodeRecord {
-    fn from(n: TkmsRegistry::Node) -> Self {
-        Self {
-            index: n.index,
-            peer_id: n.peerId,
-            endpoints: n.endpoints,
-            public_key: n.publicKey,
-            attestation_digest: n.attestationDigest,
+/// The contract's `Node` and the events that carry a whole node record have the same fields.
+macro_rules! node_record_from {
+    ($($source:ty),*) => {$(
+        impl From<$source> for NodeRecord {
+            fn from(n: $source) -> Self {
+                Self {
+                    index: n.index,
+                    peer_id: n.peerId,
+                    endpoints: n.endpoints,
+                    public_key: n.publicKey,
+                    attestation_digest: n.attestationDigest,
+                }
+            }
         }
-    }
+    )*};
 }
+
+node_record_from!(
+    TkmsRegistry::Node,
+    TkmsRegistry::NodeRegistered,
+    TkmsRegistry::NodeUpdated
+);
 
 /// What the manager publishes for a key epoch (the arguments of `publishEpoch`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,28 +163,10 @@ impl RegistryState {
                 self.runners.remove(&e.account);
             }
             E::NodeRegistered(e) => {
-                self.nodes.insert(
-                    e.index,
-                    NodeRecord {
-                        index: e.index,
-                        peer_id: e.peerId,
-                        endpoints: e.endpoints,
-                        public_key: e.publicKey,
-                        attestation_digest: e.attestationDigest,
-                    },
-                );
+                self.nodes.insert(e.index, e.into());
             }
             E::NodeUpdated(e) => {
-                self.nodes.insert(
-                    e.index,
-                    NodeRecord {
-                        index: e.index,
-                        peer_id: e.peerId,
-                        endpoints: e.endpoints,
-                        public_key: e.publicKey,
-                        attestation_digest: e.attestationDigest,
-                    },
-                );
+                self.nodes.insert(e.index, e.into());
             }
             E::NodeRemoved(e) => {
                 self.nodes.remove(&e.index);

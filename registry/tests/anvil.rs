@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::{
     primitives::{keccak256, Address, Bytes, B256},
@@ -233,18 +233,6 @@ async fn refused_writes_come_back_as_decoded_contract_errors() {
     ));
 }
 
-/// Poll until the chain's head is at least `block`.
-async fn wait_for_head(client: &RegistryClient, block: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.block_number().await.unwrap() < block {
-        assert!(
-            Instant::now() < deadline,
-            "the chain did not reach block {block}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn cache_follows_every_event_and_drops_a_revoked_gateway_within_one_block() {
     let anvil = anvil::spawn().unwrap();
@@ -317,7 +305,10 @@ async fn cache_follows_every_event_and_drops_a_revoked_gateway_within_one_block(
     // Revocation: once the chain is one block past the revoking transaction's block, the
     // cache no longer lists the gateway.
     let revoked = d.owner.revoke(Role::Gateway, gateways[1]).await.unwrap();
-    wait_for_head(&reader, revoked.block + 1).await;
+    assert!(reader
+        .wait_for_block(revoked.block + 1, Duration::from_secs(10))
+        .await
+        .unwrap());
     let cached = cache.state();
     assert!(
         cached.block >= revoked.block,
