@@ -15,7 +15,6 @@ use std::{
     },
 };
 
-use alloy_primitives::Address;
 use axum::{
     body::Bytes,
     extract::{RawQuery, State},
@@ -38,39 +37,7 @@ use crate::{
     nox::{DelegateRequest, NoxError},
 };
 
-/// Who may call the cluster: the on-chain registry (registry issue) or an embedded list.
-pub trait Registry: Send + Sync + 'static {
-    /// The gateway authorized for `/v0/delegate` on `chain_id`, if that chain is served.
-    fn gateway(&self, chain_id: u64) -> Option<Address>;
-
-    /// Whether `account` holds the gateway role on `chain_id`. A registry with several
-    /// gateways (the on-chain one) answers for each of them; by default an account is a
-    /// gateway when it is [`Registry::gateway`].
-    fn is_gateway(&self, chain_id: u64, account: Address) -> bool {
-        self.gateway(chain_id) == Some(account)
-    }
-}
-
-/// An embedded registry: one gateway per served chain, from configuration.
-#[derive(Debug, Clone, Default)]
-pub struct StaticRegistry {
-    gateways: BTreeMap<u64, Address>,
-}
-
-impl StaticRegistry {
-    /// Serve `chain_id` for `gateway`.
-    #[must_use]
-    pub fn with_gateway(mut self, chain_id: u64, gateway: Address) -> Self {
-        self.gateways.insert(chain_id, gateway);
-        self
-    }
-}
-
-impl Registry for StaticRegistry {
-    fn gateway(&self, chain_id: u64) -> Option<Address> {
-        self.gateways.get(&chain_id).copied()
-    }
-}
+pub use tkms_registry::access::{Registry, StaticRegistry};
 
 /// Prometheus counters.
 #[derive(Debug, Default)]

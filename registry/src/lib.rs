@@ -10,6 +10,8 @@
 //! - [`RegistryCache`]: a consistent snapshot of the registry at one block, then kept current
 //!   from the contract's events (`eth_getLogs` every poll interval), so the manager answers
 //!   "is this a gateway?" from memory and never calls the chain per request.
+//! - [`access`]: the [`access::Registry`] trait the manager and nodes authorize callers
+//!   with, over a file, a static list, or the chain.
 //! - [`anvil`]: finds the npm-installed anvil (`contracts/install-anvil.sh`, or `TKMS_ANVIL`)
 //!   and starts it; [`deploy_local`] deploys and sets up a registry on it (`tkms testnet up
 //!   --chain`, tests).
@@ -20,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod anvil;
 mod cache;
 mod client;
