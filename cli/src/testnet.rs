@@ -465,7 +465,11 @@ pub fn up(args: &UpArgs) -> Result<()> {
             args.chain_id.to_string(),
             tkms_manager::nox::wallet_address(&gateway),
         );
-        tkms_manager::file_registry::RegistryFile { gateways }.save(&registry_file)?;
+        tkms_manager::file_registry::RegistryFile {
+            gateways,
+            ..Default::default()
+        }
+        .save(&registry_file)?;
     }
 
     eprintln!(
