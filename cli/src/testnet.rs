@@ -88,6 +88,8 @@ pub struct Testnet {
     pub manager_address: String,
     /// Development gateway key (authorized in the registry file), hex with 0x.
     pub gateway_private_key: String,
+    /// Development runner key (may ask for `/v1/reencrypt`), hex with 0x.
+    pub runner_private_key: String,
     /// Operator token of the admin endpoints.
     pub admin_token: String,
     /// The registry file (edit it to authorize or revoke gateways).
@@ -271,6 +273,7 @@ fn start_nodes(
     n: u16,
     ports: &Ports,
     manager_public: &str,
+    registry_file: &Path,
     deadline: Instant,
 ) -> Result<Vec<(Proc, TestnetNode)>> {
     let mut nodes: Vec<(Proc, TestnetNode)> = Vec::new();
@@ -298,6 +301,8 @@ fn start_nodes(
             password.display().to_string(),
             "--kdf".into(),
             "insecure".into(),
+            "--registry-file".into(),
+            registry_file.display().to_string(),
         ];
         let proc = Proc::spawn(format!("node {index}"), &command, &ndir.join("node.log"))?;
         let mut full = vec![std::env::current_exe()?.display().to_string()];
@@ -429,6 +434,22 @@ fn print_summary(testnet: &Testnet, out: &Path, manager_pid: u32, t: u16, n: u16
     println!("  written to  {}", out.display());
 }
 
+/// The registry file of a new testnet: the development gateway and runner on its chain.
+fn development_registry(
+    chain_id: u64,
+    gateway: &SigningKey,
+    runner: &SigningKey,
+) -> tkms_manager::file_registry::RegistryFile {
+    let chain = chain_id.to_string();
+    tkms_manager::file_registry::RegistryFile {
+        gateways: BTreeMap::from([(chain.clone(), tkms_manager::nox::wallet_address(gateway))]),
+        runners: BTreeMap::from([(
+            chain,
+            std::iter::once(tkms_manager::nox::wallet_address(runner)).collect(),
+        )]),
+    }
+}
+
 /// Start the testnet; with `detach`, return once `testnet.json` is written.
 pub fn up(args: &UpArgs) -> Result<()> {
     let n = args.nodes;
@@ -450,6 +471,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let node_key = secret_file(&mdir.join("node-request.key"), scalar_hex)?;
     let wallet_hex = secret_file(&mdir.join("wallet.key"), scalar_hex)?;
     let gateway_hex = secret_file(&mdir.join("gateway.key"), scalar_hex)?;
+    let runner_hex = secret_file(&mdir.join("runner.key"), scalar_hex)?;
     let admin_token = secret_file(&mdir.join("admin.token"), || random_hex(24))?;
     let manager_public = {
         let bytes = Zeroizing::new(hex::decode(node_key.as_str())?);
@@ -458,18 +480,10 @@ pub fn up(args: &UpArgs) -> Result<()> {
     };
     let wallet = SigningKey::from_slice(&Zeroizing::new(hex::decode(wallet_hex.as_str())?))?;
     let gateway = SigningKey::from_slice(&Zeroizing::new(hex::decode(gateway_hex.as_str())?))?;
+    let runner = SigningKey::from_slice(&Zeroizing::new(hex::decode(runner_hex.as_str())?))?;
     let registry_file = mdir.join("registry.json");
     if !registry_file.exists() {
-        let mut gateways = BTreeMap::new();
-        gateways.insert(
-            args.chain_id.to_string(),
-            tkms_manager::nox::wallet_address(&gateway),
-        );
-        tkms_manager::file_registry::RegistryFile {
-            gateways,
-            ..Default::default()
-        }
-        .save(&registry_file)?;
+        development_registry(args.chain_id, &gateway, &runner).save(&registry_file)?;
     }
 
     eprintln!(
@@ -478,7 +492,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         dir.display()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut nodes = start_nodes(&dir, n, &ports, &manager_public, deadline)?;
+    let mut nodes = start_nodes(&dir, n, &ports, &manager_public, &registry_file, deadline)?;
 
     let manager_url = format!("http://127.0.0.1:{}", ports.manager);
     let mut manager = start_manager(
@@ -510,6 +524,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         manager_pid: manager.pid(),
         manager_address: tkms_manager::nox::wallet_address(&wallet).to_string(),
         gateway_private_key: format!("0x{}", gateway_hex.as_str()),
+        runner_private_key: format!("0x{}", runner_hex.as_str()),
         admin_token: admin_token.to_string(),
         registry_file,
         nodes: nodes.iter().map(|(_, n)| n.clone()).collect(),

@@ -73,6 +73,19 @@ pub struct Served<T> {
     pub failures: Vec<(NodeIndex, NodeFailure)>,
 }
 
+/// Combined re-encryptions and the verified node partials they were combined from.
+#[derive(Debug)]
+pub struct Reencrypted {
+    /// `(K, R, C)` per capsule, in request order.
+    pub capsules: Vec<ReencryptedCapsule<S>>,
+    /// The `t` nodes' partial bytes, per node, in capsule order.
+    pub partials: BTreeMap<u16, Vec<Vec<u8>>>,
+}
+
+/// How long to keep collecting encrypted partials once `t` nodes answered, so that a client
+/// that finds a bad one among them still has others to use.
+pub const STRAGGLER_GRACE: Duration = Duration::from_millis(20);
+
 /// Where a node listens.
 #[derive(Debug, Clone)]
 pub struct NodeEndpoint {
@@ -175,6 +188,7 @@ impl Cluster {
             ephemeral: ephemeral.bytes().to_vec(),
             authorization,
             manager: None,
+            target_rsa_spki: Vec::new(),
         };
         request.sign(&self.manager_key);
         let domain = DelegationRequest::with_encoded(self.epoch, request_id, ephemeral);
@@ -234,6 +248,75 @@ impl Cluster {
         })
     }
 
+    /// `/v1/delegate`: every node encrypts its partial to the requester's RSA key, so they
+    /// cannot be verified here; the client does. Answers from all nodes are collected until
+    /// every node has answered, or `t` have and [`STRAGGLER_GRACE`] has passed since.
+    pub async fn delegate_encrypted(
+        &self,
+        ephemeral: Encoded<S>,
+        request_id: Vec<u8>,
+        target_rsa_spki: Vec<u8>,
+        authorization: pb::RequesterAuthorization,
+    ) -> Result<Served<Vec<(u16, Vec<u8>)>>, ClusterError> {
+        let mut request = pb::PartialDelegationRequest {
+            epoch: self.epoch,
+            request_id,
+            ephemeral: ephemeral.bytes().to_vec(),
+            authorization: Some(authorization),
+            manager: None,
+            target_rsa_spki,
+        };
+        request.sign(&self.manager_key);
+        let mut calls = self.fan_out(&request, |mut client, request| async move {
+            client.partial_delegation(request).await
+        });
+        let threshold = usize::from(self.keys.threshold());
+        let mut partials = Vec::new();
+        let mut failures = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let joined = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, calls.join_next()).await {
+                    Ok(j) => j,
+                    Err(_) => break,
+                },
+                None => calls.join_next().await,
+            };
+            let Some(joined) = joined else { break };
+            let Ok((index, answer)) = joined else {
+                continue;
+            };
+            match answer {
+                Ok(response) if !response.encrypted_partial.is_empty() => {
+                    partials.push((index.get(), response.encrypted_partial));
+                    if partials.len() >= threshold && deadline.is_none() {
+                        deadline = Some(tokio::time::Instant::now() + STRAGGLER_GRACE);
+                    }
+                }
+                Ok(_) => {
+                    failures.push((index, NodeFailure::Malformed("no encrypted partial".into())));
+                }
+                Err(failure) => failures.push((index, failure)),
+            }
+        }
+        calls.abort_all();
+        for (node, failure) in &failures {
+            tracing::warn!(node = %node, %failure, "node did not contribute an encrypted partial delegation");
+        }
+        if partials.len() < threshold {
+            return Err(ClusterError::Unavailable {
+                threshold: self.keys.threshold(),
+                verified: partials.len(),
+                failures,
+            });
+        }
+        partials.sort_by_key(|(i, _)| *i);
+        Ok(Served {
+            value: partials,
+            failures,
+        })
+    }
+
     /// Re-encrypt capsules `K_j` to `target`: per capsule, `t` verified partials combined into
     /// `(K, R, C)`. One node request carries the whole batch.
     pub async fn reencrypt(
@@ -241,7 +324,7 @@ impl Cluster {
         target: Encoded<S>,
         capsules: Vec<(Vec<u8>, Encoded<S>)>,
         authorization: Option<pb::RequesterAuthorization>,
-    ) -> Result<Served<Vec<ReencryptedCapsule<S>>>, ClusterError> {
+    ) -> Result<Served<Reencrypted>, ClusterError> {
         if capsules.is_empty() {
             return Err(ClusterError::Invalid("no capsules".into()));
         }
@@ -269,6 +352,7 @@ impl Cluster {
         let threshold = self.keys.threshold();
         let mut verified: BTreeMap<NodeIndex, Vec<pre::VerifiedPartialReencryption<S>>> =
             BTreeMap::new();
+        let mut raw: BTreeMap<u16, Vec<Vec<u8>>> = BTreeMap::new();
         let mut failures = Vec::new();
         while let Some(joined) = calls.join_next().await {
             let Ok((index, answer)) = joined else {
@@ -276,10 +360,12 @@ impl Cluster {
             };
             let outcome = answer.and_then(|response| {
                 check_reencryption(index, &response.partials, &self.keys, &domains)
+                    .map(|v| (v, response.partials))
             });
             match outcome {
-                Ok(v) => {
+                Ok((v, bytes)) => {
                     verified.insert(index, v);
+                    raw.insert(index.get(), bytes);
                 }
                 Err(failure) => {
                     tracing::warn!(node = %index, %failure, "node did not contribute valid partial re-encryptions");
@@ -296,7 +382,13 @@ impl Cluster {
                             .map_err(|e| ClusterError::Invalid(e.to_string()))?,
                     );
                 }
-                return Ok(Served { value, failures });
+                return Ok(Served {
+                    value: Reencrypted {
+                        capsules: value,
+                        partials: raw,
+                    },
+                    failures,
+                });
             }
         }
         Err(ClusterError::Unavailable {

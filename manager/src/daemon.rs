@@ -125,6 +125,7 @@ pub async fn run(
         wallet,
         registry: Box::new(registry),
         metrics: Metrics::default(),
+        nonces: tkms_sdk::v1::NonceCache::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -25,7 +25,6 @@ use axum::{
 };
 use k256::ecdsa::SigningKey;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tkms_crypto::{suite::Encoded, Secp256k1, Suite};
 use tkms_proto::node::v1 as pb;
@@ -36,6 +35,7 @@ use crate::{
     cluster::{ClusterError, NodeFailure},
     nox::{DelegateRequest, NoxError},
 };
+use tkms_sdk::v1::{self, NodeFailureReport, NonceCache, V1Error};
 
 pub use tkms_registry::access::{Registry, StaticRegistry};
 
@@ -47,6 +47,7 @@ pub struct Metrics {
     delegate_unauthorized: AtomicU64,
     delegate_unavailable: AtomicU64,
     node_failures: Mutex<BTreeMap<(u16, &'static str), u64>>,
+    v1_requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -60,6 +61,12 @@ impl Metrics {
         };
         if let Ok(mut map) = self.node_failures.lock() {
             *map.entry((node, kind)).or_default() += 1;
+        }
+    }
+
+    fn v1(&self, route: &'static str, outcome: &'static str) {
+        if let Ok(mut map) = self.v1_requests.lock() {
+            *map.entry((route, outcome)).or_default() += 1;
         }
     }
 
@@ -79,6 +86,18 @@ impl Metrics {
                 "tkms_delegate_requests_total{{outcome=\"{outcome}\"}} {}",
                 counter.load(Ordering::Relaxed)
             );
+        }
+        out.push_str(
+            "# HELP tkms_v1_requests_total /v1 requests by route and outcome.\n\
+             # TYPE tkms_v1_requests_total counter\n",
+        );
+        if let Ok(map) = self.v1_requests.lock() {
+            for ((route, outcome), count) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "tkms_v1_requests_total{{route=\"{route}\",outcome=\"{outcome}\"}} {count}"
+                );
+            }
         }
         out.push_str(
             "# HELP tkms_node_failures_total Partials a node failed to contribute, by reason.\n\
@@ -110,6 +129,8 @@ pub struct AppState {
     pub registry: Box<dyn Registry>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// `(signer, nonce)` pairs of `/v1` requests not yet expired (replay protection).
+    pub nonces: NonceCache,
 }
 
 /// The router, ready to serve.
@@ -120,6 +141,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v0/public-key", get(public_key))
         .route("/v0/delegate", post(delegate))
+        .route("/v1/delegate", post(delegate_v1))
+        .route("/v1/reencrypt", post(reencrypt_v1))
         .route("/admin/dkg", post(admin_dkg))
         .route("/admin/reshare", post(admin_reshare))
         .route("/admin/nodes", get(admin_nodes))
@@ -201,6 +224,12 @@ async fn public_key(State(state): State<Arc<AppState>>) -> Response {
         "threshold": keys.threshold(),
         "n": keys.committee_size(),
         "publicShares": shares,
+        "commitment": keys
+            .commitment()
+            .points()
+            .iter()
+            .map(|p| format!("0x{}", hex::encode(Secp256k1::encode_point(p))))
+            .collect::<Vec<_>>(),
     }))
     .into_response()
 }
@@ -244,15 +273,7 @@ async fn delegate(
         return nox_error(&state, &NoxError::SignerNotAuthorized { signer, chain_id });
     }
     // The request id binds every node's proof to this exact authorized request.
-    let request_id: Vec<u8> = {
-        let mut h = Sha256::new();
-        h.update(b"tkms/v0/delegate");
-        h.update(chain_id.to_be_bytes());
-        h.update(request.ephemeral_pub_key().as_bytes());
-        h.update(request.target_pub_key().as_bytes());
-        h.update(request.signature().as_bytes());
-        h.finalize().to_vec()
-    };
+    let request_id = request.request_id();
     let authorization = pb::RequesterAuthorization {
         scheme: Some(pb::requester_authorization::Scheme::Eip712Delegate(
             pb::Eip712Delegate {
@@ -308,6 +329,208 @@ async fn delegate(
             )
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /v1: threshold-native delegation and re-encryption
+// ---------------------------------------------------------------------------------------------
+
+fn v1_error(state: &AppState, route: &'static str, e: &V1Error) -> Response {
+    state.metrics.v1(route, e.code());
+    if matches!(e.status(), 401 | 403) {
+        tracing::warn!(route, error = %e, "refused a /v1 request");
+    }
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    error(status, e.code(), e.to_string())
+}
+
+/// The checks every `/v1` request passes before any node is asked: the signer's role, the
+/// expiry, and the nonce (in that order, so a refused request does not burn its nonce).
+fn admit_v1(
+    state: &AppState,
+    chain_id: u64,
+    signer: Result<alloy_primitives::Address, V1Error>,
+    freshness: &v1::Freshness,
+    action: &'static str,
+    allowed: impl Fn(alloy_primitives::Address) -> bool,
+) -> Result<(), V1Error> {
+    let signer = signer?;
+    if !allowed(signer) {
+        return Err(V1Error::Forbidden {
+            signer,
+            action,
+            chain_id,
+        });
+    }
+    let now = v1::now_secs();
+    freshness.check(now)?;
+    state.nonces.use_once(signer, freshness, now)
+}
+
+fn eip712_authorization(
+    chain_id: u64,
+    digest: alloy_primitives::B256,
+    freshness: &v1::Freshness,
+    signature: &[u8],
+) -> pb::RequesterAuthorization {
+    pb::RequesterAuthorization {
+        scheme: Some(pb::requester_authorization::Scheme::Eip712Request(
+            pb::Eip712Request {
+                chain_id,
+                request_digest: digest.to_vec(),
+                nonce: freshness.nonce.to_vec(),
+                expires_at: freshness.expires_at,
+                signature: signature.to_vec(),
+            },
+        )),
+    }
+}
+
+fn failure_reports(
+    state: &AppState,
+    failures: &[(tkms_crypto::NodeIndex, NodeFailure)],
+) -> Vec<NodeFailureReport> {
+    failures
+        .iter()
+        .map(|(node, failure)| {
+            state.metrics.node_failed(node.get(), failure);
+            NodeFailureReport {
+                node: node.get(),
+                reason: failure.to_string(),
+            }
+        })
+        .collect()
+}
+
+fn unavailable(state: &AppState, route: &'static str, e: ClusterError) -> Response {
+    match e {
+        ClusterError::Unavailable {
+            threshold,
+            verified,
+            failures,
+        } => {
+            failure_reports(state, &failures);
+            state.metrics.v1(route, "unavailable");
+            tracing::error!(route, threshold, verified, ?failures, "cluster unavailable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("only {verified} of the {threshold} required key nodes answered; try again later"),
+            )
+        }
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn delegate_v1(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    const ROUTE: &str = "/v1/delegate";
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(axum::http::HeaderValue::as_bytes);
+    let request = match v1::DelegateV1::parse(&body, authorization) {
+        Ok(r) => r,
+        Err(e) => return v1_error(&state, ROUTE, &e),
+    };
+    let chain_id = request.chain_id;
+    if let Err(e) = admit_v1(
+        &state,
+        chain_id,
+        request.signer(),
+        &request.freshness,
+        "delegate",
+        |signer| state.registry.is_gateway(chain_id, signer),
+    ) {
+        return v1_error(&state, ROUTE, &e);
+    }
+    let Some(cluster) = state.served.cluster() else {
+        return no_key();
+    };
+    let digest = request.digest();
+    let authorization =
+        eip712_authorization(chain_id, digest, &request.freshness, &request.signature);
+    match cluster
+        .delegate_encrypted(
+            request.ephemeral,
+            digest.to_vec(),
+            request.target_spki.clone(),
+            authorization,
+        )
+        .await
+    {
+        Ok(served) => {
+            let failures = failure_reports(&state, &served.failures);
+            state.metrics.v1(ROUTE, "ok");
+            Json(v1::DelegateResponse::build(
+                &state.wallet,
+                &request,
+                cluster.epoch(),
+                cluster.keys().threshold(),
+                served.value,
+                failures,
+            ))
+            .into_response()
+        }
+        Err(e) => unavailable(&state, ROUTE, e),
+    }
+}
+
+async fn reencrypt_v1(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    const ROUTE: &str = "/v1/reencrypt";
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(axum::http::HeaderValue::as_bytes);
+    let request = match v1::ReencryptV1::parse(&body, authorization) {
+        Ok(r) => r,
+        Err(e) => return v1_error(&state, ROUTE, &e),
+    };
+    let chain_id = request.chain_id;
+    if let Err(e) = admit_v1(
+        &state,
+        chain_id,
+        request.signer(),
+        &request.freshness,
+        "reencrypt",
+        |signer| {
+            state.registry.is_gateway(chain_id, signer)
+                || state.registry.is_runner(chain_id, signer)
+        },
+    ) {
+        return v1_error(&state, ROUTE, &e);
+    }
+    let Some(cluster) = state.served.cluster() else {
+        return no_key();
+    };
+    let digest = request.digest();
+    let authorization =
+        eip712_authorization(chain_id, digest, &request.freshness, &request.signature);
+    match cluster
+        .reencrypt(request.target, request.capsule_ids(), Some(authorization))
+        .await
+    {
+        Ok(served) => {
+            let failures = failure_reports(&state, &served.failures);
+            state.metrics.v1(ROUTE, "ok");
+            Json(v1::ReencryptResponse::build(
+                &state.wallet,
+                &request,
+                cluster.epoch(),
+                cluster.keys().threshold(),
+                &served.value.capsules,
+                &served.value.partials,
+                failures,
+            ))
+            .into_response()
+        }
+        Err(e) => unavailable(&state, ROUTE, e),
     }
 }
 

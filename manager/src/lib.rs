@@ -13,4 +13,4 @@ pub mod cluster;
 pub mod daemon;
 pub mod file_registry;
 pub mod http;
-pub mod nox;
+pub use tkms_sdk::nox;

@@ -116,11 +116,11 @@ async fn lying_nodes_are_named_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(
-        &*served.value[0].decrypt(&target, &ct).unwrap(),
+        &*served.value.capsules[0].decrypt(&target, &ct).unwrap(),
         b"liars cannot change this"
     );
     assert_eq!(
-        &*served.value[1].decrypt(&target, &other).unwrap(),
+        &*served.value.capsules[1].decrypt(&target, &other).unwrap(),
         b"second capsule"
     );
     for (index, _) in &served.failures {

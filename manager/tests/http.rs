@@ -49,6 +49,7 @@ async fn fixture(liars: &[u16]) -> Fixture {
             StaticRegistry::default().with_gateway(CHAIN, nox::wallet_address(&gateway)),
         ),
         metrics: Metrics::default(),
+        nonces: tkms_sdk::v1::NonceCache::default(),
     };
     Fixture {
         app: router(Arc::new(state)),

@@ -13,10 +13,12 @@ use libp2p::{identity::Keypair, Multiaddr};
 use serde::Serialize;
 use tkms_crypto::{suite::Encoded, Suite};
 use tkms_proto::node::v1::node_server::NodeServer;
+use tkms_registry::access::FileRegistry;
 use tokio::sync::{mpsc, oneshot, RwLock};
 
 use crate::{
     ceremony::Ceremonies,
+    kms_password::{AwsKmsPassword, AwsKmsPasswordConfig},
     p2p::P2p,
     service::{ActiveShare, ClusterSuite as S, NodeService},
     vault::{EnvPassword, FilePassword, KdfParams, PasswordProvider, Vault, VaultError},
@@ -29,6 +31,8 @@ pub enum PasswordSource {
     Env,
     /// A file, e.g. a mounted Kubernetes secret.
     File,
+    /// A KMS-encrypted password in a file, decrypted with `kms:Decrypt` at start.
+    AwsKms,
 }
 
 /// Argon2id cost of a new vault.
@@ -56,6 +60,11 @@ pub struct NodeConfig {
     /// accepts; repeat for several.
     #[arg(long = "manager-key", required = true)]
     pub manager_keys: Vec<String>,
+    /// The embedded registry file (the manager's): the node re-checks every requester's
+    /// authorization against it. Without any registry the node trusts the manager's check
+    /// (logged as a warning at start).
+    #[arg(long)]
+    pub registry_file: Option<PathBuf>,
     /// Where the vault password comes from.
     #[arg(long, value_enum, default_value_t = PasswordSource::File)]
     pub password: PasswordSource,
@@ -65,6 +74,19 @@ pub struct NodeConfig {
     /// The environment variable (`--password env`).
     #[arg(long, default_value = "TKMS_VAULT_PASSWORD")]
     pub password_env: String,
+    /// File with the KMS `CiphertextBlob` of the password, raw or base64 (`--password aws-kms`).
+    #[arg(long)]
+    pub password_kms_ciphertext_file: Option<PathBuf>,
+    /// KMS key id, ARN or alias of the ciphertext (`--password aws-kms`; optional, KMS finds
+    /// the key from the ciphertext, and refuses a ciphertext under another key if it is given).
+    #[arg(long)]
+    pub password_kms_key_id: Option<String>,
+    /// AWS region of the KMS key (`--password aws-kms`; default: `AWS_REGION`, the profile).
+    #[arg(long)]
+    pub password_kms_region: Option<String>,
+    /// Endpoint URL of a KMS-compatible server (`--password aws-kms`; default: AWS KMS).
+    #[arg(long)]
+    pub password_kms_endpoint: Option<String>,
     /// Argon2id cost when the vault is created.
     #[arg(long, value_enum, default_value_t = KdfCost::Production)]
     pub kdf: KdfCost,
@@ -105,7 +127,9 @@ pub struct NodeStatusFile {
     pub node_key: String,
 }
 
-fn password_provider(config: &NodeConfig) -> Result<Box<dyn PasswordProvider>, NodeError> {
+/// The vault password provider. Async because `aws-kms` decrypts here, once, before the vault
+/// opens (see [`crate::kms_password`]).
+async fn password_provider(config: &NodeConfig) -> Result<Box<dyn PasswordProvider>, NodeError> {
     match config.password {
         PasswordSource::Env => Ok(Box::new(EnvPassword::new(config.password_env.clone()))),
         PasswordSource::File => {
@@ -113,6 +137,20 @@ fn password_provider(config: &NodeConfig) -> Result<Box<dyn PasswordProvider>, N
                 NodeError::Config("--password file needs --password-file PATH".into())
             })?;
             Ok(Box::new(FilePassword::new(path)))
+        }
+        PasswordSource::AwsKms => {
+            let path = config.password_kms_ciphertext_file.clone().ok_or_else(|| {
+                NodeError::Config(
+                    "--password aws-kms needs --password-kms-ciphertext-file PATH".into(),
+                )
+            })?;
+            let kms = AwsKmsPasswordConfig {
+                key_id: config.password_kms_key_id.clone(),
+                region: config.password_kms_region.clone(),
+                endpoint: config.password_kms_endpoint.clone(),
+                ..AwsKmsPasswordConfig::new(path)
+            };
+            Ok(Box::new(AwsKmsPassword::decrypt(&kms).await?))
         }
     }
 }
@@ -161,7 +199,7 @@ pub async fn run(
     let managers = manager_keys(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
-    let provider = password_provider(&config)?;
+    let provider = password_provider(&config).await?;
     let params = match config.kdf {
         KdfCost::Production => KdfParams::production(),
         KdfCost::Insecure => KdfParams::insecure_for_tests(),
@@ -213,7 +251,16 @@ pub async fn run(
     )?;
     tracing::info!(%grpc_addr, p2p = %p2p.address(), node_key = %hex::encode(node_key.bytes()), "node serving");
 
-    let service = NodeService::new(active, managers).with_ceremonies(ceremonies, node_key);
+    let mut service = NodeService::new(active, managers).with_ceremonies(ceremonies, node_key);
+    let _registry_watch = if let Some(path) = &config.registry_file {
+        let registry = FileRegistry::open(path).map_err(NodeError::Config)?;
+        let watch = registry.watch(std::time::Duration::from_secs(1));
+        service = service.with_registry(Arc::new(registry));
+        Some(AbortOnDrop(watch))
+    } else {
+        tracing::warn!("no registry configured: this node does not re-check requesters itself and trusts the manager's check");
+        None
+    };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .add_service(NodeServer::new(service))
@@ -223,6 +270,15 @@ pub async fn run(
     let _ = p2p_stop.send(());
     tracing::info!("node stopped");
     result
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Log to stderr, filtered by `RUST_LOG` (default `info`).

@@ -20,6 +20,11 @@ use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
     SignedRequest,
 };
+use tkms_registry::access::{self, Published, Registry};
+use tkms_sdk::{
+    nox,
+    v1::{self, Freshness, NonceCache},
+};
 use tokio::sync::RwLock;
 
 use crate::ceremony::{self, Ceremonies, CeremonyError, Spec};
@@ -53,6 +58,33 @@ pub struct NodeService {
     managers: Arc<Vec<Encoded<ClusterSuite>>>,
     ceremonies: Option<Arc<Ceremonies>>,
     node_key: Option<Encoded<ClusterSuite>>,
+    registry: Option<Arc<dyn Registry>>,
+    nonces: Arc<NonceCache>,
+}
+
+/// What a partial request asks the node to compute, for the requester check.
+enum Operation<'a> {
+    /// A delegation of `K` under `request_id`, encrypted to `target_rsa_spki` if non-empty.
+    Delegate {
+        ephemeral: &'a Encoded<ClusterSuite>,
+        request_id: &'a [u8],
+        target_rsa_spki: &'a [u8],
+    },
+    /// Re-encryptions of the capsules `(request id, K)` to `target`.
+    Reencrypt {
+        target: &'a Encoded<ClusterSuite>,
+        capsules: &'a [(Vec<u8>, Encoded<ClusterSuite>)],
+    },
+}
+
+fn denied(message: impl std::fmt::Display) -> Status {
+    tracing::warn!(reason = %message, "refused a partial request: requester not authorized");
+    Status::permission_denied(message.to_string())
+}
+
+fn unauthenticated(message: impl std::fmt::Display) -> Status {
+    tracing::warn!(reason = %message, "refused a partial request: bad requester authorization");
+    Status::unauthenticated(message.to_string())
 }
 
 impl NodeService {
@@ -67,6 +99,147 @@ impl NodeService {
             managers: Arc::new(managers),
             ceremonies: None,
             node_key: None,
+            registry: None,
+            nonces: Arc::new(NonceCache::default()),
+        }
+    }
+
+    /// Re-check every requester's authorization against `registry` (the node's own view of
+    /// the gateways and runners), and serve only the epoch the registry publishes (when it
+    /// publishes one). Without a registry the node trusts the manager's check.
+    #[must_use]
+    pub fn with_registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The end requester's authorization, checked by this node itself: the signature covers
+    /// exactly what the node is asked to compute, and its signer holds the needed role.
+    fn check_requester(
+        &self,
+        authorization: Option<&pb::RequesterAuthorization>,
+        operation: &Operation<'_>,
+    ) -> Result<(), Status> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        let scheme = authorization
+            .and_then(|a| a.scheme.as_ref())
+            .ok_or_else(|| denied("the request carries no requester authorization"))?;
+        match (scheme, operation) {
+            (
+                pb::requester_authorization::Scheme::Eip712Delegate(a),
+                Operation::Delegate {
+                    ephemeral,
+                    request_id,
+                    target_rsa_spki,
+                },
+            ) => check_v0(registry.as_ref(), a, ephemeral, request_id, target_rsa_spki),
+            (pb::requester_authorization::Scheme::Eip712Request(a), operation) => {
+                let freshness = Freshness {
+                    nonce: v1_nonce(&a.nonce)?,
+                    expires_at: a.expires_at,
+                };
+                let (digest, signer, may) = match operation {
+                    Operation::Delegate {
+                        ephemeral,
+                        request_id,
+                        target_rsa_spki,
+                    } => {
+                        let request = v1::DelegateV1::from_parts(
+                            a.chain_id,
+                            **ephemeral,
+                            target_rsa_spki.to_vec(),
+                            freshness,
+                            a.signature.clone(),
+                        )
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                        let digest = request.digest();
+                        if digest.as_slice() != *request_id {
+                            return Err(denied("the request id is not the request's digest"));
+                        }
+                        let signer = request.signer().map_err(unauthenticated)?;
+                        (digest, signer, registry.is_gateway(a.chain_id, signer))
+                    }
+                    Operation::Reencrypt { target, capsules } => {
+                        let request = v1::ReencryptV1::from_parts(
+                            a.chain_id,
+                            **target,
+                            capsules.iter().map(|(_, k)| *k).collect(),
+                            freshness,
+                            a.signature.clone(),
+                        )
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                        let digest = request.digest();
+                        let ids_match = capsules
+                            .iter()
+                            .enumerate()
+                            .all(|(k, (id, _))| *id == v1::ReencryptV1::request_id(&digest, k));
+                        if !ids_match {
+                            return Err(denied("the capsule ids do not derive from the request"));
+                        }
+                        let signer = request.signer().map_err(unauthenticated)?;
+                        let may = registry.is_gateway(a.chain_id, signer)
+                            || registry.is_runner(a.chain_id, signer);
+                        (digest, signer, may)
+                    }
+                };
+                if digest.as_slice() != a.request_digest.as_slice() {
+                    return Err(denied("the request digest differs from the node's"));
+                }
+                if !may {
+                    return Err(denied(format!(
+                        "{signer} may not ask for this on chain {}",
+                        a.chain_id
+                    )));
+                }
+                let now = v1::now_secs();
+                freshness.check(now).map_err(unauthenticated)?;
+                self.nonces
+                    .use_once(signer, &freshness, now)
+                    .map_err(unauthenticated)?;
+                Ok(())
+            }
+            (
+                pb::requester_authorization::Scheme::Eip712Delegate(_),
+                Operation::Reencrypt { .. },
+            ) => Err(denied(
+                "a delegation authorization does not authorize a re-encryption",
+            )),
+        }
+    }
+
+    /// Serve only the share of the epoch the registry publishes.
+    fn check_published(&self, active: &ActiveShare) -> Result<(), Status> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        match registry.published_epoch() {
+            Published::NotTracked => Ok(()),
+            Published::Nothing => Err(Status::failed_precondition(
+                "the registry publishes no key epoch yet; this node does not serve until it does",
+            )),
+            Published::Unknown => Err(Status::failed_precondition(
+                "the registry cannot be read; this node does not serve until it can",
+            )),
+            Published::Epoch(published) => {
+                let shares: Vec<(u16, [u8; 33])> = active
+                    .keys
+                    .public_shares()
+                    .map(|(i, p)| (i.get(), ClusterSuite::encode_point(p)))
+                    .collect();
+                access::check_publication(
+                    &published,
+                    active.epoch,
+                    active.keys.threshold(),
+                    active.keys.public_key_encoded().bytes(),
+                    shares.iter().map(|(i, p)| (*i, p.as_slice())),
+                )
+                .map_err(|e| {
+                    tracing::error!(reason = %e, "this node's share does not match the published epoch; refusing to serve");
+                    Status::failed_precondition(format!("share does not match the registry: {e}"))
+                })
+            }
         }
     }
 
@@ -88,6 +261,49 @@ impl NodeService {
             .verify_manager(&self.managers)
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
+}
+
+/// `/v0/delegate`: the gateway's Nox `DelegateAuthorization` must be for this `K` and request
+/// id, and its signer a gateway.
+fn check_v0(
+    registry: &dyn Registry,
+    a: &pb::Eip712Delegate,
+    ephemeral: &Encoded<ClusterSuite>,
+    request_id: &[u8],
+    target_rsa_spki: &[u8],
+) -> Result<(), Status> {
+    if !target_rsa_spki.is_empty() {
+        return Err(denied("a /v1 delegation needs a /v1 authorization"));
+    }
+    let request = nox::DelegateRequest::from_authorization(
+        a.chain_id,
+        &a.ephemeral_pub_key,
+        &a.target_pub_key,
+        &a.signature,
+    )
+    .map_err(unauthenticated)?;
+    if request.ephemeral() != ephemeral.point() {
+        return Err(denied("the authorization is for another ephemeral key"));
+    }
+    if request.request_id() != *request_id {
+        return Err(denied(
+            "the request id does not derive from the authorization",
+        ));
+    }
+    let signer = request.signer().map_err(unauthenticated)?;
+    if !registry.is_gateway(a.chain_id, signer) {
+        return Err(denied(format!(
+            "{signer} is not a gateway on chain {}",
+            a.chain_id
+        )));
+    }
+    Ok(())
+}
+
+fn v1_nonce(bytes: &[u8]) -> Result<alloy_primitives::B256, Status> {
+    alloy_primitives::B256::try_from(bytes).map_err(|_| {
+        Status::invalid_argument(format!("nonce must be 32 bytes, got {}", bytes.len()))
+    })
 }
 
 fn point(bytes: &[u8], what: &str) -> Result<Encoded<ClusterSuite>, Status> {
@@ -226,13 +442,32 @@ impl Node for NodeService {
         self.authenticate(&request)?;
         let ephemeral = point(&request.ephemeral, "ephemeral key")?;
         let id = request_id(&request.request_id)?;
+        self.check_requester(
+            request.authorization.as_ref(),
+            &Operation::Delegate {
+                ephemeral: &ephemeral,
+                request_id: &id,
+                target_rsa_spki: &request.target_rsa_spki,
+            },
+        )?;
         let active = self.active.read().await;
         let active = active.as_ref().ok_or_else(no_share)?;
         epoch_matches(active, request.epoch)?;
+        self.check_published(active)?;
         let delegation = DelegationRequest::with_encoded(request.epoch, id, ephemeral);
         let partial = PartialDelegation::create(&active.share, &delegation, &mut OsRng);
+        if request.target_rsa_spki.is_empty() {
+            return Ok(Response::new(pb::PartialDelegationResponse {
+                partial: partial.to_bytes().to_vec(),
+                encrypted_partial: Vec::new(),
+            }));
+        }
+        let encrypted_partial =
+            nox::rsa_oaep_encrypt(&request.target_rsa_spki, &partial.to_bytes())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::PartialDelegationResponse {
-            partial: partial.to_bytes().to_vec(),
+            partial: Vec::new(),
+            encrypted_partial,
         }))
     }
 
@@ -258,9 +493,17 @@ impl Node for NodeService {
                 Ok((request_id(&c.request_id)?, ephemeral))
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        self.check_requester(
+            request.authorization.as_ref(),
+            &Operation::Reencrypt {
+                target: &target,
+                capsules: &capsules,
+            },
+        )?;
         let active = self.active.read().await;
         let active = active.as_ref().ok_or_else(no_share)?;
         epoch_matches(active, request.epoch)?;
+        self.check_published(active)?;
         let partials = capsules
             .into_iter()
             .map(|(id, ephemeral)| {

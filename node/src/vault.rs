@@ -190,16 +190,12 @@ fn storage(error: impl Into<redb::Error>) -> VaultError {
 
 /// Where the vault password comes from (seed 003 "Password Providers").
 ///
-/// Implementations here: [`FilePassword`] (a Kubernetes secret mounted as a file, the
-/// production choice until the KMS provider exists), [`EnvPassword`] (development only) and
-/// [`StaticPassword`] (a password already in memory).
-///
-/// **Extension point, `aws-kms`:** the production provider keeps the password as a
-/// KMS-encrypted ciphertext in the configuration and calls `kms:Decrypt` at start. It comes
-/// with the AWS SDK integration (the SDK is not a dependency of this crate yet) and is not
-/// faked here. Since the SDK is async and this trait is not, it will either decrypt in an
-/// async constructor and implement this trait over the result, or, equivalently, a caller
-/// decrypts and hands the plaintext over as a [`StaticPassword`].
+/// Implementations here: [`FilePassword`] (a Kubernetes secret mounted as a file),
+/// [`EnvPassword`] (development only) and [`StaticPassword`] (a password already in memory);
+/// and [`AwsKmsPassword`](crate::kms_password::AwsKmsPassword), which keeps the password as a
+/// KMS-encrypted ciphertext in the configuration and calls `kms:Decrypt` at start. Since the
+/// AWS SDK is async and this trait is not, it decrypts once in an async constructor and
+/// implements this trait over the result.
 pub trait PasswordProvider: Send + Sync {
     /// The password. Never empty.
     fn password(&self) -> Result<Zeroizing<Vec<u8>>, VaultError>;
@@ -212,7 +208,8 @@ pub trait PasswordProvider: Send + Sync {
 ///
 /// **Development only.** Environment variables leak through `/proc/<pid>/environ`, crash
 /// dumps, `docker inspect` and child processes; every use logs a loud warning. Production uses
-/// [`FilePassword`] (Kubernetes secret) or the `aws-kms` provider.
+/// [`FilePassword`] (Kubernetes secret) or the `aws-kms` provider
+/// ([`AwsKmsPassword`](crate::kms_password::AwsKmsPassword)).
 #[derive(Clone, Debug)]
 pub struct EnvPassword {
     /// The variable's name.

@@ -326,3 +326,53 @@ impl Registry for ChainRegistry {
         }
     }
 }
+
+/// The `publicSharesHash` of an epoch: `keccak256("tkms/v1/public-shares" || (index u16 BE ||
+/// PK_i compressed)...)` over the committee in increasing index order. The manager publishes
+/// it; a node recomputes it from its key set before serving.
+pub fn public_shares_hash<'a>(
+    shares: impl IntoIterator<Item = (u16, &'a [u8])>,
+) -> alloy::primitives::B256 {
+    let mut sorted: Vec<(u16, &[u8])> = shares.into_iter().collect();
+    sorted.sort_by_key(|(i, _)| *i);
+    let mut buf = Vec::with_capacity(21 + sorted.len() * 35);
+    buf.extend_from_slice(b"tkms/v1/public-shares");
+    for (index, point) in sorted {
+        buf.extend_from_slice(&index.to_be_bytes());
+        buf.extend_from_slice(point);
+    }
+    alloy::primitives::keccak256(&buf)
+}
+
+/// Whether a published epoch describes exactly this key: same epoch, threshold, committee
+/// size, public key and public shares. `Err` says what differs.
+pub fn check_publication<'a>(
+    published: &EpochPublication,
+    epoch: u64,
+    threshold: u16,
+    public_key: &[u8],
+    shares: impl IntoIterator<Item = (u16, &'a [u8])>,
+) -> Result<(), String> {
+    let shares: Vec<(u16, &[u8])> = shares.into_iter().collect();
+    if published.epoch != epoch {
+        return Err(format!(
+            "the registry publishes epoch {}, this share is of epoch {epoch}",
+            published.epoch
+        ));
+    }
+    if published.t != threshold || usize::from(published.n) != shares.len() {
+        return Err(format!(
+            "the registry publishes t = {}, n = {}; this key set has t = {threshold}, n = {}",
+            published.t,
+            published.n,
+            shares.len()
+        ));
+    }
+    if published.public_key.as_ref() != public_key {
+        return Err("the registry publishes another public key".into());
+    }
+    if published.public_shares_hash != public_shares_hash(shares) {
+        return Err("the registry publishes other public shares".into());
+    }
+    Ok(())
+}

@@ -45,6 +45,7 @@ use alloy_sol_types::{sol, Eip712Domain, SolStruct};
 use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
 use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tkms_crypto::{Secp256k1, SharedSecret, Suite};
 
 /// EIP-712 domain name of both the authorization and the response proof (NC §1).
@@ -254,6 +255,40 @@ impl DelegateRequest {
         })
     }
 
+    /// Rebuild a request from what a node receives with a partial request: the chain, the
+    /// two body strings exactly as signed, and the signature. Checks the same syntax as
+    /// [`DelegateRequest::parse`]; the salt (which only the manager's proof uses) is zero.
+    pub fn from_authorization(
+        chain_id: u64,
+        ephemeral_pub_key: &str,
+        target_pub_key: &str,
+        signature: &[u8],
+    ) -> Result<Self, NoxError> {
+        let signature = signature_from_bytes(signature).map_err(NoxError::Unauthorized)?;
+        Ok(Self {
+            chain_id,
+            salt: B256::ZERO,
+            ephemeral: parse_ephemeral_pub_key(ephemeral_pub_key)?,
+            target_spki_der: parse_target_pub_key(target_pub_key)?,
+            ephemeral_pub_key: ephemeral_pub_key.to_owned(),
+            target_pub_key: target_pub_key.to_owned(),
+            signature,
+        })
+    }
+
+    /// The request id every node's proof is bound to: `SHA-256("tkms/v0/delegate" || chain_id
+    /// || ephemeralPubKey || targetPubKey || signature)`, so a partial serves only this exact
+    /// authorized request.
+    pub fn request_id(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(b"tkms/v0/delegate");
+        h.update(self.chain_id.to_be_bytes());
+        h.update(self.ephemeral_pub_key.as_bytes());
+        h.update(self.target_pub_key.as_bytes());
+        h.update(self.signature.as_bytes());
+        h.finalize().to_vec()
+    }
+
     /// The `chain_id` query parameter.
     pub fn chain_id(&self) -> u64 {
         self.chain_id
@@ -354,13 +389,20 @@ pub fn encrypt_shared_secret(
     target_spki_der: &[u8],
     shared: &SharedSecret,
 ) -> Result<String, NoxError> {
+    let ciphertext = rsa_oaep_encrypt(target_spki_der, shared.as_bytes())?;
+    Ok(format!("0x{}", hex::encode(ciphertext)))
+}
+
+/// RSA-OAEP (SHA-256, MGF1-SHA-256, empty label) of `plaintext` to an `rsaEncryption` SPKI
+/// with a 2048..=4096-bit modulus. The output is randomised.
+pub fn rsa_oaep_encrypt(target_spki_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, NoxError> {
     let key = rsa_public_key(target_spki_der)?;
     let key = OaepPublicEncryptingKey::new(key).map_err(|_| NoxError::Encryption)?;
     let mut out = vec![0u8; key.ciphertext_size()];
     let ciphertext = key
-        .encrypt(&OAEP_SHA256_MGF1SHA256, shared.as_bytes(), &mut out, None)
+        .encrypt(&OAEP_SHA256_MGF1SHA256, plaintext, &mut out, None)
         .map_err(|_| NoxError::Encryption)?;
-    Ok(format!("0x{}", hex::encode(ciphertext)))
+    Ok(ciphertext.to_vec())
 }
 
 /// The wallet's proof over the answer: EIP-712 `DelegateResponseProof{encryptedSharedSecret}`
@@ -399,7 +441,7 @@ pub fn wallet_address(wallet: &SigningKey) -> Address {
 }
 
 /// Sign a 32-byte digest: `r || s || v` with `v` = 27/28.
-fn sign_digest(key: &SigningKey, digest: &B256) -> [u8; SIGNATURE_LEN] {
+pub(crate) fn sign_digest(key: &SigningKey, digest: &B256) -> [u8; SIGNATURE_LEN] {
     // RFC 6979 fails only if the derived nonce gives r = 0 or s = 0: probability ~2^-256 and
     // not reachable by choosing the (hashed) message.
     let (signature, recovery_id) = key
@@ -514,7 +556,7 @@ fn parse_authorization(header: Option<&[u8]>) -> Result<Signature, NoxError> {
 }
 
 /// 65 bytes `r || s || v`, `v` in {0, 1, 27, 28}.
-fn signature_from_bytes(bytes: &[u8]) -> Result<Signature, String> {
+pub(crate) fn signature_from_bytes(bytes: &[u8]) -> Result<Signature, String> {
     let bytes: &[u8; SIGNATURE_LEN] = bytes.try_into().map_err(|_| {
         format!(
             "signature must be {SIGNATURE_LEN} bytes, got {}",
@@ -531,7 +573,9 @@ fn signature_from_bytes(bytes: &[u8]) -> Result<Signature, String> {
 
 /// Optional lowercase `0x`, then exactly 66 hex digits of a compressed point on secp256k1
 /// (NC §3, `hex_to_point`).
-fn parse_ephemeral_pub_key(value: &str) -> Result<<Secp256k1 as Suite>::Point, NoxError> {
+pub(crate) fn parse_ephemeral_pub_key(
+    value: &str,
+) -> Result<<Secp256k1 as Suite>::Point, NoxError> {
     let err = NoxError::InvalidEphemeralPubKey;
     let digits = value.strip_prefix("0x").unwrap_or(value);
     if digits.len() != EPHEMERAL_PUB_KEY_HEX_LEN {
@@ -546,7 +590,7 @@ fn parse_ephemeral_pub_key(value: &str) -> Result<<Secp256k1 as Suite>::Point, N
 
 /// Optional lowercase `0x`, then the hex of an RSA SPKI DER: Nox's length rule, then a
 /// modulus of 2048..=4096 bits (NC §3, §7.6).
-fn parse_target_pub_key(value: &str) -> Result<Vec<u8>, NoxError> {
+pub(crate) fn parse_target_pub_key(value: &str) -> Result<Vec<u8>, NoxError> {
     let err = NoxError::InvalidTargetPubKey;
     let digits = value.strip_prefix("0x").unwrap_or(value);
     if digits.len() < MIN_TARGET_PUB_KEY_HEX_LEN {
@@ -567,7 +611,7 @@ fn parse_target_pub_key(value: &str) -> Result<Vec<u8>, NoxError> {
 }
 
 /// Parse an `rsaEncryption` SubjectPublicKeyInfo with a 2048..=4096-bit modulus.
-fn rsa_public_key(der: &[u8]) -> Result<PublicEncryptingKey, NoxError> {
+pub(crate) fn rsa_public_key(der: &[u8]) -> Result<PublicEncryptingKey, NoxError> {
     let err = NoxError::InvalidTargetPubKey;
     if spki_algorithm_id(der) != Some(&RSA_ENCRYPTION_ALGORITHM_ID[..]) {
         return Err(err(
@@ -613,7 +657,7 @@ fn spki_algorithm_id(der: &[u8]) -> Option<&[u8]> {
 }
 
 /// Strip an optional `0x` or `0X`, as const-hex does for the salt and the proof.
-fn strip_any_0x(value: &str) -> &str {
+pub(crate) fn strip_any_0x(value: &str) -> &str {
     value
         .strip_prefix("0x")
         .or_else(|| value.strip_prefix("0X"))
@@ -621,6 +665,6 @@ fn strip_any_0x(value: &str) -> &str {
 }
 
 /// Hex digits of either case, no prefix.
-fn decode_hex(digits: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_hex(digits: &str) -> Result<Vec<u8>, String> {
     hex::decode(digits).map_err(|e| format!("invalid hex: {e}"))
 }
