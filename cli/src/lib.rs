@@ -13,6 +13,7 @@ use rand_core::OsRng;
 use tkms_crypto::{ecies, Secp256k1, SecretScalar, Suite, P256};
 use zeroize::Zeroizing;
 
+mod client;
 mod engine;
 
 mod registry;
@@ -24,6 +25,9 @@ pub mod testnet;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where the cluster is and who asks (for the cluster commands).
+    #[command(flatten)]
+    connection: client::Connection,
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: EciesCommand,
     },
+    /// Talk to a running cluster: encrypt, delegate, reencrypt, decrypt, bench.
+    #[command(flatten)]
+    Cluster(client::ClusterCommand),
     /// The on-chain registry: show it, grant and revoke roles, deploy one.
     Registry(registry::RegistryArgs),
     /// A whole cluster on this machine.
@@ -123,6 +130,7 @@ pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<(
             command,
         } => ecies_command::<P256>(command, input, output),
         Command::Registry(args) => registry::run(args, output),
+        Command::Cluster(command) => client::run(&cli.connection, command, input, output),
         Command::Testnet {
             command: TestnetCommand::Up(args),
         } => testnet::up(&args),

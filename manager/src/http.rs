@@ -261,15 +261,15 @@ async fn delegate(
         Err(e) => return nox_error(&state, &e),
     };
     let chain_id = request.chain_id();
-    let Some(gateway) = state.registry.gateway(chain_id) else {
-        return nox_error(&state, &NoxError::UnknownChain(chain_id));
-    };
     let signer = match request.signer() {
         Ok(s) => s,
         Err(e) => return nox_error(&state, &e),
     };
-    if signer != gateway {
-        tracing::warn!(%signer, chain_id, "refused /v0/delegate from a signer that is not the gateway");
+    if !state.registry.is_gateway(chain_id, signer) {
+        if state.registry.gateway(chain_id).is_none() {
+            return nox_error(&state, &NoxError::UnknownChain(chain_id));
+        }
+        tracing::warn!(%signer, chain_id, "refused /v0/delegate from a signer that is not a gateway");
         return nox_error(&state, &NoxError::SignerNotAuthorized { signer, chain_id });
     }
     // The request id binds every node's proof to this exact authorized request.
