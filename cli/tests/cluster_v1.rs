@@ -1,0 +1,574 @@
+//! End to end across real processes (`tkms testnet up`, 5 nodes, t = 3):
+//!
+//! - `/v1/delegate` and `/v1/reencrypt` (single and batch) recover messages encrypted to the
+//!   cluster key, through the SDK, which verifies every proof;
+//! - forged, replayed, expired and unauthorized requests are refused with 401/403;
+//!   malformed ones (bad JSON, bad points, short RSA keys, oversized batches) with 400;
+//! - a node refuses a partial request that its (compromised) manager signed but the
+//!   requester did not authorize;
+//! - a reshare to a new committee of 7 with t = 4 keeps the public key, old ciphertexts still
+//!   open, and the new committee survives 3 nodes down.
+
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use k256::ecdsa::SigningKey;
+use rand_core::OsRng;
+use serde_json::{json, Value};
+use tkms_cli::testnet::Testnet;
+use tkms_crypto::{ecies, suite::Encoded, Secp256k1, SecretScalar};
+use tkms_proto::{
+    node::v1::{self as pb, node_client::NodeClient},
+    SignedRequest,
+};
+use tkms_sdk::{
+    nox,
+    v1::{self, DelegateV1, Freshness, ReencryptV1, RsaRecipient},
+    Client, ClientError,
+};
+
+type S = Secp256k1;
+
+struct Up {
+    testnet: Testnet,
+    extra: Vec<Child>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let mut pids: Vec<u32> = self.testnet.nodes.iter().map(|n| n.pid).collect();
+        pids.push(self.testnet.manager_pid);
+        for pid in pids {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        for child in &mut self.extra {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn up(dir: &Path, n: u16, t: u16) -> Up {
+    let out = dir.join("testnet.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
+        .args(["testnet", "up", "--detach", "--nodes", &n.to_string()])
+        .args(["--threshold", &t.to_string(), "--round-timeout-ms", "3000"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tkms testnet up failed");
+    let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+    Up {
+        testnet,
+        extra: Vec::new(),
+    }
+}
+
+fn key(hex_text: &str) -> SigningKey {
+    SigningKey::from_slice(&hex::decode(hex_text.trim_start_matches("0x")).unwrap()).unwrap()
+}
+
+fn client(t: &Testnet) -> Client {
+    Client::new(&t.manager_url)
+        .unwrap()
+        .with_manager(t.manager_address.parse().unwrap())
+}
+
+fn encrypt(key: &tkms_sdk::ClusterKey, message: &[u8]) -> ecies::Ciphertext<S> {
+    ecies::encrypt::<S>(key.public_key().point(), message, &mut OsRng).unwrap()
+}
+
+/// POST raw bytes; the status and JSON body.
+async fn post(url: &str, auth: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
+    match result {
+        Err(ClientError::Refused { status, code, .. }) => (status, code),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_delegate_and_reencrypt_refusals_node_checks_and_reshare() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = up(dir.path(), 5, 3);
+    let t = up.testnet.clone();
+    let gateway = key(&t.gateway_private_key);
+    let runner = key(&t.runner_private_key);
+    let c = client(&t);
+    let cluster = c.public_key().await.unwrap();
+    assert_eq!(cluster.keys.threshold(), 3);
+
+    // /v1/delegate: the partials come encrypted to our RSA key; the SDK verifies them.
+    let ct = encrypt(&cluster, b"through /v1/delegate");
+    let recipient = RsaRecipient::generate().unwrap();
+    let ephemeral = Encoded::new(*ct.ephemeral());
+    let opened = c
+        .delegate(&gateway, t.chain_id, &cluster, &ephemeral, &recipient)
+        .await
+        .unwrap();
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    let plain = ecies::open_with_shared_secret(&opened.value, &ct).unwrap();
+    assert_eq!(&*plain, b"through /v1/delegate");
+
+    // /v1/reencrypt, single (as the runner) and a batch of 32 (as the gateway).
+    let plain = c.decrypt(&runner, t.chain_id, &cluster, &ct).await.unwrap();
+    assert_eq!(&*plain, b"through /v1/delegate");
+    let messages: Vec<Vec<u8>> = (0..32).map(|k| format!("batch item {k}").into()).collect();
+    let cts: Vec<_> = messages.iter().map(|m| encrypt(&cluster, m)).collect();
+    let (b, target) = v1::target_key();
+    let capsules = c
+        .reencrypt(
+            &gateway,
+            t.chain_id,
+            &cluster,
+            target,
+            cts.iter().map(|ct| Encoded::new(*ct.ephemeral())).collect(),
+        )
+        .await
+        .unwrap();
+    for ((capsule, ct), m) in capsules.iter().zip(&cts).zip(&messages) {
+        assert_eq!(&*capsule.decrypt(&b, ct).unwrap(), m.as_slice());
+    }
+
+    refusals(&t, &c, &cluster, &gateway, &runner).await;
+    malformed(&t, &gateway).await;
+    nodes_recheck_the_requester(&t, dir.path(), &gateway).await;
+    reshare(&mut up, dir.path(), &cluster, &gateway, &ct).await;
+}
+
+/// Forged, unauthorized, replayed and expired requests: 401/403, nothing served.
+async fn refusals(
+    t: &Testnet,
+    c: &Client,
+    cluster: &tkms_sdk::ClusterKey,
+    gateway: &SigningKey,
+    runner: &SigningKey,
+) {
+    let ct = encrypt(cluster, b"x");
+    let ephemeral = Encoded::new(*ct.ephemeral());
+    let recipient = RsaRecipient::generate().unwrap();
+    let stranger = SigningKey::random(&mut OsRng);
+
+    // A signer without a role: 403.
+    let (status, code) = refused(
+        c.delegate(&stranger, t.chain_id, cluster, &ephemeral, &recipient)
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
+    // A runner may re-encrypt but not delegate.
+    let (status, code) = refused(
+        c.delegate(runner, t.chain_id, cluster, &ephemeral, &recipient)
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
+    let (_, target) = v1::target_key();
+    let (status, _) = refused(
+        c.reencrypt(&stranger, t.chain_id, cluster, target, vec![ephemeral])
+            .await,
+    );
+    assert_eq!(status, 403);
+    // Another chain: nobody is a gateway there.
+    let (status, _) = refused(
+        c.delegate(gateway, t.chain_id + 1, cluster, &ephemeral, &recipient)
+            .await,
+    );
+    assert_eq!(status, 403);
+
+    // Forged: a request signed by the gateway whose body is then altered (another K) no
+    // longer recovers to the gateway.
+    let mut forged = DelegateV1::sign(
+        gateway,
+        t.chain_id,
+        ephemeral,
+        recipient.spki_der().to_vec(),
+        Freshness::new(60),
+    );
+    forged.ephemeral = Encoded::new(*ct.ephemeral() + *ct.ephemeral());
+    let (status, _) = refused(c.send_delegate(&forged).await);
+    assert_eq!(status, 403);
+    // Missing and malformed signatures: 401.
+    let request = DelegateV1::sign(
+        gateway,
+        t.chain_id,
+        ephemeral,
+        recipient.spki_der().to_vec(),
+        Freshness::new(60),
+    );
+    let (body, _) = request.to_http();
+    let url = format!("{}/v1/delegate", t.manager_url);
+    let (status, json) = post(&url, None, serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!((status, json["code"].as_str()), (401, Some("unauthorized")));
+    let (status, _) = post(
+        &url,
+        Some("Bearer 0x1234"),
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Replay: the same signed request twice.
+    c.send_delegate(&request).await.unwrap();
+    let (status, code) = refused(c.send_delegate(&request).await);
+    assert_eq!((status, code.as_str()), (401, "replayed"));
+    let reencrypt = ReencryptV1::sign(
+        runner,
+        t.chain_id,
+        target,
+        vec![ephemeral],
+        Freshness::new(60),
+    )
+    .unwrap();
+    c.send_reencrypt(&reencrypt).await.unwrap();
+    let (status, code) = refused(c.send_reencrypt(&reencrypt).await);
+    assert_eq!((status, code.as_str()), (401, "replayed"));
+
+    // Expired, and valid for far too long.
+    for expires_at in [v1::now_secs() - 1, v1::now_secs() + 3600] {
+        let fresh = Freshness {
+            expires_at,
+            ..Freshness::new(60)
+        };
+        let request = DelegateV1::sign(
+            gateway,
+            t.chain_id,
+            ephemeral,
+            recipient.spki_der().to_vec(),
+            fresh,
+        );
+        let (status, code) = refused(c.send_delegate(&request).await);
+        assert_eq!((status, code.as_str()), (401, "expired"));
+    }
+
+    // The refusals are counted.
+    let metrics = reqwest::get(format!("{}/metrics", t.manager_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tkms_v1_requests_total{route="/v1/delegate",outcome="replayed"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// Malformed bodies, bad points, short RSA keys, oversized batches: 400 with a JSON error.
+async fn malformed(t: &Testnet, gateway: &SigningKey) {
+    let sig = format!("Bearer 0x{}", "11".repeat(65));
+    let delegate = format!("{}/v1/delegate", t.manager_url);
+    let reencrypt = format!("{}/v1/reencrypt", t.manager_url);
+    let recipient = RsaRecipient::generate().unwrap();
+    let k = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
+    let good = DelegateV1::sign(
+        gateway,
+        t.chain_id,
+        k,
+        recipient.spki_der().to_vec(),
+        Freshness::new(60),
+    )
+    .to_http()
+    .0;
+    let mut cases: Vec<(String, Vec<u8>, &str)> = vec![
+        (delegate.clone(), b"{not json".to_vec(), "invalid_body"),
+        (delegate.clone(), b"[]".to_vec(), "invalid_body"),
+        (delegate.clone(), vec![b'{'; 70_000], "invalid_body"),
+    ];
+    let mut bad_point = good.clone();
+    bad_point.ephemeral_pub_key = format!("0x02{}", "ff".repeat(32));
+    let mut short_rsa = good.clone();
+    // A real 1024-bit key (made with Python's `cryptography`; aws-lc refuses to make one).
+    short_rsa.target_pub_key = format!("0x{SPKI_1024}");
+    let mut bad_nonce = good.clone();
+    bad_nonce.nonce = "0x1234".into();
+    for (body, code) in [
+        (bad_point, "invalid_key"),
+        (short_rsa, "invalid_key"),
+        (bad_nonce, "invalid_body"),
+    ] {
+        cases.push((delegate.clone(), serde_json::to_vec(&body).unwrap(), code));
+    }
+    let point_hex = format!("0x{}", hex::encode(k.bytes()));
+    let batch = |n: usize| {
+        json!({
+            "chainId": t.chain_id, "targetPubKey": point_hex,
+            "capsules": vec![point_hex.clone(); n],
+            "nonce": format!("0x{}", "00".repeat(32)), "expiresAt": v1::now_secs() + 60,
+        })
+    };
+    cases.push((
+        reencrypt.clone(),
+        serde_json::to_vec(&batch(v1::MAX_BATCH + 1)).unwrap(),
+        "batch_size",
+    ));
+    cases.push((
+        reencrypt.clone(),
+        serde_json::to_vec(&batch(0)).unwrap(),
+        "batch_size",
+    ));
+    let mut both = batch(1);
+    both["capsule"] = json!(point_hex);
+    cases.push((
+        reencrypt.clone(),
+        serde_json::to_vec(&both).unwrap(),
+        "invalid_body",
+    ));
+    let mut identity = batch(1);
+    identity["targetPubKey"] = json!("0x00");
+    cases.push((
+        reencrypt,
+        serde_json::to_vec(&identity).unwrap(),
+        "invalid_key",
+    ));
+    for (url, body, code) in cases {
+        let (status, json) = post(&url, Some(&sig), body).await;
+        assert_eq!(status, 400, "{code}: {json}");
+        assert_eq!(json["code"], code, "{json}");
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+}
+
+/// A valid 1024-bit RSA SubjectPublicKeyInfo (too short to accept).
+#[rustfmt::skip]
+const SPKI_1024: &str = "30819f300d06092a864886f70d010101050003818d0030818902818100acf6967e988df13ed9f13c00fbcc816f195e99482f97df971f38ddfe2b01e604ae5a1d67c8b2808b68341be7e6bd52e928068793564746fdbcbb75cd5ef76b198443ad54d4d5bcbf8a483f354be8a0cba26352b3634e46b62c19417ba055a1fe6d1f436178d8f991acbfee6c8f526f4c0965702345fa9022fd9597e837dc4ae50203010001";
+
+/// A compromised manager (here: the test, holding the manager's node-request key) signs
+/// node requests the requester never authorized; each node refuses them itself.
+async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningKey) {
+    let manager_key = std::fs::read_to_string(dir.join("data/manager/node-request.key")).unwrap();
+    let manager_key = SecretScalar::<S>::from_bytes(
+        &hex::decode(manager_key.trim().trim_start_matches("0x")).unwrap(),
+    )
+    .unwrap();
+    let status: pb::StatusResponse = {
+        let mut node = NodeClient::connect(format!("http://{}", t.nodes[0].grpc_addr))
+            .await
+            .unwrap();
+        node.status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let mut node = NodeClient::connect(format!("http://{}", t.nodes[0].grpc_addr))
+        .await
+        .unwrap();
+    let k1 = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
+    let k2 = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
+    let recipient = RsaRecipient::generate().unwrap();
+    let eph1 = format!("0x{}", hex::encode(k1.bytes()));
+    let authorized = nox::DelegateRequest::from_authorization(
+        t.chain_id,
+        &eph1,
+        &recipient.spki_hex(),
+        &hex::decode(
+            nox::authorization_header(gateway, t.chain_id, &eph1, &recipient.spki_hex())
+                .trim_start_matches("Bearer 0x"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let v0 = |ephemeral: Encoded<S>, request_id: Vec<u8>| {
+        let mut r = pb::PartialDelegationRequest {
+            epoch: status.epoch,
+            request_id,
+            ephemeral: ephemeral.bytes().to_vec(),
+            authorization: Some(pb::RequesterAuthorization {
+                scheme: Some(pb::requester_authorization::Scheme::Eip712Delegate(
+                    pb::Eip712Delegate {
+                        chain_id: t.chain_id,
+                        ephemeral_pub_key: eph1.clone(),
+                        target_pub_key: recipient.spki_hex(),
+                        signature: authorized.signature().as_bytes().to_vec(),
+                    },
+                )),
+            }),
+            manager: None,
+            target_rsa_spki: Vec::new(),
+        };
+        r.sign(&manager_key);
+        r
+    };
+    // The authorized request is served.
+    node.partial_delegation(v0(k1, authorized.request_id()))
+        .await
+        .unwrap();
+    // The same authorization presented for another K is refused by the node.
+    let err = node
+        .partial_delegation(v0(k2, authorized.request_id()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // No authorization at all.
+    let mut bare = v0(k1, authorized.request_id());
+    bare.authorization = None;
+    bare.sign(&manager_key);
+    let err = node.partial_delegation(bare).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // A /v1 re-encryption the manager made up, signed by a non-runner: refused.
+    let stranger = SigningKey::random(&mut OsRng);
+    let (_, target) = v1::target_key();
+    let forged =
+        ReencryptV1::sign(&stranger, t.chain_id, target, vec![k1], Freshness::new(60)).unwrap();
+    let digest = forged.digest();
+    let mut r = pb::PartialReencryptionRequest {
+        epoch: status.epoch,
+        target: target.bytes().to_vec(),
+        capsules: forged
+            .capsule_ids()
+            .into_iter()
+            .map(|(id, k)| pb::Capsule {
+                request_id: id,
+                ephemeral: k.bytes().to_vec(),
+            })
+            .collect(),
+        authorization: Some(pb::RequesterAuthorization {
+            scheme: Some(pb::requester_authorization::Scheme::Eip712Request(
+                pb::Eip712Request {
+                    chain_id: t.chain_id,
+                    request_digest: digest.to_vec(),
+                    nonce: forged.freshness.nonce.to_vec(),
+                    expires_at: forged.freshness.expires_at,
+                    signature: forged.signature.clone(),
+                },
+            )),
+        }),
+        manager: None,
+    };
+    r.sign(&manager_key);
+    let err = node.partial_reencryption(r).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+}
+
+/// Start a fresh node process like the testnet's, on free ports; its gRPC URL.
+fn start_node(up: &mut Up, dir: &Path, index: usize) -> String {
+    let template = up.testnet.nodes[0].command.clone();
+    let ndir = dir.join(format!("extra-node-{index}"));
+    std::fs::create_dir_all(&ndir).unwrap();
+    let password = ndir.join("password");
+    std::fs::write(&password, "extra node password 0123456789").unwrap();
+    let mut args: Vec<String> = Vec::new();
+    let mut it = template.into_iter().skip(1);
+    while let Some(a) = it.next() {
+        let replaced = match a.as_str() {
+            "--data-dir" => Some(ndir.display().to_string()),
+            "--grpc-listen" => Some("127.0.0.1:0".into()),
+            "--p2p-listen" => Some("/ip4/127.0.0.1/tcp/0".into()),
+            "--password-file" => Some(password.display().to_string()),
+            _ => None,
+        };
+        args.push(a);
+        if let Some(value) = replaced {
+            it.next();
+            args.push(value);
+        }
+    }
+    let log = std::fs::File::create(ndir.join("node.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tkms"))
+        .args(&args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    up.extra.push(child);
+    let info: PathBuf = ndir.join("node.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(bytes) = std::fs::read(&info) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                return format!("http://{}", v["grpc_addr"].as_str().unwrap());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "extra node {index} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reshare 5/3 → 7/4: same public key, old ciphertexts open, 3 of 7 down still serves.
+async fn reshare(
+    up: &mut Up,
+    dir: &Path,
+    before: &tkms_sdk::ClusterKey,
+    gateway: &SigningKey,
+    old: &ecies::Ciphertext<S>,
+) {
+    let mut urls: Vec<String> = up
+        .testnet
+        .nodes
+        .iter()
+        .map(|n| format!("http://{}", n.grpc_addr))
+        .collect();
+    urls.push(start_node(up, dir, 6));
+    urls.push(start_node(up, dir, 7));
+    let t = up.testnet.clone();
+    let response = reqwest::Client::new()
+        .post(format!("{}/admin/reshare", t.manager_url))
+        .bearer_auth(&t.admin_token)
+        .json(&json!({ "threshold": 4, "nodes": urls }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{body}");
+    assert_eq!(body["publicKey"], t.public_key, "{body}");
+    assert_eq!(body["threshold"], 4, "{body}");
+
+    let c = client(&t);
+    let after = c.public_key().await.unwrap();
+    assert_eq!(after.public_key(), before.public_key());
+    assert_eq!(after.keys.threshold(), 4);
+    assert_eq!(after.keys.committee_size(), 7);
+    assert!(after.epoch > before.epoch);
+
+    // The old ciphertext still opens, through both APIs, with 3 of the 7 nodes down (two old
+    // ones and a new one).
+    for pid in [t.nodes[0].pid, t.nodes[1].pid] {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let _ = up.extra[0].kill();
+    let plain = c.decrypt(gateway, t.chain_id, &after, old).await.unwrap();
+    assert_eq!(&*plain, b"through /v1/delegate");
+    let recipient = RsaRecipient::generate().unwrap();
+    let opened = c
+        .delegate(
+            gateway,
+            t.chain_id,
+            &after,
+            &Encoded::new(*old.ephemeral()),
+            &recipient,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        &*ecies::open_with_shared_secret(&opened.value, old).unwrap(),
+        b"through /v1/delegate"
+    );
+    // One more down: fewer than t = 4, a clear 503.
+    let _ = Command::new("kill")
+        .args(["-9", &t.nodes[2].pid.to_string()])
+        .status();
+    let (status, code) = refused(c.decrypt(gateway, t.chain_id, &after, old).await);
+    assert_eq!((status, code.as_str()), (503, "cluster_unavailable"));
+}
