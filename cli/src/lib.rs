@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// The single-key reference server the cluster is benchmarked against (not for use).
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
     /// Run the manager (what `tkms-manager` does).
     Manager {
         #[command(subcommand)]
@@ -74,6 +79,12 @@ enum TestnetCommand {
 enum NodeCommand {
     /// Serve until SIGTERM or Ctrl-C.
     Run(tkms_node::daemon::NodeConfig),
+}
+
+#[derive(Debug, Subcommand)]
+enum BaselineCommand {
+    /// Serve `/v0/delegate` with one whole key, until Ctrl-C.
+    Serve(tkms_manager::single::BaselineConfig),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +151,13 @@ pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<(
             tkms_node::daemon::run(config, shutdown)
                 .await
                 .map_err(anyhow::Error::from)
+        }),
+        Command::Baseline {
+            command: BaselineCommand::Serve(config),
+        } => serve(|shutdown| async move {
+            tkms_manager::single::run(config, shutdown)
+                .await
+                .map_err(anyhow::Error::msg)
         }),
         Command::Manager {
             command: ManagerCommand::Run(config),

@@ -13,4 +13,5 @@ pub mod cluster;
 pub mod daemon;
 pub mod file_registry;
 pub mod http;
+pub mod single;
 pub use tkms_sdk::nox;
