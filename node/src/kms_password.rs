@@ -30,7 +30,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use aws_sdk_kms::{
     config::{timeout::TimeoutConfig, BehaviorVersion, Region},
-    error::DisplayErrorContext,
+    error::{ProvideErrorMetadata, SdkError},
     primitives::Blob,
 };
 use base64::Engine as _;
@@ -144,7 +144,7 @@ impl AwsKmsPassword {
                 error(format_args!(
                     "KMS Decrypt failed ({}): {}",
                     config.target(Some(&region)),
-                    DisplayErrorContext(e)
+                    sdk_error(&e)
                 ))
             })
         };
@@ -207,6 +207,26 @@ impl PasswordProvider for AwsKmsPassword {
     fn describe(&self) -> String {
         self.description.clone()
     }
+}
+
+/// The KMS error code and message of a service error (`AccessDeniedException: ...`), else the
+/// error's chain of causes (`dispatch failure: io error: ...: Connection refused`).
+fn sdk_error<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    if let Some(code) = e.code() {
+        return format!("{code}: {}", e.message().unwrap_or("no message from KMS"));
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 fn non_empty(value: Option<&String>) -> Option<&str> {
