@@ -20,7 +20,7 @@ use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
     SignedRequest,
 };
-use tkms_registry::access::{self, Published, Registry};
+use tkms_registry::access::{self, Published, Registered, Registry};
 use tkms_sdk::{
     nox,
     v1::{self, Freshness, NonceCache},
@@ -207,6 +207,39 @@ impl NodeService {
                 "a delegation authorization does not authorize a re-encryption",
             )),
         }
+    }
+
+    /// Every ceremony member must be a node the registry lists with that node key (when the
+    /// registry lists nodes): the manager alone cannot choose who receives shares.
+    fn check_members(&self, request: &pb::StartCeremonyRequest) -> Result<(), Status> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        for m in request.dealers.iter().chain(&request.recipients) {
+            let index = u16::try_from(m.index).map_err(|_| {
+                Status::invalid_argument(format!("node index {} too large", m.index))
+            })?;
+            match registry.registered_node_key(index) {
+                Registered::NotTracked => return Ok(()),
+                Registered::Key(key) if key == m.node_key => {}
+                Registered::Key(_) => {
+                    return Err(denied(format!(
+                        "ceremony member {index} has another node key than the registry's"
+                    )))
+                }
+                Registered::Absent => {
+                    return Err(denied(format!(
+                        "ceremony member {index} is not a registered node"
+                    )))
+                }
+                Registered::Unknown => {
+                    return Err(Status::failed_precondition(
+                        "the registry cannot be read; no ceremony until it can",
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Serve only the share of the epoch the registry publishes.
@@ -522,6 +555,7 @@ impl Node for NodeService {
     ) -> Result<Response<pb::StartCeremonyResponse>, Status> {
         let request = request.into_inner();
         self.authenticate(&request)?;
+        self.check_members(&request)?;
         let Some(ceremonies) = self.ceremonies.clone() else {
             return Err(Status::unimplemented(
                 "this node was started without a ceremony channel",

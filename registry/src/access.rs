@@ -55,6 +55,25 @@ pub trait Registry: Send + Sync + 'static {
     fn published_epoch(&self) -> Published {
         Published::NotTracked
     }
+
+    /// The node key registered for node `index`, which a node checks every ceremony member
+    /// against, so that a compromised manager cannot reshare the key to nodes it controls.
+    fn registered_node_key(&self, _index: u16) -> Registered {
+        Registered::NotTracked
+    }
+}
+
+/// What a registry says about a node index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// This registry does not list nodes (file and static registries).
+    NotTracked,
+    /// No node is registered at this index.
+    Absent,
+    /// The registered node key (33-byte compressed secp256k1).
+    Key(Vec<u8>),
+    /// The registry's state is too stale to act on.
+    Unknown,
 }
 
 /// What a registry says about the current key epoch.
@@ -115,6 +134,9 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     fn published_epoch(&self) -> Published {
         (**self).published_epoch()
+    }
+    fn registered_node_key(&self, index: u16) -> Registered {
+        (**self).registered_node_key(index)
     }
 }
 
@@ -314,6 +336,15 @@ impl Registry for ChainRegistry {
 
     fn is_runner(&self, chain_id: u64, account: Address) -> bool {
         self.current(chain_id).is_some_and(|s| s.is_runner(account))
+    }
+
+    fn registered_node_key(&self, index: u16) -> Registered {
+        match self.current(self.cache.chain_id()) {
+            Some(state) => state.nodes.get(&index).map_or(Registered::Absent, |n| {
+                Registered::Key(n.public_key.to_vec())
+            }),
+            None => Registered::Unknown,
+        }
     }
 
     fn published_epoch(&self) -> Published {

@@ -1,0 +1,259 @@
+//! The node's own checks against its registry: it serves only the share of the epoch the
+//! registry publishes, and takes part only in ceremonies whose members the registry lists
+//! with those node keys (so a compromised manager can neither serve a stale key nor reshare
+//! the key to nodes it controls).
+
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
+use std::sync::{Arc, Mutex};
+
+use alloy_primitives::{Address, Bytes, B256};
+use rand_core::OsRng;
+use tkms_crypto::{shamir, suite::Encoded, Secp256k1, SecretScalar, Suite};
+use tkms_node::service::{ActiveShare, NodeService};
+use tkms_proto::{
+    node::v1::{self as pb, node_server::Node},
+    SignedRequest,
+};
+use tkms_registry::{
+    access::{public_shares_hash, Published, Registered, Registry},
+    EpochPublication,
+};
+use tkms_sdk::v1;
+use tokio::sync::RwLock;
+use tonic::{Code, Request};
+
+type S = Secp256k1;
+
+/// A registered node: index and node key.
+type NodeKey = (u16, Vec<u8>);
+
+/// A registry whose answers the test sets.
+#[derive(Default)]
+struct Fake {
+    published: Mutex<Option<Published>>,
+    nodes: Mutex<Option<Vec<NodeKey>>>,
+    runner: Mutex<Option<Address>>,
+}
+
+const CHAIN: u64 = 31337;
+
+impl Registry for Fake {
+    fn gateway(&self, _chain_id: u64) -> Option<Address> {
+        None
+    }
+    fn is_runner(&self, chain_id: u64, account: Address) -> bool {
+        chain_id == CHAIN && Some(account) == *self.runner.lock().unwrap()
+    }
+    fn published_epoch(&self) -> Published {
+        self.published
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(Published::NotTracked)
+    }
+    fn registered_node_key(&self, index: u16) -> Registered {
+        match &*self.nodes.lock().unwrap() {
+            None => Registered::NotTracked,
+            Some(nodes) => nodes
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map_or(Registered::Absent, |(_, k)| Registered::Key(k.clone())),
+        }
+    }
+}
+
+struct Fixture {
+    service: NodeService,
+    registry: Arc<Fake>,
+    manager: SecretScalar<S>,
+    publication: EpochPublication,
+}
+
+fn fixture() -> Fixture {
+    let secret = SecretScalar::<S>::random(&mut OsRng);
+    let (shares, keys) = shamir::deal(&secret, 2, 3, &mut OsRng).unwrap();
+    let shares_enc: Vec<(u16, [u8; 33])> = keys
+        .public_shares()
+        .map(|(i, p)| (i.get(), S::encode_point(p)))
+        .collect();
+    let publication = EpochPublication {
+        epoch: 1,
+        t: 2,
+        n: 3,
+        public_key: Bytes::copy_from_slice(keys.public_key_encoded().bytes()),
+        public_shares_hash: public_shares_hash(shares_enc.iter().map(|(i, p)| (*i, &p[..]))),
+        transcript_hash: B256::repeat_byte(1),
+    };
+    let active = ActiveShare {
+        epoch: 1,
+        share: shares[0].clone(),
+        keys,
+        transcript_hash: [1; 32],
+    };
+    let manager = SecretScalar::<S>::random(&mut OsRng);
+    let registry = Arc::new(Fake::default());
+    let service = NodeService::new(
+        Arc::new(RwLock::new(Some(active))),
+        vec![Encoded::new(manager.public_point())],
+    )
+    .with_registry(Arc::clone(&registry) as Arc<dyn Registry>);
+    Fixture {
+        service,
+        registry,
+        manager,
+        publication,
+    }
+}
+
+/// A re-encryption request by an authorized runner, as the manager signs it.
+fn reencryption(f: &Fixture) -> pb::PartialReencryptionRequest {
+    let runner = k256::ecdsa::SigningKey::random(&mut OsRng);
+    *f.registry.runner.lock().unwrap() = Some(tkms_sdk::nox::wallet_address(&runner));
+    let k = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
+    let (_, target) = v1::target_key();
+    let request =
+        v1::ReencryptV1::sign(&runner, CHAIN, target, vec![k], v1::Freshness::new(60)).unwrap();
+    let mut r = pb::PartialReencryptionRequest {
+        epoch: 1,
+        target: target.bytes().to_vec(),
+        capsules: request
+            .capsule_ids()
+            .into_iter()
+            .map(|(id, k)| pb::Capsule {
+                request_id: id,
+                ephemeral: k.bytes().to_vec(),
+            })
+            .collect(),
+        authorization: Some(pb::RequesterAuthorization {
+            scheme: Some(pb::requester_authorization::Scheme::Eip712Request(
+                pb::Eip712Request {
+                    chain_id: CHAIN,
+                    request_digest: request.digest().to_vec(),
+                    nonce: request.freshness.nonce.to_vec(),
+                    expires_at: request.freshness.expires_at,
+                    signature: request.signature.clone(),
+                },
+            )),
+        }),
+        manager: None,
+    };
+    r.sign(&f.manager);
+    r
+}
+
+#[tokio::test]
+async fn a_node_serves_only_the_published_epoch() {
+    let f = fixture();
+    let mut other = f.publication.clone();
+    other.public_shares_hash = B256::repeat_byte(9);
+    let mut later = f.publication.clone();
+    later.epoch = 2;
+    let mut other_key = f.publication.clone();
+    other_key.public_key = Bytes::copy_from_slice(&S::encode_point(
+        &SecretScalar::<S>::random(&mut OsRng).public_point(),
+    ));
+    for published in [
+        Published::Nothing,
+        Published::Unknown,
+        Published::Epoch(other),
+        Published::Epoch(later),
+        Published::Epoch(other_key),
+    ] {
+        *f.registry.published.lock().unwrap() = Some(published.clone());
+        let err = f
+            .service
+            .partial_reencryption(Request::new(reencryption(&f)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::FailedPrecondition,
+            "{published:?}: {err:?}"
+        );
+    }
+    // The published epoch matches: served.
+    *f.registry.published.lock().unwrap() = Some(Published::Epoch(f.publication.clone()));
+    let answer = f
+        .service
+        .partial_reencryption(Request::new(reencryption(&f)))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().partials.len(), 1);
+    // The same signed request again: a replay, refused by the node itself.
+    let request = reencryption(&f);
+    f.service
+        .partial_reencryption(Request::new(request.clone()))
+        .await
+        .unwrap();
+    let err = f
+        .service
+        .partial_reencryption(Request::new(request))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}
+
+fn member(index: u32, key: &SecretScalar<S>) -> pb::CommitteeMember {
+    pb::CommitteeMember {
+        index,
+        node_key: S::encode_point(&key.public_point()).to_vec(),
+        p2p_addr: "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWPWb72M7batiyyDeK2qSivL4bbHLELRFGcoFTfHED8kx8"
+            .into(),
+    }
+}
+
+#[tokio::test]
+async fn a_node_joins_only_ceremonies_among_registered_nodes() {
+    let f = fixture();
+    let keys: Vec<SecretScalar<S>> = (0..4).map(|_| SecretScalar::random(&mut OsRng)).collect();
+    *f.registry.nodes.lock().unwrap() = Some(
+        keys[..3]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    u16::try_from(i + 1).unwrap(),
+                    S::encode_point(&k.public_point()).to_vec(),
+                )
+            })
+            .collect(),
+    );
+    let request = |members: Vec<pb::CommitteeMember>| {
+        let mut r = pb::StartCeremonyRequest {
+            kind: pb::CeremonyKind::Reshare as i32,
+            epoch: 2,
+            threshold: 2,
+            dealers: members.clone(),
+            recipients: members,
+            manager: None,
+            previous_commitment: Vec::new(),
+            previous_epoch: 1,
+            round_timeout_ms: 0,
+        };
+        r.sign(&f.manager);
+        r
+    };
+    // A member whose key is not the registered one, and one not registered at all.
+    for members in [
+        vec![member(1, &keys[0]), member(2, &keys[3])],
+        vec![member(1, &keys[0]), member(4, &keys[3])],
+    ] {
+        let err = f
+            .service
+            .start_ceremony(Request::new(request(members)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    // Registered members pass this check (and then fail for want of a ceremony channel).
+    let err = f
+        .service
+        .start_ceremony(Request::new(request(vec![
+            member(1, &keys[0]),
+            member(2, &keys[1]),
+        ])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+}
