@@ -24,6 +24,7 @@ use aws_sdk_kms::error::DisplayErrorContext;
 use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
+use super::runtime::PrivateRuntime;
 use super::{KeyProvider, KmsBlob, Wrapped, PROVIDER_AWS_KMS};
 use crate::error::{Error, Result};
 use crate::keys::IndexKey;
@@ -86,48 +87,6 @@ impl fmt::Debug for AwsKmsProvider {
     }
 }
 
-/// A tokio runtime that may be dropped from inside another runtime's async context (a plain
-/// `Runtime` panics there).
-struct PrivateRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for PrivateRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl PrivateRuntime {
-    fn new() -> Result<Self> {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("tkms-aws-kms")
-            .enable_all()
-            .build()
-            .map(|rt| Self(Some(rt)))
-            .map_err(|e| Error::Kms(format!("cannot start the KMS client runtime: {e}")))
-    }
-
-    /// Runs `fut` on the runtime and waits for it on this thread.
-    fn run<F>(&self, fut: F) -> Result<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        let rt = self
-            .0
-            .as_ref()
-            .ok_or_else(|| Error::Kms("the KMS client runtime is shut down".into()))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        rt.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| Error::Kms("the KMS request was cancelled".into()))
-    }
-}
-
 fn kms_error(what: &str, index: &str, e: impl std::error::Error) -> Error {
     Error::Kms(format!(
         "{what} of the KEK of index `{index}` failed: {}",
@@ -147,7 +106,7 @@ impl AwsKmsProvider {
         if config.region.is_empty() {
             return Err(Error::InvalidArgument("aws-kms: region is required".into()));
         }
-        let runtime = PrivateRuntime::new()?;
+        let runtime = PrivateRuntime::new("tkms-aws-kms")?;
         let key_id = config.key_id.clone();
         let region = config.region.clone();
         let client = runtime.run(async move {

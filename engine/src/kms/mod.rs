@@ -9,8 +9,8 @@
 //!   [`Client::delete_index_kms`] (idempotent). Deleting the index deletes its envelope.
 //! * Providers: `none` (nothing stored; the caller supplies the KEK), `aws-kms`
 //!   ([`AwsKmsProvider`]: `kms:Encrypt` / `kms:Decrypt` through the AWS SDK, any endpoint),
-//!   and `tkms` (the KEK ECIES-encrypted to the cluster key, unwrapped through the cluster):
-//!   that one needs the cluster client SDK and plugs in later as another [`KeyProvider`].
+//!   and `tkms` ([`TkmsProvider`]: the KEK ECIES-encrypted to the cluster key, unwrapped
+//!   through the cluster's `/v1/reencrypt` to a key held only in this process).
 //! * Loading: [`Client::load_index_kms`] reads the envelope, asks the provider to unwrap the
 //!   KEK, and opens the index with it; a missing envelope, a provider mismatch, a KMS refusal
 //!   or an unwrapped key that does not open the index are each a clear error.
@@ -34,12 +34,15 @@
 
 mod aws;
 mod blob;
+mod runtime;
+mod tkms;
 
 pub use aws::{AwsCredentials, AwsKmsConfig, AwsKmsProvider};
 pub use blob::{
     KmsBlob, KMS_BLOB_IDENTIFIER, MAX_KMS_BLOB_LEN, MAX_KMS_FIELD_LEN, MAX_WRAPPED_KEK_LEN,
     PROVIDER_AWS_KMS, PROVIDER_NONE, PROVIDER_TKMS,
 };
+pub use tkms::{TkmsConfig, TkmsProvider};
 
 use crate::client::{check_name, Client};
 use crate::error::{Error, Result};
@@ -72,15 +75,15 @@ impl std::fmt::Debug for Wrapped {
 
 /// An external KMS that wraps and unwraps index KEKs.
 ///
-/// Implemented here by [`AwsKmsProvider`] (`aws-kms`). The `tkms` provider (KEK
+/// Implemented here by [`AwsKmsProvider`] (`aws-kms`) and [`TkmsProvider`] (`tkms`: KEK
 /// ECIES-encrypted to the cluster public key, unwrapped at load through the cluster's
-/// `/v1/reencrypt` or `/v1/delegate` with the engine authenticated as a runner) will be one
-/// more implementation once the cluster client SDK exists; nothing else in the engine changes.
+/// `/v1/reencrypt` with the engine authenticated as a runner or gateway).
 ///
 /// Implementations are synchronous (the engine's API is) and must be callable from inside a
-/// tokio runtime without panicking (run their async I/O on a private runtime, as
-/// [`AwsKmsProvider`] does). They bind the wrap to the index name (e.g. an AWS KMS encryption
-/// context), so an envelope copied onto another index does not unwrap.
+/// tokio runtime without panicking (run their async I/O on a private runtime, as both
+/// providers do). An envelope copied onto another index must not open it: `aws-kms` binds
+/// the wrap to the index name (an encryption context); a `tkms` envelope unwraps to a KEK
+/// that the other index's keystore refuses ([`Error::WrongKey`]).
 pub trait KeyProvider: Send + Sync {
     /// The envelope `provider` value this provider handles (e.g. `"aws-kms"`).
     fn provider(&self) -> &str;
