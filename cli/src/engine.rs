@@ -6,7 +6,8 @@
 //!   while the service holds its store. The API key comes from `--api-key-file` or
 //!   `TKMS_ENGINE_API_KEY`; the index KEK from `--index-key-file` (64 hex characters) or
 //!   `TKMS_ENGINE_INDEX_KEY`, and may be omitted for an index the service unwraps through a
-//!   KMS envelope. Keys are never printed.
+//!   KMS envelope (`serve --aws-kms-key-id ...` or `serve --tkms-manager-url ...`). Keys are
+//!   never printed.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use tkms_engine::kms::{AwsKmsConfig, AwsKmsProvider, KeyProvider};
+use tkms_engine::kms::{AwsKmsConfig, AwsKmsProvider, KeyProvider, TkmsConfig, TkmsProvider};
 use tkms_engine::service::{ServiceConfig, DEFAULT_MAX_BODY_BYTES};
 use tkms_engine::{S3Config, StorageConfig};
 use zeroize::Zeroizing;
@@ -84,6 +85,19 @@ struct ServeArgs {
     /// KMS endpoint URL (a KMS-compatible server); credentials from the AWS default chain.
     #[arg(long)]
     aws_kms_endpoint: Option<String>,
+    /// Wrap and unwrap index KEKs through the tkms cluster whose manager is at this URL
+    /// (`tkms` envelopes: the KEK ECIES-encrypted to the cluster key, opened via /v1/reencrypt).
+    #[arg(long, requires_all = ["tkms_chain_id", "tkms_requester_key_file"])]
+    tkms_manager_url: Option<String>,
+    /// Chain whose registry authorizes the requester key.
+    #[arg(long, requires = "tkms_manager_url")]
+    tkms_chain_id: Option<u64>,
+    /// File with the requester's secp256k1 key (a runner or gateway), 64 hex characters.
+    #[arg(long, requires = "tkms_manager_url")]
+    tkms_requester_key_file: Option<PathBuf>,
+    /// Accept only cluster answers signed by this manager wallet address.
+    #[arg(long, requires = "tkms_manager_url")]
+    tkms_manager_address: Option<String>,
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -123,7 +137,7 @@ struct CreateIndexArgs {
     #[arg(long)]
     n_probes: Option<usize>,
     /// Instead of an index key: create under a fresh KEK wrapped by this KMS provider of the
-    /// service (e.g. aws-kms).
+    /// service (aws-kms or tkms).
     #[arg(long, conflicts_with = "index_key_file")]
     kms_provider: Option<String>,
     /// Print a fresh random KEK (hex) to this file (mode 0600) and use it.
@@ -246,6 +260,27 @@ async fn serve(a: ServeArgs, output: &mut impl Write) -> Result<()> {
         let provider = tokio::task::spawn_blocking(move || AwsKmsProvider::new(kms_config))
             .await
             .context("starting the aws-kms provider")??;
+        config
+            .key_providers
+            .push(Arc::new(provider) as Arc<dyn KeyProvider>);
+    }
+    if let Some(manager_url) = a.tkms_manager_url {
+        let key_file = a
+            .tkms_requester_key_file
+            .context("--tkms-requester-key-file is required with --tkms-manager-url")?;
+        let manager_address = a
+            .tkms_manager_address
+            .map(|m| m.parse())
+            .transpose()
+            .context("--tkms-manager-address is not an address")?;
+        let provider = TkmsProvider::new(TkmsConfig {
+            manager_url,
+            chain_id: a
+                .tkms_chain_id
+                .context("--tkms-chain-id is required with --tkms-manager-url")?,
+            requester: TkmsConfig::requester_from_file(&key_file)?,
+            manager_address,
+        })?;
         config
             .key_providers
             .push(Arc::new(provider) as Arc<dyn KeyProvider>);

@@ -1,0 +1,277 @@
+//! The engine's `tkms` KMS provider against a real cluster (`tkms testnet up`, 3 nodes,
+//! t = 2), as a user runs it:
+//!
+//! - an index created under a fresh KEK ECIES-encrypted to the cluster key, filled, dropped,
+//!   and loaded again from disk with the KEK unwrapped through `/v1/reencrypt` (as the
+//!   runner, then the gateway) answers queries;
+//! - the same through `tkms engine serve --tkms-manager-url ...` (no `index_key` in requests);
+//! - a requester the registry does not authorize, a manager that is not the expected one,
+//!   and an envelope copied onto another index each give a clear error and open nothing;
+//! - with 2 of the 3 nodes killed (more than n - t) unwrapping fails with a clear error.
+
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use k256::ecdsa::SigningKey;
+use rand_core::OsRng;
+use serde_json::{json, Value};
+use tkms_cli::testnet::Testnet;
+use tkms_engine::kms::{KeyProvider, TkmsConfig, TkmsProvider, PROVIDER_TKMS};
+use tkms_engine::{Client, Error, IndexConfig, Item, QueryParams, StorageConfig};
+
+struct Up {
+    testnet: Testnet,
+    extra: Vec<Child>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let mut pids: Vec<u32> = self.testnet.nodes.iter().map(|n| n.pid).collect();
+        pids.push(self.testnet.manager_pid);
+        for pid in pids {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        for child in &mut self.extra {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn up(dir: &Path, n: u16, t: u16) -> Up {
+    let out = dir.join("testnet.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
+        .args(["testnet", "up", "--detach", "--nodes", &n.to_string()])
+        .args(["--threshold", &t.to_string(), "--round-timeout-ms", "3000"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tkms testnet up failed");
+    let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+    Up {
+        testnet,
+        extra: Vec::new(),
+    }
+}
+
+fn provider(t: &Testnet, requester: SigningKey, manager: &str) -> TkmsProvider {
+    TkmsProvider::new(TkmsConfig {
+        manager_url: t.manager_url.clone(),
+        chain_id: t.chain_id,
+        requester,
+        manager_address: Some(manager.parse().unwrap()),
+    })
+    .unwrap()
+}
+
+fn key(hex_text: &str) -> SigningKey {
+    TkmsConfig::requester_from_hex(hex_text).unwrap()
+}
+
+fn vector(i: usize) -> Vec<f32> {
+    #[allow(clippy::cast_precision_loss)]
+    let x = i as f32;
+    vec![x, (x * 0.37).sin(), (x * 0.11).cos(), 1.0]
+}
+
+fn kms_error(result: Result<impl std::fmt::Debug, Error>) -> String {
+    match result {
+        Err(Error::Kms(message)) => {
+            eprintln!("refused as expected: {message}");
+            message
+        }
+        other => panic!("expected a KMS error, got {other:?}"),
+    }
+}
+
+/// `tkms engine serve` over memory storage with the tkms provider; its base URL.
+fn serve(up: &mut Up, dir: &Path) -> String {
+    let t = &up.testnet;
+    let key_file = dir.join("runner.key");
+    std::fs::write(&key_file, format!("{}\n", t.runner_private_key)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tkms"))
+        .args([
+            "engine",
+            "serve",
+            "--storage",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--tkms-manager-url", &t.manager_url])
+        .args(["--tkms-chain-id", &t.chain_id.to_string()])
+        .arg("--tkms-requester-key-file")
+        .arg(&key_file)
+        .args(["--tkms-manager-address", &t.manager_address])
+        .env("TKMS_ENGINE_API_KEY", "engine-test-api-key")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    up.extra.push(child);
+    line.trim()
+        .strip_prefix("tkms engine listening on ")
+        .unwrap_or_else(|| panic!("unexpected serve output {line:?}"))
+        .to_owned()
+}
+
+async fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("X-API-Key", "engine-test-api-key")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_kek_wrapped_to_the_cluster_and_unwrapped_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = up(dir.path(), 3, 2);
+    let t = up.testnet.clone();
+    let runner = provider(&t, key(&t.runner_private_key), &t.manager_address);
+    let storage = StorageConfig::disk(dir.path().join("engine"));
+
+    // Create under a KEK wrapped to the cluster key, fill, drop everything.
+    {
+        let client = Client::new(storage.clone()).unwrap();
+        let index = client
+            .create_index_with_kms("docs", &runner, &t.manager_url, IndexConfig::new(4))
+            .unwrap();
+        let items = (0..300).map(|i| Item::new(format!("id-{i}"), vector(i)));
+        index.upsert(items.collect()).unwrap();
+        let blob = client.get_index_kms("docs").unwrap();
+        assert_eq!(blob.provider, PROVIDER_TKMS);
+        assert_eq!(blob.key_id, t.public_key);
+        assert_eq!(blob.region, format!("eip155:{}", t.chain_id));
+        assert_eq!(blob.kms_name, t.manager_url);
+        // K(33) || nonce(12) || KEK(32) || tag(16)
+        assert_eq!(blob.wrapped_kek.len(), 33 + 12 + 32 + 16);
+    }
+
+    // Load from disk in a fresh client: the KEK comes back through the cluster.
+    let client = Client::new(storage).unwrap();
+    let index = client.load_index_kms("docs", &runner).unwrap();
+    let hits = index.query(&vector(42), &QueryParams::new(3)).unwrap();
+    assert_eq!(hits[0].id, "id-42");
+    assert_eq!(
+        index.get(&["id-7".to_owned()]).unwrap()[0].vector,
+        vector(7)
+    );
+    drop(index);
+    // A gateway may re-encrypt too.
+    let gateway = provider(&t, key(&t.gateway_private_key), &t.manager_address);
+    client.load_index_kms("docs", &gateway).unwrap();
+
+    refusals(&client, &t, &runner);
+    let base = serve(&mut up, dir.path());
+    through_the_service(&base).await;
+
+    // More than n - t = 1 nodes down: the cluster cannot unwrap; a clear error.
+    for node in &t.nodes[..2] {
+        let _ = Command::new("kill")
+            .args(["-9", &node.pid.to_string()])
+            .status();
+    }
+    let message = kms_error(client.load_index_kms("docs", &runner));
+    assert!(message.contains("too few nodes"), "{message}");
+    let r = post(
+        &base,
+        "/v1/vectors/num_vectors",
+        &json!({"index_name": "vault"}),
+    )
+    .await;
+    assert_eq!(
+        (r.0, r.1["code"].as_str()),
+        (502, Some("kms_error")),
+        "{}",
+        r.1
+    );
+
+    // The manager gone: unreachable.
+    let _ = Command::new("kill")
+        .args(["-9", &t.manager_pid.to_string()])
+        .status();
+    let message = kms_error(client.load_index_kms("docs", &runner));
+    assert!(message.contains("cannot reach"), "{message}");
+}
+
+/// Refusals: each a clear error, and nothing opened.
+fn refusals(client: &Client, t: &Testnet, runner: &TkmsProvider) {
+    // A requester without a role: refused by the cluster, nothing opened.
+    let stranger = provider(t, SigningKey::random(&mut OsRng), &t.manager_address);
+    let message = kms_error(client.load_index_kms("docs", &stranger));
+    assert!(message.contains("refused requester"), "{message}");
+    assert!(
+        message.contains(&stranger.requester_address().to_string()),
+        "{message}"
+    );
+    // Answers signed by another manager wallet are not accepted.
+    let other_manager = "0x000000000000000000000000000000000000dEaD";
+    let message = kms_error(client.load_index_kms(
+        "docs",
+        &provider(t, key(&t.runner_private_key), other_manager),
+    ));
+    assert!(message.contains("failed verification"), "{message}");
+    // The envelope of `docs` copied onto another index unwraps to a KEK that index refuses.
+    client
+        .create_index_with_kms("notes", runner, "tkms", IndexConfig::new(4))
+        .unwrap();
+    let docs_envelope = client.get_index_kms("docs").unwrap();
+    client.push_index_kms("notes", &docs_envelope).unwrap();
+    assert!(matches!(
+        client.load_index_kms("notes", runner),
+        Err(Error::WrongKey { index }) if index == "notes"
+    ));
+    // A wrap for another chain is refused before any request.
+    let mut foreign = docs_envelope;
+    foreign.region = "eip155:1".into();
+    assert!(matches!(
+        runner.unwrap("docs", &foreign),
+        Err(Error::InvalidEnvelope(_))
+    ));
+}
+
+/// `tkms engine serve --tkms-manager-url ...`: no index_key in any request.
+async fn through_the_service(base: &str) {
+    let r = post(
+        base,
+        "/v1/indexes/create",
+        &json!({"index_name": "vault", "index_config": {"dimension": 4},
+                "kms": {"provider": "tkms"}}),
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let items: Vec<Value> = (0..50)
+        .map(|i| json!({"id": format!("v-{i}"), "vector": vector(i)}))
+        .collect();
+    let r = post(
+        base,
+        "/v1/vectors/upsert",
+        &json!({"index_name": "vault", "items": items}),
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let r = post(
+        base,
+        "/v1/vectors/query",
+        &json!({"index_name": "vault", "query_vectors": vector(9), "top_k": 1}),
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(r.1["results"][0]["id"], "v-9");
+}
