@@ -5,7 +5,11 @@
 //! changes the answer. With fewer than `t` usable nodes the request fails as soon as that is
 //! certain, never later than the per-node timeout.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use rand_core::OsRng;
 use tkms_crypto::{
@@ -86,6 +90,47 @@ pub struct Reencrypted {
 /// that finds a bad one among them still has others to use.
 pub const STRAGGLER_GRACE: Duration = Duration::from_millis(20);
 
+/// Consecutive liveness failures (timeouts, unreachable) after which a node is skipped.
+pub const BREAKER_THRESHOLD: u32 = 3;
+/// First cool-down of an open breaker; it doubles on each failed probe, up to
+/// [`BREAKER_MAX_COOLDOWN`].
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// Longest cool-down.
+pub const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// A per-node circuit breaker: after [`BREAKER_THRESHOLD`] consecutive timeouts or refused
+/// connections the node is not asked until its cool-down passes; then the next request
+/// probes it again (a failure re-opens it for twice as long, a success closes it). A node that
+/// answers, even wrongly, stays in the fan-out: its bad partials are named, not hidden.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    cooldown: Duration,
+    open_until: Option<Instant>,
+}
+
+impl Breaker {
+    fn record(&mut self, node: NodeIndex, down: bool) {
+        if !down {
+            if self.failures >= BREAKER_THRESHOLD {
+                tracing::info!(%node, "node answers again: circuit closed");
+            }
+            *self = Self::default();
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        if self.failures >= BREAKER_THRESHOLD {
+            self.cooldown = if self.cooldown.is_zero() {
+                BREAKER_COOLDOWN
+            } else {
+                (self.cooldown * 2).min(BREAKER_MAX_COOLDOWN)
+            };
+            self.open_until = Some(Instant::now() + self.cooldown);
+            tracing::warn!(%node, failures = self.failures, cooldown_ms = u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX), "node keeps failing: circuit open");
+        }
+    }
+}
+
 /// Where a node listens.
 #[derive(Debug, Clone)]
 pub struct NodeEndpoint {
@@ -98,6 +143,7 @@ pub struct NodeEndpoint {
 /// The manager's view of the cluster for one epoch.
 pub struct Cluster {
     nodes: Vec<(NodeIndex, NodeClient<Channel>)>,
+    breakers: Arc<Mutex<BTreeMap<NodeIndex, Breaker>>>,
     keys: PublicKeySet<S>,
     epoch: u64,
     manager_key: SecretScalar<S>,
@@ -127,6 +173,7 @@ impl Cluster {
         }
         Ok(Self {
             nodes,
+            breakers: Arc::default(),
             keys,
             epoch,
             manager_key,
@@ -160,15 +207,45 @@ impl Cluster {
             + 'static,
     {
         let mut calls = JoinSet::new();
+        let now = Instant::now();
+        let open: Vec<NodeIndex> = {
+            let breakers = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
+            self.nodes
+                .iter()
+                .map(|(i, _)| *i)
+                .filter(|i| {
+                    breakers
+                        .get(i)
+                        .and_then(|b| b.open_until)
+                        .is_some_and(|t| t > now)
+                })
+                .collect()
+        };
+        // Never skip so many nodes that fewer than t are asked.
+        let skip_open = self.nodes.len() - open.len() >= usize::from(self.keys.threshold());
         for (index, client) in &self.nodes {
+            if skip_open && open.contains(index) {
+                continue;
+            }
             let (index, timeout) = (*index, self.timeout);
             let pending = call(client.clone(), request.clone());
+            let breakers = Arc::clone(&self.breakers);
             calls.spawn(async move {
                 let answer = match tokio::time::timeout(timeout, pending).await {
                     Err(_) => Err(NodeFailure::Timeout),
                     Ok(Err(status)) => Err(failure_of(&status)),
                     Ok(Ok(response)) => Ok(response.into_inner()),
                 };
+                let down = matches!(
+                    answer,
+                    Err(NodeFailure::Timeout | NodeFailure::Unreachable(_))
+                );
+                breakers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(index)
+                    .or_default()
+                    .record(index, down);
                 (index, answer)
             });
         }
@@ -461,4 +538,34 @@ fn check_reencryption(
                 .map_err(|_| NodeFailure::InvalidProof)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_consecutive_failures_backs_off_and_closes_on_success() {
+        let node = NodeIndex::new(1).unwrap_or_else(|| unreachable!());
+        let mut b = Breaker::default();
+        for _ in 1..BREAKER_THRESHOLD {
+            b.record(node, true);
+            assert!(b.open_until.is_none());
+        }
+        // An answer in between resets the count.
+        b.record(node, false);
+        for _ in 0..BREAKER_THRESHOLD {
+            b.record(node, true);
+        }
+        assert_eq!(b.cooldown, BREAKER_COOLDOWN);
+        assert!(b.open_until.is_some_and(|t| t > Instant::now()));
+        // A failed probe doubles the cool-down, up to the cap.
+        for _ in 0..10 {
+            b.record(node, true);
+        }
+        assert_eq!(b.cooldown, BREAKER_MAX_COOLDOWN);
+        b.record(node, false);
+        assert!(b.open_until.is_none());
+        assert_eq!(b.failures, 0);
+    }
 }
