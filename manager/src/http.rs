@@ -35,7 +35,7 @@ use crate::{
     cluster::{ClusterError, NodeFailure},
     nox::{DelegateRequest, NoxError},
 };
-use tkms_sdk::v1::{self, NodeFailureReport, NonceCache, V1Error};
+use tkms_sdk::v1::{self, NodeFailureReport, NonceCache, SignedV1, V1Error};
 
 pub use tkms_registry::access::{Registry, StaticRegistry};
 
@@ -345,27 +345,41 @@ fn v1_error(state: &AppState, route: &'static str, e: &V1Error) -> Response {
     error(status, e.code(), e.to_string())
 }
 
-/// The checks every `/v1` request passes before any node is asked: the signer's role, the
-/// expiry, and the nonce (in that order, so a refused request does not burn its nonce).
-fn admit_v1(
+/// Parse a `/v1` request and pass the checks every one passes before any node is asked: the
+/// signer's role, the expiry, and the nonce (in that order, so a refused request does not burn
+/// its nonce). The request, the served cluster and the authorization to forward to the nodes.
+#[allow(clippy::result_large_err)] // the refusal is the HTTP response itself, built once
+fn admit<R: SignedV1>(
     state: &AppState,
-    chain_id: u64,
-    signer: Result<alloy_primitives::Address, V1Error>,
-    freshness: &v1::Freshness,
+    route: &'static str,
+    request: Result<R, V1Error>,
     action: &'static str,
-    allowed: impl Fn(alloy_primitives::Address) -> bool,
-) -> Result<(), V1Error> {
-    let signer = signer?;
-    if !allowed(signer) {
-        return Err(V1Error::Forbidden {
-            signer,
-            action,
-            chain_id,
-        });
-    }
-    let now = v1::now_secs();
-    freshness.check(now)?;
-    state.nonces.use_once(signer, freshness, now)
+    allowed: impl Fn(u64, alloy_primitives::Address) -> bool,
+) -> Result<(R, Arc<crate::cluster::Cluster>, pb::RequesterAuthorization), Response> {
+    let checked = request.and_then(|request| {
+        let chain_id = request.chain_id();
+        let signer = request.signer()?;
+        if !allowed(chain_id, signer) {
+            return Err(V1Error::Forbidden {
+                signer,
+                action,
+                chain_id,
+            });
+        }
+        let now = v1::now_secs();
+        request.freshness().check(now)?;
+        state.nonces.use_once(signer, request.freshness(), now)?;
+        Ok(request)
+    });
+    let request = checked.map_err(|e| v1_error(state, route, &e))?;
+    let cluster = state.served.cluster().ok_or_else(no_key)?;
+    let authorization = eip712_authorization(
+        request.chain_id(),
+        request.digest(),
+        request.freshness(),
+        request.signature(),
+    );
+    Ok((request, cluster, authorization))
 }
 
 fn eip712_authorization(
@@ -432,27 +446,17 @@ async fn delegate_v1(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(axum::http::HeaderValue::as_bytes);
-    let request = match v1::DelegateV1::parse(&body, authorization) {
-        Ok(r) => r,
-        Err(e) => return v1_error(&state, ROUTE, &e),
-    };
-    let chain_id = request.chain_id;
-    if let Err(e) = admit_v1(
+    let (request, cluster, authorization) = match admit(
         &state,
-        chain_id,
-        request.signer(),
-        &request.freshness,
+        ROUTE,
+        v1::DelegateV1::parse(&body, authorization),
         "delegate",
-        |signer| state.registry.is_gateway(chain_id, signer),
+        |chain_id, signer| state.registry.is_gateway(chain_id, signer),
     ) {
-        return v1_error(&state, ROUTE, &e);
-    }
-    let Some(cluster) = state.served.cluster() else {
-        return no_key();
+        Ok(admitted) => admitted,
+        Err(response) => return response,
     };
     let digest = request.digest();
-    let authorization =
-        eip712_authorization(chain_id, digest, &request.freshness, &request.signature);
     match cluster
         .delegate_encrypted(
             request.ephemeral,
@@ -488,30 +492,19 @@ async fn reencrypt_v1(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(axum::http::HeaderValue::as_bytes);
-    let request = match v1::ReencryptV1::parse(&body, authorization) {
-        Ok(r) => r,
-        Err(e) => return v1_error(&state, ROUTE, &e),
-    };
-    let chain_id = request.chain_id;
-    if let Err(e) = admit_v1(
+    let (request, cluster, authorization) = match admit(
         &state,
-        chain_id,
-        request.signer(),
-        &request.freshness,
+        ROUTE,
+        v1::ReencryptV1::parse(&body, authorization),
         "reencrypt",
-        |signer| {
+        |chain_id, signer| {
             state.registry.is_gateway(chain_id, signer)
                 || state.registry.is_runner(chain_id, signer)
         },
     ) {
-        return v1_error(&state, ROUTE, &e);
-    }
-    let Some(cluster) = state.served.cluster() else {
-        return no_key();
+        Ok(admitted) => admitted,
+        Err(response) => return response,
     };
-    let digest = request.digest();
-    let authorization =
-        eip712_authorization(chain_id, digest, &request.freshness, &request.signature);
     match cluster
         .reencrypt(request.target, request.capsule_ids(), Some(authorization))
         .await

@@ -119,6 +119,24 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport(format!("answer: {e}")))
     }
 
+    /// POST a JSON body with its `Authorization` header; the decoded answer.
+    async fn post_signed<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        authorization: String,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", authorization)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Self::answer(response).await
+    }
+
     /// `GET /v0/public-key`, with the public shares checked against the commitment.
     pub async fn public_key(&self) -> Result<ClusterKey, ClientError> {
         let response = self
@@ -206,15 +224,7 @@ impl Client {
         request: &v1::DelegateV1,
     ) -> Result<v1::DelegateResponse, ClientError> {
         let (body, authorization) = request.to_http();
-        let response = self
-            .http
-            .post(format!("{}/v1/delegate", self.base))
-            .header("Authorization", authorization)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        Self::answer(response).await
+        self.post_signed("/v1/delegate", &body, authorization).await
     }
 
     /// `POST /v1/reencrypt`: the capsules re-encrypted to `target`, with every node's
@@ -245,15 +255,8 @@ impl Client {
         request: &v1::ReencryptV1,
     ) -> Result<v1::ReencryptResponse, ClientError> {
         let (body, authorization) = request.to_http();
-        let response = self
-            .http
-            .post(format!("{}/v1/reencrypt", self.base))
-            .header("Authorization", authorization)
-            .json(&body)
-            .send()
+        self.post_signed("/v1/reencrypt", &body, authorization)
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        Self::answer(response).await
     }
 
     /// Decrypt an ECIES ciphertext made to the cluster key: re-encrypt its capsule to a

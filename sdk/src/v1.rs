@@ -325,6 +325,44 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, V1Error> {
     serde_json::from_slice(body).map_err(|e| V1Error::InvalidBody(e.to_string()))
 }
 
+/// What every signed `/v1` request has: the servers' checks are written once against this.
+pub trait SignedV1 {
+    /// Chain whose registry authorizes the signer.
+    fn chain_id(&self) -> u64;
+    /// Nonce and expiry.
+    fn freshness(&self) -> &Freshness;
+    /// The requester's 65-byte signature.
+    fn signature(&self) -> &[u8];
+    /// The EIP-712 signing hash.
+    fn digest(&self) -> B256;
+    /// The signer (not yet checked against any role).
+    fn signer(&self) -> Result<Address, V1Error> {
+        recover(self.signature(), &self.digest())
+    }
+}
+
+macro_rules! signed_v1 {
+    ($ty:ty) => {
+        impl SignedV1 for $ty {
+            fn chain_id(&self) -> u64 {
+                self.chain_id
+            }
+            fn freshness(&self) -> &Freshness {
+                &self.freshness
+            }
+            fn signature(&self) -> &[u8] {
+                &self.signature
+            }
+            fn digest(&self) -> B256 {
+                <$ty>::digest(self)
+            }
+        }
+    };
+}
+
+signed_v1!(DelegateV1);
+signed_v1!(ReencryptV1);
+
 // ---------------------------------------------------------------------------------------------
 // /v1/delegate
 // ---------------------------------------------------------------------------------------------
