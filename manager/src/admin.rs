@@ -6,6 +6,12 @@
 //! The manager's view of the epoch (public only: epoch, commitment, transcript hash, which
 //! node serves which index) is kept in a JSON state file so a restarted manager serves again
 //! at once; without the file it is recovered from the nodes' own status.
+//!
+//! With an on-chain registry (DESIGN.md §4.3) the manager also publishes every epoch it adopts
+//! (`publishEpoch`, signed by its wallet, which holds the registry's manager role): the nodes
+//! serve only the published epoch. A failed publication is an error of the admin call, and a
+//! restarted manager publishes the served epoch if the registry lags behind it
+//! ([`Admin::publish_served`]).
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +25,9 @@ use tkms_crypto::{shamir::Commitment, NodeIndex, PublicKeySet, SecretScalar, Sui
 use tkms_proto::{
     node::v1::{self as pb, node_client::NodeClient},
     SignedRequest,
+};
+use tkms_registry::{
+    access::public_shares_hash, Bytes, EpochPublication, RegistryClient, WriteReceipt, B256,
 };
 use tokio::task::JoinSet;
 use tonic::transport::Endpoint;
@@ -91,6 +100,48 @@ impl EpochRecord {
     /// The compressed public key, hex.
     pub fn public_key_hex(&self) -> Result<String, AdminError> {
         Ok(hex::encode(self.keys()?.public_key_encoded().bytes()))
+    }
+
+    /// What the manager publishes on chain for this epoch (`publishEpoch`), for the key set
+    /// of `committee` (every index the ceremony dealt a share to, which may include members
+    /// that did not finish; default: the nodes of the record). The public-shares hash is
+    /// [`public_shares_hash`], the one a node recomputes before serving.
+    pub fn publication(&self, committee: Option<&[u16]>) -> Result<EpochPublication, AdminError> {
+        let indices: Vec<u16> = match committee {
+            Some(c) => c.to_vec(),
+            None => self.nodes.iter().map(|n| n.index).collect(),
+        };
+        let bytes = hex::decode(&self.commitment)
+            .map_err(|e| AdminError::State(format!("commitment hex: {e}")))?;
+        let commitment = Commitment::<S>::from_bytes(&bytes)
+            .map_err(|e| AdminError::State(format!("commitment: {e}")))?;
+        let members = indices
+            .iter()
+            .map(|&i| NodeIndex::new(i).ok_or_else(|| AdminError::State("index 0".into())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = PublicKeySet::new(commitment, members);
+        let shares: Vec<(u16, Vec<u8>)> = keys
+            .public_shares()
+            .map(|(i, p)| (i.get(), S::encode_point(p).to_vec()))
+            .collect();
+        let transcript: [u8; 32] = hex::decode(&self.transcript_hash)
+            .ok()
+            .and_then(|t| t.try_into().ok())
+            .ok_or_else(|| {
+                AdminError::State(format!(
+                    "epoch {}: the transcript hash is not 32 bytes of hex",
+                    self.epoch
+                ))
+            })?;
+        Ok(EpochPublication {
+            epoch: self.epoch,
+            t: self.threshold,
+            n: u16::try_from(shares.len())
+                .map_err(|_| AdminError::State("committee too large".into()))?,
+            public_key: Bytes::from(keys.public_key_encoded().bytes().to_vec()),
+            public_shares_hash: public_shares_hash(shares.iter().map(|(i, p)| (*i, p.as_slice()))),
+            transcript_hash: B256::from(transcript),
+        })
     }
 }
 
@@ -209,7 +260,11 @@ pub struct Admin {
     state_file: Option<PathBuf>,
     served: Arc<Served>,
     busy: tokio::sync::Mutex<()>,
+    publisher: Option<RegistryClient>,
 }
+
+/// Longest wait for an epoch's publication to be mined.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Admin {
     /// Manage `nodes` (gRPC URLs) with `manager_key`; node calls time out after `timeout`;
@@ -230,7 +285,89 @@ impl Admin {
             state_file,
             served,
             busy: tokio::sync::Mutex::new(()),
+            publisher: None,
         }
+    }
+
+    /// Publish every adopted epoch on the on-chain registry through `publisher`, a client
+    /// that signs as the registry's manager.
+    #[must_use]
+    pub fn with_publisher(mut self, publisher: RegistryClient) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    /// Publish `record` (key set of `committee`, see [`EpochRecord::publication`]); `Ok(None)`
+    /// without a publisher. A failure is logged and returned, saying what to do.
+    async fn publish(
+        &self,
+        record: &EpochRecord,
+        committee: Option<&[u16]>,
+    ) -> Result<Option<WriteReceipt>, AdminError> {
+        let Some(publisher) = &self.publisher else {
+            return Ok(None);
+        };
+        let publication = record.publication(committee)?;
+        let result = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish_epoch(&publication))
+            .await
+            .unwrap_or_else(|_| {
+                Err(tkms_registry::RegistryError::InvalidArgument(format!(
+                    "not mined within {PUBLISH_TIMEOUT:?}"
+                )))
+            });
+        match result {
+            Ok(receipt) => {
+                tracing::info!(
+                    epoch = record.epoch,
+                    registry = %publisher.address(),
+                    tx = %receipt.tx_hash,
+                    block = receipt.block,
+                    gas = receipt.gas_used,
+                    "epoch published on the registry"
+                );
+                Ok(Some(receipt))
+            }
+            Err(e) => {
+                tracing::error!(
+                    epoch = record.epoch,
+                    registry = %publisher.address(),
+                    error = %e,
+                    "publishing the epoch on the registry failed"
+                );
+                Err(AdminError::Ceremony(format!(
+                    "epoch {} is adopted (its nodes hold their shares and the manager serves it), \
+                     but publishing it on the registry {} failed: {e}. The nodes serve only the \
+                     published epoch: make sure the manager wallet {} holds the registry's \
+                     manager role and ether, then restart the manager, which publishes the \
+                     served epoch when the registry lags behind it",
+                    record.epoch,
+                    publisher.address(),
+                    publisher
+                        .sender()
+                        .map_or_else(|| "(none)".to_string(), |a| a.to_string()),
+                )))
+            }
+        }
+    }
+
+    /// Publish the served epoch if the registry's current epoch is older (a publication that
+    /// failed, or a registry deployed after the DKG). `Ok(None)` when there is nothing to do.
+    pub async fn publish_served(&self) -> Result<Option<WriteReceipt>, AdminError> {
+        let (Some(publisher), Some(record)) = (&self.publisher, self.served.record()) else {
+            return Ok(None);
+        };
+        let current = publisher.current_epoch().await.map_err(|e| {
+            AdminError::Ceremony(format!("reading the registry {}: {e}", publisher.address()))
+        })?;
+        if current >= record.epoch {
+            return Ok(None);
+        }
+        tracing::info!(
+            epoch = record.epoch,
+            published = current,
+            "the registry lags behind the served epoch: publishing it"
+        );
+        self.publish(&record, None).await
     }
 
     /// The served epoch.
@@ -621,6 +758,13 @@ impl Admin {
             public_key = %hex::encode(S::encode_point(&keys.public_key())),
             "new epoch adopted"
         );
+        // The nodes' key set covers every recipient, including any that did not finish.
+        let recipients: Vec<u16> = request
+            .recipients
+            .iter()
+            .filter_map(|m| u16::try_from(m.index).ok())
+            .collect();
+        self.publish(&record, Some(&recipients)).await?;
         Ok(record)
     }
 }

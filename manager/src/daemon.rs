@@ -1,11 +1,16 @@
-//! The manager process (STYLE "thin binaries"): read the keys, the registry file and the
-//! served epoch, and serve HTTP until `shutdown` resolves. Both `tkms-manager` and
-//! `tkms manager run` call [`run`].
+//! The manager process (STYLE "thin binaries"): read the keys, the registry (a file, or the
+//! on-chain registry with `--rpc-url` and `--registry-address`) and the served epoch, and
+//! serve HTTP until `shutdown` resolves. Both `tkms-manager` and `tkms manager run` call
+//! [`run`].
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use k256::ecdsa::SigningKey;
 use tkms_crypto::{Secp256k1, SecretScalar};
+use tkms_registry::{
+    access::{ChainRegistry, Registry, DEFAULT_MAX_STALENESS},
+    Address, CacheConfig, PrivateKeySigner, RegistryClient,
+};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -26,12 +31,22 @@ pub struct ManagerConfig {
     /// File holding the manager's node-request signing key (32-byte hex scalar).
     #[arg(long)]
     pub node_key_file: PathBuf,
-    /// File holding the wallet key that signs `/v0/delegate` proofs (32-byte hex).
+    /// File holding the wallet key that signs `/v0/delegate` proofs (32-byte hex). With an
+    /// on-chain registry it also signs `publishEpoch`: it must hold the registry's manager
+    /// role (and ether for gas).
     #[arg(long)]
     pub wallet_key_file: PathBuf,
-    /// The embedded registry file (authorized gateways per chain).
-    #[arg(long)]
-    pub registry_file: PathBuf,
+    /// The embedded registry file (authorized gateways per chain); or `--rpc-url` and
+    /// `--registry-address` for the on-chain registry.
+    #[arg(long, required_unless_present = "rpc_url", conflicts_with = "rpc_url")]
+    pub registry_file: Option<PathBuf>,
+    /// JSON-RPC endpoint of the on-chain registry's chain: gateways and runners are authorized
+    /// from the chain, and every DKG or reshare is published there (`publishEpoch`).
+    #[arg(long, requires = "registry_address")]
+    pub rpc_url: Option<String>,
+    /// Address of the `TkmsRegistry` contract (with `--rpc-url`).
+    #[arg(long, requires = "rpc_url")]
+    pub registry_address: Option<Address>,
     /// File holding the operator token for the admin endpoints (absent: no admin API).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
@@ -71,6 +86,61 @@ fn read_secret(path: &PathBuf, what: &str) -> Result<Zeroizing<Vec<u8>>, Manager
     Ok(Zeroizing::new(bytes))
 }
 
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The registry requests are authorized with: the file (reloaded every second), or the
+/// on-chain registry, followed by an event-driven cache, with a client that publishes epochs
+/// as the manager wallet.
+async fn open_registry(
+    config: &ManagerConfig,
+    wallet: &SigningKey,
+) -> Result<
+    (
+        Box<dyn Registry>,
+        Option<RegistryClient>,
+        Option<AbortOnDrop>,
+    ),
+    ManagerError,
+> {
+    if let (Some(url), Some(address)) = (&config.rpc_url, config.registry_address) {
+        let registry =
+            ChainRegistry::connect(url, address, CacheConfig::default(), DEFAULT_MAX_STALENESS)
+                .await
+                .map_err(|e| ManagerError::Config(format!("registry {address} at {url}: {e}")))?;
+        let signer = PrivateKeySigner::from_signing_key(wallet.clone());
+        let me = signer.address();
+        let manager = registry.cache().state().manager;
+        if manager == Some(me) {
+            tracing::info!(registry = %address, wallet = %me, "on-chain registry; this manager publishes its epochs");
+        } else {
+            tracing::error!(
+                registry = %address,
+                wallet = %me,
+                manager = ?manager,
+                "this manager's wallet does not hold the registry's manager role: its epochs \
+                 cannot be published, and the nodes will not serve them"
+            );
+        }
+        let publisher = RegistryClient::connect(url, address, Some(signer))
+            .map_err(|e| ManagerError::Config(format!("registry {address} at {url}: {e}")))?;
+        return Ok((Box::new(registry), Some(publisher), None));
+    }
+    let path = config
+        .registry_file
+        .as_ref()
+        .ok_or_else(|| ManagerError::Config("--registry-file or --rpc-url is required".into()))?;
+    let registry = FileRegistry::open(path).map_err(ManagerError::Config)?;
+    let watch = AbortOnDrop(registry.watch(Duration::from_secs(1)));
+    Ok((Box::new(registry), None, Some(watch)))
+}
+
 /// Run the manager until `shutdown` resolves.
 pub async fn run(
     config: ManagerConfig,
@@ -101,20 +171,27 @@ pub async fn run(
         }
         None => None,
     };
-    let registry = FileRegistry::open(&config.registry_file).map_err(ManagerError::Config)?;
-    let _watch = registry.watch(Duration::from_secs(1));
+    let (registry, publisher, _watch) = open_registry(&config, &wallet).await?;
 
     let served = Arc::new(Served::new(None));
-    let admin = Arc::new(Admin::new(
+    let mut admin = Admin::new(
         node_key,
         config.nodes.clone(),
         Duration::from_millis(config.node_timeout_ms),
         Duration::from_millis(config.round_timeout_ms),
         config.state_file.clone(),
         Arc::clone(&served),
-    ));
+    );
+    if let Some(publisher) = publisher {
+        admin = admin.with_publisher(publisher);
+    }
+    let admin = Arc::new(admin);
     if let Some(record) = admin.recover().await? {
         tracing::info!(epoch = record.epoch, "serving the recorded epoch");
+        // The nodes serve only the published epoch: catch up if a publication failed.
+        if let Err(e) = admin.publish_served().await {
+            tracing::error!(error = %e, "the served epoch is not published on the registry");
+        }
     } else {
         tracing::warn!("no key yet: POST /admin/dkg to create one");
     }
@@ -123,7 +200,7 @@ pub async fn run(
         admin: Some(admin),
         admin_token,
         wallet,
-        registry: Box::new(registry),
+        registry,
         metrics: Metrics::default(),
         nonces: tkms_sdk::v1::NonceCache::default(),
     });

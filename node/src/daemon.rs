@@ -65,6 +65,14 @@ pub struct NodeConfig {
     /// (logged as a warning at start).
     #[arg(long)]
     pub registry_file: Option<PathBuf>,
+    /// JSON-RPC endpoint of the on-chain registry's chain (with `--registry-address`; instead
+    /// of `--registry-file`): requesters are re-checked against the chain's roles, ceremony
+    /// members against its node records, and the share against its published epoch.
+    #[arg(long, requires = "registry_address", conflicts_with = "registry_file")]
+    pub rpc_url: Option<String>,
+    /// Address of the `TkmsRegistry` contract (with `--rpc-url`).
+    #[arg(long, requires = "rpc_url")]
+    pub registry_address: Option<tkms_registry::Address>,
     /// Where the vault password comes from.
     #[arg(long, value_enum, default_value_t = PasswordSource::File)]
     pub password: PasswordSource,
@@ -257,6 +265,17 @@ pub async fn run(
         let watch = registry.watch(std::time::Duration::from_secs(1));
         service = service.with_registry(Arc::new(registry));
         Some(AbortOnDrop(watch))
+    } else if let (Some(url), Some(address)) = (&config.rpc_url, config.registry_address) {
+        let registry = tkms_registry::access::ChainRegistry::connect(
+            url,
+            address,
+            tkms_registry::CacheConfig::default(),
+            tkms_registry::access::DEFAULT_MAX_STALENESS,
+        )
+        .await
+        .map_err(|e| NodeError::Config(format!("registry {address} at {url}: {e}")))?;
+        service = service.with_registry(Arc::new(registry));
+        None
     } else {
         tracing::warn!("no registry configured: this node does not re-check requesters itself and trusts the manager's check");
         None
