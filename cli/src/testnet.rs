@@ -9,6 +9,15 @@
 //! 0600): a testnet is for development, and says so. Running `up` again on the same data dir
 //! resumes the same cluster (same ports, same key) instead of creating a new one; a node
 //! killed and restarted with the command recorded in `testnet.json` rejoins with its share.
+//!
+//! With `--chain` the registry is on a real local chain instead of a file (DESIGN.md §4.3):
+//! anvil is started ([`tkms_registry::anvil`]), a `TkmsRegistry` deployed by anvil's first
+//! development account (the owner), the manager wallet made its manager, the development
+//! gateway and runner granted their roles, and each node registered (index, libp2p peer id,
+//! endpoints, node key) once it is up. Nodes and manager then follow the chain
+//! (`--rpc-url`, `--registry-address`); the manager publishes the DKG's epoch there, and the
+//! nodes serve only that epoch. The chain lives in anvil's memory: `up` again on the same data
+//! dir deploys a fresh registry, and the manager publishes the epoch it serves on it.
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +34,7 @@ use k256::ecdsa::SigningKey;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use tkms_crypto::{Secp256k1, SecretScalar, Suite};
+use tkms_registry::{AnvilInstance, Bytes, Deployment, LocalSetup, NodeRecord, B256};
 use zeroize::Zeroizing;
 
 /// Arguments of `tkms testnet up`.
@@ -52,6 +62,10 @@ pub struct UpArgs {
     /// tests; stop them with the pids in the file).
     #[arg(long)]
     pub detach: bool,
+    /// Keep the registry on a local chain: start anvil (`contracts/install-anvil.sh`, or
+    /// `TKMS_ANVIL`), deploy the registry, register the nodes, and publish the DKG's epoch.
+    #[arg(long)]
+    pub chain: bool,
 }
 
 /// One node in `testnet.json`.
@@ -67,6 +81,9 @@ pub struct TestnetNode {
     pub p2p_addr: String,
     /// The node's data directory.
     pub data_dir: PathBuf,
+    /// Node key (compressed secp256k1, hex), as registered on chain with `--chain`.
+    #[serde(default)]
+    pub node_key: String,
     /// The command line that (re)starts this node.
     pub command: Vec<String>,
 }
@@ -92,8 +109,22 @@ pub struct Testnet {
     pub runner_private_key: String,
     /// Operator token of the admin endpoints.
     pub admin_token: String,
-    /// The registry file (edit it to authorize or revoke gateways).
-    pub registry_file: PathBuf,
+    /// The registry file (edit it to authorize or revoke gateways); none with `--chain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_file: Option<PathBuf>,
+    /// JSON-RPC endpoint of the local chain (`--chain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_url: Option<String>,
+    /// Address of the registry contract on it (`--chain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_address: Option<String>,
+    /// The registry owner's key, hex with 0x: anvil's first, publicly known development key
+    /// (`--chain`; development only). `tkms registry grant|revoke --key-file` takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_owner_private_key: Option<String>,
+    /// Process id of anvil (`--chain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anvil_pid: Option<u32>,
     /// The nodes.
     pub nodes: Vec<TestnetNode>,
 }
@@ -212,6 +243,8 @@ struct NodeStatus {
     pid: u32,
     grpc_addr: String,
     p2p_addr: String,
+    #[serde(default)]
+    node_key: String,
 }
 
 fn wait_for_node(dir: &Path, proc: &mut Proc, deadline: Instant) -> Result<NodeStatus> {
@@ -273,7 +306,7 @@ fn start_nodes(
     n: u16,
     ports: &Ports,
     manager_public: &str,
-    registry_file: &Path,
+    registry_args: &[String],
     deadline: Instant,
 ) -> Result<Vec<(Proc, TestnetNode)>> {
     let mut nodes: Vec<(Proc, TestnetNode)> = Vec::new();
@@ -284,7 +317,7 @@ fn start_nodes(
         let password = ndir.join("password");
         secret_file(&password, || random_hex(32))?;
         let _ = fs::remove_file(ndir.join("node.json"));
-        let command: Vec<String> = vec![
+        let mut command: Vec<String> = vec![
             "node".into(),
             "run".into(),
             "--data-dir".into(),
@@ -301,9 +334,8 @@ fn start_nodes(
             password.display().to_string(),
             "--kdf".into(),
             "insecure".into(),
-            "--registry-file".into(),
-            registry_file.display().to_string(),
         ];
+        command.extend_from_slice(registry_args);
         let proc = Proc::spawn(format!("node {index}"), &command, &ndir.join("node.log"))?;
         let mut full = vec![std::env::current_exe()?.display().to_string()];
         full.extend(command);
@@ -315,6 +347,7 @@ fn start_nodes(
                 grpc_addr: String::new(),
                 p2p_addr: String::new(),
                 data_dir: ndir,
+                node_key: String::new(),
                 command: full,
             },
         ));
@@ -324,6 +357,7 @@ fn start_nodes(
         node.pid = status.pid;
         node.grpc_addr = status.grpc_addr;
         node.p2p_addr = status.p2p_addr;
+        node.node_key = status.node_key;
     }
 
     Ok(nodes)
@@ -387,7 +421,7 @@ async fn ensure_key(
 /// Start the manager process in front of `nodes`.
 fn start_manager(
     mdir: &Path,
-    registry_file: &Path,
+    registry_args: &[String],
     port: u16,
     round_timeout_ms: u64,
     nodes: &[(Proc, TestnetNode)],
@@ -401,15 +435,16 @@ fn start_manager(
         mdir.join("node-request.key").display().to_string(),
         "--wallet-key-file".into(),
         mdir.join("wallet.key").display().to_string(),
-        "--registry-file".into(),
-        registry_file.display().to_string(),
+    ];
+    margs.extend_from_slice(registry_args);
+    margs.extend([
         "--admin-token-file".into(),
         mdir.join("admin.token").display().to_string(),
         "--state-file".into(),
         mdir.join("state.json").display().to_string(),
         "--round-timeout-ms".into(),
         round_timeout_ms.to_string(),
-    ];
+    ]);
     for (_, node) in nodes {
         margs.push("--node".into());
         margs.push(format!("http://{}", node.grpc_addr));
@@ -421,6 +456,9 @@ fn print_summary(testnet: &Testnet, out: &Path, manager_pid: u32, t: u16, n: u16
     println!("tkms testnet is up ({t} of {n})");
     println!("  manager     {}  (pid {manager_pid})", testnet.manager_url);
     println!("  public key  {}", testnet.public_key);
+    if let (Some(rpc), Some(registry)) = (&testnet.rpc_url, &testnet.registry_address) {
+        println!("  chain       {rpc}  registry {registry}");
+    }
     for node in &testnet.nodes {
         println!(
             "  node {:<3}    grpc {}  p2p {}  (pid {})",
@@ -448,6 +486,41 @@ fn development_registry(
             std::iter::once(tkms_manager::nox::wallet_address(runner)).collect(),
         )]),
     }
+}
+
+/// The registry flags of the nodes and the manager: the chain's (its owner key is written
+/// next to the manager's keys for `tkms registry --key-file`), or the registry file, created
+/// with the development gateway and runner if it does not exist.
+fn registry_args(
+    chain: Option<&Chain>,
+    mdir: &Path,
+    chain_id: u64,
+    gateway: &SigningKey,
+    runner: &SigningKey,
+) -> Result<(Option<PathBuf>, Vec<String>)> {
+    if let Some(chain) = chain {
+        let d = &chain.deployment;
+        write_private(
+            &mdir.join("registry-owner.key"),
+            d.owner_key.to_bytes().to_string().as_bytes(),
+        )?;
+        let args = vec![
+            "--rpc-url".into(),
+            d.rpc_url.clone(),
+            "--registry-address".into(),
+            d.address.to_string(),
+        ];
+        return Ok((None, args));
+    }
+    let registry_file = mdir.join("registry.json");
+    if !registry_file.exists() {
+        development_registry(chain_id, gateway, runner).save(&registry_file)?;
+    }
+    let args = vec![
+        "--registry-file".into(),
+        registry_file.display().to_string(),
+    ];
+    Ok((Some(registry_file), args))
 }
 
 /// Start the testnet; with `detach`, return once `testnet.json` is written.
@@ -481,10 +554,16 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let wallet = SigningKey::from_slice(&Zeroizing::new(hex::decode(wallet_hex.as_str())?))?;
     let gateway = SigningKey::from_slice(&Zeroizing::new(hex::decode(gateway_hex.as_str())?))?;
     let runner = SigningKey::from_slice(&Zeroizing::new(hex::decode(runner_hex.as_str())?))?;
-    let registry_file = mdir.join("registry.json");
-    if !registry_file.exists() {
-        development_registry(args.chain_id, &gateway, &runner).save(&registry_file)?;
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let chain = if args.chain {
+        Some(runtime.block_on(start_chain(args.chain_id, &wallet, &gateway, &runner))?)
+    } else {
+        None
+    };
+    let (registry_file, registry_args) =
+        registry_args(chain.as_ref(), &mdir, args.chain_id, &gateway, &runner)?;
 
     eprintln!(
         "tkms testnet: {n} nodes, threshold {t}, data in {} (development only: the keys in it \
@@ -492,20 +571,20 @@ pub fn up(args: &UpArgs) -> Result<()> {
         dir.display()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut nodes = start_nodes(&dir, n, &ports, &manager_public, &registry_file, deadline)?;
+    let nodes = start_nodes(&dir, n, &ports, &manager_public, &registry_args, deadline)?;
+    if let Some(chain) = &chain {
+        runtime.block_on(register_nodes(&chain.deployment, &nodes))?;
+    }
 
     let manager_url = format!("http://127.0.0.1:{}", ports.manager);
     let mut manager = start_manager(
         &mdir,
-        &registry_file,
+        &registry_args,
         ports.manager,
         args.round_timeout_ms,
         &nodes,
     )?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let public = runtime.block_on(ensure_key(
         &manager_url,
         &mut manager,
@@ -515,6 +594,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
         deadline,
         &mdir,
     ))?;
+    if let Some(chain) = &chain {
+        runtime.block_on(check_published(&chain.deployment, &public, &mdir))?;
+    }
 
     let testnet = Testnet {
         manager_url: manager_url.clone(),
@@ -527,6 +609,12 @@ pub fn up(args: &UpArgs) -> Result<()> {
         runner_private_key: format!("0x{}", runner_hex.as_str()),
         admin_token: admin_token.to_string(),
         registry_file,
+        rpc_url: chain.as_ref().map(|c| c.deployment.rpc_url.clone()),
+        registry_address: chain.as_ref().map(|c| c.deployment.address.to_string()),
+        registry_owner_private_key: chain
+            .as_ref()
+            .map(|c| c.deployment.owner_key.to_bytes().to_string()),
+        anvil_pid: chain.as_ref().map(|c| c.anvil.child().id()),
         nodes: nodes.iter().map(|(_, n)| n.clone()).collect(),
     };
     let out = &args.out;
@@ -535,14 +623,27 @@ pub fn up(args: &UpArgs) -> Result<()> {
     fs::rename(&tmp, out)?;
 
     print_summary(&testnet, out, manager.pid(), t, n);
+    wait_and_stop(args.detach, &runtime, manager, nodes, chain);
+    Ok(())
+}
 
-    if args.detach {
+/// With `detach`, leave every process running; else wait for Ctrl-C and stop the manager,
+/// the nodes and the chain.
+fn wait_and_stop(
+    detach: bool,
+    runtime: &tokio::runtime::Runtime,
+    mut manager: Proc,
+    mut nodes: Vec<(Proc, TestnetNode)>,
+    chain: Option<Chain>,
+) {
+    if detach {
         // Leave the processes running: forget the handles so Drop does not stop them.
         for (proc, _) in nodes {
             std::mem::forget(proc);
         }
         std::mem::forget(manager);
-        return Ok(());
+        std::mem::forget(chain);
+        return;
     }
     println!("Ctrl-C stops the testnet.");
     runtime.block_on(async {
@@ -553,5 +654,94 @@ pub fn up(args: &UpArgs) -> Result<()> {
     for (proc, _) in &mut nodes {
         proc.stop();
     }
+    // Dropping the anvil instance stops the chain.
+    drop(chain);
+}
+
+/// The local chain of a `--chain` testnet. Dropping it stops anvil.
+struct Chain {
+    anvil: AnvilInstance,
+    deployment: Deployment,
+}
+
+/// Start anvil serving `chain_id` and deploy the registry: anvil's first development account
+/// owns it, the manager wallet publishes epochs, the development gateway and runner hold
+/// their roles.
+async fn start_chain(
+    chain_id: u64,
+    wallet: &SigningKey,
+    gateway: &SigningKey,
+    runner: &SigningKey,
+) -> Result<Chain> {
+    let anvil = tkms_registry::anvil::spawn_with(|a| a.chain_id(chain_id))
+        .context("starting the local chain for --chain")?;
+    let address = tkms_manager::nox::wallet_address;
+    let deployment = tkms_registry::deploy_local(
+        &anvil,
+        &LocalSetup {
+            manager: Some(address(wallet)),
+            gateways: vec![address(gateway)],
+            runners: vec![address(runner)],
+            nodes: Vec::new(),
+        },
+    )
+    .await
+    .context("deploying the registry")?;
+    eprintln!(
+        "tkms testnet: registry {} deployed on the local chain {} (chain id {chain_id})",
+        deployment.address, deployment.rpc_url
+    );
+    Ok(Chain { anvil, deployment })
+}
+
+/// Register every node (index, libp2p peer id, gRPC URL and libp2p address, node key), then
+/// give the nodes' registry caches time to see it: a node joins a ceremony only with members
+/// the registry lists.
+async fn register_nodes(d: &Deployment, nodes: &[(Proc, TestnetNode)]) -> Result<()> {
+    for (_, node) in nodes {
+        let addr: libp2p::Multiaddr = node
+            .p2p_addr
+            .parse()
+            .with_context(|| format!("node {}: p2p address {:?}", node.index, node.p2p_addr))?;
+        let (peer, _) = tkms_node::p2p::split_peer(&addr)
+            .with_context(|| format!("node {}: no peer id in {addr}", node.index))?;
+        let record = NodeRecord {
+            index: node.index,
+            peer_id: Bytes::from(peer.to_bytes()),
+            endpoints: vec![format!("http://{}", node.grpc_addr), node.p2p_addr.clone()],
+            public_key: Bytes::from(
+                hex::decode(&node.node_key)
+                    .with_context(|| format!("node {}: node key", node.index))?,
+            ),
+            attestation_digest: B256::ZERO,
+        };
+        d.owner
+            .register_node(&record)
+            .await
+            .with_context(|| format!("registering node {}", node.index))?;
+    }
+    tokio::time::sleep(CACHE_CATCH_UP).await;
+    Ok(())
+}
+
+/// How long the nodes' registry caches (polling every 250 ms) get to see a change.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// The registry must publish the key the manager serves; then the nodes get time to see it.
+async fn check_published(d: &Deployment, public: &serde_json::Value, mdir: &Path) -> Result<()> {
+    let served = public["publicKey"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("0x")
+        .to_lowercase();
+    match d.owner.kms_public_key().await? {
+        Some(key) if hex::encode(&key) == served => {}
+        published => bail!(
+            "the registry publishes {}, but the manager serves 0x{served}; see {}",
+            published.map_or_else(|| "no key".to_string(), |k| k.to_string()),
+            mdir.join("manager.log").display()
+        ),
+    }
+    tokio::time::sleep(CACHE_CATCH_UP).await;
     Ok(())
 }

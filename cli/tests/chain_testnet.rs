@@ -1,0 +1,245 @@
+//! `tkms testnet up --chain` across real processes and a real anvil: the registry is deployed,
+//! the five nodes registered, the DKG run and its epoch published by the manager, so
+//! `kmsPublicKey()` on the contract equals the manager's `/v0/public-key`. The development
+//! gateway delegates; the owner revokes it with `tkms registry revoke` and its next
+//! `/v0/delegate` is refused with 403 once the chain has moved one block (one block per second
+//! from then on, as on a real chain), while a second gateway still delegates. Finally the
+//! manager wallet publishes an epoch that does not match the nodes' shares: the nodes refuse to
+//! serve it, and the manager answers 503.
+//!
+//! (A publication from a non-manager reverting is tested against the contract in
+//! `registry/tests/anvil.rs`.)
+
+#![allow(clippy::unwrap_used)] // tests may panic on failure
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aws_lc_rs::{
+    encoding::AsDer,
+    rsa::{KeySize, OaepPrivateDecryptingKey, PrivateDecryptingKey, OAEP_SHA256_MGF1SHA256},
+};
+use k256::ecdsa::SigningKey;
+use rand_core::OsRng;
+use tkms_cli::testnet::Testnet;
+use tkms_crypto::{ecies, Secp256k1, SharedSecret, Suite};
+use tkms_manager::nox;
+use tkms_registry::{Address, EpochPublication, PrivateKeySigner, RegistryClient, B256};
+
+/// The testnet's processes, anvil included, killed when the test ends.
+struct Up {
+    testnet: Testnet,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let mut pids: Vec<u32> = self.testnet.nodes.iter().map(|n| n.pid).collect();
+        pids.push(self.testnet.manager_pid);
+        pids.extend(self.testnet.anvil_pid);
+        for pid in pids {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn up(dir: &Path, n: u16, t: u16) -> Up {
+    let out = dir.join("testnet.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
+        .args(["testnet", "up", "--chain", "--detach"])
+        .args(["--nodes", &n.to_string(), "--threshold", &t.to_string()])
+        .args(["--round-timeout-ms", "3000"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tkms testnet up --chain failed");
+    let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+    Up { testnet }
+}
+
+fn key(hex_key: &str) -> SigningKey {
+    SigningKey::from_slice(&hex::decode(hex_key.trim_start_matches("0x")).unwrap()).unwrap()
+}
+
+/// `tkms registry <args> --registry <address> --key-file <owner key>`, as an operator runs it.
+fn registry_command(t: &Testnet, args: &[&str], key_file: &Path) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_tkms"))
+        .args(["registry", "--rpc-url", t.rpc_url.as_deref().unwrap()])
+        .args(args)
+        .args(["--registry", t.registry_address.as_deref().unwrap()])
+        .arg("--key-file")
+        .arg(key_file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tkms registry {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// One `/v0/delegate` round trip signed by `gateway`; on success the plaintext is checked.
+async fn delegate(t: &Testnet, gateway: &SigningKey) -> (u16, serde_json::Value) {
+    let message = b"a handle";
+    let pk = hex::decode(t.public_key.trim_start_matches("0x")).unwrap();
+    let pk = Secp256k1::decode_point(&pk).unwrap();
+    let ct = ecies::encrypt::<Secp256k1>(&pk, message, &mut OsRng).unwrap();
+    let ephemeral = format!("0x{}", hex::encode(Secp256k1::encode_point(ct.ephemeral())));
+    let rsa = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+    let target = format!(
+        "0x{}",
+        hex::encode(rsa.public_key().as_der().unwrap().as_ref())
+    );
+    let auth = nox::authorization_header(gateway, t.chain_id, &ephemeral, &target);
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v0/delegate?chain_id={}",
+            t.manager_url, t.chain_id
+        ))
+        .header("authorization", auth)
+        .json(&serde_json::json!({ "ephemeralPubKey": ephemeral, "targetPubKey": target }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let json: serde_json::Value = response.json().await.unwrap();
+    if status == 200 {
+        let sealed = hex::decode(
+            json["encryptedSharedSecret"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("0x"),
+        )
+        .unwrap();
+        let oaep = OaepPrivateDecryptingKey::new(rsa).unwrap();
+        let mut out = vec![0u8; oaep.min_output_size()];
+        let x = oaep
+            .decrypt(&OAEP_SHA256_MGF1SHA256, &sealed, &mut out, None)
+            .unwrap();
+        let secret = SharedSecret::from_slice(x).unwrap();
+        let plain = ecies::open_with_shared_secret(&secret, &ct).unwrap();
+        assert_eq!(&plain[..], message);
+    }
+    (status, json)
+}
+
+/// Mine one block every second from now on (`evm_setIntervalMining`), as on a real chain.
+async fn one_block_per_second(rpc_url: &str) {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(rpc_url)
+        .json(&serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "evm_setIntervalMining", "params": [1]
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer.get("error").is_none(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one end-to-end story, told in order
+async fn chain_testnet_publishes_the_key_follows_revocations_and_nodes_refuse_another_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = up(dir.path(), 5, 3);
+    let t = &up.testnet;
+    let rpc_url = t.rpc_url.clone().unwrap();
+    let address: Address = t.registry_address.as_deref().unwrap().parse().unwrap();
+    let chain = RegistryClient::connect(&rpc_url, address, None).unwrap();
+
+    // The five nodes are registered with the keys they run with, and the epoch the manager
+    // serves is the one published: kmsPublicKey() equals /v0/public-key.
+    let state = chain.state().await.unwrap();
+    assert_eq!(state.nodes.len(), 5);
+    for node in &t.nodes {
+        let record = &state.nodes[&node.index];
+        assert_eq!(hex::encode(&record.public_key), node.node_key);
+        assert!(record.endpoints.contains(&node.p2p_addr));
+    }
+    assert_eq!(
+        state.manager.map(|m| m.to_string()),
+        Some(t.manager_address.clone())
+    );
+    let served: serde_json::Value = reqwest::get(format!("{}/v0/public-key", t.manager_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let published = chain.kms_public_key().await.unwrap().unwrap();
+    assert_eq!(published.to_string(), served["publicKey"].as_str().unwrap());
+    assert_eq!(published.to_string(), t.public_key);
+    let epoch = state.epoch.as_ref().unwrap().publication.clone();
+    assert_eq!((epoch.epoch, epoch.t, epoch.n), (1, 3, 5));
+
+    // The development gateway delegates.
+    let gateway = key(&t.gateway_private_key);
+    let (status, json) = delegate(t, &gateway).await;
+    assert_eq!(status, 200, "{json}");
+
+    // From here, one block per second. The owner makes a second gateway the primary one and
+    // revokes the first with `tkms registry`; once the chain has moved one block past the
+    // revocation, the first is refused with 403 and the second delegates.
+    one_block_per_second(&rpc_url).await;
+    let owner_key = dir.path().join("owner.key");
+    std::fs::write(&owner_key, t.registry_owner_private_key.as_deref().unwrap()).unwrap();
+    let second = SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let second_address = nox::wallet_address(&second).to_string();
+    let gateway_address = nox::wallet_address(&gateway).to_string();
+    registry_command(
+        t,
+        &["grant", "gateway", &second_address, "--primary"],
+        &owner_key,
+    );
+    let revoked = registry_command(t, &["revoke", "gateway", &gateway_address], &owner_key);
+    let block = revoked["transactions"][0]["block"].as_u64().unwrap();
+    assert!(chain
+        .wait_for_block(block + 1, Duration::from_secs(10))
+        .await
+        .unwrap());
+    let (status, json) = delegate(t, &gateway).await;
+    assert_eq!(status, 403, "{json}");
+    assert_eq!(json["code"], "signer_not_authorized", "{json}");
+    let (status, json) = delegate(t, &second).await;
+    assert_eq!(status, 200, "{json}");
+
+    // The manager wallet publishes an epoch that is not the nodes' (same key, other public
+    // shares): every node refuses to serve its share, and the manager answers 503.
+    let wallet = std::fs::read_to_string(dir.path().join("data/manager/wallet.key")).unwrap();
+    let manager = RegistryClient::connect(
+        &rpc_url,
+        address,
+        Some(PrivateKeySigner::from_slice(&hex::decode(wallet.trim()).unwrap()).unwrap()),
+    )
+    .unwrap();
+    let wrong = manager
+        .publish_epoch(&EpochPublication {
+            epoch: 2,
+            public_shares_hash: B256::repeat_byte(0x5a),
+            transcript_hash: B256::repeat_byte(0x7e),
+            ..epoch
+        })
+        .await
+        .unwrap();
+    assert!(chain
+        .wait_for_block(wrong.block + 1, Duration::from_secs(10))
+        .await
+        .unwrap());
+    let started = Instant::now();
+    let (status, json) = delegate(t, &second).await;
+    assert_eq!(status, 503, "{json}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let log = std::fs::read_to_string(t.nodes[0].data_dir.join("node.log")).unwrap();
+    assert!(
+        log.contains("does not match the published epoch"),
+        "node 1 did not log why it refuses"
+    );
+}
