@@ -1,7 +1,9 @@
 //! `/v0/delegate` authorized from the on-chain registry: a real anvil (started here) with the
 //! registry deployed, a real node cluster (`common`), and the manager's router with a
 //! [`ChainRegistry`]. The epoch the manager serves is published on chain and read back; a
-//! gateway the owner revokes is refused before the chain's next block.
+//! gateway the owner revokes is refused before the chain's next block. The manager's own
+//! publication ([`Admin::publish_served`]) is what a node checks its share against, and a
+//! publication the registry refuses is reported.
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
@@ -23,6 +25,7 @@ use common::{encrypt, start, S};
 use k256::ecdsa::SigningKey;
 use tkms_crypto::Suite;
 use tkms_manager::{
+    admin::{Admin, EpochNode, EpochRecord, Served},
     chain::ChainRegistry,
     http::{router, AppState, Metrics, Registry},
     nox,
@@ -73,24 +76,7 @@ async fn published_key_matches_and_a_revoked_gateway_is_refused_within_one_block
     // The chain: the registry, the manager wallet as manager, two gateways (the first is
     // primary), and the cluster's five nodes with their public shares as node keys.
     let anvil = anvil::spawn().unwrap();
-    let nodes: Vec<NodeRecord> = tc
-        .keys
-        .public_shares()
-        .zip(&tc.endpoints)
-        .map(|((index, share), endpoint)| NodeRecord {
-            index: index.get(),
-            peer_id: Bytes::from(
-                [
-                    &[0x00, 0x24, 0x08, 0x01, 0x12, 0x20][..],
-                    &[u8::try_from(index.get()).unwrap(); 32],
-                ]
-                .concat(),
-            ),
-            endpoints: vec![endpoint.url.clone()],
-            public_key: Bytes::from(S::encode_point(share).to_vec()),
-            attestation_digest: B256::ZERO,
-        })
-        .collect();
+    let nodes = node_records(&tc);
     let d = deploy_local(
         &anvil,
         &LocalSetup {
@@ -251,6 +237,103 @@ async fn chain_registry_answers_only_for_its_chain_and_fails_closed_when_stale()
     }
     assert_eq!(registry.gateway(chain), None);
     assert!(registry.cache().age() > Duration::from_millis(500));
+}
+
+/// The cluster's nodes as registry records (their public shares stand in for node keys).
+fn node_records(tc: &common::TestCluster) -> Vec<NodeRecord> {
+    tc.keys
+        .public_shares()
+        .zip(&tc.endpoints)
+        .map(|((index, share), endpoint)| NodeRecord {
+            index: index.get(),
+            peer_id: Bytes::from(
+                [
+                    &[0x00, 0x24, 0x08, 0x01, 0x12, 0x20][..],
+                    &[u8::try_from(index.get()).unwrap(); 32],
+                ]
+                .concat(),
+            ),
+            endpoints: vec![endpoint.url.clone()],
+            public_key: Bytes::from(S::encode_point(share).to_vec()),
+            attestation_digest: B256::ZERO,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_manager_publishes_what_nodes_check_and_reports_a_refused_publication() {
+    let tc = start(3, 5, &[], 32).await;
+    let wallet = SigningKey::from_slice(&[2u8; 32]).unwrap();
+    let anvil = anvil::spawn().unwrap();
+    let d = deploy_local(
+        &anvil,
+        &LocalSetup {
+            manager: Some(nox::wallet_address(&wallet)),
+            nodes: node_records(&tc),
+            ..LocalSetup::default()
+        },
+    )
+    .await
+    .unwrap();
+    let record = EpochRecord {
+        epoch: 1,
+        threshold: 3,
+        commitment: hex::encode(tc.keys.commitment().to_bytes()),
+        transcript_hash: hex::encode([0x11; 32]),
+        nodes: tc
+            .endpoints
+            .iter()
+            .map(|e| EpochNode {
+                index: e.index.get(),
+                url: e.url.clone(),
+            })
+            .collect(),
+    };
+    let admin = |key: PrivateKeySigner| {
+        Admin::new(
+            tc.manager.clone(),
+            Vec::new(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            None,
+            Arc::new(Served::new(Some((
+                tc.cluster(Duration::from_secs(1)),
+                record.clone(),
+            )))),
+        )
+        .with_publisher(RegistryClient::connect(&d.rpc_url, d.address, Some(key)).unwrap())
+    };
+
+    // Signed by an account that is not the manager (here the owner): refused, and said so.
+    let err = admin(d.owner_key.clone())
+        .publish_served()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NotManager"), "{err}");
+    assert!(err.contains("epoch 1 is adopted"), "{err}");
+    assert_eq!(d.owner.current_epoch().await.unwrap(), 0);
+
+    // Signed by the manager wallet: published once, and a node holding a share of this key
+    // set accepts the publication.
+    let manager = admin(PrivateKeySigner::from_signing_key(wallet));
+    assert!(manager.publish_served().await.unwrap().is_some());
+    assert!(manager.publish_served().await.unwrap().is_none());
+    let published = d.owner.epoch(1).await.unwrap().unwrap().publication;
+    let shares: Vec<(u16, [u8; 33])> = tc
+        .keys
+        .public_shares()
+        .map(|(i, p)| (i.get(), S::encode_point(p)))
+        .collect();
+    tkms_registry::access::check_publication(
+        &published,
+        1,
+        3,
+        tc.keys.public_key_encoded().bytes(),
+        shares.iter().map(|(i, p)| (*i, p.as_slice())),
+    )
+    .unwrap();
+    assert_eq!(published.transcript_hash, B256::repeat_byte(0x11));
 }
 
 async fn wait_for_head(client: &RegistryClient, block: u64) {
