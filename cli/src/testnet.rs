@@ -66,6 +66,10 @@ pub struct UpArgs {
     /// `TKMS_ANVIL`), deploy the registry, register the nodes, and publish the DKG's epoch.
     #[arg(long)]
     pub chain: bool,
+    /// The manager's fan-out: `all` nodes at once, or `t` / `t+K` nodes in turn with hedging
+    /// (`tkms manager run --fanout`).
+    #[arg(long, default_value = "all")]
+    pub fanout: tkms_manager::cluster::Fanout,
 }
 
 /// One node in `testnet.json`.
@@ -424,6 +428,7 @@ fn start_manager(
     registry_args: &[String],
     port: u16,
     round_timeout_ms: u64,
+    fanout: tkms_manager::cluster::Fanout,
     nodes: &[(Proc, TestnetNode)],
 ) -> Result<Proc> {
     let mut margs: Vec<String> = vec![
@@ -444,6 +449,8 @@ fn start_manager(
         mdir.join("state.json").display().to_string(),
         "--round-timeout-ms".into(),
         round_timeout_ms.to_string(),
+        "--fanout".into(),
+        fanout.to_string(),
     ]);
     for (_, node) in nodes {
         margs.push("--node".into());
@@ -582,6 +589,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         &registry_args,
         ports.manager,
         args.round_timeout_ms,
+        args.fanout,
         &nodes,
     )?;
 

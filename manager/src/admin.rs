@@ -32,7 +32,7 @@ use tkms_registry::{
 use tokio::task::JoinSet;
 use tonic::transport::Endpoint;
 
-use crate::cluster::{Cluster, ClusterError, NodeEndpoint, S};
+use crate::cluster::{Cluster, ClusterError, Fanout, NodeEndpoint, S};
 
 /// What a node reports serving: (epoch, commitment, transcript hash).
 type Reported = (u64, Vec<u8>, Vec<u8>);
@@ -261,6 +261,7 @@ pub struct Admin {
     served: Arc<Served>,
     busy: tokio::sync::Mutex<()>,
     publisher: Option<RegistryClient>,
+    fanout: Fanout,
 }
 
 /// Longest wait for an epoch's publication to be mined.
@@ -286,7 +287,15 @@ impl Admin {
             served,
             busy: tokio::sync::Mutex::new(()),
             publisher: None,
+            fanout: Fanout::All,
         }
+    }
+
+    /// Serve every epoch with this fan-out policy (default [`Fanout::All`]).
+    #[must_use]
+    pub fn with_fanout(mut self, fanout: Fanout) -> Self {
+        self.fanout = fanout;
+        self
     }
 
     /// Publish every adopted epoch on the on-chain registry through `publisher`, a client
@@ -511,7 +520,8 @@ impl Admin {
             self.manager_key.clone(),
             self.timeout,
         )
-        .map_err(|e: ClusterError| AdminError::State(e.to_string()))?;
+        .map_err(|e: ClusterError| AdminError::State(e.to_string()))?
+        .with_fanout(self.fanout);
         tracing::info!(
             epoch = record.epoch,
             threshold = record.threshold,

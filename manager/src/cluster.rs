@@ -1,13 +1,17 @@
-//! Fan-out to the nodes (DESIGN.md §4.1, §7): a request goes to every node at once with a
-//! per-node timeout; each partial is verified by its proof as it arrives; the first `t`
-//! verified partials are combined and the rest abandoned. A node that times out, refuses, or
+//! Fan-out to the nodes (DESIGN.md §4.1, §7): a request goes to every node at once (or, with
+//! [`Fanout::Hedged`], to `t + extra` of them, with more asked as soon as one fails and after
+//! each hedge delay without an answer) with a per-node timeout; each partial is verified by its
+//! proof as it arrives; the first `t` verified partials are combined and the rest abandoned. A node that times out, refuses, or
 //! returns a partial whose proof fails is named in the result (for logs and metrics) and never
 //! changes the answer. With fewer than `t` usable nodes the request fails as soon as that is
 //! certain, never later than the per-node timeout.
 
 use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
@@ -131,6 +135,162 @@ impl Breaker {
     }
 }
 
+/// Which nodes a request is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Fanout {
+    /// Every node at once: the lowest latency and no extra round trip when a node is slow or
+    /// lies, at the price of every node's work on every request.
+    #[default]
+    All,
+    /// `t + extra` nodes, taken in turn so the load spreads; another node is asked as soon as
+    /// one fails (timeout, refusal, bad partial), and one more every `hedge` while answers are
+    /// still missing. Less node work (on a machine that hosts all nodes, `n / (t + extra)`
+    /// times less); a failure costs the failed call's time.
+    Hedged {
+        /// Nodes asked beyond `t` from the start.
+        extra: u16,
+        /// Wait without an answer after which one more node is asked.
+        hedge: Duration,
+    },
+}
+
+/// Default hedge delay of [`Fanout::Hedged`] when none is given.
+pub const DEFAULT_HEDGE: Duration = Duration::from_millis(100);
+
+impl std::str::FromStr for Fanout {
+    type Err = String;
+
+    /// `all`, `t`, or `t+K` (K extra nodes), with [`DEFAULT_HEDGE`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("fan-out {s:?}: expected all, t, or t+K");
+        match s.trim() {
+            "all" => Ok(Self::All),
+            "t" => Ok(Self::Hedged {
+                extra: 0,
+                hedge: DEFAULT_HEDGE,
+            }),
+            other => {
+                let extra = other
+                    .strip_prefix("t+")
+                    .ok_or_else(bad)?
+                    .parse::<u16>()
+                    .map_err(|_| bad())?;
+                Ok(Self::Hedged {
+                    extra,
+                    hedge: DEFAULT_HEDGE,
+                })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Hedged { extra: 0, .. } => f.write_str("t"),
+            Self::Hedged { extra, .. } => write!(f, "t+{extra}"),
+        }
+    }
+}
+
+/// The calls of one request: those in flight, and the nodes not asked yet, in the order they
+/// will be.
+struct Calls<Req, Resp, F> {
+    in_flight: JoinSet<(NodeIndex, Result<Resp, NodeFailure>)>,
+    waiting: VecDeque<(NodeIndex, NodeClient<Channel>)>,
+    request: Req,
+    call: F,
+    timeout: Duration,
+    hedge: Option<Duration>,
+    breakers: Arc<Mutex<BTreeMap<NodeIndex, Breaker>>>,
+}
+
+impl<Req, Resp, F, Fut> Calls<Req, Resp, F>
+where
+    Req: Clone + Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(NodeClient<Channel>, Req) -> Fut,
+    Fut:
+        std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
+{
+    /// Ask the next waiting node; false if none is left.
+    fn launch(&mut self) -> bool {
+        let Some((index, client)) = self.waiting.pop_front() else {
+            return false;
+        };
+        let timeout = self.timeout;
+        let pending = (self.call)(client, self.request.clone());
+        let breakers = Arc::clone(&self.breakers);
+        self.in_flight.spawn(async move {
+            let answer = match tokio::time::timeout(timeout, pending).await {
+                Err(_) => Err(NodeFailure::Timeout),
+                Ok(Err(status)) => Err(failure_of(&status)),
+                Ok(Ok(response)) => Ok(response.into_inner()),
+            };
+            let down = matches!(
+                answer,
+                Err(NodeFailure::Timeout | NodeFailure::Unreachable(_))
+            );
+            breakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(index)
+                .or_default()
+                .record(index, down);
+            (index, answer)
+        });
+        true
+    }
+
+    /// The next answer. While fewer than `wanted` calls are in flight, more nodes are asked;
+    /// with a hedge delay, one more is asked each time it passes without an answer (only while
+    /// answers are `wanted`). `None` when nothing is in flight and nobody is left to ask.
+    async fn next(&mut self, wanted: usize) -> Option<(NodeIndex, Result<Resp, NodeFailure>)> {
+        loop {
+            while self.in_flight.len() < wanted && self.launch() {}
+            let hedge = self
+                .hedge
+                .filter(|_| wanted > 0 && !self.waiting.is_empty());
+            let joined = match hedge {
+                None => self.in_flight.join_next().await?,
+                Some(delay) => {
+                    let Ok(joined) = tokio::time::timeout(delay, self.in_flight.join_next()).await
+                    else {
+                        self.launch();
+                        continue;
+                    };
+                    joined?
+                }
+            };
+            // A call task only ends early when aborted; skip it.
+            if let Ok(answer) = joined {
+                return Some(answer);
+            }
+        }
+    }
+
+    /// The next answer already in flight, or `None` at `deadline` (no node is added).
+    async fn next_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Option<(NodeIndex, Result<Resp, NodeFailure>)> {
+        loop {
+            let joined = tokio::time::timeout_at(deadline, self.in_flight.join_next())
+                .await
+                .ok()??;
+            if let Ok(answer) = joined {
+                return Some(answer);
+            }
+        }
+    }
+
+    fn abort_all(&mut self) {
+        self.in_flight.abort_all();
+    }
+}
+
 /// Where a node listens.
 #[derive(Debug, Clone)]
 pub struct NodeEndpoint {
@@ -148,6 +308,9 @@ pub struct Cluster {
     epoch: u64,
     manager_key: SecretScalar<S>,
     timeout: Duration,
+    fanout: Fanout,
+    /// Where the next hedged request starts in the node list, so the load rotates.
+    turn: AtomicUsize,
 }
 
 impl Cluster {
@@ -178,7 +341,21 @@ impl Cluster {
             epoch,
             manager_key,
             timeout,
+            fanout: Fanout::All,
+            turn: AtomicUsize::new(0),
         })
+    }
+
+    /// Send requests as `fanout` says (default [`Fanout::All`]).
+    #[must_use]
+    pub fn with_fanout(mut self, fanout: Fanout) -> Self {
+        self.fanout = fanout;
+        self
+    }
+
+    /// The fan-out policy.
+    pub fn fanout(&self) -> Fanout {
+        self.fanout
     }
 
     /// The key set served.
@@ -191,13 +368,10 @@ impl Cluster {
         self.epoch
     }
 
-    /// Send `request` to every node at once; each answer arrives with its node's index, as
-    /// the response or the reason the node did not answer (timeout, unreachable, refused).
-    fn fan_out<Req, Resp, F, Fut>(
-        &self,
-        request: &Req,
-        call: F,
-    ) -> JoinSet<(NodeIndex, Result<Resp, NodeFailure>)>
+    /// Start `request`'s calls: to every node at once, or ([`Fanout::Hedged`]) to
+    /// `t + extra` of them, the rest waiting their turn. Nodes whose circuit is open are not
+    /// asked (with [`Fanout::All`]) or asked last (hedged), unless fewer than `t` would be left.
+    fn fan_out<Req, Resp, F, Fut>(&self, request: &Req, call: F) -> Calls<Req, Resp, F>
     where
         Req: Clone + Send + 'static,
         Resp: Send + 'static,
@@ -206,48 +380,44 @@ impl Cluster {
             + Send
             + 'static,
     {
-        let mut calls = JoinSet::new();
         let now = Instant::now();
-        let open: Vec<NodeIndex> = {
+        let threshold = usize::from(self.keys.threshold());
+        let (mut closed, open): (Vec<_>, Vec<_>) = {
             let breakers = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
-            self.nodes
-                .iter()
-                .map(|(i, _)| *i)
-                .filter(|i| {
-                    breakers
-                        .get(i)
-                        .and_then(|b| b.open_until)
-                        .is_some_and(|t| t > now)
-                })
-                .collect()
+            self.nodes.iter().cloned().partition(|(i, _)| {
+                breakers
+                    .get(i)
+                    .and_then(|b| b.open_until)
+                    .is_none_or(|t| t <= now)
+            })
+        };
+        let (first, hedge) = match self.fanout {
+            Fanout::All => (self.nodes.len(), None),
+            Fanout::Hedged { extra, hedge } => {
+                if !closed.is_empty() {
+                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) % closed.len();
+                    closed.rotate_left(turn);
+                }
+                (threshold + usize::from(extra), Some(hedge))
+            }
         };
         // Never skip so many nodes that fewer than t are asked.
-        let skip_open = self.nodes.len() - open.len() >= usize::from(self.keys.threshold());
-        for (index, client) in &self.nodes {
-            if skip_open && open.contains(index) {
-                continue;
-            }
-            let (index, timeout) = (*index, self.timeout);
-            let pending = call(client.clone(), request.clone());
-            let breakers = Arc::clone(&self.breakers);
-            calls.spawn(async move {
-                let answer = match tokio::time::timeout(timeout, pending).await {
-                    Err(_) => Err(NodeFailure::Timeout),
-                    Ok(Err(status)) => Err(failure_of(&status)),
-                    Ok(Ok(response)) => Ok(response.into_inner()),
-                };
-                let down = matches!(
-                    answer,
-                    Err(NodeFailure::Timeout | NodeFailure::Unreachable(_))
-                );
-                breakers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(index)
-                    .or_default()
-                    .record(index, down);
-                (index, answer)
-            });
+        let skip_open = closed.len() >= threshold && hedge.is_none();
+        let mut waiting: VecDeque<_> = closed.into();
+        if !skip_open {
+            waiting.extend(open);
+        }
+        let mut calls = Calls {
+            in_flight: JoinSet::new(),
+            waiting,
+            request: request.clone(),
+            call,
+            timeout: self.timeout,
+            hedge,
+            breakers: Arc::clone(&self.breakers),
+        };
+        for _ in 0..first {
+            calls.launch();
         }
         calls
     }
@@ -279,10 +449,10 @@ impl Cluster {
         // batch falls back to one-by-one checks that name each bad node.
         let mut pending: Vec<PartialDelegation<S>> = Vec::new();
         let mut failures = Vec::new();
-        while let Some(joined) = calls.join_next().await {
-            let Ok((index, answer)) = joined else {
-                continue;
-            };
+        while let Some((index, answer)) = calls
+            .next(threshold.saturating_sub(verified.len() + pending.len()))
+            .await
+        {
             let decoded = answer.and_then(|response| decode_delegation(index, &response.partial));
             match decoded {
                 Ok(partial) => pending.push(partial),
@@ -327,7 +497,7 @@ impl Cluster {
 
     /// `/v1/delegate`: every node encrypts its partial to the requester's RSA key, so they
     /// cannot be verified here; the client does. Answers from all nodes are collected until
-    /// every node has answered, or `t` have and [`STRAGGLER_GRACE`] has passed since.
+    /// every node asked has answered, or `t` have and [`STRAGGLER_GRACE`] has passed since.
     pub async fn delegate_encrypted(
         &self,
         ephemeral: Encoded<S>,
@@ -352,17 +522,11 @@ impl Cluster {
         let mut failures = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
-            let joined = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, calls.join_next()).await {
-                    Ok(j) => j,
-                    Err(_) => break,
-                },
-                None => calls.join_next().await,
+            let next = match deadline {
+                Some(d) => calls.next_until(d).await,
+                None => calls.next(threshold.saturating_sub(partials.len())).await,
             };
-            let Some(joined) = joined else { break };
-            let Ok((index, answer)) = joined else {
-                continue;
-            };
+            let Some((index, answer)) = next else { break };
             match answer {
                 Ok(response) if !response.encrypted_partial.is_empty() => {
                     partials.push((index.get(), response.encrypted_partial));
@@ -431,10 +595,10 @@ impl Cluster {
             BTreeMap::new();
         let mut raw: BTreeMap<u16, Vec<Vec<u8>>> = BTreeMap::new();
         let mut failures = Vec::new();
-        while let Some(joined) = calls.join_next().await {
-            let Ok((index, answer)) = joined else {
-                continue;
-            };
+        while let Some((index, answer)) = calls
+            .next(usize::from(threshold).saturating_sub(verified.len()))
+            .await
+        {
             let outcome = answer.and_then(|response| {
                 check_reencryption(index, &response.partials, &self.keys, &domains)
                     .map(|v| (v, response.partials))

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     admin::{Admin, Served},
+    cluster::Fanout,
     file_registry::FileRegistry,
     http::{router, AppState, Metrics},
 };
@@ -56,6 +57,14 @@ pub struct ManagerConfig {
     /// Per-node timeout of a partial request, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     pub node_timeout_ms: u64,
+    /// Which nodes a request goes to: `all` (every node at once), or `t` / `t+K` (`t + K`
+    /// nodes in turn, one more as soon as one fails and every `--hedge-after-ms` while answers
+    /// are missing). `t+1` or more gives `/v1/delegate` clients a spare partial.
+    #[arg(long, default_value = "all")]
+    pub fanout: Fanout,
+    /// Hedge delay of a `t`/`t+K` fan-out, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub hedge_after_ms: u64,
     /// Longest wait for one ceremony round, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub round_timeout_ms: u64,
@@ -185,6 +194,13 @@ pub async fn run(
     if let Some(publisher) = publisher {
         admin = admin.with_publisher(publisher);
     }
+    admin = admin.with_fanout(match config.fanout {
+        Fanout::Hedged { extra, .. } => Fanout::Hedged {
+            extra,
+            hedge: Duration::from_millis(config.hedge_after_ms),
+        },
+        other => other,
+    });
     let admin = Arc::new(admin);
     if let Some(record) = admin.recover().await? {
         tracing::info!(epoch = record.epoch, "serving the recorded epoch");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{ecies, shamir, suite::Encoded, NodeIndex, SecretScalar};
-use tkms_manager::cluster::{Cluster, ClusterError, NodeEndpoint, NodeFailure};
+use tkms_manager::cluster::{Cluster, ClusterError, Fanout, NodeEndpoint, NodeFailure};
 
 mod common;
 
@@ -192,4 +192,123 @@ fn unknown_nodes_are_refused_at_setup() {
         err,
         ClusterError::Invalid("node 9 is not in the key set".into())
     );
+}
+
+/// A hedged fan-out asks only `t` nodes, in turn, and replaces a liar or a dead node at once
+/// with the next one: every request is served, the culprit named, and the load rotates.
+#[tokio::test]
+async fn hedged_fanout_replaces_liars_and_dead_nodes_and_rotates() {
+    let tc = start(3, 5, &[2], 4).await;
+    tc.kill(4);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cluster = tc
+        .cluster(Duration::from_secs(2))
+        .with_fanout(Fanout::Hedged {
+            extra: 0,
+            // Longer than the test: any extra node asked here was asked because one failed.
+            hedge: Duration::from_secs(30),
+        });
+    let ct = encrypt(&tc.keys, b"hedged");
+    let mut blamed = std::collections::BTreeSet::new();
+    for r in 0..5u8 {
+        let started = Instant::now();
+        let served = cluster
+            .delegate(Encoded::new(*ct.ephemeral()), vec![r], None)
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
+            b"hedged"
+        );
+        for (index, failure) in &served.failures {
+            match index.get() {
+                2 => assert_eq!(*failure, NodeFailure::InvalidProof),
+                4 => assert!(matches!(failure, NodeFailure::Unreachable(_))),
+                other => panic!("honest node {other} blamed: {failure}"),
+            }
+            blamed.insert(index.get());
+        }
+    }
+    // Five requests starting at five different nodes meet both culprits.
+    assert_eq!(blamed, [2, 4].into());
+    let target = SecretScalar::<S>::random(&mut rand::rngs::OsRng);
+    let served = cluster
+        .reencrypt(
+            Encoded::new(target.public_point()),
+            vec![(b"c".to_vec(), Encoded::new(*ct.ephemeral()))],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        &*served.value.capsules[0].decrypt(&target, &ct).unwrap(),
+        b"hedged"
+    );
+}
+
+/// A slow node (its server stopped accepting, so its call hangs until the timeout) is covered
+/// by the hedge: another node is asked after the hedge delay, well before the node timeout.
+#[tokio::test]
+async fn hedge_delay_covers_a_silent_node() {
+    let tc = start(3, 4, &[], 5).await;
+    let ct = encrypt(&tc.keys, b"silent");
+    // Node 1's address is a listener that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut endpoints = tc.endpoints.clone();
+    endpoints[0] = NodeEndpoint {
+        index: endpoints[0].index,
+        url: format!("http://{}", silent.local_addr().unwrap()),
+    };
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let cluster = Cluster::new(
+        &endpoints,
+        tc.keys.clone(),
+        1,
+        tc.manager.clone(),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .with_fanout(Fanout::Hedged {
+        extra: 0,
+        hedge: Duration::from_millis(50),
+    });
+    for r in 0..4u8 {
+        let started = Instant::now();
+        let served = cluster
+            .delegate(Encoded::new(*ct.ephemeral()), vec![r], None)
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
+            b"silent"
+        );
+    }
+}
+
+#[test]
+fn fanout_parses() {
+    assert_eq!("all".parse::<Fanout>().unwrap(), Fanout::All);
+    assert!(matches!(
+        "t".parse::<Fanout>().unwrap(),
+        Fanout::Hedged { extra: 0, .. }
+    ));
+    assert!(matches!(
+        "t+2".parse::<Fanout>().unwrap(),
+        Fanout::Hedged { extra: 2, .. }
+    ));
+    for bad in ["", "t+", "t+x", "3", "t-1", "all+1"] {
+        assert!(bad.parse::<Fanout>().is_err(), "{bad}");
+    }
+    assert_eq!("t+1".parse::<Fanout>().unwrap().to_string(), "t+1");
 }
