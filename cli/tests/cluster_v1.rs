@@ -24,7 +24,7 @@ use tkms_cli::testnet::Testnet;
 use tkms_crypto::{ecies, suite::Encoded, Secp256k1, SecretScalar};
 use tkms_proto::{
     node::v1::{self as pb, node_client::NodeClient},
-    SignedRequest,
+    tls::ManagerTls,
 };
 use tkms_sdk::{
     nox,
@@ -351,26 +351,43 @@ async fn malformed(t: &Testnet, gateway: &SigningKey) {
 #[rustfmt::skip]
 const SPKI_1024: &str = "30819f300d06092a864886f70d010101050003818d0030818902818100acf6967e988df13ed9f13c00fbcc816f195e99482f97df971f38ddfe2b01e604ae5a1d67c8b2808b68341be7e6bd52e928068793564746fdbcbb75cd5ef76b198443ad54d4d5bcbf8a483f354be8a0cba26352b3634e46b62c19417ba055a1fe6d1f436178d8f991acbfee6c8f526f4c0965702345fa9022fd9597e837dc4ae50203010001";
 
-/// A compromised manager (here: the test, holding the manager's node-request key) signs
-/// node requests the requester never authorized; each node refuses them itself.
+/// A compromised manager (here: the test, holding the manager's node-request key, over the
+/// manager's TLS identity) sends node requests the requester never authorized; each node
+/// refuses them itself. Without that key, nothing is served at all.
 async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningKey) {
     let manager_key = std::fs::read_to_string(dir.join("data/manager/node-request.key")).unwrap();
     let manager_key = SecretScalar::<S>::from_bytes(
         &hex::decode(manager_key.trim().trim_start_matches("0x")).unwrap(),
     )
     .unwrap();
-    let status: pb::StatusResponse = {
-        let mut node = NodeClient::connect(format!("http://{}", t.nodes[0].grpc_addr))
-            .await
-            .unwrap();
-        node.status(pb::StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let mut node = NodeClient::connect(format!("http://{}", t.nodes[0].grpc_addr))
+    // The manager's side of the TLS channel, with its key.
+    let tls = ManagerTls::new(&manager_key).unwrap();
+    let channel = tls.channel(
+        &tls.endpoint(&format!("http://{}", t.nodes[0].grpc_addr))
+            .unwrap(),
+    );
+    let mut node = NodeClient::new(channel);
+    let status: pb::StatusResponse = node
+        .status(pb::StatusRequest {})
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    // Without the manager's key, a client gets no partial: a plaintext client cannot even
+    // connect, and a TLS client with another key is refused.
+    let plaintext_refused =
+        match NodeClient::connect(format!("http://{}", t.nodes[0].grpc_addr)).await {
+            Err(_) => true,
+            Ok(mut plain) => plain.status(pb::StatusRequest {}).await.is_err(),
+        };
+    assert!(plaintext_refused);
+    let outsider = ManagerTls::new(&SecretScalar::<S>::random(&mut OsRng)).unwrap();
+    let mut outsider = NodeClient::new(
+        outsider.channel(
+            &outsider
+                .endpoint(&format!("http://{}", t.nodes[0].grpc_addr))
+                .unwrap(),
+        ),
+    );
     let k1 = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
     let k2 = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
     let recipient = RsaRecipient::generate().unwrap();
@@ -386,31 +403,31 @@ async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningK
         .unwrap(),
     )
     .unwrap();
-    let v0 = |ephemeral: Encoded<S>, request_id: Vec<u8>| {
-        let mut r = pb::PartialDelegationRequest {
-            epoch: status.epoch,
-            request_id,
-            ephemeral: ephemeral.bytes().to_vec(),
-            authorization: Some(pb::RequesterAuthorization {
-                scheme: Some(pb::requester_authorization::Scheme::Eip712Delegate(
-                    pb::Eip712Delegate {
-                        chain_id: t.chain_id,
-                        ephemeral_pub_key: eph1.clone(),
-                        target_pub_key: recipient.spki_hex(),
-                        signature: authorized.signature().as_bytes().to_vec(),
-                    },
-                )),
-            }),
-            manager: None,
-            target_rsa_spki: Vec::new(),
-        };
-        r.sign(&manager_key);
-        r
+    let v0 = |ephemeral: Encoded<S>, request_id: Vec<u8>| pb::PartialDelegationRequest {
+        epoch: status.epoch,
+        request_id,
+        ephemeral: ephemeral.bytes().to_vec(),
+        authorization: Some(pb::RequesterAuthorization {
+            scheme: Some(pb::requester_authorization::Scheme::Eip712Delegate(
+                pb::Eip712Delegate {
+                    chain_id: t.chain_id,
+                    ephemeral_pub_key: eph1.clone(),
+                    target_pub_key: recipient.spki_hex(),
+                    signature: authorized.signature().as_bytes().to_vec(),
+                },
+            )),
+        }),
+        target_rsa_spki: Vec::new(),
     };
-    // The authorized request is served.
+    // The authorized request is served, to the manager's key only.
     node.partial_delegation(v0(k1, authorized.request_id()))
         .await
         .unwrap();
+    let err = outsider
+        .partial_delegation(v0(k1, authorized.request_id()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     // The same authorization presented for another K is refused by the node.
     let err = node
         .partial_delegation(v0(k2, authorized.request_id()))
@@ -420,7 +437,6 @@ async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningK
     // No authorization at all.
     let mut bare = v0(k1, authorized.request_id());
     bare.authorization = None;
-    bare.sign(&manager_key);
     let err = node.partial_delegation(bare).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     // A /v1 re-encryption the manager made up, signed by a non-runner: refused.
@@ -429,7 +445,7 @@ async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningK
     let forged =
         ReencryptV1::sign(&stranger, t.chain_id, target, vec![k1], Freshness::new(60)).unwrap();
     let digest = forged.digest();
-    let mut r = pb::PartialReencryptionRequest {
+    let r = pb::PartialReencryptionRequest {
         epoch: status.epoch,
         target: target.bytes().to_vec(),
         capsules: forged
@@ -451,9 +467,7 @@ async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningK
                 },
             )),
         }),
-        manager: None,
     };
-    r.sign(&manager_key);
     let err = node.partial_reencryption(r).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 }

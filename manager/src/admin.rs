@@ -24,13 +24,13 @@ use serde::{Deserialize, Serialize};
 use tkms_crypto::{shamir::Commitment, NodeIndex, PublicKeySet, SecretScalar, Suite};
 use tkms_proto::{
     node::v1::{self as pb, node_client::NodeClient},
+    tls::ManagerTls,
     SignedRequest,
 };
 use tkms_registry::{
     access::public_shares_hash, Bytes, EpochPublication, RegistryClient, WriteReceipt, B256,
 };
 use tokio::task::JoinSet;
-use tonic::transport::Endpoint;
 
 use crate::cluster::{Cluster, ClusterError, Fanout, NodeEndpoint, S};
 
@@ -262,6 +262,7 @@ pub struct Admin {
     busy: tokio::sync::Mutex<()>,
     publisher: Option<RegistryClient>,
     fanout: Fanout,
+    tls: ManagerTls,
 }
 
 /// Longest wait for an epoch's publication to be mined.
@@ -277,8 +278,10 @@ impl Admin {
         round_timeout: Duration,
         state_file: Option<PathBuf>,
         served: Arc<Served>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, AdminError> {
+        let tls = ManagerTls::new(&manager_key)
+            .map_err(|e| AdminError::Invalid(format!("TLS identity: {e}")))?;
+        Ok(Self {
             manager_key,
             nodes,
             timeout,
@@ -288,7 +291,8 @@ impl Admin {
             busy: tokio::sync::Mutex::new(()),
             publisher: None,
             fanout: Fanout::All,
-        }
+            tls,
+        })
     }
 
     /// Serve every epoch with this fan-out policy (default [`Fanout::All`]).
@@ -390,11 +394,12 @@ impl Admin {
     }
 
     fn client(&self, url: &str) -> Result<NodeClient<tonic::transport::Channel>, AdminError> {
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| AdminError::Invalid(format!("node url {url:?}: {e}")))?
-            .connect_timeout(self.timeout)
-            .connect_lazy();
-        Ok(NodeClient::new(channel))
+        let endpoint = self
+            .tls
+            .endpoint(url)
+            .map_err(|e| AdminError::Invalid(e.to_string()))?
+            .connect_timeout(self.timeout);
+        Ok(NodeClient::new(self.tls.channel(&endpoint)))
     }
 
     /// Ask every node in `urls` for its status, concurrently.
@@ -517,7 +522,7 @@ impl Admin {
             &endpoints,
             keys,
             record.epoch,
-            self.manager_key.clone(),
+            &self.manager_key,
             self.timeout,
         )
         .map_err(|e: ClusterError| AdminError::State(e.to_string()))?

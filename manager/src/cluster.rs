@@ -24,10 +24,10 @@ use tkms_crypto::{
 };
 use tkms_proto::{
     node::v1::{self as pb, node_client::NodeClient},
-    SignedRequest,
+    tls::ManagerTls,
 };
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The cluster suite.
 pub type S = Secp256k1;
@@ -306,7 +306,6 @@ pub struct Cluster {
     breakers: Arc<Mutex<BTreeMap<NodeIndex, Breaker>>>,
     keys: PublicKeySet<S>,
     epoch: u64,
-    manager_key: SecretScalar<S>,
     timeout: Duration,
     fanout: Fanout,
     /// Where the next hedged request starts in the node list, so the load rotates.
@@ -314,24 +313,28 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connect (lazily: a down node does not delay start-up) to `endpoints`.
+    /// Connect (lazily: a down node does not delay start-up) to `endpoints`, over TLS as
+    /// `manager_key` ([`tkms_proto::tls`]).
     pub fn new(
         endpoints: &[NodeEndpoint],
         keys: PublicKeySet<S>,
         epoch: u64,
-        manager_key: SecretScalar<S>,
+        manager_key: &SecretScalar<S>,
         timeout: Duration,
     ) -> Result<Self, ClusterError> {
         let mut nodes = Vec::with_capacity(endpoints.len());
+        let tls = ManagerTls::new(manager_key)
+            .map_err(|e| ClusterError::Invalid(format!("TLS identity: {e}")))?;
         for e in endpoints {
             keys.public_share(e.index).map_err(|_| {
                 ClusterError::Invalid(format!("node {} is not in the key set", e.index))
             })?;
-            let channel = Endpoint::from_shared(e.url.clone())
-                .map_err(|err| ClusterError::Invalid(format!("node {} url: {err}", e.index)))?
+            let endpoint = tls
+                .endpoint(&e.url)
+                .map_err(|err| ClusterError::Invalid(format!("node {}: {err}", e.index)))?
                 .connect_timeout(timeout)
-                .timeout(timeout)
-                .connect_lazy();
+                .timeout(timeout);
+            let channel = tls.channel(&endpoint);
             nodes.push((e.index, NodeClient::new(channel)));
         }
         Ok(Self {
@@ -339,7 +342,6 @@ impl Cluster {
             breakers: Arc::default(),
             keys,
             epoch,
-            manager_key,
             timeout,
             fanout: Fanout::All,
             turn: AtomicUsize::new(0),
@@ -429,15 +431,13 @@ impl Cluster {
         request_id: Vec<u8>,
         authorization: Option<pb::RequesterAuthorization>,
     ) -> Result<Served<SharedSecret>, ClusterError> {
-        let mut request = pb::PartialDelegationRequest {
+        let request = pb::PartialDelegationRequest {
             epoch: self.epoch,
             request_id: request_id.clone(),
             ephemeral: ephemeral.bytes().to_vec(),
             authorization,
-            manager: None,
             target_rsa_spki: Vec::new(),
         };
-        request.sign(&self.manager_key);
         let domain = DelegationRequest::with_encoded(self.epoch, request_id, ephemeral);
         let mut calls = self.fan_out(&request, |mut client, request| async move {
             client.partial_delegation(request).await
@@ -505,15 +505,13 @@ impl Cluster {
         target_rsa_spki: Vec<u8>,
         authorization: pb::RequesterAuthorization,
     ) -> Result<Served<Vec<(u16, Vec<u8>)>>, ClusterError> {
-        let mut request = pb::PartialDelegationRequest {
+        let request = pb::PartialDelegationRequest {
             epoch: self.epoch,
             request_id,
             ephemeral: ephemeral.bytes().to_vec(),
             authorization: Some(authorization),
-            manager: None,
             target_rsa_spki,
         };
-        request.sign(&self.manager_key);
         let mut calls = self.fan_out(&request, |mut client, request| async move {
             client.partial_delegation(request).await
         });
@@ -569,7 +567,7 @@ impl Cluster {
         if capsules.is_empty() {
             return Err(ClusterError::Invalid("no capsules".into()));
         }
-        let mut request = pb::PartialReencryptionRequest {
+        let request = pb::PartialReencryptionRequest {
             epoch: self.epoch,
             target: target.bytes().to_vec(),
             capsules: capsules
@@ -580,9 +578,7 @@ impl Cluster {
                 })
                 .collect(),
             authorization,
-            manager: None,
         };
-        request.sign(&self.manager_key);
         let domains: Vec<ReencryptionRequest<S>> = capsules
             .into_iter()
             .map(|(id, k)| ReencryptionRequest::with_encoded(self.epoch, id, k, target))

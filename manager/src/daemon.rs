@@ -190,7 +190,7 @@ pub async fn run(
         Duration::from_millis(config.round_timeout_ms),
         config.state_file.clone(),
         Arc::clone(&served),
-    );
+    )?;
     if let Some(publisher) = publisher {
         admin = admin.with_publisher(publisher);
     }

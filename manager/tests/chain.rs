@@ -301,6 +301,7 @@ async fn the_manager_publishes_what_nodes_check_and_reports_a_refused_publicatio
                 record.clone(),
             )))),
         )
+        .unwrap()
         .with_publisher(RegistryClient::connect(&d.rpc_url, d.address, Some(key)).unwrap())
     };
 

@@ -129,14 +129,14 @@ async fn lying_nodes_are_named_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn nodes_refuse_requests_not_signed_by_an_accepted_manager() {
+async fn nodes_refuse_connections_not_authenticated_as_an_accepted_manager() {
     let tc = start(2, 3, &[], 4).await;
     let impostor = SecretScalar::<S>::random(&mut rand::rngs::OsRng);
     let cluster = Cluster::new(
         &tc.endpoints,
         tc.keys.clone(),
         1,
-        impostor,
+        &impostor,
         Duration::from_secs(2),
     )
     .unwrap();
@@ -152,7 +152,7 @@ async fn nodes_refuse_requests_not_signed_by_an_accepted_manager() {
     for (_, failure) in failures {
         assert_eq!(
             failure,
-            NodeFailure::Refused("manager key is not accepted by this node".into())
+            NodeFailure::Refused("the connection's key is not an accepted manager".into())
         );
     }
     // A wrong epoch is refused by every node with a clear reason.
@@ -160,7 +160,7 @@ async fn nodes_refuse_requests_not_signed_by_an_accepted_manager() {
         &tc.endpoints,
         tc.keys.clone(),
         7,
-        tc.manager.clone(),
+        &tc.manager,
         Duration::from_secs(2),
     )
     .unwrap();
@@ -185,7 +185,7 @@ fn unknown_nodes_are_refused_at_setup() {
         index: NodeIndex::new(9).unwrap(),
         url: "http://127.0.0.1:1".into(),
     }];
-    let err = Cluster::new(&endpoints, keys, 1, sk, Duration::from_secs(1))
+    let err = Cluster::new(&endpoints, keys, 1, &sk, Duration::from_secs(1))
         .err()
         .unwrap();
     assert_eq!(
@@ -270,7 +270,7 @@ async fn hedge_delay_covers_a_silent_node() {
         &endpoints,
         tc.keys.clone(),
         1,
-        tc.manager.clone(),
+        &tc.manager,
         Duration::from_secs(5),
     )
     .unwrap()

@@ -280,7 +280,11 @@ pub async fn run(
         tracing::warn!("no registry configured: this node does not re-check requesters itself and trusts the manager's check");
         None
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The gRPC channel is TLS 1.3, authenticated by the node key on this side and by the
+    // manager's key on the other (checked per request against the accepted managers).
+    let tls = tkms_proto::tls::node_server_config(&identity.node_key)
+        .map_err(|e| NodeError::Config(format!("TLS identity: {e}")))?;
+    let incoming = tkms_proto::tls::incoming(listener, tls);
     let result = tonic::transport::Server::builder()
         .add_service(NodeServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)

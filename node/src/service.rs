@@ -18,6 +18,7 @@ use tkms_crypto::{
 };
 use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
+    tls::TlsPeer,
     SignedRequest,
 };
 use tkms_registry::access::{self, Published, Registered, Registry};
@@ -288,7 +289,30 @@ impl NodeService {
         self
     }
 
-    /// Check the manager's signature over the request.
+    /// Check that the request came over a TLS connection whose client proved one of the
+    /// accepted manager keys (the channel authenticates every request on it, so partial
+    /// requests carry no signature of their own).
+    fn authenticate_peer<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let peer = request
+            .extensions()
+            .get::<TlsPeer>()
+            .ok_or_else(|| Status::unauthenticated("not an authenticated TLS connection"))?;
+        if self
+            .managers
+            .iter()
+            .any(|k| k.bytes().as_slice() == peer.key.as_slice())
+        {
+            Ok(())
+        } else {
+            tracing::warn!(peer = %hex::encode(peer.key), addr = ?peer.remote_addr, "request from a key that is not an accepted manager");
+            Err(Status::unauthenticated(
+                "the connection's key is not an accepted manager",
+            ))
+        }
+    }
+
+    /// Check the manager's signature over a ceremony request, which a node keeps as the
+    /// manager's signed instruction (on top of the connection's authentication).
     fn authenticate<R: SignedRequest>(&self, request: &R) -> Result<(), Status> {
         request
             .verify_manager(&self.managers)
@@ -471,8 +495,8 @@ impl Node for NodeService {
         &self,
         request: Request<pb::PartialDelegationRequest>,
     ) -> Result<Response<pb::PartialDelegationResponse>, Status> {
+        self.authenticate_peer(&request)?;
         let request = request.into_inner();
-        self.authenticate(&request)?;
         let ephemeral = point(&request.ephemeral, "ephemeral key")?;
         let id = request_id(&request.request_id)?;
         self.check_requester(
@@ -508,8 +532,8 @@ impl Node for NodeService {
         &self,
         request: Request<pb::PartialReencryptionRequest>,
     ) -> Result<Response<pb::PartialReencryptionResponse>, Status> {
+        self.authenticate_peer(&request)?;
         let request = request.into_inner();
-        self.authenticate(&request)?;
         if request.capsules.is_empty() || request.capsules.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
                 "a batch holds 1..={MAX_BATCH} capsules, got {}",
@@ -553,6 +577,7 @@ impl Node for NodeService {
         &self,
         request: Request<pb::StartCeremonyRequest>,
     ) -> Result<Response<pb::StartCeremonyResponse>, Status> {
+        self.authenticate_peer(&request)?;
         let request = request.into_inner();
         self.authenticate(&request)?;
         self.check_members(&request)?;

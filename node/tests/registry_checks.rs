@@ -13,6 +13,7 @@ use tkms_crypto::{shamir, suite::Encoded, Secp256k1, SecretScalar, Suite};
 use tkms_node::service::{ActiveShare, NodeService};
 use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
+    tls::TlsPeer,
     SignedRequest,
 };
 use tkms_registry::{
@@ -114,7 +115,7 @@ fn reencryption(f: &Fixture) -> pb::PartialReencryptionRequest {
     let (_, target) = v1::target_key();
     let request =
         v1::ReencryptV1::sign(&runner, CHAIN, target, vec![k], v1::Freshness::new(60)).unwrap();
-    let mut r = pb::PartialReencryptionRequest {
+    pb::PartialReencryptionRequest {
         epoch: 1,
         target: target.bytes().to_vec(),
         capsules: request
@@ -136,10 +137,22 @@ fn reencryption(f: &Fixture) -> pb::PartialReencryptionRequest {
                 },
             )),
         }),
-        manager: None,
-    };
-    r.sign(&f.manager);
-    r
+    }
+}
+
+/// `body` as it arrives over the manager's authenticated TLS connection.
+fn as_manager<T>(f: &Fixture, body: T) -> Request<T> {
+    let mut request = Request::new(body);
+    let key: [u8; 33] = Encoded::<S>::new(f.manager.public_point())
+        .bytes()
+        .as_slice()
+        .try_into()
+        .unwrap();
+    request.extensions_mut().insert(TlsPeer {
+        key,
+        remote_addr: None,
+    });
+    request
 }
 
 #[tokio::test]
@@ -163,7 +176,7 @@ async fn a_node_serves_only_the_published_epoch() {
         *f.registry.published.lock().unwrap() = Some(published.clone());
         let err = f
             .service
-            .partial_reencryption(Request::new(reencryption(&f)))
+            .partial_reencryption(as_manager(&f, reencryption(&f)))
             .await
             .unwrap_err();
         assert_eq!(
@@ -176,19 +189,19 @@ async fn a_node_serves_only_the_published_epoch() {
     *f.registry.published.lock().unwrap() = Some(Published::Epoch(f.publication.clone()));
     let answer = f
         .service
-        .partial_reencryption(Request::new(reencryption(&f)))
+        .partial_reencryption(as_manager(&f, reencryption(&f)))
         .await
         .unwrap();
     assert_eq!(answer.into_inner().partials.len(), 1);
     // The same signed request again: a replay, refused by the node itself.
     let request = reencryption(&f);
     f.service
-        .partial_reencryption(Request::new(request.clone()))
+        .partial_reencryption(as_manager(&f, request.clone()))
         .await
         .unwrap();
     let err = f
         .service
-        .partial_reencryption(Request::new(request))
+        .partial_reencryption(as_manager(&f, request))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
@@ -241,7 +254,7 @@ async fn a_node_joins_only_ceremonies_among_registered_nodes() {
     ] {
         let err = f
             .service
-            .start_ceremony(Request::new(request(members)))
+            .start_ceremony(as_manager(&f, request(members)))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -249,11 +262,37 @@ async fn a_node_joins_only_ceremonies_among_registered_nodes() {
     // Registered members pass this check (and then fail for want of a ceremony channel).
     let err = f
         .service
-        .start_ceremony(Request::new(request(vec![
-            member(1, &keys[0]),
-            member(2, &keys[1]),
-        ])))
+        .start_ceremony(as_manager(
+            &f,
+            request(vec![member(1, &keys[0]), member(2, &keys[1])]),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+}
+
+/// Partial requests are authenticated by the connection: none arriving outside an
+/// authenticated TLS connection, or on one whose key is not an accepted manager, is served.
+#[tokio::test]
+async fn partials_need_a_connection_authenticated_as_a_manager() {
+    let f = fixture();
+    let err = f
+        .service
+        .partial_reencryption(Request::new(reencryption(&f)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let mut request = Request::new(reencryption(&f));
+    let stranger: [u8; 33] =
+        Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point())
+            .bytes()
+            .as_slice()
+            .try_into()
+            .unwrap();
+    request.extensions_mut().insert(TlsPeer {
+        key: stranger,
+        remote_addr: None,
+    });
+    let err = f.service.partial_reencryption(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }

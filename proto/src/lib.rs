@@ -11,9 +11,9 @@ pub mod node {
     }
 }
 
-use node::v1::{
-    ManagerSignature, PartialDelegationRequest, PartialReencryptionRequest, StartCeremonyRequest,
-};
+pub mod tls;
+
+use node::v1::{ManagerSignature, StartCeremonyRequest};
 use prost::Message;
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
@@ -108,9 +108,4 @@ macro_rules! signed_request {
     };
 }
 
-signed_request!(PartialDelegationRequest, b"tkms.node.v1.PartialDelegation");
-signed_request!(
-    PartialReencryptionRequest,
-    b"tkms.node.v1.PartialReencryption"
-);
 signed_request!(StartCeremonyRequest, b"tkms.node.v1.StartCeremony");

@@ -12,9 +12,8 @@ use tkms_manager::{
     cluster::{Cluster, NodeEndpoint},
 };
 use tkms_node::service::{ActiveShare, NodeService};
-use tkms_proto::node::v1::node_server::NodeServer;
+use tkms_proto::{node::v1::node_server::NodeServer, tls};
 use tokio::{net::TcpListener, sync::RwLock, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub type S = Secp256k1;
 
@@ -51,10 +50,12 @@ pub async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
         let service = NodeService::new(active, accepted.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        // Each node serves TLS as its own node key, like the daemon.
+        let tls = tls::node_server_config(&SecretScalar::<S>::random(&mut rng)).unwrap();
         servers.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(NodeServer::new(service))
-                .serve_with_incoming(TcpListenerStream::new(listener))
+                .serve_with_incoming(tls::incoming(listener, tls))
                 .await
                 .unwrap();
         }));
@@ -75,7 +76,7 @@ impl TestCluster {
             &self.endpoints,
             self.keys.clone(),
             1,
-            self.manager.clone(),
+            &self.manager,
             timeout,
         )
         .unwrap()
