@@ -11,15 +11,17 @@ use std::sync::Arc;
 use rand::rngs::OsRng;
 use rand::RngCore;
 
+use crate::cache::DEFAULT_SEGMENT_CACHE_BYTES;
 use crate::error::{Error, Result};
 use crate::index::{dek_wrap_aad, user_wrap_aad, Index};
 use crate::keys::{kek_wrap_cipher, Dek, IndexKey, Scope, UserKey};
 use crate::records::{
-    catalog_key, decode, encode, user_key, IndexHeader, UserRecord, CATALOG_PREFIX, HEADER_VERSION,
-    UID_LEN,
+    catalog_key, decode, encode, user_key, version_key, IndexHeader, UserRecord, CATALOG_PREFIX,
+    HEADER_VERSION, UID_LEN,
 };
 use crate::store::{
-    Applied, DiskStore, MemoryStore, Precondition, S3Store, StorageConfig, Store, WriteBatch,
+    value_digest, Applied, DiskStore, MemoryStore, Precondition, S3Store, StorageConfig, Store,
+    WriteBatch,
 };
 use crate::types::IndexConfig;
 
@@ -51,6 +53,7 @@ pub const MAX_INDEX_NAME_LEN: usize = 128;
 #[derive(Clone)]
 pub struct Client {
     pub(crate) store: Arc<dyn Store>,
+    segment_cache_bytes: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -80,12 +83,32 @@ impl Client {
             StorageConfig::Disk(dir) => Arc::new(DiskStore::open(&dir)?),
             StorageConfig::S3(config) => Arc::new(S3Store::open(&config)?),
         };
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            segment_cache_bytes: DEFAULT_SEGMENT_CACHE_BYTES,
+        })
     }
 
     /// A client over a custom [`Store`] implementation.
     pub fn with_store(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            segment_cache_bytes: DEFAULT_SEGMENT_CACHE_BYTES,
+        }
+    }
+
+    /// Sets the plaintext budget, in bytes, of the segment cache of every index handle this
+    /// client opens afterwards (default [`DEFAULT_SEGMENT_CACHE_BYTES`]; 0 disables it).
+    ///
+    /// Each handle keeps recently scanned segments (ids and prepared vectors) decrypted in
+    /// process memory, least recently used evicted first and wiped when dropped, so repeated
+    /// queries neither read nor decrypt them again. The store never sees plaintext either
+    /// way; the cache only trades process memory (which holds the keys anyway) for storage
+    /// reads and AES-GCM opens. See also [`Index::set_segment_cache_bytes`].
+    #[must_use]
+    pub fn with_segment_cache_bytes(mut self, bytes: usize) -> Self {
+        self.segment_cache_bytes = bytes;
+        self
     }
 
     /// The underlying store (for inspection and tests: it only ever holds ciphertext).
@@ -138,6 +161,7 @@ impl Client {
         let mut b = WriteBatch::new();
         b.require(Precondition::Absent(catalog_key(name)));
         b.put(catalog_key(name), encode(&header));
+        b.put(version_key(&uid), value_digest(&state).to_vec());
         b.put(state_key, state);
         extra(&mut b);
         match self.store.apply(b)? {
@@ -148,6 +172,7 @@ impl Client {
                 dek,
                 Some(key.clone()),
                 Scope::ReadWrite,
+                self.segment_cache_bytes,
             ),
             Applied::PreconditionFailed if self.store.get(&catalog_key(name))?.is_none() => {
                 Err(Error::KmsEnvelopeExists(name.to_owned()))
@@ -216,6 +241,7 @@ impl Client {
             dek,
             index_key,
             scope,
+            self.segment_cache_bytes,
         )
     }
 

@@ -15,9 +15,17 @@
 //! [`Index::sweep`]), so the batch writing a merged or replacing segment does not name the
 //! tokens past queries fetched.
 //!
-//! A handle's reads use its in-memory state; when a record it expects is missing or fails
-//! authentication, it re-reads the stored state and, if another handle changed it, reloads
-//! and retries once.
+//! A handle's reads use its in-memory state, checked first against storage: every batch that
+//! writes the state also writes a small *version record* (the SHA-256 of the new state
+//! ciphertext), and every read (`query`, one `query_batch`, `get`, `list_ids`) begins by
+//! fetching it. If it names the state this handle holds, the handle is current; otherwise
+//! the handle fetches the state itself and reloads it if it changed. So a read never misses
+//! a write committed before it began — in particular it never returns an item another handle
+//! deleted, even from the decrypted-segment cache, which serves segments by their immutable
+//! storage names and filters deleted slots with the (now fresh) state. The check costs one
+//! 32-byte read instead of reading and hashing the whole state (megabytes for a large id
+//! map). If a record a read expects is still missing or fails authentication (a write raced
+//! with the read), the handle re-reads the state and retries once.
 //!
 //! The decrypted index state (config, centroids, counters, id → location map) is held in
 //! memory and persisted encrypted under the DEK-derived state key on every write.
@@ -31,6 +39,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::cache::{Decoded, SegmentCache, SegmentId};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::keys::{
@@ -41,10 +50,11 @@ use crate::labels;
 use crate::quantize::Sq8;
 use crate::records::{
     catalog_key, data_key, decode, decode_vector, encode, encode_vector, index_prefix, kms_key,
-    state_key, user_key, DocRecord, Garbage, IndexHeader, ListState, Location, SegmentCodes,
-    SegmentMeta, SegmentState, State, UserRecord, KIND_CODES, KIND_DOC, KIND_META, KIND_VECTOR,
-    UID_LEN,
+    state_key, user_key, version_key, DocRecord, Garbage, IndexHeader, ListState, Location,
+    SegmentBlock, SegmentCodes, SegmentIds, SegmentMeta, SegmentState, State, UserRecord,
+    KIND_BLOCK, KIND_CODES, KIND_DOC, KIND_META, KIND_VECTOR, UID_LEN,
 };
+use crate::scan::{exact_rank, Block, Probe};
 use crate::store::{value_digest, Applied, Precondition, Store, WriteBatch};
 use crate::types::{
     CompactionStats, IndexConfig, Item, QueryParams, QueryResult, TrainParams, MAX_ABS_COMPONENT,
@@ -72,6 +82,9 @@ fn json_depth(v: &Value) -> usize {
     max
 }
 
+/// A sealed record: storage key and ciphertext.
+type Record = (Vec<u8>, Vec<u8>);
+
 /// Largest number of items accepted in one upsert.
 pub const MAX_BATCH: usize = 1_000_000;
 
@@ -87,6 +100,22 @@ struct Loaded {
     state: State,
     /// SHA-256 of the stored state ciphertext this handle last saw (optimistic concurrency).
     digest: [u8; 32],
+    /// The centroids prepared for probe selection (`None` before training).
+    probe: Option<Probe>,
+}
+
+impl Loaded {
+    fn new(state: State, digest: [u8; 32]) -> Self {
+        let probe = state
+            .centroids
+            .as_ref()
+            .map(|c| Probe::new(c, state.config.dimension, state.config.metric));
+        Self {
+            state,
+            digest,
+            probe,
+        }
+    }
 }
 
 /// An item validated and prepared for writing.
@@ -125,6 +154,7 @@ pub struct Index {
     keys: IndexKeys,
     access: Access,
     state: RwLock<Loaded>,
+    cache: SegmentCache,
 }
 
 impl std::fmt::Debug for Index {
@@ -320,6 +350,66 @@ struct Candidate {
     slot: u32,
 }
 
+/// A hit of the exact scan: its rank, the segment (an index into the scan's segment table)
+/// and the slot.
+#[derive(Clone, Copy)]
+struct Hit {
+    rank: f32,
+    seg: u32,
+    slot: u32,
+}
+
+/// One list's exact scan: its segments (state and ids) and each query's best hits in it.
+struct ListScan<'s> {
+    segments: Vec<(&'s SegmentState, Arc<SegmentIds>)>,
+    hits: Vec<(u32, Hit)>,
+}
+
+/// Closer first; equal ranks by id bytes (the order of the final results).
+fn hit_cmp<'a>(a: &Hit, b: &Hit, ids: &impl Fn(&Hit) -> &'a [u8]) -> std::cmp::Ordering {
+    a.rank.total_cmp(&b.rank).then_with(|| ids(a).cmp(ids(b)))
+}
+
+/// The `k` best hits seen so far, best first.
+struct TopK {
+    k: usize,
+    hits: Vec<Hit>,
+    /// Rank of the worst kept hit once `k` are kept (a hit ranked above it is refused
+    /// without comparing ids), else infinity.
+    worst: f32,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            hits: Vec::with_capacity(k + 1),
+            worst: f32::INFINITY,
+        }
+    }
+
+    fn offer<'a>(&mut self, h: Hit, ids: &impl Fn(&Hit) -> &'a [u8]) {
+        if h.rank > self.worst || self.k == 0 {
+            return;
+        }
+        if self.hits.len() == self.k {
+            if let Some(w) = self.hits.last() {
+                if hit_cmp(&h, w, ids) != std::cmp::Ordering::Less {
+                    return;
+                }
+            }
+            self.hits.pop();
+        }
+        let pos = self
+            .hits
+            .partition_point(|x| hit_cmp(x, &h, ids) == std::cmp::Ordering::Less);
+        self.hits.insert(pos, h);
+        if self.hits.len() == self.k {
+            self.worst = self.hits.last().map_or(f32::INFINITY, |w| w.rank);
+        }
+    }
+}
+
 /// A probed segment's decrypted first-stage records (codes, and metadata when filtering).
 struct OpenSegment {
     codes: SegmentCodes,
@@ -341,6 +431,7 @@ impl Index {
         dek: Dek,
         key: Option<IndexKey>,
         scope: Scope,
+        cache_bytes: usize,
     ) -> Result<Self> {
         let keys = IndexKeys::derive(&dek);
         let loaded = load_state(store.as_ref(), &uid, &keys)?;
@@ -352,6 +443,7 @@ impl Index {
             keys,
             access: key.map_or(Access::User(scope), Access::Admin),
             state: RwLock::new(loaded),
+            cache: SegmentCache::new(cache_bytes),
         })
     }
 
@@ -440,7 +532,8 @@ impl Index {
         self.read().state.centroids.is_some()
     }
 
-    /// Number of live items.
+    /// Number of live items, as of this handle's last read or write (no storage access; a
+    /// `get`, `query` or `list_ids` first brings the handle up to date).
     pub fn len(&self) -> usize {
         self.read().state.ids.len()
     }
@@ -460,8 +553,9 @@ impl Index {
             .sum()
     }
 
-    /// All live ids, sorted.
+    /// All live ids, sorted (as stored when the call began: see [`Index::query`]).
     pub fn list_ids(&self) -> Result<Vec<String>> {
+        self.ensure_fresh()?;
         let mut ids: Vec<String> = self.read().state.ids.keys().cloned().collect();
         ids.sort_unstable();
         Ok(ids)
@@ -501,6 +595,7 @@ impl Index {
             if let Some(len) = g.segment_len {
                 b.delete(self.record_storage_key(&seg, KIND_CODES, 0));
                 b.delete(self.record_storage_key(&seg, KIND_META, 0));
+                b.delete(self.record_storage_key(&seg, KIND_BLOCK, 0));
                 for slot in 0..len {
                     b.delete(self.record_storage_key(&seg, KIND_VECTOR, slot));
                     b.delete(self.record_storage_key(&seg, KIND_DOC, slot));
@@ -515,23 +610,49 @@ impl Index {
         let Some(sealed) = self.store.get(&state_key(&self.uid))? else {
             return Ok(false);
         };
-        if value_digest(&sealed) == self.read().digest {
+        self.replace_if_changed(&sealed)
+    }
+
+    /// Replaces the handle's state with the stored `sealed` one if it differs; returns
+    /// whether it was replaced.
+    fn replace_if_changed(&self, sealed: &[u8]) -> Result<bool> {
+        if value_digest(sealed) == self.read().digest {
             return Ok(false);
         }
-        let fresh = load_state(self.store.as_ref(), &self.uid, &self.keys)?;
+        let fresh = open_state(&self.uid, &self.keys, sealed)?;
         *self.write() = fresh;
         Ok(true)
     }
 
-    /// Runs a read against the handle's state; if a record was missing or failed
-    /// authentication because another handle changed the index meanwhile, reloads the state
-    /// and runs it once more.
-    fn read_fresh<T>(&self, f: impl Fn(&State) -> Result<T>) -> Result<T> {
-        let first = f(&self.read().state);
+    /// Makes the handle's state the stored one before a read (see the module docs): one read
+    /// of the version record when nothing changed; the state itself otherwise, or when the
+    /// version record is missing (an index written before version records existed, until its
+    /// next write). A deleted index gives [`Error::IndexNotFound`].
+    fn ensure_fresh(&self) -> Result<()> {
+        let digest = self.read().digest;
+        if let Some(v) = self.store.get(&version_key(&self.uid))? {
+            if v.as_slice() == digest.as_slice() {
+                return Ok(());
+            }
+        }
+        let sealed = self
+            .store
+            .get(&state_key(&self.uid))?
+            .ok_or_else(|| Error::IndexNotFound(self.name.clone()))?;
+        self.replace_if_changed(&sealed)?;
+        Ok(())
+    }
+
+    /// Runs a read against the handle's state, made fresh first ([`Index::ensure_fresh`]); if
+    /// a record was missing or failed authentication because another handle changed the
+    /// index during the read, reloads the state and runs it once more.
+    fn read_fresh<T>(&self, f: impl Fn(&Loaded) -> Result<T>) -> Result<T> {
+        self.ensure_fresh()?;
+        let first = f(&self.read());
         match first {
             Err(Error::Corrupted(_)) => {
                 if self.refresh_if_changed()? {
-                    f(&self.read().state)
+                    f(&self.read())
                 } else {
                     first
                 }
@@ -563,72 +684,96 @@ impl Index {
         data_key(&self.uid, &seg.record_key(kind, slot))
     }
 
-    fn put_record(
-        &self,
-        seg: &SegmentKeys,
-        kind: u8,
-        slot: u32,
-        plain: Vec<u8>,
-        b: &mut WriteBatch,
-    ) {
-        let plain = Zeroizing::new(plain);
+    fn sealed_record(&self, seg: &SegmentKeys, kind: u8, slot: u32, plain: &[u8]) -> Record {
         let key = self.record_storage_key(seg, kind, slot);
-        let sealed = seg.cipher.seal(&key, &plain);
-        b.put(key, sealed);
+        let sealed = seg.cipher.seal(&key, plain);
+        (key, sealed)
     }
 
-    /// Writes `items` as one new segment `(list, next counter)`; updates the id map.
-    fn write_segment(&self, state: &mut State, list: u32, items: Vec<NewItem>, b: &mut WriteBatch) {
+    /// Writes each `(list, items)` group as one new segment `(list, next counter)` and
+    /// updates the id map; the records of the segments are built and sealed in parallel.
+    fn write_segments(
+        &self,
+        state: &mut State,
+        groups: Vec<(u32, Vec<NewItem>)>,
+        b: &mut WriteBatch,
+    ) {
+        let mut jobs = Vec::with_capacity(groups.len());
+        for (list, items) in groups {
+            let ls = &mut state.lists[list as usize];
+            let counter = ls.next_counter;
+            ls.next_counter += 1;
+            let mut salt = [0u8; SEGMENT_SALT_LEN];
+            OsRng.fill_bytes(&mut salt);
+            ls.segments.push(SegmentState {
+                counter,
+                salt,
+                len: slot_u32(items.len()),
+                deleted: Vec::new(),
+            });
+            for (slot, p) in items.iter().enumerate() {
+                state.ids.insert(
+                    p.id.clone(),
+                    Location {
+                        list,
+                        counter,
+                        slot: slot_u32(slot),
+                    },
+                );
+            }
+            jobs.push((list, counter, salt, items));
+        }
+        let generation = state.generation;
         let dim = state.config.dimension;
-        let ls = &mut state.lists[list as usize];
-        let counter = ls.next_counter;
-        ls.next_counter += 1;
-        let mut salt = [0u8; SEGMENT_SALT_LEN];
-        OsRng.fill_bytes(&mut salt);
-        ls.segments.push(SegmentState {
-            counter,
-            salt,
-            len: slot_u32(items.len()),
-            deleted: Vec::new(),
-        });
-        let seg = self.segment_keys(state.generation, list, counter, &salt);
+        let records: Vec<Vec<Record>> = jobs
+            .into_par_iter()
+            .map(|(list, counter, salt, items)| {
+                let seg = self.segment_keys(generation, list, counter, &salt);
+                self.segment_records(&seg, dim, items)
+            })
+            .collect();
+        for (key, sealed) in records.into_iter().flatten() {
+            b.put(key, sealed);
+        }
+    }
+
+    /// The sealed records of one new segment: codes, metadata, block, and per slot the
+    /// vector and the document.
+    fn segment_records(&self, seg: &SegmentKeys, dim: usize, items: Vec<NewItem>) -> Vec<Record> {
+        let mut out = Vec::with_capacity(3 + 2 * items.len());
         let quantizer = Sq8::fit(dim, items.iter().map(|p| p.prepared.as_slice()));
         let mut codes = Vec::with_capacity(items.len() * dim);
         for p in &items {
             quantizer.encode(&p.prepared, &mut codes);
         }
-
-        self.put_record(
-            &seg,
-            KIND_CODES,
-            0,
-            encode(&SegmentCodes::new(
-                items.iter().map(|p| p.id.as_str()),
-                quantizer,
-                codes,
-            )),
-            b,
-        );
+        let ids = || items.iter().map(|p| p.id.as_str());
+        let plain = Zeroizing::new(encode(&SegmentCodes::new(ids(), quantizer, codes)));
+        out.push(self.sealed_record(seg, KIND_CODES, 0, &plain));
         let metadata = items.iter().map(|p| p.metadata.clone()).collect();
-        self.put_record(&seg, KIND_META, 0, encode(&SegmentMeta { metadata }), b);
+        let plain = Zeroizing::new(encode(&SegmentMeta { metadata }));
+        out.push(self.sealed_record(seg, KIND_META, 0, &plain));
+        let block = SegmentBlock {
+            ids: SegmentIds::new(ids()),
+            vectors: items
+                .iter()
+                .flat_map(|p| p.prepared.iter().flat_map(|x| x.to_le_bytes()))
+                .collect(),
+        };
+        let plain = Zeroizing::new(encode(&block));
+        out.push(self.sealed_record(seg, KIND_BLOCK, 0, &plain));
         for (slot, p) in items.into_iter().enumerate() {
             let slot = slot_u32(slot);
-            self.put_record(&seg, KIND_VECTOR, slot, encode_vector(&p.vector), b);
+            let plain = Zeroizing::new(encode_vector(&p.vector));
+            out.push(self.sealed_record(seg, KIND_VECTOR, slot, &plain));
             let doc = DocRecord {
-                id: p.id.clone(),
+                id: p.id,
                 contents: p.contents,
                 metadata: p.metadata,
             };
-            self.put_record(&seg, KIND_DOC, slot, encode(&doc), b);
-            state.ids.insert(
-                p.id,
-                Location {
-                    list,
-                    counter,
-                    slot,
-                },
-            );
+            let plain = Zeroizing::new(encode(&doc));
+            out.push(self.sealed_record(seg, KIND_DOC, slot, &plain));
         }
+        out
     }
 
     /// Marks `loc` deleted and queues its vector and document records as garbage; drops the
@@ -720,25 +865,37 @@ impl Index {
         let digest = value_digest(&sealed);
         let key = state_key(&self.uid);
         b.require(Precondition::Digest(key.clone(), loaded.digest));
+        // The version record goes with the state in the same batch. Memory and disk apply a
+        // batch atomically; S3 writes unguarded keys before the state's conditional put (its
+        // commit point), so a reader may see a version naming a state not yet (or never)
+        // committed, which only makes it fetch the state itself: the version record is a
+        // hint that can say "unchanged" only for the state it was written with.
+        b.put(version_key(&self.uid), digest.to_vec());
         b.put(key, sealed);
         match self.store.apply(b)? {
             Applied::Committed => {
-                loaded.state = state;
-                loaded.digest = digest;
+                *loaded = Loaded::new(state, digest);
                 Ok(())
             }
             Applied::PreconditionFailed => Err(Error::Conflict(self.name.clone())),
         }
     }
 
+    /// The list of each item: the nearest centroid under the index metric.
     fn assign(state: &State, items: &[NewItem]) -> Vec<u32> {
         match &state.centroids {
             None => vec![0; items.len()],
             Some(c) => {
-                let dim = state.config.dimension;
+                let probe = Probe::new(c, state.config.dimension, state.config.metric);
                 items
                     .par_iter()
-                    .map(|p| list_u32(kmeans::nearest_by(c, dim, &p.prepared, state.config.metric)))
+                    .map_init(Vec::new, |scratch, p| {
+                        probe
+                            .nearest(&p.prepared, 1, scratch)
+                            .first()
+                            .copied()
+                            .unwrap_or(0)
+                    })
                     .collect()
             }
         }
@@ -750,9 +907,7 @@ impl Index {
         for (p, l) in items.into_iter().zip(lists) {
             groups.entry(l).or_default().push(p);
         }
-        for (list, group) in groups {
-            self.write_segment(state, list, group, b);
-        }
+        self.write_segments(state, groups.into_iter().collect(), b);
     }
 
     /// Inserts or replaces items. The whole batch is validated first (dimension, finite
@@ -810,9 +965,10 @@ impl Index {
         Ok(n)
     }
 
-    /// Fetches items by id, in request order; unknown ids are skipped.
+    /// Fetches items by id, in request order; unknown ids are skipped. Sees every write
+    /// committed before the call began (see [`Index::query`]).
     pub fn get<S: AsRef<str>>(&self, ids: &[S]) -> Result<Vec<Item>> {
-        self.read_fresh(|state| self.get_in(state, ids))
+        self.read_fresh(|loaded| self.get_in(&loaded.state, ids))
     }
 
     fn get_in<S: AsRef<str>>(&self, state: &State, ids: &[S]) -> Result<Vec<Item>> {
@@ -848,15 +1004,35 @@ impl Index {
     }
 
     /// The `top_k` nearest items to `vector`.
+    ///
+    /// Without a filter and with the segment cache enabled, the probed lists are scanned
+    /// exactly from their decrypted vector blocks (cached); otherwise the SQ8 first stage and
+    /// the exact re-rank of `rerank_mult · top_k` candidates read the fewest bytes.
+    ///
+    /// Sees every write committed to storage before the call began, through this or any other
+    /// handle: the call first reads the index's 32-byte state version record and reloads the
+    /// state if another handle changed it (so a deleted item is never returned, cache or
+    /// not). [`Index::query_batch`] does this once per batch, [`Index::get`] per call.
     pub fn query(&self, vector: &[f32], params: &QueryParams) -> Result<Vec<QueryResult>> {
         let config = self.config();
         let plan = Plan::new(&config, params)?;
         check_vector(&config, vector, None)?;
-        self.read_fresh(|state| self.search(state, &plan, vector, None))
+        if plan.filter.is_none() && self.cache.enabled() {
+            let one = std::slice::from_ref(&vector);
+            return self
+                .read_fresh(|loaded| self.exact_search(loaded, &plan, one))
+                .map(|mut r| r.pop().unwrap_or_default());
+        }
+        self.read_fresh(|loaded| self.search(loaded, &plan, vector, None))
     }
 
     /// [`Index::query`] for several vectors, run in parallel. All vectors are validated
     /// before any search runs.
+    ///
+    /// Without a filter the batch is searched list-major: each probed segment is decrypted
+    /// (or taken from the segment cache) once for the whole batch and scanned exactly for
+    /// every query that probes its list, then each query's best hits are merged. With a
+    /// filter, chunks of queries share their opened SQ8 segments.
     pub fn query_batch(
         &self,
         vectors: &[Vec<f32>],
@@ -867,14 +1043,18 @@ impl Index {
         for v in vectors {
             check_vector(&config, v, None)?;
         }
-        self.read_fresh(|state| {
+        if plan.filter.is_none() {
+            let refs: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+            return self.read_fresh(|loaded| self.exact_search(loaded, &plan, &refs));
+        }
+        self.read_fresh(|loaded| {
             let mut out = Vec::with_capacity(vectors.len());
             for chunk in vectors.chunks(QUERY_CHUNK) {
-                let shared = self.open_for_batch(state, &plan, chunk)?;
+                let shared = self.open_for_batch(loaded, &plan, chunk)?;
                 out.extend(
                     chunk
                         .par_iter()
-                        .map(|v| self.search(state, &plan, v, Some(&shared)))
+                        .map(|v| self.search(loaded, &plan, v, Some(&shared)))
                         .collect::<Result<Vec<_>>>()?,
                 );
             }
@@ -882,21 +1062,305 @@ impl Index {
         })
     }
 
+    /// Plaintext budget of this handle's segment cache, in bytes (0: disabled).
+    pub fn segment_cache_bytes(&self) -> usize {
+        self.cache.budget()
+    }
+
+    /// Plaintext bytes currently held by this handle's segment cache.
+    pub fn segment_cache_used(&self) -> usize {
+        self.cache.bytes()
+    }
+
+    /// Sets the plaintext budget of this handle's segment cache (0 disables it and wipes
+    /// every entry no query is using). See [`crate::Client::with_segment_cache_bytes`].
+    pub fn set_segment_cache_bytes(&self, bytes: usize) {
+        self.cache.set_budget(bytes);
+    }
+
     /// The lists `query` probes.
-    fn probed_lists(state: &State, plan: &Plan, pq: &[f32]) -> Vec<u32> {
-        match &state.centroids {
+    fn probed_lists(loaded: &Loaded, plan: &Plan, pq: &[f32], scratch: &mut Vec<f32>) -> Vec<u32> {
+        match &loaded.probe {
             None => vec![0],
-            Some(c) => kmeans::nearest_n(
-                c,
-                state.config.dimension,
-                pq,
-                plan.n_probes,
-                state.config.metric,
-            )
-            .into_iter()
-            .map(list_u32)
-            .collect(),
+            Some(p) => p.nearest(pq, plan.n_probes, scratch),
         }
+    }
+
+    /// Exact list-major search of `queries` (no filter).
+    fn exact_search(
+        &self,
+        loaded: &Loaded,
+        plan: &Plan,
+        queries: &[&[f32]],
+    ) -> Result<Vec<Vec<QueryResult>>> {
+        let state = &loaded.state;
+        let metric = state.config.metric;
+        let pqs: Vec<Vec<f32>> = queries.par_iter().map(|q| metric.prepare(q)).collect();
+        let mut by_list: Vec<Vec<u32>> = vec![Vec::new(); state.lists.len()];
+        let probes: Vec<Vec<u32>> = pqs
+            .par_iter()
+            .map_init(Vec::new, |scratch, pq| {
+                Self::probed_lists(loaded, plan, pq, scratch)
+            })
+            .collect();
+        for (q, lists) in probes.iter().enumerate() {
+            for &l in lists {
+                if let Some(v) = by_list.get_mut(l as usize) {
+                    v.push(slot_u32(q));
+                }
+            }
+        }
+        let work: Vec<(u32, Vec<u32>)> = by_list
+            .into_iter()
+            .enumerate()
+            .filter(|(_, qs)| !qs.is_empty())
+            .map(|(l, qs)| (list_u32(l), qs))
+            .collect();
+        let scanned: Vec<ListScan<'_>> = work
+            .par_iter()
+            .map(|(list, qs)| self.scan_list(state, *list, qs, &pqs, plan.top_k))
+            .collect::<Result<_>>()?;
+
+        // Merge: every query's hits from all its lists, in one table of segments.
+        let mut table: Vec<(u32, &SegmentState, Arc<SegmentIds>)> = Vec::new();
+        let mut per_query: Vec<Vec<Hit>> = vec![Vec::new(); queries.len()];
+        for ((list, _), scan) in work.iter().zip(scanned) {
+            let base = slot_u32(table.len());
+            table.extend(scan.segments.into_iter().map(|(s, ids)| (*list, s, ids)));
+            for (q, h) in scan.hits {
+                per_query[q as usize].push(Hit {
+                    seg: h.seg + base,
+                    ..h
+                });
+            }
+        }
+        per_query
+            .into_par_iter()
+            .map(|hits| {
+                let ids = |h: &Hit| table[h.seg as usize].2.id_bytes(h.slot as usize);
+                let mut top = TopK::new(plan.top_k);
+                for h in hits {
+                    top.offer(h, &ids);
+                }
+                self.materialize(state, plan, &table, &top.hits)
+            })
+            .collect()
+    }
+
+    /// Scans every segment of `list` for each query of `qs`; keeps each query's `top_k`.
+    fn scan_list<'s>(
+        &self,
+        state: &'s State,
+        list: u32,
+        qs: &[u32],
+        pqs: &[Vec<f32>],
+        top_k: usize,
+    ) -> Result<ListScan<'s>> {
+        let metric = state.config.metric;
+        let decoded = self.decoded_segments(state, list)?;
+        let mut scores = Vec::new();
+        let mut hits = Vec::with_capacity(qs.len() * top_k);
+        let ids = |h: &Hit| decoded[h.seg as usize].1.ids.id_bytes(h.slot as usize);
+        let mut top = TopK::new(top_k);
+        for &q in qs {
+            top.hits.clear();
+            top.worst = f32::INFINITY;
+            for (si, (s, d)) in decoded.iter().enumerate() {
+                d.block.rank_all(metric, &pqs[q as usize], &mut scores);
+                for (slot, &rank) in scores[..d.block.len()].iter().enumerate() {
+                    if rank > top.worst {
+                        continue;
+                    }
+                    let slot = slot_u32(slot);
+                    if !s.deleted.is_empty() && s.is_deleted(slot) {
+                        continue;
+                    }
+                    let seg = slot_u32(si);
+                    top.offer(Hit { rank, seg, slot }, &ids);
+                }
+            }
+            hits.extend(top.hits.iter().map(|h| (q, *h)));
+        }
+        Ok(ListScan {
+            segments: decoded
+                .iter()
+                .map(|(s, d)| (*s, Arc::clone(&d.ids)))
+                .collect(),
+            hits,
+        })
+    }
+
+    /// The decrypted segments of `list`, from the cache or opened (one block record each)
+    /// and cached.
+    fn decoded_segments<'s>(
+        &self,
+        state: &'s State,
+        list: u32,
+    ) -> Result<Vec<(&'s SegmentState, Arc<Decoded>)>> {
+        let segs = &state.lists[list as usize].segments;
+        let id = |s: &SegmentState| -> SegmentId { (state.generation, list, s.counter, s.salt) };
+        let mut out: Vec<Option<Arc<Decoded>>> =
+            segs.iter().map(|s| self.cache.get(&id(s))).collect();
+        let missing: Vec<usize> = (0..segs.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let seed = self.keys.cluster_seed(state.generation, list);
+            let keys: Vec<SegmentKeys> = missing
+                .iter()
+                .map(|&i| seed.segment(segs[i].counter, &segs[i].salt))
+                .collect();
+            let rkeys: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|k| self.record_storage_key(k, KIND_BLOCK, 0))
+                .collect();
+            let refs: Vec<&[u8]> = rkeys.iter().map(Vec::as_slice).collect();
+            let values = self.store.get_many(&refs)?;
+            for (((&i, seg), rk), v) in missing.iter().zip(&keys).zip(&rkeys).zip(values) {
+                let s = &segs[i];
+                let d = Arc::new(match v {
+                    Some(v) => Self::decode_block(state, s, &open_record(seg, rk, Some(v))?)?,
+                    // Segments written before block records existed.
+                    None => self.decode_from_slots(state, s, seg)?,
+                });
+                self.cache.insert(id(s), Arc::clone(&d));
+                out[i] = Some(d);
+            }
+        }
+        Ok(segs
+            .iter()
+            .zip(out)
+            .filter_map(|(s, d)| d.map(|d| (s, d)))
+            .collect())
+    }
+
+    fn decode_block(state: &State, s: &SegmentState, plain: &[u8]) -> Result<Decoded> {
+        let dim = state.config.dimension;
+        let len = s.len as usize;
+        let block: SegmentBlock = decode(plain, "segment block")?;
+        block.ids.validate(len)?;
+        if block.vectors.len() != len * dim * 4 {
+            return Err(Error::Corrupted(
+                "segment block does not match the index state".into(),
+            ));
+        }
+        let mut block = block;
+        let ids = std::mem::take(&mut block.ids);
+        Ok(Decoded {
+            ids: Arc::new(ids),
+            block: Block::from_le_bytes(dim, len, &block.vectors),
+        })
+    }
+
+    /// A segment without a block record: ids from its codes record, vectors from its slots.
+    fn decode_from_slots(
+        &self,
+        state: &State,
+        s: &SegmentState,
+        seg: &SegmentKeys,
+    ) -> Result<Decoded> {
+        let dim = state.config.dimension;
+        let len = s.len as usize;
+        let ck = self.record_storage_key(seg, KIND_CODES, 0);
+        let mut keys = vec![ck];
+        keys.extend((0..s.len).map(|slot| self.record_storage_key(seg, KIND_VECTOR, slot)));
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut values = self.store.get_many(&refs)?.into_iter();
+        let mut codes: SegmentCodes = decode(
+            &open_record(seg, &keys[0], values.next().flatten())?,
+            "segment codes",
+        )?;
+        codes.validate(len, dim)?;
+        let mut rows = Vec::with_capacity(len);
+        for (k, v) in keys[1..].iter().zip(values) {
+            let v = Zeroizing::new(decode_vector(&open_record(seg, k, v)?, dim)?);
+            rows.push(Zeroizing::new(state.config.metric.prepare(&v)));
+        }
+        Ok(Decoded {
+            ids: Arc::new(std::mem::take(&mut codes.ids)),
+            block: Block::from_rows(dim, len, rows.iter().map(|r| r.as_slice())),
+        })
+    }
+
+    /// Turns a query's final hits into results, reading the vector and document records
+    /// only when `include` asks for them.
+    fn materialize(
+        &self,
+        state: &State,
+        plan: &Plan,
+        table: &[(u32, &SegmentState, Arc<SegmentIds>)],
+        hits: &[Hit],
+    ) -> Result<Vec<QueryResult>> {
+        let metric = state.config.metric;
+        let dim = state.config.dimension;
+        let want_vec = plan.include.vector;
+        let want_doc = plan.include.any_doc();
+        let mut records: Vec<(Option<Vec<f32>>, Option<DocRecord>)> = Vec::new();
+        if want_vec || want_doc {
+            let segs: Vec<SegmentKeys> = hits
+                .iter()
+                .map(|h| {
+                    let (list, s, _) = &table[h.seg as usize];
+                    self.segment_keys(state.generation, *list, s.counter, &s.salt)
+                })
+                .collect();
+            let mut keys = Vec::new();
+            for (h, seg) in hits.iter().zip(&segs) {
+                if want_vec {
+                    keys.push(self.record_storage_key(seg, KIND_VECTOR, h.slot));
+                }
+                if want_doc {
+                    keys.push(self.record_storage_key(seg, KIND_DOC, h.slot));
+                }
+            }
+            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            let mut values = self.store.get_many(&refs)?.into_iter();
+            let mut key_iter = keys.iter();
+            for seg in &segs {
+                let vector = if want_vec {
+                    let k = key_iter.next().map_or(&[][..], Vec::as_slice);
+                    Some(decode_vector(
+                        &open_record(seg, k, values.next().flatten())?,
+                        dim,
+                    )?)
+                } else {
+                    None
+                };
+                let doc = if want_doc {
+                    let k = key_iter.next().map_or(&[][..], Vec::as_slice);
+                    Some(decode(
+                        &open_record(seg, k, values.next().flatten())?,
+                        "document",
+                    )?)
+                } else {
+                    None
+                };
+                records.push((vector, doc));
+            }
+        } else {
+            records.resize_with(hits.len(), || (None, None));
+        }
+        hits.iter()
+            .zip(records)
+            .map(|(h, (vector, doc))| {
+                let (contents, metadata) = match doc {
+                    Some(d) => (
+                        d.contents.filter(|_| plan.include.contents),
+                        if plan.include.metadata {
+                            parse_metadata(d.metadata.as_deref())?
+                        } else {
+                            None
+                        },
+                    ),
+                    None => (None, None),
+                };
+                Ok(QueryResult {
+                    id: table[h.seg as usize].2.id(h.slot as usize)?,
+                    distance: metric.finish(h.rank),
+                    vector,
+                    contents,
+                    metadata,
+                })
+            })
+            .collect()
     }
 
     /// Opens, once, every segment of every list probed by some query of `queries`, so a
@@ -904,13 +1368,17 @@ impl Index {
     /// each of the batch's tokens read once).
     fn open_for_batch(
         &self,
-        state: &State,
+        loaded: &Loaded,
         plan: &Plan,
         queries: &[Vec<f32>],
     ) -> Result<SharedSegments> {
+        let state = &loaded.state;
         let mut lists: Vec<u32> = queries
             .par_iter()
-            .flat_map_iter(|q| Self::probed_lists(state, plan, &state.config.metric.prepare(q)))
+            .flat_map_iter(|q| {
+                let pq = state.config.metric.prepare(q);
+                Self::probed_lists(loaded, plan, &pq, &mut Vec::new())
+            })
             .collect();
         lists.sort_unstable();
         lists.dedup();
@@ -1037,15 +1505,16 @@ impl Index {
 
     fn search(
         &self,
-        state: &State,
+        loaded: &Loaded,
         plan: &Plan,
         query: &[f32],
         shared: Option<&SharedSegments>,
     ) -> Result<Vec<QueryResult>> {
+        let state = &loaded.state;
         let metric = state.config.metric;
         let dim = state.config.dimension;
         let pq = metric.prepare(query);
-        let lists = Self::probed_lists(state, plan, &pq);
+        let lists = Self::probed_lists(loaded, plan, &pq, &mut Vec::new());
 
         // Tokens for the probed lists only (seed 002 §3 "Minimal key generation").
         let mut segs: Vec<(&SegmentState, SegmentKeys)> = Vec::new();
@@ -1082,7 +1551,7 @@ impl Index {
         let mut exact: Vec<(f32, &Candidate, Vec<f32>)> = Vec::with_capacity(cands.len());
         for ((c, k), v) in cands.iter().zip(&vkeys).zip(vals) {
             let vector = decode_vector(&open_record(&segs[c.segment].1, k, v)?, dim)?;
-            let rank = sane_rank(metric.rank(&pq, &metric.prepare(&vector)));
+            let rank = exact_rank(metric, &pq, &metric.prepare(&vector));
             exact.push((rank, c, vector));
         }
         exact.sort_by(|a, b| {
@@ -1234,6 +1703,7 @@ impl Index {
         }
         let mut state = loaded.state.clone();
         let mut b = WriteBatch::new();
+        let mut groups = Vec::new();
         for &list in lists {
             let segs = std::mem::take(&mut state.lists[list as usize].segments);
             let mut items = Vec::new();
@@ -1246,10 +1716,11 @@ impl Index {
             stats.segments_before += segs.len();
             stats.lists_compacted += 1;
             if !items.is_empty() {
-                self.write_segment(&mut state, list, items, &mut b);
+                groups.push((list, items));
                 stats.segments_after += 1;
             }
         }
+        self.write_segments(&mut state, groups, &mut b);
         self.commit(loaded, state, b)?;
         Ok(stats)
     }
@@ -1361,9 +1832,14 @@ fn load_state(store: &dyn Store, uid: &[u8; UID_LEN], keys: &IndexKeys) -> Resul
     let sealed = store
         .get(&state_key(uid))?
         .ok_or_else(|| Error::Corrupted("the index state record is missing".into()))?;
+    open_state(uid, keys, &sealed)
+}
+
+/// Decrypts and checks a stored state ciphertext.
+fn open_state(uid: &[u8; UID_LEN], keys: &IndexKeys, sealed: &[u8]) -> Result<Loaded> {
     let plain = keys
         .state_cipher()
-        .open(&state_aad(uid), &sealed)
+        .open(&state_aad(uid), sealed)
         .map_err(|_| Error::Corrupted("the index state failed authentication".into()))?;
     let state: State = decode(&plain, "index state")?;
     let lists_ok = match &state.centroids {
@@ -1376,10 +1852,7 @@ fn load_state(store: &dyn Store, uid: &[u8; UID_LEN], keys: &IndexKeys) -> Resul
     if !lists_ok {
         return Err(Error::Corrupted("index state is inconsistent".into()));
     }
-    Ok(Loaded {
-        state,
-        digest: value_digest(&sealed),
-    })
+    Ok(Loaded::new(state, value_digest(sealed)))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! to a cluster in seed 002 §2 — with k-means++ seeding, Lloyd iterations and re-seeding of
 //! empty lists; deterministic for a given seed. Assignment is parallel with rayon. Training
 //! uses L2 on prepared vectors (unit vectors for cosine); assigning items to lists and
-//! choosing the lists a query probes ([`nearest_by`], [`nearest_n`]) rank centroids by the
+//! choosing the lists a query probes ([`crate::scan::Probe`]) rank centroids by the
 //! index metric: L2, inner product, or inner product with the normalized centroid.
 
 use rand::rngs::StdRng;
@@ -10,7 +10,8 @@ use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use crate::metric::{dot, l2_squared, Metric};
+use crate::metric::{l2_squared, Metric};
+use crate::scan::Probe;
 
 /// Trains `k` centroids (flattened, `k · dim`) on `data` (flattened rows of `dim`).
 /// Requires `k <= rows`.
@@ -53,11 +54,15 @@ pub(crate) fn train(data: &[f32], dim: usize, k: usize, iters: usize, seed: u64)
     // Lloyd iterations.
     let mut assign = vec![0usize; n];
     for _ in 0..iters {
+        let probe = Probe::new(&centroids, dim, Metric::Euclidean);
         let changed: usize = assign
             .par_iter_mut()
             .enumerate()
-            .map(|(i, a)| {
-                let c = nearest(&centroids, dim, row(i));
+            .map_init(Vec::new, |scratch, (i, a)| {
+                let c = probe
+                    .nearest(row(i), 1, scratch)
+                    .first()
+                    .map_or(0, |c| *c as usize);
                 let moved = usize::from(*a != c);
                 *a = c;
                 moved
@@ -94,76 +99,6 @@ pub(crate) fn train(data: &[f32], dim: usize, k: usize, iters: usize, seed: u64)
     centroids
 }
 
-/// Index of the centroid nearest (L2) to `v`.
-pub(crate) fn nearest(centroids: &[f32], dim: usize, v: &[f32]) -> usize {
-    let mut best = (0, f32::INFINITY);
-    for (i, c) in centroids.chunks_exact(dim).enumerate() {
-        let d = l2_squared(c, v);
-        if d < best.1 {
-            best = (i, d);
-        }
-    }
-    best.0
-}
-
-/// How well centroid `c` matches the prepared vector `v` under `metric` (smaller is better;
-/// never NaN).
-fn centroid_rank(metric: Metric, c: &[f32], v: &[f32]) -> f32 {
-    let r = match metric {
-        Metric::Euclidean => l2_squared(c, v),
-        Metric::DotProduct => -dot(c, v),
-        Metric::Cosine => {
-            let n = dot(c, c).sqrt();
-            if n > 0.0 {
-                -dot(c, v) / n
-            } else {
-                0.0
-            }
-        }
-    };
-    if r.is_nan() {
-        f32::INFINITY
-    } else {
-        r
-    }
-}
-
-/// Index of the list `v` belongs to under `metric`.
-pub(crate) fn nearest_by(centroids: &[f32], dim: usize, v: &[f32], metric: Metric) -> usize {
-    let mut best = (0, f32::INFINITY);
-    for (i, c) in centroids.chunks_exact(dim).enumerate() {
-        let d = centroid_rank(metric, c, v);
-        if d < best.1 {
-            best = (i, d);
-        }
-    }
-    best.0
-}
-
-/// Indices of the `n` centroids best matching `v` under `metric`, best first (ties by
-/// index).
-pub(crate) fn nearest_n(
-    centroids: &[f32],
-    dim: usize,
-    v: &[f32],
-    n: usize,
-    metric: Metric,
-) -> Vec<usize> {
-    let mut d: Vec<(f32, usize)> = centroids
-        .chunks_exact(dim)
-        .enumerate()
-        .map(|(i, c)| (centroid_rank(metric, c, v), i))
-        .collect();
-    let cmp = |a: &(f32, usize), b: &(f32, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-    let n = n.min(d.len());
-    if n < d.len() {
-        d.select_nth_unstable_by(n, cmp);
-        d.truncate(n);
-    }
-    d.sort_by(cmp);
-    d.into_iter().map(|(_, i)| i).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,33 +113,12 @@ mod tests {
             data.extend_from_slice(&[c[0] + jitter, c[1] - jitter]);
         }
         let cents = train(&data, 2, 3, 20, 7);
+        let probe = Probe::new(&cents, 2, Metric::Euclidean);
         for c in centers {
-            let i = nearest(&cents, 2, &c);
+            let i = probe.nearest(&c, 1, &mut Vec::new())[0] as usize;
             assert!(l2_squared(&cents[i * 2..i * 2 + 2], &c) < 1.0);
         }
-        assert_eq!(
-            nearest_n(&cents, 2, &[10.0, 10.0], 2, Metric::Euclidean).len(),
-            2
-        );
+        assert_eq!(probe.nearest(&[10.0, 10.0], 2, &mut Vec::new()).len(), 2);
         assert_eq!(train(&data, 2, 3, 20, 7), cents, "deterministic for a seed");
-    }
-}
-
-#[cfg(test)]
-mod metric_tests {
-    use super::*;
-
-    #[test]
-    fn lists_are_ranked_by_the_index_metric() {
-        let cents = [1.0f32, 0.0, 10.0, 0.0];
-        let v = [2.0, 0.0];
-        assert_eq!(nearest_by(&cents, 2, &v, Metric::Euclidean), 0);
-        assert_eq!(nearest_by(&cents, 2, &v, Metric::DotProduct), 1);
-        assert_eq!(nearest_n(&cents, 2, &v, 2, Metric::DotProduct), vec![1, 0]);
-        let cos = [3.0f32, 4.0, 0.0, 0.5];
-        let u = [0.0, 1.0];
-        // L2 prefers the short centroid, cosine the one pointing the same way.
-        assert_eq!(nearest_by(&cos, 2, &u, Metric::Euclidean), 1);
-        assert_eq!(nearest_by(&cos, 2, &[0.6, 0.8], Metric::Cosine), 0);
     }
 }

@@ -37,6 +37,7 @@
 //! # Ok::<(), tkms_engine::Error>(())
 //! ```
 
+mod cache;
 mod client;
 mod error;
 mod filter;
@@ -48,11 +49,13 @@ pub mod labels;
 mod metric;
 mod quantize;
 mod records;
+mod scan;
 pub mod service;
 pub mod store;
 mod types;
 pub mod vecfile;
 
+pub use cache::DEFAULT_SEGMENT_CACHE_BYTES;
 pub use client::{Client, MAX_INDEX_NAME_LEN};
 pub use error::{Error, Result};
 pub use filter::Filter;

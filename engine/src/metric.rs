@@ -28,7 +28,9 @@ impl Metric {
         }
     }
 
-    /// Ranking key between two *prepared* vectors (monotone in [`Metric::finish`]).
+    /// Ranking key between two *prepared* vectors (monotone in [`Metric::finish`]); the
+    /// search uses [`crate::scan::exact_rank`], this lane-summed form is the tests' reference.
+    #[cfg(test)]
     pub(crate) fn rank(self, a: &[f32], b: &[f32]) -> f32 {
         match self {
             Metric::Euclidean => l2_squared(a, b),

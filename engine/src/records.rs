@@ -4,12 +4,15 @@
 //! c/<index name>                      IndexHeader (postcard): version, uid, DEK wrapped under KEK
 //! k/<index name>                      KMS envelope (KMSBlob FlatBuffer): the KEK as wrapped by a KMS
 //! x/<uid:16>/s                        index state, AES-256-GCM under the DEK-derived state key
+//! x/<uid:16>/v                        state version: SHA-256 of the current state ciphertext
+//!                                     (public: anyone holding the ciphertext can compute it)
 //! x/<uid:16>/u/<key id:16>            UserRecord: scope, DEK wrapped under the user's key
 //! x/<uid:16>/d/<record key:32>        segment records, AES-256-GCM under the segment key:
 //!     kind 0 (slot 0)  SegmentCodes: ids, SQ8 quantizer, codes
 //!     kind 1 (slot 0)  SegmentMeta: metadata (JSON) per slot, for filtering
 //!     kind 2 (slot i)  exact vector of slot i (f32 little-endian)
 //!     kind 3 (slot i)  DocRecord: id, contents, metadata of slot i
+//!     kind 4 (slot 0)  SegmentBlock: ids and all prepared vectors (exact batched scans)
 //! ```
 //!
 //! Record keys are `SHA3(RECORD ‖ lookup ‖ kind ‖ slot)` where `lookup` is the segment's
@@ -20,6 +23,7 @@
 use std::collections::HashMap;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
 use crate::keys::SEGMENT_SALT_LEN;
@@ -33,6 +37,7 @@ pub(crate) const KIND_CODES: u8 = 0;
 pub(crate) const KIND_META: u8 = 1;
 pub(crate) const KIND_VECTOR: u8 = 2;
 pub(crate) const KIND_DOC: u8 = 3;
+pub(crate) const KIND_BLOCK: u8 = 4;
 
 pub(crate) const CATALOG_PREFIX: &[u8] = b"c/";
 
@@ -51,6 +56,12 @@ pub(crate) fn index_prefix(uid: &[u8; UID_LEN]) -> Vec<u8> {
 
 pub(crate) fn state_key(uid: &[u8; UID_LEN]) -> Vec<u8> {
     [index_prefix(uid).as_slice(), b"s"].concat()
+}
+
+/// Key of the state version record, written in every batch that writes the state; a read
+/// fetches it to learn cheaply whether its handle's state is still the stored one.
+pub(crate) fn version_key(uid: &[u8; UID_LEN]) -> Vec<u8> {
+    [index_prefix(uid).as_slice(), b"v"].concat()
 }
 
 pub(crate) fn user_key(uid: &[u8; UID_LEN], key_id: &[u8]) -> Vec<u8> {
@@ -146,55 +157,50 @@ pub(crate) struct State {
     pub garbage: Vec<Garbage>,
 }
 
-/// First-stage data of a segment: ids (one byte buffer plus end offsets, so decoding does
-/// not allocate per item), the segment's SQ8 quantizer and the codes.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct SegmentCodes {
+/// The ids of a segment's slots: one byte buffer plus end offsets, so decoding does not
+/// allocate per item. Wiped on drop.
+#[derive(Default, Serialize, Deserialize)]
+pub(crate) struct SegmentIds {
     #[serde(with = "serde_bytes")]
     id_bytes: Vec<u8>,
     id_ends: Vec<u32>,
-    pub quantizer: Sq8,
-    #[serde(with = "serde_bytes")]
-    pub codes: Vec<u8>,
 }
 
-impl SegmentCodes {
-    pub(crate) fn new<'a>(
-        ids: impl Iterator<Item = &'a str>,
-        quantizer: Sq8,
-        codes: Vec<u8>,
-    ) -> Self {
+impl Drop for SegmentIds {
+    fn drop(&mut self) {
+        self.id_bytes.zeroize();
+    }
+}
+
+impl SegmentIds {
+    pub(crate) fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Self {
         let mut id_bytes = Vec::new();
         let mut id_ends = Vec::new();
         for id in ids {
             id_bytes.extend_from_slice(id.as_bytes());
             id_ends.push(u32::try_from(id_bytes.len()).expect("segment id bytes fit in u32"));
         }
-        Self {
-            id_bytes,
-            id_ends,
-            quantizer,
-            codes,
-        }
+        Self { id_bytes, id_ends }
     }
 
-    /// Checks the shape against the index state, so that later slicing cannot fail.
-    pub(crate) fn validate(&self, len: usize, dim: usize) -> Result<()> {
+    /// Checks that there are `len` well-formed ids, so that later slicing cannot fail.
+    pub(crate) fn validate(&self, len: usize) -> Result<()> {
         let ends_ok = self.id_ends.windows(2).all(|w| w[0] <= w[1])
             && self.id_ends.last().map_or(0, |e| *e as usize) == self.id_bytes.len();
-        if self.id_ends.len() != len
-            || !ends_ok
-            || self.codes.len() != len * dim
-            || self.quantizer.dim() != dim
-        {
+        if self.id_ends.len() != len || !ends_ok {
             return Err(Error::Corrupted(
-                "segment codes do not match the index state".into(),
+                "segment ids do not match the index state".into(),
             ));
         }
         Ok(())
     }
 
-    /// Raw id bytes of `slot` (after [`SegmentCodes::validate`]).
+    /// Plaintext bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.id_bytes.len() + 4 * self.id_ends.len()
+    }
+
+    /// Raw id bytes of `slot` (after [`SegmentIds::validate`]).
     pub(crate) fn id_bytes(&self, slot: usize) -> &[u8] {
         let start = if slot == 0 {
             0
@@ -204,11 +210,77 @@ impl SegmentCodes {
         &self.id_bytes[start..self.id_ends[slot] as usize]
     }
 
-    /// The id of `slot` (after [`SegmentCodes::validate`]).
+    /// The id of `slot` (after [`SegmentIds::validate`]).
     pub(crate) fn id(&self, slot: usize) -> Result<String> {
         std::str::from_utf8(self.id_bytes(slot))
             .map(str::to_owned)
             .map_err(|_| Error::Corrupted("stored id is not UTF-8".into()))
+    }
+}
+
+/// First-stage data of a segment: ids, the segment's SQ8 quantizer and the codes (ids and
+/// codes wiped on drop).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SegmentCodes {
+    pub ids: SegmentIds,
+    pub quantizer: Sq8,
+    #[serde(with = "serde_bytes")]
+    pub codes: Vec<u8>,
+}
+
+impl Drop for SegmentCodes {
+    fn drop(&mut self) {
+        self.codes.zeroize();
+    }
+}
+
+impl SegmentCodes {
+    pub(crate) fn new<'a>(
+        ids: impl Iterator<Item = &'a str>,
+        quantizer: Sq8,
+        codes: Vec<u8>,
+    ) -> Self {
+        Self {
+            ids: SegmentIds::new(ids),
+            quantizer,
+            codes,
+        }
+    }
+
+    /// Checks the shape against the index state, so that later slicing cannot fail.
+    pub(crate) fn validate(&self, len: usize, dim: usize) -> Result<()> {
+        self.ids.validate(len)?;
+        if self.codes.len() != len * dim || self.quantizer.dim() != dim {
+            return Err(Error::Corrupted(
+                "segment codes do not match the index state".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Raw id bytes of `slot` (after [`SegmentCodes::validate`]).
+    pub(crate) fn id_bytes(&self, slot: usize) -> &[u8] {
+        self.ids.id_bytes(slot)
+    }
+
+    /// The id of `slot` (after [`SegmentCodes::validate`]).
+    pub(crate) fn id(&self, slot: usize) -> Result<String> {
+        self.ids.id(slot)
+    }
+}
+
+/// All of a segment's prepared vectors (f32 little-endian, row-major) with its ids: what
+/// an exact scan of the segment needs, in one AES-GCM record (kind 4). Wiped on drop.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SegmentBlock {
+    pub ids: SegmentIds,
+    #[serde(with = "serde_bytes")]
+    pub vectors: Vec<u8>,
+}
+
+impl Drop for SegmentBlock {
+    fn drop(&mut self) {
+        self.vectors.zeroize();
     }
 }
 

@@ -49,13 +49,19 @@ fn deletes(b: &WriteBatch) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A segment record's key, `x/<uid:16>/d/<record key:32>` (not the state `x/<uid>/s` or its
+/// version record `x/<uid>/v`).
+fn is_data_key(k: &[u8]) -> bool {
+    k.len() > 20 && k[19..21] == *b"d/"
+}
+
 fn data_keys(store: &dyn Store) -> HashSet<Vec<u8>> {
     store
         .scan_prefix(b"x/")
         .unwrap()
         .into_iter()
         .map(|(k, _)| k)
-        .filter(|k| k.len() > 20 && k[19..21] == *b"d/")
+        .filter(|k| is_data_key(k))
         .collect()
 }
 
@@ -98,6 +104,43 @@ fn stale_read_only_handle_reloads_transparently() {
     assert_eq!(got[0].vector, data[9].vector, "overwrite not seen");
     assert_eq!(ro_get.len(), admin.len());
     assert!(ro_get.upsert(vec![Item::new("w", vec![0.0; 8])]).is_err());
+}
+
+/// B1': a handle whose segment cache holds a segment never returns an item of it that another
+/// handle deleted before the read began, even when nothing was swept (every record the stale
+/// handle would read is still stored): each read checks the state version first.
+#[test]
+fn cached_segments_do_not_hide_another_handles_delete() {
+    let client = Client::new(StorageConfig::memory()).unwrap();
+    let key = IndexKey::generate();
+    let data = items(100, 8, 5);
+    let admin = client
+        .create_index("cached", &key, IndexConfig::new(8).with_n_lists(2))
+        .unwrap();
+    admin.upsert(data.clone()).unwrap();
+    admin.train(&TrainParams::default()).unwrap();
+    let other = client.load_index("cached", &key).unwrap();
+    let params = QueryParams::new(3).n_probes(2);
+    let batch = vec![data[5].vector.clone(), data[6].vector.clone()];
+    assert_eq!(other.query(&data[5].vector, &params).unwrap()[0].id, id(5));
+    assert_eq!(other.query_batch(&batch, &params).unwrap()[1][0].id, id(6));
+    assert!(other.segment_cache_used() > 0);
+
+    admin.delete(&[id(5), id(6)]).unwrap();
+    let hits = other.query(&data[5].vector, &params).unwrap();
+    assert!(hits.iter().all(|h| h.id != id(5)), "deleted item returned");
+    let hits = other.query_batch(&batch, &params).unwrap();
+    assert!(hits
+        .iter()
+        .flatten()
+        .all(|h| h.id != id(5) && h.id != id(6)));
+    assert!(other.get(&[id(5)]).unwrap().is_empty());
+    assert_eq!(other.len(), 98);
+
+    // A deleted index is reported, not served from the cache.
+    client.delete_index("cached", &key).unwrap();
+    let err = other.query(&data[7].vector, &params).unwrap_err();
+    assert!(matches!(err, Error::IndexNotFound(_)), "{err}");
 }
 
 /// B2: after a query, neither compaction nor an overwrite deletes the keys the query fetched
@@ -156,9 +199,10 @@ fn compaction_and_overwrite_do_not_link_new_segments_to_past_queries() {
     index.sweep().unwrap();
     let after = data_keys(store.as_ref());
     let sweep_batch = store.batches.lock().unwrap().pop().unwrap();
+    let sweep_puts = puts(&sweep_batch);
     assert!(
-        puts(&sweep_batch).len() == 1,
-        "a sweep writes only the state"
+        sweep_puts.len() == 2 && sweep_puts.iter().all(|k| k.len() == 20),
+        "a sweep writes only the state and its version record (x/<uid>/s, x/<uid>/v)"
     );
     for k in stale {
         assert!(!after.contains(k), "garbage survived the sweep");
@@ -166,9 +210,10 @@ fn compaction_and_overwrite_do_not_link_new_segments_to_past_queries() {
     let hits = index.query(&q, &params).unwrap();
     assert_eq!(index.len(), 120);
     assert!(!hits.is_empty());
-    // Nothing but live records (4 per list segment + 2 per item) remains.
+    // Nothing but live records remains: per segment its codes, metadata and block records
+    // (kinds 0, 1, 4), per item its vector and document records (kinds 2, 3).
     let segs = index.segment_count();
-    assert_eq!(after.len(), 2 * segs + 2 * 120);
+    assert_eq!(after.len(), 3 * segs + 2 * 120);
 }
 
 /// S2: replaying an old state must not make the client reuse the tokens and keys it used
@@ -197,7 +242,7 @@ fn replayed_state_does_not_reuse_segment_tokens() {
         .unwrap();
     let first: HashSet<Vec<u8>> = puts(&store.batches.lock().unwrap()[0])
         .into_iter()
-        .filter(|k| k != &state[0].0)
+        .filter(|k| is_data_key(k))
         .collect();
 
     // The server rolls the state back and the client writes again.
@@ -211,7 +256,7 @@ fn replayed_state_does_not_reuse_segment_tokens() {
         .unwrap();
     let second: HashSet<Vec<u8>> = puts(&store.batches.lock().unwrap()[0])
         .into_iter()
-        .filter(|k| k != &state[0].0)
+        .filter(|k| is_data_key(k))
         .collect();
     assert!(!first.is_empty() && !second.is_empty());
     assert!(
