@@ -27,6 +27,7 @@
 
 #[cfg(feature = "http")]
 mod client;
+pub mod ecrecover;
 pub mod nox;
 pub mod v1;
 

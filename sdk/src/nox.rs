@@ -242,8 +242,7 @@ impl DelegateRequest {
             &self.ephemeral_pub_key,
             &self.target_pub_key,
         );
-        self.signature
-            .recover_address_from_prehash(&digest)
+        crate::ecrecover::recover_address(&self.signature, &digest)
             .map_err(|e| NoxError::Unauthorized(format!("signature does not recover: {e}")))
     }
 
@@ -436,8 +435,7 @@ pub fn verify_response(
     let bytes = decode_hex(strip_any_0x(proof)).map_err(NoxError::InvalidProof)?;
     let signature = signature_from_bytes(&bytes).map_err(NoxError::InvalidProof)?;
     let digest = response_signing_hash(chain_id, salt, encrypted_shared_secret);
-    signature
-        .recover_address_from_prehash(&digest)
+    crate::ecrecover::recover_address(&signature, &digest)
         .map_err(|e| NoxError::InvalidProof(format!("signature does not recover: {e}")))
 }
 

@@ -265,8 +265,7 @@ fn sign(key: &SigningKey, digest: &B256) -> [u8; nox::SIGNATURE_LEN] {
 
 fn recover(signature: &[u8], digest: &B256) -> Result<Address, V1Error> {
     let signature = nox::signature_from_bytes(signature).map_err(V1Error::Unauthorized)?;
-    signature
-        .recover_address_from_prehash(digest)
+    crate::ecrecover::recover_address(&signature, digest)
         .map_err(|e| V1Error::Unauthorized(format!("signature does not recover: {e}")))
 }
 
