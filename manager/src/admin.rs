@@ -21,7 +21,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tkms_crypto::{shamir::Commitment, NodeIndex, PublicKeySet, SecretScalar, Suite};
+use tkms_crypto::{
+    shamir::Commitment, suite::Encoded, NodeIndex, PublicKeySet, SecretScalar, Suite,
+};
 use tkms_proto::{
     node::v1::{self as pb, node_client::NodeClient},
     tls::ManagerTls,
@@ -65,6 +67,28 @@ pub struct EpochNode {
     pub index: u16,
     /// Its gRPC URL.
     pub url: String,
+    /// Its node key (compressed, hex), which the manager pins its TLS connections to. Empty in
+    /// state files written before pinning; such a node is reached unpinned.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_key: String,
+}
+
+impl EpochNode {
+    /// The pinned node key, if recorded.
+    fn key(&self) -> Result<Option<Encoded<S>>, AdminError> {
+        if self.node_key.is_empty() {
+            return Ok(None);
+        }
+        node_key(&self.node_key)
+            .map(Some)
+            .map_err(|e| AdminError::State(format!("node {}: {e}", self.index)))
+    }
+}
+
+/// A node key from its hex form.
+fn node_key(hex_key: &str) -> Result<Encoded<S>, String> {
+    let bytes = hex::decode(hex_key).map_err(|e| format!("node key hex: {e}"))?;
+    Encoded::from_bytes(&bytes).map_err(|e| format!("node key: {e}"))
 }
 
 /// A key epoch as the manager serves it (all public).
@@ -394,12 +418,30 @@ impl Admin {
     }
 
     fn client(&self, url: &str) -> Result<NodeClient<tonic::transport::Channel>, AdminError> {
-        let endpoint = self
-            .tls
+        Self::client_with(&self.tls, url, self.timeout)
+    }
+
+    /// A client that accepts only the node holding `key`.
+    fn pinned_client(
+        &self,
+        url: &str,
+        key: &Encoded<S>,
+    ) -> Result<NodeClient<tonic::transport::Channel>, AdminError> {
+        let tls = ManagerTls::pinned(&self.manager_key, key)
+            .map_err(|e| AdminError::Node(format!("{url}: {e}")))?;
+        Self::client_with(&tls, url, self.timeout)
+    }
+
+    fn client_with(
+        tls: &ManagerTls,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<NodeClient<tonic::transport::Channel>, AdminError> {
+        let endpoint = tls
             .endpoint(url)
             .map_err(|e| AdminError::Invalid(e.to_string()))?
-            .connect_timeout(self.timeout);
-        Ok(NodeClient::new(self.tls.channel(&endpoint)))
+            .connect_timeout(timeout);
+        Ok(NodeClient::new(tls.channel(&endpoint)))
     }
 
     /// Ask every node in `urls` for its status, concurrently.
@@ -497,6 +539,7 @@ impl Admin {
                     Some(EpochNode {
                         index: u16::try_from(m.index).ok()?,
                         url: m.url.clone(),
+                        node_key: m.node_key.clone(),
                     })
                 })
                 .collect(),
@@ -508,16 +551,16 @@ impl Admin {
 
     fn serve(&self, record: EpochRecord) -> Result<(), AdminError> {
         let keys = record.keys()?;
-        let endpoints: Vec<NodeEndpoint> = record
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                Some(NodeEndpoint {
-                    index: NodeIndex::new(n.index)?,
-                    url: n.url.clone(),
-                })
-            })
-            .collect();
+        let mut endpoints = Vec::with_capacity(record.nodes.len());
+        for n in &record.nodes {
+            let index = NodeIndex::new(n.index)
+                .ok_or_else(|| AdminError::State("a served node has index 0".into()))?;
+            endpoints.push(NodeEndpoint {
+                index,
+                url: n.url.clone(),
+                key: n.key()?,
+            });
+        }
         let cluster = Cluster::new(
             &endpoints,
             keys,
@@ -705,22 +748,31 @@ impl Admin {
         let wait = self.round_timeout * 16 + Duration::from_secs(10);
         let mut calls = JoinSet::new();
         for (index, view) in participants {
-            let mut client = self.client(&view.url)?;
+            // Pinned to the key the node reported: the ceremony runs only with the node that
+            // holds it, and the epoch records it for the cluster's connections.
+            let key = node_key(&view.node_key)
+                .map_err(|e| AdminError::Node(format!("{}: {e}", view.url)))?;
+            let mut client = self.pinned_client(&view.url, &key)?;
             let (request, index, url) = (request.clone(), *index, view.url.clone());
+            let node_key = view.node_key.clone();
             calls.spawn(async move {
                 let answer = tokio::time::timeout(wait, client.start_ceremony(request)).await;
-                (index, url, answer)
+                (index, url, node_key, answer)
             });
         }
         let mut agreed: BTreeMap<(Vec<u8>, Vec<u8>), Vec<EpochNode>> = BTreeMap::new();
         let mut failures = Vec::new();
-        while let Some(Ok((index, url, answer))) = calls.join_next().await {
+        while let Some(Ok((index, url, node_key, answer))) = calls.join_next().await {
             match answer {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
                     let entry = agreed.entry((r.commitment, r.transcript_hash)).or_default();
                     if r.holds_share {
-                        entry.push(EpochNode { index, url });
+                        entry.push(EpochNode {
+                            index,
+                            url,
+                            node_key,
+                        });
                     }
                 }
                 Ok(Err(status)) => failures.push(format!("node {index}: {}", status.message())),

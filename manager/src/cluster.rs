@@ -298,6 +298,8 @@ pub struct NodeEndpoint {
     pub index: NodeIndex,
     /// Its gRPC URL (`http://127.0.0.1:7001`).
     pub url: String,
+    /// Its node key, when known: the manager then accepts only a TLS peer holding it.
+    pub key: Option<Encoded<Secp256k1>>,
 }
 
 /// The manager's view of the cluster for one epoch.
@@ -329,6 +331,16 @@ impl Cluster {
             keys.public_share(e.index).map_err(|_| {
                 ClusterError::Invalid(format!("node {} is not in the key set", e.index))
             })?;
+            let pinned;
+            let tls = match &e.key {
+                Some(key) => {
+                    pinned = ManagerTls::pinned(manager_key, key).map_err(|err| {
+                        ClusterError::Invalid(format!("node {} key: {err}", e.index))
+                    })?;
+                    &pinned
+                }
+                None => &tls,
+            };
             let endpoint = tls
                 .endpoint(&e.url)
                 .map_err(|err| ClusterError::Invalid(format!("node {}: {err}", e.index)))?

@@ -286,6 +286,11 @@ async fn the_manager_publishes_what_nodes_check_and_reports_a_refused_publicatio
             .map(|e| EpochNode {
                 index: e.index.get(),
                 url: e.url.clone(),
+                node_key: e
+                    .key
+                    .as_ref()
+                    .map(|k| hex::encode(k.bytes()))
+                    .unwrap_or_default(),
             })
             .collect(),
     };

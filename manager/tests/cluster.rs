@@ -184,6 +184,7 @@ fn unknown_nodes_are_refused_at_setup() {
     let endpoints = [NodeEndpoint {
         index: NodeIndex::new(9).unwrap(),
         url: "http://127.0.0.1:1".into(),
+        key: None,
     }];
     let err = Cluster::new(&endpoints, keys, 1, &sk, Duration::from_secs(1))
         .err()
@@ -259,6 +260,7 @@ async fn hedge_delay_covers_a_silent_node() {
     endpoints[0] = NodeEndpoint {
         index: endpoints[0].index,
         url: format!("http://{}", silent.local_addr().unwrap()),
+        key: None,
     };
     let _hold = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -311,4 +313,47 @@ fn fanout_parses() {
         assert!(bad.parse::<Fanout>().is_err(), "{bad}");
     }
     assert_eq!("t+1".parse::<Fanout>().unwrap().to_string(), "t+1");
+}
+
+/// The manager pins each node's TLS key: a server at a node's address that holds another key
+/// (here: node 2's address given with node 1's key) is never asked, and is named as a failed
+/// connection, while the other nodes serve.
+#[tokio::test]
+async fn a_node_answering_with_another_key_is_not_used() {
+    let tc = start(2, 3, &[], 8).await;
+    let ct = encrypt(&tc.keys, b"pinned");
+    let mut endpoints = tc.endpoints.clone();
+    endpoints[1].key = endpoints[0].key;
+    let cluster = Cluster::new(
+        &endpoints,
+        tc.keys.clone(),
+        1,
+        &tc.manager,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let served = cluster
+        .delegate(Encoded::new(*ct.ephemeral()), vec![1], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
+        b"pinned"
+    );
+    // With node 1 down too, only the wrongly keyed address and node 3 are left: below t = 2
+    // if the manager refuses the wrong key, as it must.
+    tc.kill(1);
+    let cluster = Cluster::new(
+        &endpoints,
+        tc.keys.clone(),
+        1,
+        &tc.manager,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let err = cluster
+        .delegate(Encoded::new(*ct.ephemeral()), vec![2], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::Unavailable { .. }), "{err:?}");
 }

@@ -51,7 +51,8 @@ pub async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         // Each node serves TLS as its own node key, like the daemon.
-        let tls = tls::node_server_config(&SecretScalar::<S>::random(&mut rng)).unwrap();
+        let node_key = SecretScalar::<S>::random(&mut rng);
+        let tls = tls::node_server_config(&node_key).unwrap();
         servers.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(NodeServer::new(service))
@@ -59,7 +60,11 @@ pub async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
                 .await
                 .unwrap();
         }));
-        endpoints.push(NodeEndpoint { index, url });
+        endpoints.push(NodeEndpoint {
+            index,
+            url,
+            key: Some(Encoded::new(node_key.public_point())),
+        });
     }
     TestCluster {
         sk,
@@ -90,6 +95,11 @@ impl TestCluster {
             .map(|e| EpochNode {
                 index: e.index.get(),
                 url: e.url.clone(),
+                node_key: e
+                    .key
+                    .as_ref()
+                    .map(|k| hex::encode(k.bytes()))
+                    .unwrap_or_default(),
             })
             .collect();
         Arc::new(Served::serving(self.cluster(timeout), nodes))
