@@ -1341,17 +1341,7 @@ impl Index {
         hits.iter()
             .zip(records)
             .map(|(h, (vector, doc))| {
-                let (contents, metadata) = match doc {
-                    Some(d) => (
-                        d.contents.filter(|_| plan.include.contents),
-                        if plan.include.metadata {
-                            parse_metadata(d.metadata.as_deref())?
-                        } else {
-                            None
-                        },
-                    ),
-                    None => (None, None),
-                };
+                let (contents, metadata) = requested_fields(doc, plan.include)?;
                 Ok(QueryResult {
                     id: table[h.seg as usize].2.id(h.slot as usize)?,
                     distance: metric.finish(h.rank),
@@ -1584,17 +1574,7 @@ impl Index {
             .into_iter()
             .zip(docs)
             .map(|((rank, c, vector), doc)| {
-                let (contents, metadata) = match doc {
-                    Some(d) => (
-                        d.contents.filter(|_| plan.include.contents),
-                        if plan.include.metadata {
-                            parse_metadata(d.metadata.as_deref())?
-                        } else {
-                            None
-                        },
-                    ),
-                    None => (None, None),
-                };
+                let (contents, metadata) = requested_fields(doc, plan.include)?;
                 Ok(QueryResult {
                     id: blocks[c.segment].id(c.slot as usize)?,
                     distance: metric.finish(rank),
@@ -1819,6 +1799,22 @@ fn open_record(
     seg.cipher
         .open(key, &sealed)
         .map_err(|_| Error::Corrupted("a segment record failed authentication".into()))
+}
+
+/// The contents and metadata of a fetched document that the query asked for.
+fn requested_fields(
+    doc: Option<DocRecord>,
+    include: crate::types::Include,
+) -> Result<(Option<Vec<u8>>, Option<Value>)> {
+    let Some(d) = doc else {
+        return Ok((None, None));
+    };
+    let metadata = if include.metadata {
+        parse_metadata(d.metadata.as_deref())?
+    } else {
+        None
+    };
+    Ok((d.contents.filter(|_| include.contents), metadata))
 }
 
 fn parse_metadata(json: Option<&str>) -> Result<Option<Value>> {
