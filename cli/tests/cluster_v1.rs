@@ -351,22 +351,25 @@ async fn malformed(t: &Testnet, gateway: &SigningKey) {
 #[rustfmt::skip]
 const SPKI_1024: &str = "30819f300d06092a864886f70d010101050003818d0030818902818100acf6967e988df13ed9f13c00fbcc816f195e99482f97df971f38ddfe2b01e604ae5a1d67c8b2808b68341be7e6bd52e928068793564746fdbcbb75cd5ef76b198443ad54d4d5bcbf8a483f354be8a0cba26352b3634e46b62c19417ba055a1fe6d1f436178d8f991acbfee6c8f526f4c0965702345fa9022fd9597e837dc4ae50203010001";
 
+/// The manager's key towards the nodes, from the testnet's data directory.
+fn manager_node_key(dir: &Path) -> SecretScalar<S> {
+    let hex_key = std::fs::read_to_string(dir.join("data/manager/node-request.key")).unwrap();
+    SecretScalar::<S>::from_bytes(&hex::decode(hex_key.trim().trim_start_matches("0x")).unwrap())
+        .unwrap()
+}
+
+/// A gRPC client to the node at `addr` over TLS as `key`.
+fn tls_client(key: &SecretScalar<S>, addr: &str) -> NodeClient<tonic::transport::Channel> {
+    let tls = ManagerTls::new(key).unwrap();
+    NodeClient::new(tls.channel(&tls.endpoint(&format!("http://{addr}")).unwrap()))
+}
+
 /// A compromised manager (here: the test, holding the manager's node-request key, over the
 /// manager's TLS identity) sends node requests the requester never authorized; each node
 /// refuses them itself. Without that key, nothing is served at all.
 async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningKey) {
-    let manager_key = std::fs::read_to_string(dir.join("data/manager/node-request.key")).unwrap();
-    let manager_key = SecretScalar::<S>::from_bytes(
-        &hex::decode(manager_key.trim().trim_start_matches("0x")).unwrap(),
-    )
-    .unwrap();
     // The manager's side of the TLS channel, with its key.
-    let tls = ManagerTls::new(&manager_key).unwrap();
-    let channel = tls.channel(
-        &tls.endpoint(&format!("http://{}", t.nodes[0].grpc_addr))
-            .unwrap(),
-    );
-    let mut node = NodeClient::new(channel);
+    let mut node = tls_client(&manager_node_key(dir), &t.nodes[0].grpc_addr);
     let status: pb::StatusResponse = node
         .status(pb::StatusRequest {})
         .await
@@ -380,13 +383,9 @@ async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningK
             Ok(mut plain) => plain.status(pb::StatusRequest {}).await.is_err(),
         };
     assert!(plaintext_refused);
-    let outsider = ManagerTls::new(&SecretScalar::<S>::random(&mut OsRng)).unwrap();
-    let mut outsider = NodeClient::new(
-        outsider.channel(
-            &outsider
-                .endpoint(&format!("http://{}", t.nodes[0].grpc_addr))
-                .unwrap(),
-        ),
+    let mut outsider = tls_client(
+        &SecretScalar::<S>::random(&mut OsRng),
+        &t.nodes[0].grpc_addr,
     );
     let k1 = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
     let k2 = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
