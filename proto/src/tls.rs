@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use libp2p_identity::{secp256k1, Keypair, PeerId, PublicKey};
 use rustls::pki_types::ServerName;
@@ -31,6 +31,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{server::Connected, Channel, Endpoint, Uri};
 
 /// Longest TLS handshake a node waits for before dropping the connection.
@@ -269,7 +270,7 @@ pub fn incoming(
             });
         }
     });
-    ReceiverStream(rx)
+    ReceiverStream::new(rx).map(Ok)
 }
 
 async fn handshake(
@@ -298,15 +299,4 @@ async fn handshake(
             remote_addr: Some(addr),
         },
     })
-}
-
-/// `tokio_stream::wrappers::ReceiverStream`, without the dependency.
-struct ReceiverStream(tokio::sync::mpsc::Receiver<PeerStream>);
-
-impl Stream for ReceiverStream {
-    type Item = Result<PeerStream, io::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|s| s.map(Ok))
-    }
 }
