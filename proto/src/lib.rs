@@ -94,18 +94,14 @@ pub trait SignedRequest: Message + Clone + Default {
     }
 }
 
-macro_rules! signed_request {
-    ($ty:ty, $kind:literal) => {
-        impl SignedRequest for $ty {
-            const KIND: &'static [u8] = $kind;
-            fn manager(&self) -> Option<&ManagerSignature> {
-                self.manager.as_ref()
-            }
-            fn set_manager(&mut self, manager: Option<ManagerSignature>) {
-                self.manager = manager;
-            }
-        }
-    };
-}
+impl SignedRequest for StartCeremonyRequest {
+    const KIND: &'static [u8] = b"tkms.node.v1.StartCeremony";
 
-signed_request!(StartCeremonyRequest, b"tkms.node.v1.StartCeremony");
+    fn manager(&self) -> Option<&ManagerSignature> {
+        self.manager.as_ref()
+    }
+
+    fn set_manager(&mut self, manager: Option<ManagerSignature>) {
+        self.manager = manager;
+    }
+}
