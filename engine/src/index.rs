@@ -54,7 +54,7 @@ use crate::records::{
     SegmentBlock, SegmentCodes, SegmentIds, SegmentMeta, SegmentState, State, UserRecord,
     KIND_BLOCK, KIND_CODES, KIND_DOC, KIND_META, KIND_VECTOR, UID_LEN,
 };
-use crate::scan::{exact_rank, Block, Probe};
+use crate::scan::{exact_rank, sane_rank, Block, Probe};
 use crate::store::{value_digest, Applied, Precondition, Store, WriteBatch};
 use crate::types::{
     CompactionStats, IndexConfig, Item, QueryParams, QueryResult, TrainParams, MAX_ABS_COMPONENT,
@@ -220,16 +220,6 @@ fn json_type(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
-    }
-}
-
-/// Ranks are "smaller is closer"; a NaN (which finite, bounded inputs cannot produce, but a
-/// corrupted quantizer could) sorts last instead of first.
-fn sane_rank(r: f32) -> f32 {
-    if r.is_nan() {
-        f32::INFINITY
-    } else {
-        r
     }
 }
 
@@ -616,10 +606,11 @@ impl Index {
     /// Replaces the handle's state with the stored `sealed` one if it differs; returns
     /// whether it was replaced.
     fn replace_if_changed(&self, sealed: &[u8]) -> Result<bool> {
-        if value_digest(sealed) == self.read().digest {
+        let digest = value_digest(sealed);
+        if digest == self.read().digest {
             return Ok(false);
         }
-        let fresh = open_state(&self.uid, &self.keys, sealed)?;
+        let fresh = open_state(&self.uid, &self.keys, sealed, digest)?;
         *self.write() = fresh;
         Ok(true)
     }
@@ -1235,14 +1226,13 @@ impl Index {
     fn decode_block(state: &State, s: &SegmentState, plain: &[u8]) -> Result<Decoded> {
         let dim = state.config.dimension;
         let len = s.len as usize;
-        let block: SegmentBlock = decode(plain, "segment block")?;
+        let mut block: SegmentBlock = decode(plain, "segment block")?;
         block.ids.validate(len)?;
         if block.vectors.len() != len * dim * 4 {
             return Err(Error::Corrupted(
                 "segment block does not match the index state".into(),
             ));
         }
-        let mut block = block;
         let ids = std::mem::take(&mut block.ids);
         Ok(Decoded {
             ids: Arc::new(ids),
@@ -1828,11 +1818,16 @@ fn load_state(store: &dyn Store, uid: &[u8; UID_LEN], keys: &IndexKeys) -> Resul
     let sealed = store
         .get(&state_key(uid))?
         .ok_or_else(|| Error::Corrupted("the index state record is missing".into()))?;
-    open_state(uid, keys, &sealed)
+    open_state(uid, keys, &sealed, value_digest(&sealed))
 }
 
-/// Decrypts and checks a stored state ciphertext.
-fn open_state(uid: &[u8; UID_LEN], keys: &IndexKeys, sealed: &[u8]) -> Result<Loaded> {
+/// Decrypts and checks a stored state ciphertext whose [`value_digest`] is `digest`.
+fn open_state(
+    uid: &[u8; UID_LEN],
+    keys: &IndexKeys,
+    sealed: &[u8],
+    digest: [u8; 32],
+) -> Result<Loaded> {
     let plain = keys
         .state_cipher()
         .open(&state_aad(uid), sealed)
@@ -1848,7 +1843,7 @@ fn open_state(uid: &[u8; UID_LEN], keys: &IndexKeys, sealed: &[u8]) -> Result<Lo
     if !lists_ok {
         return Err(Error::Corrupted("index state is inconsistent".into()));
     }
-    Ok(Loaded::new(state, value_digest(sealed)))
+    Ok(Loaded::new(state, digest))
 }
 
 #[cfg(test)]

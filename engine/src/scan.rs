@@ -126,7 +126,7 @@ impl Block {
                     DOT => -a,
                     _ => a,
                 };
-                *o = if r.is_nan() { f32::INFINITY } else { r };
+                *o = sane_rank(r);
             }
         }
     }
@@ -147,11 +147,7 @@ pub(crate) fn exact_rank(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
         Metric::Cosine => 1.0 - a.iter().zip(b).fold(0.0, |acc: f32, (x, y)| acc + x * y),
         Metric::DotProduct => -a.iter().zip(b).fold(0.0, |acc: f32, (x, y)| acc + x * y),
     };
-    if r.is_nan() {
-        f32::INFINITY
-    } else {
-        r
-    }
+    sane_rank(r)
 }
 
 /// The centroids prepared for ranking lists against a prepared vector under the index
@@ -211,6 +207,16 @@ impl Probe {
         }
         d.sort_by(cmp);
         d.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
+/// Ranks are "smaller is closer"; a NaN (which finite, bounded inputs cannot produce, but a
+/// corrupted quantizer could) sorts last instead of first.
+pub(crate) fn sane_rank(r: f32) -> f32 {
+    if r.is_nan() {
+        f32::INFINITY
+    } else {
+        r
     }
 }
 

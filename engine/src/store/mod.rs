@@ -110,7 +110,8 @@ pub trait Store: Send + Sync {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
-    /// Values under several keys, in order (one read transaction where the backend has them).
+    /// Values under several keys: exactly one entry per key, in order (one read transaction
+    /// where the backend has them).
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         keys.iter().map(|k| self.get(k)).collect()
     }
