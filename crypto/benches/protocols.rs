@@ -16,7 +16,9 @@ use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{
     delegation::{self, DelegationRequest, PartialDelegation},
     dkg::{self, CeremonyConfig, Dealing},
-    ecies, pre, shamir, KeyShare, NodeIndex, PublicKeySet, Secp256k1, SecretScalar, Suite, P256,
+    ecies, pre, shamir,
+    suite::Encoded,
+    KeyShare, NodeIndex, PublicKeySet, Secp256k1, SecretScalar, Suite, P256,
 };
 
 fn rng() -> ChaCha20Rng {
@@ -73,6 +75,21 @@ fn baseline(c: &mut Criterion) {
     });
     group.bench_function("mul_by_generator", |b| {
         b.iter(|| Secp256k1::mul_by_generator(black_box(s1.expose())))
+    });
+    // The node's secret multiplications, encoded: k256 and the libsecp256k1 path the suite
+    // uses (`Suite::mul_secret`, `Suite::mul_generator_secret`).
+    let encoded = Encoded::<Secp256k1>::new(p);
+    group.bench_function("secret multiplication s·P encoded/k256", |b| {
+        b.iter(|| Encoded::<Secp256k1>::new(*black_box(&encoded).point() * s1.expose()))
+    });
+    group.bench_function("secret multiplication s·P encoded/libsecp256k1", |b| {
+        b.iter(|| Secp256k1::mul_secret(black_box(&encoded), &s1))
+    });
+    group.bench_function("secret multiplication s·G encoded/k256", |b| {
+        b.iter(|| Encoded::<Secp256k1>::new(black_box(&s1).public_point()))
+    });
+    group.bench_function("secret multiplication s·G encoded/libsecp256k1", |b| {
+        b.iter(|| Secp256k1::mul_generator_secret(black_box(&s1)))
     });
     group.finish();
 }

@@ -104,8 +104,8 @@ impl<S: Suite> PartialDelegation<S> {
         request: &DelegationRequest<S>,
         rng: &mut impl CryptoRngCore,
     ) -> Self {
-        let partial = Encoded::new(*request.ephemeral() * share.value().expose());
-        let public = Encoded::new(share.public_share());
+        let partial = S::mul_secret(&request.ephemeral, share.value());
+        let public = *share.public_share_encoded();
         let context = request.context(share.index());
         let statement = Statement {
             context: &context,

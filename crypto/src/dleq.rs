@@ -62,8 +62,8 @@ impl<S: Suite> DleqProof<S> {
         statement: &Statement<'_, S>,
         nonce: &SecretScalar<S>,
     ) -> Self {
-        let t1 = Encoded::new(nonce.public_point());
-        let t2 = Encoded::new(*statement.base.point() * nonce.expose());
+        let t1 = nonce.public_encoded();
+        let t2 = S::mul_secret(statement.base, nonce);
         let c = challenge(statement, &t1, &t2);
         let z = *nonce.expose() + c * secret.expose();
         Self { t1, t2, z }

@@ -48,6 +48,7 @@ pub mod dst;
 pub mod ecies;
 pub mod error;
 pub mod hash;
+mod libsecp;
 pub mod pre;
 pub mod schnorr;
 pub mod secret;

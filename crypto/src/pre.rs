@@ -160,7 +160,7 @@ impl<S: Suite> PartialReencryption<S> {
         let t2 = Encoded::new(b.public_point());
         let t3 = Encoded::new(S::lincomb(&[(k, *a.expose()), (target, *b.expose())]));
         let context = proof_context(request.epoch, share.index(), &request.request_id);
-        let public_share = Encoded::new(share.public_share());
+        let public_share = *share.public_share_encoded();
         let e = challenge(&context, &public_share, request, &r, &c, [&t1, &t2, &t3]);
         let proof = ReencryptionProof {
             t1,

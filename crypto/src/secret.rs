@@ -9,7 +9,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::{
     error::EncodingError,
-    suite::{Suite, SCALAR_LEN},
+    suite::{Encoded, Suite, SCALAR_LEN},
 };
 
 /// A non-zero secret scalar: a private key, a key share, a nonce.
@@ -49,6 +49,11 @@ impl<S: Suite> SecretScalar<S> {
     /// The public point `self·G`.
     pub fn public_point(&self) -> S::Point {
         S::mul_by_generator(&self.0)
+    }
+
+    /// The public point `self·G` with its encoding.
+    pub fn public_encoded(&self) -> Encoded<S> {
+        S::mul_generator_secret(self)
     }
 
     /// The scalar, for protocol arithmetic inside this crate and its drivers.

@@ -367,17 +367,23 @@ impl<S: Suite> PublicKeySet<S> {
     }
 }
 
-/// One node's secret share `f(i)`.
+/// One node's secret share `f(i)`, with its public share computed once.
 #[derive(Clone, Debug)]
 pub struct KeyShare<S: Suite> {
     index: NodeIndex,
     value: SecretScalar<S>,
+    public: Encoded<S>,
 }
 
 impl<S: Suite> KeyShare<S> {
     /// Wrap a share value for index `i`.
     pub fn new(index: NodeIndex, value: SecretScalar<S>) -> Self {
-        Self { index, value }
+        let public = value.public_encoded();
+        Self {
+            index,
+            value,
+            public,
+        }
     }
 
     /// The share's node index.
@@ -392,7 +398,12 @@ impl<S: Suite> KeyShare<S> {
 
     /// `PK_i = share_i·G`.
     pub fn public_share(&self) -> S::Point {
-        self.value.public_point()
+        *self.public.point()
+    }
+
+    /// `PK_i` with its encoding.
+    pub fn public_share_encoded(&self) -> &Encoded<S> {
+        &self.public
     }
 }
 

@@ -18,7 +18,7 @@ use elliptic_curve::{
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::error::EncodingError;
+use crate::{error::EncodingError, secret::SecretScalar};
 
 /// Length of an encoded point: SEC1 compressed.
 pub const POINT_LEN: usize = 33;
@@ -60,6 +60,16 @@ pub trait Suite: Copy + Clone + Debug + Default + PartialEq + Eq + Send + Sync +
 
     /// RFC 9380 `hash_to_field` (expand_message_xmd, SHA-256, L = 48) of `msg` under `dst`.
     fn hash_to_field(dst: &[u8], msg: &[&[u8]]) -> Self::Scalar;
+
+    /// `s·P` for a secret `s`, encoded; constant-time in `s`. secp256k1 uses libsecp256k1.
+    fn mul_secret(p: &Encoded<Self>, s: &SecretScalar<Self>) -> Encoded<Self> {
+        Encoded::new(*p.point() * s.expose())
+    }
+
+    /// `s·G` for a secret `s`, encoded; constant-time in `s`. secp256k1 uses libsecp256k1.
+    fn mul_generator_secret(s: &SecretScalar<Self>) -> Encoded<Self> {
+        Encoded::new(Self::mul_by_generator(s.expose()))
+    }
 }
 
 fn check_compressed(bytes: &[u8]) -> Result<(), EncodingError> {
@@ -77,7 +87,7 @@ fn check_compressed(bytes: &[u8]) -> Result<(), EncodingError> {
 }
 
 macro_rules! impl_suite {
-    ($suite:ident, $crate_:ident, $curve:ty, $name:literal, $doc:literal, $lincomb:path) => {
+    ($suite:ident, $crate_:ident, $curve:ty, $name:literal, $doc:literal, $lincomb:path $(, $extra:item)*) => {
         #[doc = $doc]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
         pub struct $suite;
@@ -153,6 +163,8 @@ macro_rules! impl_suite {
                 <$curve as GroupDigest>::hash_to_scalar::<ExpandMsgXmd<Sha256>>(msg, &[dst])
                     .unwrap_or(<$crate_::Scalar as Field>::ONE)
             }
+
+            $($extra)*
         }
     };
 }
@@ -163,7 +175,14 @@ impl_suite!(
     k256::Secp256k1,
     "secp256k1",
     "secp256k1 (k256): the default suite, Ethereum- and Nox-compatible.",
-    k256_lincomb
+    k256_lincomb,
+    fn mul_secret(p: &Encoded<Self>, s: &SecretScalar<Self>) -> Encoded<Self> {
+        crate::libsecp::mul(p, s).unwrap_or_else(|| Encoded::new(*p.point() * s.expose()))
+    },
+    fn mul_generator_secret(s: &SecretScalar<Self>) -> Encoded<Self> {
+        crate::libsecp::mul_generator(s)
+            .unwrap_or_else(|| Encoded::new(Self::mul_by_generator(s.expose())))
+    }
 );
 impl_suite!(
     P256,
@@ -239,6 +258,11 @@ impl<S: Suite> Encoded<S> {
             point,
             bytes: S::encode_point(&point),
         }
+    }
+
+    /// A point and its encoding computed elsewhere (libsecp256k1's affine results).
+    pub(crate) fn from_parts(point: S::Point, bytes: [u8; POINT_LEN]) -> Self {
+        Self { point, bytes }
     }
 
     /// Strict decoding, keeping the bytes.
@@ -385,6 +409,39 @@ mod tests {
     fn msm_matches_naive() {
         check::<Secp256k1>();
         check::<P256>();
+    }
+
+    /// libsecp256k1's secret multiplications give k256's points and encodings: random
+    /// scalars and bases, and the edges -1 (`n - 1`) and 1, on the generator too.
+    #[test]
+    fn secret_multiplications_match_the_curve_crate() {
+        fn one<S: Suite>(s: &SecretScalar<S>, base: &Encoded<S>) {
+            let product = S::mul_secret(base, s);
+            assert_eq!(*product.point(), *base.point() * s.expose());
+            assert_eq!(product.bytes(), &S::encode_point(product.point()));
+            let public = S::mul_generator_secret(s);
+            assert_eq!(*public.point(), s.public_point());
+            assert_eq!(public.bytes(), &S::encode_point(public.point()));
+        }
+        fn all<S: Suite>() {
+            let generator = Encoded::<S>::new(S::Point::generator());
+            for _ in 0..64 {
+                let s = SecretScalar::<S>::random(&mut OsRng);
+                let base = Encoded::new(S::mul_by_generator(&S::Scalar::random(&mut OsRng)));
+                one(&s, &base);
+                one(&s, &generator);
+            }
+            for edge in [S::Scalar::ONE, -S::Scalar::ONE, S::Scalar::from(2u64)] {
+                let s = SecretScalar::<S>::new(edge).unwrap();
+                one(&s, &generator);
+                one(
+                    &s,
+                    &Encoded::new(S::mul_by_generator(&S::Scalar::from(7u64))),
+                );
+            }
+        }
+        all::<Secp256k1>();
+        all::<P256>();
     }
 
     #[test]

@@ -1,0 +1,89 @@
+//! The secp256k1 suite's secret multiplications through libsecp256k1 (Bitcoin Core's
+//! library, by the `secp256k1` crate): its constant-time ladders (`secp256k1_ecdh`'s
+//! `ecmult_const` for `s·P`, `ecmult_gen` for `s·G`) take about half k256's time on this
+//! machine, and they run once or twice per partial on every node
+//! (`cargo bench -p tkms-crypto --bench protocols -- 'secret multiplication'`).
+//!
+//! Results come back affine, so encoding them costs no field inversion; the k256 point is
+//! rebuilt from the affine coordinates (an on-curve check, no square root). The secret is
+//! handed to libsecp256k1 as a `SecretKey`, which is erased after use (as best effort as
+//! k256's own zeroizing scalars).
+
+use k256::elliptic_curve::sec1::FromEncodedPoint;
+use secp256k1::{ecdh, PublicKey, SecretKey, SECP256K1};
+use zeroize::Zeroizing;
+
+use crate::{
+    secret::SecretScalar,
+    suite::{Encoded, Secp256k1, POINT_LEN},
+};
+
+/// `s·P`; `None` only if libsecp256k1 refuses an input k256 accepted (never, for valid
+/// points and non-zero scalars), in which case the caller multiplies with k256.
+pub(crate) fn mul(
+    p: &Encoded<Secp256k1>,
+    s: &SecretScalar<Secp256k1>,
+) -> Option<Encoded<Secp256k1>> {
+    let base = PublicKey::from_byte_array_compressed(*p.bytes()).ok()?;
+    let mut key = secret_key(s)?;
+    let xy = Zeroizing::new(ecdh::shared_secret_point(&base, &key));
+    key.non_secure_erase();
+    from_affine(&xy)
+}
+
+/// `s·G`.
+pub(crate) fn mul_generator(s: &SecretScalar<Secp256k1>) -> Option<Encoded<Secp256k1>> {
+    let mut key = secret_key(s)?;
+    let public = PublicKey::from_secret_key(SECP256K1, &key);
+    key.non_secure_erase();
+    let uncompressed = public.serialize_uncompressed();
+    let mut xy = [0u8; 64];
+    xy.copy_from_slice(&uncompressed[1..]);
+    from_affine(&xy)
+}
+
+fn secret_key(s: &SecretScalar<Secp256k1>) -> Option<SecretKey> {
+    SecretKey::from_byte_array(*s.to_bytes()).ok()
+}
+
+/// An affine point `x || y` (big-endian) as an [`Encoded`] point.
+fn from_affine(xy: &[u8; 64]) -> Option<Encoded<Secp256k1>> {
+    let (x, y) = xy.split_at(32);
+    let uncompressed = k256::EncodedPoint::from_affine_coordinates(x.into(), y.into(), false);
+    let affine =
+        Option::<k256::AffinePoint>::from(k256::AffinePoint::from_encoded_point(&uncompressed))?;
+    let mut bytes = [0u8; POINT_LEN];
+    bytes[0] = 0x02 | (y[31] & 1);
+    bytes[1..].copy_from_slice(x);
+    Some(Encoded::from_parts(
+        k256::ProjectivePoint::from(affine),
+        bytes,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use elliptic_curve::Field;
+    use rand_core::OsRng;
+
+    use super::*;
+    use crate::suite::Suite;
+
+    /// The libsecp256k1 paths themselves answer (the suite falls back to k256 when they do
+    /// not, which `suite::tests` alone could not tell apart).
+    #[test]
+    fn libsecp_multiplies_and_agrees_with_k256() {
+        for _ in 0..32 {
+            let s = SecretScalar::<Secp256k1>::random(&mut OsRng);
+            let base = Encoded::<Secp256k1>::new(Secp256k1::mul_by_generator(
+                &k256::Scalar::random(&mut OsRng),
+            ));
+            let product = mul(&base, &s).expect("libsecp256k1 multiplies");
+            assert_eq!(*product.point(), *base.point() * s.expose());
+            assert_eq!(product.bytes(), &Secp256k1::encode_point(product.point()));
+            let public = mul_generator(&s).expect("libsecp256k1 multiplies G");
+            assert_eq!(*public.point(), s.public_point());
+            assert_eq!(public.bytes(), &Secp256k1::encode_point(public.point()));
+        }
+    }
+}
