@@ -106,3 +106,29 @@ fn edge_values_are_refused_like_alloy() {
     let (signature, address) = signed([3; 32], [0; 32]).unwrap();
     assert_eq!(ours(&signature, &B256::ZERO), Some(address));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// The wallet's signatures (made by libsecp256k1) are byte for byte the RFC 6979 low-`s`
+    /// signatures k256 makes, with `v` = 27/28, and recover to the wallet.
+    #[test]
+    fn wallet_signatures_are_k256_signatures(
+        key in any::<[u8; 32]>(),
+        chain_id in any::<u64>(),
+        salt in any::<[u8; 32]>(),
+        answer in "[0-9a-f]{0,64}",
+    ) {
+        let Ok(wallet) = SigningKey::from_bytes(&key.into()) else { return Ok(()) };
+        let salt = B256::from(salt);
+        let proof = tkms_sdk::nox::sign_response(&wallet, chain_id, salt, &answer);
+        let digest = tkms_sdk::nox::response_signing_hash(chain_id, salt, &answer);
+        let (sig, recid) = wallet.sign_prehash_recoverable(digest.as_slice()).unwrap();
+        let k256 = Signature::from_bytes_and_parity(&sig.to_bytes(), recid.is_y_odd());
+        prop_assert_eq!(&proof, &format!("0x{}", hex::encode(k256.as_bytes())));
+        prop_assert_eq!(
+            tkms_sdk::nox::verify_response(chain_id, salt, &answer, &proof).unwrap(),
+            Address::from_private_key(&wallet)
+        );
+    }
+}
