@@ -18,7 +18,7 @@ use crate::{
     dst,
     error::Error,
     secret::{SecretScalar, SharedSecret},
-    suite::{Suite, POINT_LEN},
+    suite::{Encoded, Suite, POINT_LEN, SCALAR_LEN},
 };
 
 /// AES-GCM nonce length.
@@ -125,8 +125,18 @@ pub fn decrypt<S: Suite>(
     secret_key: &SecretScalar<S>,
     ciphertext: &Ciphertext<S>,
 ) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let shared = shared_secret::<S>(&(ciphertext.ephemeral * secret_key.expose()))?;
+    let shared = diffie_hellman(secret_key, &Encoded::new(ciphertext.ephemeral));
     open_with_shared_secret(&shared, ciphertext)
+}
+
+/// `x(sk·K)`: the shared secret of a private key and a public point, through the suite's
+/// constant-time [`Suite::mul_secret`] (libsecp256k1 on secp256k1). `K` is a valid point of
+/// prime order and `sk` is not zero, so the product is never the identity.
+pub fn diffie_hellman<S: Suite>(secret_key: &SecretScalar<S>, point: &Encoded<S>) -> SharedSecret {
+    let product = S::mul_secret(point, secret_key);
+    let mut x = Zeroizing::new([0u8; SCALAR_LEN]);
+    x.copy_from_slice(&product.bytes()[1..]);
+    SharedSecret::from_bytes(*x)
 }
 
 /// Open a ciphertext with a delegated shared secret `x(S)` (the output of `/delegate`).

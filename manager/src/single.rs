@@ -18,7 +18,7 @@ use axum::{
 use k256::ecdsa::SigningKey;
 use rand_core::OsRng;
 use serde_json::json;
-use tkms_crypto::{ecies, Secp256k1, SecretScalar, Suite};
+use tkms_crypto::{ecies, suite::Encoded, Secp256k1, SecretScalar, Suite};
 use tkms_registry::access::{FileRegistry, Registry};
 
 use crate::nox::{DelegateRequest, NoxError};
@@ -125,11 +125,8 @@ async fn delegate(
     if !state.registry.is_gateway(chain_id, signer) {
         return refuse(&NoxError::SignerNotAuthorized { signer, chain_id });
     }
-    let shared =
-        match ecies::shared_secret::<Secp256k1>(&(*request.ephemeral() * state.secret.expose())) {
-            Ok(s) => s,
-            Err(e) => return refuse(&NoxError::InvalidEphemeralPubKey(e.to_string())),
-        };
+    // The same constant-time multiplication the nodes use for their partials.
+    let shared = ecies::diffie_hellman(&state.secret, &Encoded::new(*request.ephemeral()));
     match request.respond(&state.wallet, &shared) {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => refuse(&e),
