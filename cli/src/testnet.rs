@@ -133,15 +133,55 @@ pub struct Testnet {
     pub nodes: Vec<TestnetNode>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The ports of a testnet, as recorded in its `ports.json`.
+#[derive(Debug, Serialize, Deserialize)]
 struct Ports {
     manager: u16,
     grpc: Vec<u16>,
     p2p: Vec<u16>,
+    /// The listeners holding these ports until their processes start; never recorded.
+    #[serde(skip)]
+    held: HeldPorts,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Listeners that hold a testnet's ports from the moment they are picked until the process
+/// that listens there is about to start.
+///
+/// Why: a port found by binding `127.0.0.1:0` and closing the listener at once is free only
+/// at that instant. Linux may hand the same port to the next `bind` of port 0: our own next
+/// pick (two processes on one port, and `up` fails), anvil's (`--chain` starts it after the
+/// ports are picked, on a port of its own choosing) or an outgoing connection of a node
+/// started earlier. While the listeners are open, every port of the testnet is distinct and
+/// nobody else can take one; each is released right before the process that binds it.
+#[derive(Debug, Default)]
+struct HeldPorts(BTreeMap<u16, TcpListener>);
+
+impl HeldPorts {
+    /// A free loopback port, held until [`HeldPorts::release`].
+    fn pick(&mut self) -> Result<u16> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("picking a free port")?;
+        let port = listener.local_addr()?.port();
+        self.0.insert(port, listener);
+        Ok(port)
+    }
+
+    /// Hold `port`, recorded by an earlier `up`, until [`HeldPorts::release`].
+    fn hold(&mut self, port: u16, ports_file: &Path) -> Result<()> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!(
+                "port {port}, recorded in {}, is in use: is this testnet (or another program) \
+                 still running there?",
+                ports_file.display()
+            )
+        })?;
+        self.0.insert(port, listener);
+        Ok(())
+    }
+
+    /// Stop holding `port`: the process about to start listens there.
+    fn release(&mut self, port: u16) {
+        self.0.remove(&port);
+    }
 }
 
 /// Write a secret file readable only by the user.
@@ -280,39 +320,52 @@ fn http() -> Result<reqwest::Client> {
 }
 
 /// The ports of the testnet in `dir`: fixed at creation so a restarted node or manager comes
-/// back where it was.
+/// back where it was. All of them are returned held (see [`HeldPorts`]), recorded ones too:
+/// anvil, started next with `--chain`, must not be given one of them either.
 fn ports(dir: &Path, n: u16) -> Result<Ports> {
     let ports_file = dir.join("ports.json");
     if ports_file.exists() {
-        let ports: Ports = serde_json::from_slice(&fs::read(&ports_file)?)?;
-        if ports.grpc.len() != usize::from(n) {
+        let mut ports: Ports = serde_json::from_slice(&fs::read(&ports_file)?)?;
+        if ports.grpc.len() != usize::from(n) || ports.p2p.len() != usize::from(n) {
             bail!(
                 "{} holds a testnet of {} nodes, not {n}; use another --data-dir",
                 dir.display(),
                 ports.grpc.len()
             );
         }
+        for &port in std::iter::once(&ports.manager)
+            .chain(&ports.grpc)
+            .chain(&ports.p2p)
+        {
+            ports.held.hold(port, &ports_file)?;
+        }
         Ok(ports)
     } else {
+        let mut held = HeldPorts::default();
+        let manager = held.pick()?;
+        let grpc = (0..n).map(|_| held.pick()).collect::<Result<_>>()?;
+        let p2p = (0..n).map(|_| held.pick()).collect::<Result<_>>()?;
         let ports = Ports {
-            manager: free_port()?,
-            grpc: (0..n).map(|_| free_port()).collect::<Result<_>>()?,
-            p2p: (0..n).map(|_| free_port()).collect::<Result<_>>()?,
+            manager,
+            grpc,
+            p2p,
+            held,
         };
         fs::write(&ports_file, serde_json::to_vec_pretty(&ports)?)?;
         Ok(ports)
     }
 }
 
-/// Start the node processes and wait until each has written its status file.
+/// Start the node processes and wait until each has written its status file. Each node's
+/// ports are released just before it starts.
 fn start_nodes(
     dir: &Path,
-    n: u16,
-    ports: &Ports,
+    ports: &mut Ports,
     manager_public: &str,
     registry_args: &[String],
     deadline: Instant,
 ) -> Result<Vec<(Proc, TestnetNode)>> {
+    let n = u16::try_from(ports.grpc.len())?;
     let mut nodes: Vec<(Proc, TestnetNode)> = Vec::new();
     for k in 0..n {
         let index = k + 1;
@@ -340,6 +393,8 @@ fn start_nodes(
             "insecure".into(),
         ];
         command.extend_from_slice(registry_args);
+        ports.held.release(ports.grpc[usize::from(k)]);
+        ports.held.release(ports.p2p[usize::from(k)]);
         let proc = Proc::spawn(format!("node {index}"), &command, &ndir.join("node.log"))?;
         let mut full = vec![std::env::current_exe()?.display().to_string()];
         full.extend(command);
@@ -545,7 +600,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
 
-    let ports = ports(&dir, n)?;
+    // Picked (or read back) and held before anything else starts, anvil included; each is
+    // released just before the process that listens on it.
+    let mut ports = ports(&dir, n)?;
 
     let mdir = dir.join("manager");
     let node_key = secret_file(&mdir.join("node-request.key"), scalar_hex)?;
@@ -578,12 +635,13 @@ pub fn up(args: &UpArgs) -> Result<()> {
         dir.display()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    let nodes = start_nodes(&dir, n, &ports, &manager_public, &registry_args, deadline)?;
+    let nodes = start_nodes(&dir, &mut ports, &manager_public, &registry_args, deadline)?;
     if let Some(chain) = &chain {
         runtime.block_on(register_nodes(&chain.deployment, &nodes))?;
     }
 
     let manager_url = format!("http://127.0.0.1:{}", ports.manager);
+    ports.held.release(ports.manager);
     let mut manager = start_manager(
         &mdir,
         &registry_args,
