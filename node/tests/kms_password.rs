@@ -7,11 +7,11 @@
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Once,
+    sync::{mpsc, Once},
     time::{Duration, Instant},
 };
 
@@ -59,6 +59,13 @@ fn aws_vars() -> [(&'static str, &'static str); 5] {
 }
 
 /// A running `moto_server`, killed on drop (as in `engine/tests/common/moto.rs`).
+///
+/// Its port is found by binding port 0 and closing the listener, so it is free only at that
+/// instant: during moto's multi-second start another test of this binary (or its moto) can
+/// take it. A start therefore counts only once moto itself has said it listens on that port
+/// (werkzeug's ` * Running on http://127.0.0.1:<port>` on stderr, printed after the bind) and
+/// an S3 answer comes from it; if moto exits at start-up (its port taken) or never gets
+/// there, it is started again on a new port, [`MOTO_ATTEMPTS`] times at most.
 struct Moto {
     child: Child,
     port: u16,
@@ -71,6 +78,12 @@ impl Drop for Moto {
     }
 }
 
+/// Starts of moto tried before a test gives up.
+const MOTO_ATTEMPTS: usize = 5;
+
+/// Longest wait for one start of moto.
+const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -79,6 +92,8 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether moto's S3 answers on `port`: `GET /` lists the buckets (any other server, even one
+/// answering 200, does not produce this).
 fn answers(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -89,30 +104,84 @@ fn answers(port: u16) -> bool {
     s.write_all(request.as_bytes()).is_ok()
         && s.read_to_string(&mut out).is_ok()
         && out.starts_with("HTTP/1.1 200")
+        && out.contains("<ListAllMyBucketsResult")
+}
+
+/// Whether a werkzeug start-up line says it listens on `port` (and not on a longer port
+/// number starting with the same digits).
+fn announces(line: &str, port: u16) -> bool {
+    line.split_once("Running on http://127.0.0.1:")
+        .is_some_and(|(_, rest)| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits == port.to_string()
+        })
 }
 
 impl Moto {
     fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..MOTO_ATTEMPTS {
+            match Self::try_start() {
+                Ok(moto) => return moto,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "moto_server did not start in {MOTO_ATTEMPTS} attempts:\n{}\n{INSTALL_HINT}",
+            failures.join("\n")
+        );
+    }
+
+    /// One start on a new port: `Err` (with moto's start-up output) if it exits or is not
+    /// ready within [`MOTO_START_TIMEOUT`].
+    fn try_start() -> Result<Self, String> {
         let port = free_port();
-        let child = Command::new("moto_server")
+        let mut child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start moto_server ({e}); {INSTALL_HINT}"));
-        let mut moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !answers(port) {
-            if let Some(status) = moto.child.try_wait().unwrap() {
-                panic!("moto_server exited at start-up ({status}); {INSTALL_HINT}");
+        // stderr is read to its end by a thread of its own, so that moto, which logs every
+        // request there, never blocks on a full pipe; the lines come here until start-up is
+        // over, and are dropped after.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
             }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer on port {port} within 30 s"
-            );
+        });
+        let mut moto = Moto { child, port };
+        let mut output = Vec::new();
+        let mut listening = false;
+        let deadline = Instant::now() + MOTO_START_TIMEOUT;
+        loop {
+            while let Ok(line) = lines.try_recv() {
+                listening |= announces(&line, port);
+                output.push(line);
+            }
+            if let Some(status) = moto.child.try_wait().unwrap() {
+                // What it said before exiting (e.g. "Address already in use").
+                while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+                    output.push(line);
+                }
+                return Err(format!(
+                    "  port {port}: exited at start-up ({status}): {}",
+                    output.join(" | ")
+                ));
+            }
+            if listening && answers(port) {
+                return Ok(moto);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "  port {port}: not ready within {MOTO_START_TIMEOUT:?}: {}",
+                    output.join(" | ")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        moto
     }
 
     fn endpoint(&self) -> String {
