@@ -19,7 +19,7 @@ use aws_lc_rs::{
 };
 use k256::ecdsa::SigningKey;
 use rand_core::OsRng;
-use tkms_cli::testnet::Testnet;
+use tkms_cli::testnet::{Testnet, TestnetNode};
 use tkms_crypto::{ecies, Secp256k1, SharedSecret, Suite};
 use tkms_manager::nox;
 use tkms_node::vault::{FilePassword, KdfParams, Vault};
@@ -54,20 +54,66 @@ fn up(dir: &Path, n: u16, t: u16) -> Up {
     Up { testnet }
 }
 
+/// `kill -9 pid`, returning once the process is gone (or a zombie): `kill` only sends the
+/// signal, and a node still running for a few milliseconds on a loaded machine could answer
+/// the next request or still hold its vault.
 fn kill(pid: u32) {
     Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The state is the field after the command name, which is in parentheses.
+    while let Ok(text) = std::fs::read_to_string(&stat) {
+        let state = text
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, Some('Z' | 'X')) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "process {pid} survived kill -9");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
-/// One `/v0/delegate` round trip; returns the HTTP status and, on success, the plaintext.
-async fn delegate(t: &Testnet, message: &[u8]) -> (u16, Option<Vec<u8>>, serde_json::Value) {
+/// A fresh RSA-2048 recipient key, as a Nox gateway makes per request. Generating one takes a
+/// random, long-tailed time, so timed requests get theirs before the stopwatch starts.
+fn rsa_key() -> PrivateDecryptingKey {
+    PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap()
+}
+
+/// Open the killed node's vault. Retried for up to 5 s: the file stays locked until the
+/// kernel has finished tearing the killed process down.
+fn open_vault(node: &TestnetNode) -> Vault {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Vault::open(
+            node.data_dir.join("vault.redb"),
+            &FilePassword::new(node.data_dir.join("password")),
+            KdfParams::insecure_for_tests(),
+        ) {
+            Ok(vault) => return vault,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the killed node's vault did not open within 5 s: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One `/v0/delegate` round trip to the recipient key `rsa`; returns the HTTP status and, on
+/// success, the plaintext.
+async fn delegate(
+    t: &Testnet,
+    message: &[u8],
+    rsa: PrivateDecryptingKey,
+) -> (u16, Option<Vec<u8>>, serde_json::Value) {
     let pk = hex::decode(t.public_key.trim_start_matches("0x")).unwrap();
     let pk = Secp256k1::decode_point(&pk).unwrap();
     let ct = ecies::encrypt::<Secp256k1>(&pk, message, &mut OsRng).unwrap();
     let ephemeral = format!("0x{}", hex::encode(Secp256k1::encode_point(ct.ephemeral())));
-    let rsa = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
     let target = format!(
         "0x{}",
         hex::encode(rsa.public_key().as_der().unwrap().as_ref())
@@ -128,7 +174,7 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
     assert_eq!(t.nodes.len(), 5);
 
     // Served by the whole cluster.
-    let (status, plain, json) = delegate(t, b"first handle").await;
+    let (status, plain, json) = delegate(t, b"first handle", rsa_key()).await;
     assert_eq!(
         (status, plain.as_deref()),
         (200, Some(&b"first handle"[..])),
@@ -138,15 +184,9 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
     // n - t = 2 nodes down: every request still succeeds.
     kill(t.nodes[0].pid);
     kill(t.nodes[3].pid);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // The killed node's vault holds its share, but never in the clear.
     let node = &t.nodes[0];
-    let vault = Vault::open(
-        node.data_dir.join("vault.redb"),
-        &FilePassword::new(node.data_dir.join("password")),
-        KdfParams::insecure_for_tests(),
-    )
-    .unwrap();
+    let vault = open_vault(node);
     let epoch = vault.latest_epoch().unwrap().unwrap();
     let (share, _, _) = vault.get_share::<Secp256k1>(epoch).unwrap().unwrap();
     let secret = share.value().to_bytes();
@@ -158,7 +198,7 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
     );
     for k in 0..3 {
         let msg = format!("with two nodes down #{k}");
-        let (status, plain, json) = delegate(t, msg.as_bytes()).await;
+        let (status, plain, json) = delegate(t, msg.as_bytes(), rsa_key()).await;
         assert_eq!(
             (status, plain.as_deref()),
             (200, Some(msg.as_bytes())),
@@ -166,10 +206,11 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
         );
     }
 
-    // One more down: a clear 503, fast.
+    // One more down: a clear 503, fast (the request alone is timed, not the RSA key).
     kill(t.nodes[1].pid);
+    let rsa = rsa_key();
     let started = Instant::now();
-    let (status, _, json) = delegate(t, b"too few").await;
+    let (status, _, json) = delegate(t, b"too few", rsa).await;
     assert_eq!(status, 503, "{json}");
     assert_eq!(json["code"], "cluster_unavailable");
     assert!(
@@ -189,7 +230,7 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, plain, _) = delegate(t, b"after restart").await;
+        let (status, plain, _) = delegate(t, b"after restart", rsa_key()).await;
         if status == 200 {
             assert_eq!(plain.as_deref(), Some(&b"after restart"[..]));
             break;

@@ -54,17 +54,35 @@ async fn n_minus_t_nodes_down_still_serves_and_one_more_fails_fast() {
     // after a manager restart) sees node 5 down. Process-level kills are in the e2e tests.
     tc.kill(5);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let cluster = tc.cluster(Duration::from_millis(500));
+    let timeout = Duration::from_millis(500);
+    let cluster = tc.cluster(timeout);
+    // Cold (TLS handshakes with the live nodes first): the documented bound is the per-node
+    // timeout, plus a margin for a loaded 2-core CI machine.
     let started = Instant::now();
     let err = cluster
         .delegate(Encoded::new(*ct.ephemeral()), b"r".to_vec(), None)
         .await
         .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
-    );
+    let took = started.elapsed();
+    assert!(took < timeout + MARGIN, "cold: took {took:?}");
+    assert_three_down(err);
+    // Warm (connections to the live nodes established, as in a running manager): the issue's
+    // requirement, with n - t + 1 nodes down a clear 503 in under a second.
+    let started = Instant::now();
+    let err = cluster
+        .delegate(Encoded::new(*ct.ephemeral()), b"r".to_vec(), None)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "warm: took {took:?}");
+    assert_three_down(err);
+}
+
+/// Margin over a configured node timeout for a bound on a loaded 2-core CI machine.
+const MARGIN: Duration = Duration::from_millis(1_500);
+
+/// The cluster of 5 with `t = 3` is unavailable, and names nodes 1, 4 and 5.
+fn assert_three_down(err: ClusterError) {
     match err {
         ClusterError::Unavailable {
             threshold: 3,
@@ -197,18 +215,22 @@ fn unknown_nodes_are_refused_at_setup() {
 
 /// A hedged fan-out asks only `t` nodes, in turn, and replaces a liar or a dead node at once
 /// with the next one: every request is served, the culprit named, and the load rotates.
+///
+/// "At once" is checked as "well before the node timeout": a replacement that waited for the
+/// timeout would take all of it, so each request must take less than half. (Timeout plus a
+/// margin would not tell the two apart; the timeout is long instead, so that half of it is a
+/// generous bound on a loaded CI machine.)
 #[tokio::test]
 async fn hedged_fanout_replaces_liars_and_dead_nodes_and_rotates() {
     let tc = start(3, 5, &[2], 4).await;
     tc.kill(4);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let cluster = tc
-        .cluster(Duration::from_secs(2))
-        .with_fanout(Fanout::Hedged {
-            extra: 0,
-            // Longer than the test: any extra node asked here was asked because one failed.
-            hedge: Duration::from_secs(30),
-        });
+    let timeout = Duration::from_secs(5);
+    let cluster = tc.cluster(timeout).with_fanout(Fanout::Hedged {
+        extra: 0,
+        // Longer than the test: any extra node asked here was asked because one failed.
+        hedge: Duration::from_secs(30),
+    });
     let ct = encrypt(&tc.keys, b"hedged");
     let mut blamed = std::collections::BTreeSet::new();
     for r in 0..5u8 {
@@ -217,7 +239,8 @@ async fn hedged_fanout_replaces_liars_and_dead_nodes_and_rotates() {
             .delegate(Encoded::new(*ct.ephemeral()), vec![r], None)
             .await
             .unwrap();
-        assert!(started.elapsed() < Duration::from_secs(1));
+        let took = started.elapsed();
+        assert!(took < timeout / 2, "request {r} took {took:?}");
         assert_eq!(
             &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
             b"hedged"
@@ -250,6 +273,11 @@ async fn hedged_fanout_replaces_liars_and_dead_nodes_and_rotates() {
 
 /// A slow node (its server stopped accepting, so its call hangs until the timeout) is covered
 /// by the hedge: another node is asked after the hedge delay, well before the node timeout.
+///
+/// Checked as less than half the node timeout, not timeout plus a margin: without the hedge,
+/// the silent node's failure at the timeout would trigger the replacement and the request
+/// would still finish within timeout plus a margin. The timeout is long, so that half of it is
+/// a generous bound on a loaded CI machine.
 #[tokio::test]
 async fn hedge_delay_covers_a_silent_node() {
     let tc = start(3, 4, &[], 5).await;
@@ -268,29 +296,21 @@ async fn hedge_delay_covers_a_silent_node() {
             held.push(stream);
         }
     });
-    let cluster = Cluster::new(
-        &endpoints,
-        tc.keys.clone(),
-        1,
-        &tc.manager,
-        Duration::from_secs(5),
-    )
-    .unwrap()
-    .with_fanout(Fanout::Hedged {
-        extra: 0,
-        hedge: Duration::from_millis(50),
-    });
+    let timeout = Duration::from_secs(10);
+    let cluster = Cluster::new(&endpoints, tc.keys.clone(), 1, &tc.manager, timeout)
+        .unwrap()
+        .with_fanout(Fanout::Hedged {
+            extra: 0,
+            hedge: Duration::from_millis(50),
+        });
     for r in 0..4u8 {
         let started = Instant::now();
         let served = cluster
             .delegate(Encoded::new(*ct.ephemeral()), vec![r], None)
             .await
             .unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "took {:?}",
-            started.elapsed()
-        );
+        let took = started.elapsed();
+        assert!(took < timeout / 2, "request {r} took {took:?}");
         assert_eq!(
             &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
             b"silent"
