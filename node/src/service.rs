@@ -557,19 +557,35 @@ impl Node for NodeService {
                 capsules: &capsules,
             },
         )?;
-        let active = self.active.read().await;
-        let active = active.as_ref().ok_or_else(no_share)?;
-        epoch_matches(active, request.epoch)?;
-        self.check_published(active)?;
-        let partials = capsules
-            .into_iter()
-            .map(|(id, ephemeral)| {
-                let pre = ReencryptionRequest::with_encoded(request.epoch, id, ephemeral, target);
-                PartialReencryption::create(&active.share, &pre, &mut OsRng)
-                    .to_bytes()
-                    .to_vec()
-            })
-            .collect();
+        let share = {
+            let active = self.active.read().await;
+            let active = active.as_ref().ok_or_else(no_share)?;
+            epoch_matches(active, request.epoch)?;
+            self.check_published(active)?;
+            active.share.clone()
+        };
+        let epoch = request.epoch;
+        let create = move || -> Vec<Vec<u8>> {
+            capsules
+                .into_iter()
+                .map(|(id, ephemeral)| {
+                    let pre = ReencryptionRequest::with_encoded(epoch, id, ephemeral, target);
+                    PartialReencryption::create(&share, &pre, &mut OsRng)
+                        .to_bytes()
+                        .to_vec()
+                })
+                .collect()
+        };
+        // One capsule (~0.25 ms) is computed in place; a batch (up to MAX_BATCH of them, tens
+        // of milliseconds) goes to the blocking pool so it does not hold a runtime worker that
+        // other requests' partials and the connection's I/O need.
+        let partials = if request.capsules.len() == 1 {
+            create()
+        } else {
+            tokio::task::spawn_blocking(create)
+                .await
+                .map_err(|e| Status::internal(format!("re-encryption partials task: {e}")))?
+        };
         Ok(Response::new(pb::PartialReencryptionResponse { partials }))
     }
 
