@@ -31,32 +31,6 @@ pub(crate) fn mul(
     from_affine(&xy)
 }
 
-/// `a·P + b·Q`; `None` also when the sum is the identity (the caller's k256 path then
-/// returns it).
-pub(crate) fn mul_sum(
-    (p, a): (&Encoded<Secp256k1>, &SecretScalar<Secp256k1>),
-    (q, b): (&Encoded<Secp256k1>, &SecretScalar<Secp256k1>),
-) -> Option<Encoded<Secp256k1>> {
-    let first = ladder(p, a)?;
-    let second = ladder(q, b)?;
-    let sum = first.combine(&second).ok()?;
-    let uncompressed = sum.serialize_uncompressed();
-    let mut xy = Zeroizing::new([0u8; 64]);
-    xy.copy_from_slice(&uncompressed[1..]);
-    from_affine(&xy)
-}
-
-/// `s·P` as a libsecp256k1 point.
-fn ladder(p: &Encoded<Secp256k1>, s: &SecretScalar<Secp256k1>) -> Option<PublicKey> {
-    let base = PublicKey::from_byte_array_compressed(*p.bytes()).ok()?;
-    let mut key = secret_key(s)?;
-    let xy = Zeroizing::new(ecdh::shared_secret_point(&base, &key));
-    key.non_secure_erase();
-    let mut uncompressed = Zeroizing::new([0x04; 65]);
-    uncompressed[1..].copy_from_slice(xy.as_ref());
-    PublicKey::from_byte_array_uncompressed(*uncompressed).ok()
-}
-
 /// `s·G`.
 pub(crate) fn mul_generator(s: &SecretScalar<Secp256k1>) -> Option<Encoded<Secp256k1>> {
     let mut key = secret_key(s)?;
@@ -110,13 +84,6 @@ mod tests {
             let public = mul_generator(&s).expect("libsecp256k1 multiplies G");
             assert_eq!(*public.point(), s.public_point());
             assert_eq!(public.bytes(), &Secp256k1::encode_point(public.point()));
-            let t = SecretScalar::<Secp256k1>::random(&mut OsRng);
-            let sum = mul_sum((&base, &s), (&public, &t)).expect("libsecp256k1 adds");
-            assert_eq!(
-                *sum.point(),
-                *base.point() * s.expose() + *public.point() * t.expose()
-            );
-            assert_eq!(sum.bytes(), &Secp256k1::encode_point(sum.point()));
         }
     }
 }

@@ -149,13 +149,18 @@ impl<S: Suite> PartialReencryption<S> {
         let r_secret = SecretScalar::<S>::random(rng);
         let a = SecretScalar::<S>::random(rng);
         let b = SecretScalar::<S>::random(rng);
-        let (k, target) = (&request.ephemeral, &request.target);
-        // Secret scalars: constant-time multiplications.
+        let (k, target) = (*request.ephemeral(), *request.target());
+        // Secret scalars: constant-time. The two-term sums stay with k256's GLV `lincomb`,
+        // as fast as two libsecp256k1 ladders and an addition (`cargo bench -p tkms-crypto
+        // --bench protocols -- 'secret multiplication'`); the `·G` ones use libsecp256k1.
         let r = r_secret.public_encoded();
-        let c = S::mul_secret_sum((k, share.value()), (target, &r_secret));
+        let c = Encoded::new(S::lincomb(&[
+            (k, *share.value().expose()),
+            (target, *r_secret.expose()),
+        ]));
         let t1 = a.public_encoded();
         let t2 = b.public_encoded();
-        let t3 = S::mul_secret_sum((k, &a), (target, &b));
+        let t3 = Encoded::new(S::lincomb(&[(k, *a.expose()), (target, *b.expose())]));
         let context = proof_context(request.epoch, share.index(), &request.request_id);
         let public_share = *share.public_share_encoded();
         let e = challenge(&context, &public_share, request, &r, &c, [&t1, &t2, &t3]);

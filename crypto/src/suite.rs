@@ -70,18 +70,6 @@ pub trait Suite: Copy + Clone + Debug + Default + PartialEq + Eq + Send + Sync +
     fn mul_generator_secret(s: &SecretScalar<Self>) -> Encoded<Self> {
         Encoded::new(Self::mul_by_generator(s.expose()))
     }
-
-    /// `a·P + b·Q` for secrets `a`, `b`, encoded; constant-time in the scalars. secp256k1
-    /// uses two libsecp256k1 multiplications and one addition.
-    fn mul_secret_sum(
-        (p, a): (&Encoded<Self>, &SecretScalar<Self>),
-        (q, b): (&Encoded<Self>, &SecretScalar<Self>),
-    ) -> Encoded<Self> {
-        Encoded::new(Self::lincomb(&[
-            (*p.point(), *a.expose()),
-            (*q.point(), *b.expose()),
-        ]))
-    }
 }
 
 fn check_compressed(bytes: &[u8]) -> Result<(), EncodingError> {
@@ -194,17 +182,6 @@ impl_suite!(
     fn mul_generator_secret(s: &SecretScalar<Self>) -> Encoded<Self> {
         crate::libsecp::mul_generator(s)
             .unwrap_or_else(|| Encoded::new(Self::mul_by_generator(s.expose())))
-    },
-    fn mul_secret_sum(
-        (p, a): (&Encoded<Self>, &SecretScalar<Self>),
-        (q, b): (&Encoded<Self>, &SecretScalar<Self>),
-    ) -> Encoded<Self> {
-        crate::libsecp::mul_sum((p, a), (q, b)).unwrap_or_else(|| {
-            Encoded::new(Self::lincomb(&[
-                (*p.point(), *a.expose()),
-                (*q.point(), *b.expose()),
-            ]))
-        })
     }
 );
 impl_suite!(
@@ -445,9 +422,6 @@ mod tests {
             let public = S::mul_generator_secret(s);
             assert_eq!(*public.point(), s.public_point());
             assert_eq!(public.bytes(), &S::encode_point(public.point()));
-            let sum = S::mul_secret_sum((base, s), (&public, s));
-            assert_eq!(*sum.point(), (*base.point() + public.point()) * s.expose());
-            assert_eq!(sum.bytes(), &S::encode_point(sum.point()));
         }
         fn all<S: Suite>() {
             let generator = Encoded::<S>::new(S::Point::generator());
