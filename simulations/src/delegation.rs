@@ -317,7 +317,7 @@ pub enum DelegationActor {
     /// The manager at address 0.
     Manager(Box<Manager>),
     /// A share holder at its node index.
-    Node(ShareNode),
+    Node(Box<ShareNode>),
 }
 
 const ISSUE: u64 = 1 << 32;

@@ -489,7 +489,7 @@ pub fn run_delegation_from(
         nodes.push(a);
         actors.insert(
             a,
-            DelegationActor::Node(ShareNode::new(share, fault, scenario.cpu)),
+            DelegationActor::Node(Box::new(ShareNode::new(share, fault, scenario.cpu))),
         );
     }
     let reachable_honest =
