@@ -7,11 +7,10 @@
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{mpsc, Once},
+    sync::Once,
     time::{Duration, Instant},
 };
 
@@ -28,8 +27,6 @@ use tkms_node::{
 
 const PASSWORD: &[u8] = b"correct horse battery staple";
 const REGION: &str = "us-east-1";
-const INSTALL_HINT: &str =
-    "moto_server is needed for the aws-kms tests: pip install \"moto[server]\"";
 /// The secp256k1 generator, as a manager key the node accepts.
 const MANAGER_KEY: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
 
@@ -58,136 +55,14 @@ fn aws_vars() -> [(&'static str, &'static str); 5] {
     ]
 }
 
-/// A running `moto_server`, killed on drop (as in `engine/tests/common/moto.rs`).
-///
-/// Its port is found by binding port 0 and closing the listener, so it is free only at that
-/// instant: during moto's multi-second start another test of this binary (or its moto) can
-/// take it. A start therefore counts only once moto itself has said it listens on that port
-/// (werkzeug's ` * Running on http://127.0.0.1:<port>` on stderr, printed after the bind) and
-/// an S3 answer comes from it; if moto exits at start-up (its port taken) or never gets
-/// there, it is started again on a new port, [`MOTO_ATTEMPTS`] times at most.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts of moto tried before a test gives up.
-const MOTO_ATTEMPTS: usize = 5;
-
-/// Longest wait for one start of moto.
-const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Whether moto's S3 answers on `port`: `GET /` lists the buckets (any other server, even one
-/// answering 200, does not produce this).
-fn answers(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    s.write_all(request.as_bytes()).is_ok()
-        && s.read_to_string(&mut out).is_ok()
-        && out.starts_with("HTTP/1.1 200")
-        && out.contains("<ListAllMyBucketsResult")
-}
-
-/// Whether a werkzeug start-up line says it listens on `port` (and not on a longer port
-/// number starting with the same digits).
-fn announces(line: &str, port: u16) -> bool {
-    line.split_once("Running on http://127.0.0.1:")
-        .is_some_and(|(_, rest)| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits == port.to_string()
-        })
-}
+/// The engine's moto starter (a free port, restarted on a new one if another process took it
+/// during start-up, ready only once moto's S3 answers there), shared as a file: the two
+/// crates have no common test crate.
+#[path = "../../engine/tests/common/moto.rs"]
+mod moto;
+use moto::Moto;
 
 impl Moto {
-    fn start() -> Self {
-        let mut failures = Vec::new();
-        for _ in 0..MOTO_ATTEMPTS {
-            match Self::try_start() {
-                Ok(moto) => return moto,
-                Err(failure) => failures.push(failure),
-            }
-        }
-        panic!(
-            "moto_server did not start in {MOTO_ATTEMPTS} attempts:\n{}\n{INSTALL_HINT}",
-            failures.join("\n")
-        );
-    }
-
-    /// One start on a new port: `Err` (with moto's start-up output) if it exits or is not
-    /// ready within [`MOTO_START_TIMEOUT`].
-    fn try_start() -> Result<Self, String> {
-        let port = free_port();
-        let mut child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start moto_server ({e}); {INSTALL_HINT}"));
-        // stderr is read to its end by a thread of its own, so that moto, which logs every
-        // request there, never blocks on a full pipe; the lines come here until start-up is
-        // over, and are dropped after.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut moto = Moto { child, port };
-        let mut output = Vec::new();
-        let mut listening = false;
-        let deadline = Instant::now() + MOTO_START_TIMEOUT;
-        loop {
-            while let Ok(line) = lines.try_recv() {
-                listening |= announces(&line, port);
-                output.push(line);
-            }
-            if let Some(status) = moto.child.try_wait().unwrap() {
-                // What it said before exiting (e.g. "Address already in use").
-                while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
-                    output.push(line);
-                }
-                return Err(format!(
-                    "  port {port}: exited at start-up ({status}): {}",
-                    output.join(" | ")
-                ));
-            }
-            if listening && answers(port) {
-                return Ok(moto);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "  port {port}: not ready within {MOTO_START_TIMEOUT:?}: {}",
-                    output.join(" | ")
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
     fn client(&self) -> aws_sdk_kms::Client {
         let conf = aws_sdk_kms::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -346,7 +221,7 @@ async fn kms_password_errors_are_clear_and_bounded() {
     // Nothing listens: refused connections, retried, then a clear error.
     let started = Instant::now();
     let config = AwsKmsPasswordConfig {
-        endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
+        endpoint: Some(format!("http://127.0.0.1:{}", moto::free_port())),
         timeout: Duration::from_secs(5),
         ..moto.config(&good)
     };

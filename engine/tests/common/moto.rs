@@ -90,7 +90,7 @@ fn announces(line: &str, port: u16) -> bool {
         })
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
