@@ -192,44 +192,79 @@ pub fn verify_all<S: Suite>(
     request: &DelegationRequest<S>,
     rng: &mut impl CryptoRngCore,
 ) -> (Vec<VerifiedPartialDelegation<S>>, Vec<Error>) {
-    let mut known = Vec::with_capacity(partials.len());
-    let mut errors = Vec::new();
-    for p in partials {
-        match keys.public_share_encoded(p.index) {
-            Ok(public) => {
-                let context = request.context(p.index);
-                known.push((p, public, context));
+    verify_requests(vec![(request, partials)], keys, rng)
+        .pop()
+        .unwrap_or_default()
+}
+
+/// Verify the partials of many requests in one batch: one multi-scalar multiplication for all
+/// of them, in which each node's public share appears once. If the batch fails, every request
+/// is checked again on its own (and one partial at a time within a failing request), so every
+/// bad partial is named. Returns, per request in input order, its verified partials and the
+/// errors (each naming its culprit).
+#[allow(clippy::type_complexity)] // (verified, errors) per request
+pub fn verify_requests<S: Suite>(
+    requests: Vec<(&DelegationRequest<S>, Vec<PartialDelegation<S>>)>,
+    keys: &PublicKeySet<S>,
+    rng: &mut impl CryptoRngCore,
+) -> Vec<(Vec<VerifiedPartialDelegation<S>>, Vec<Error>)> {
+    let mut errors: Vec<Vec<Error>> = Vec::with_capacity(requests.len());
+    let mut known = Vec::with_capacity(requests.len());
+    for (request, partials) in requests {
+        let mut unknown = Vec::new();
+        let mut checkable = Vec::with_capacity(partials.len());
+        for p in partials {
+            match keys.public_share_encoded(p.index) {
+                Ok(public) => {
+                    let context = request.context(p.index);
+                    checkable.push((p, public, context));
+                }
+                Err(e) => unknown.push(e),
             }
-            Err(e) => errors.push(e),
         }
+        errors.push(unknown);
+        known.push((request, checkable));
     }
     let statements: Vec<_> = known
         .iter()
-        .map(|(p, public, context)| {
-            let statement = Statement {
-                context,
-                base: &request.ephemeral,
-                public: *public,
-                image: &p.partial,
-            };
-            (statement, &p.proof)
+        .flat_map(|(request, checkable)| {
+            checkable.iter().map(|(p, public, context)| {
+                let statement = Statement {
+                    context,
+                    base: &request.ephemeral,
+                    public: *public,
+                    image: &p.partial,
+                };
+                (statement, &p.proof)
+            })
         })
         .collect();
-    if dleq::verify_batch(&statements, rng) {
-        let verified = known
-            .into_iter()
-            .map(|(p, _, _)| p.verified(request))
-            .collect();
-        return (verified, errors);
-    }
-    let mut verified = Vec::with_capacity(known.len());
-    for (p, _, _) in known {
-        match p.verify(keys, request) {
-            Ok(v) => verified.push(v),
-            Err(e) => errors.push(e),
-        }
-    }
-    (verified, errors)
+    let valid = dleq::verify_batch(&statements, rng);
+    drop(statements);
+    let several = known.len() > 1;
+    known
+        .into_iter()
+        .zip(errors)
+        .map(|((request, checkable), mut errors)| {
+            let partials = checkable.into_iter().map(|(p, _, _)| p);
+            if valid {
+                return (partials.map(|p| p.verified(request)).collect(), errors);
+            }
+            if several {
+                let (verified, bad) = verify_all(partials.collect(), keys, request, rng);
+                errors.extend(bad);
+                return (verified, errors);
+            }
+            let mut verified = Vec::new();
+            for p in partials {
+                match p.verify(keys, request) {
+                    Ok(v) => verified.push(v),
+                    Err(e) => errors.push(e),
+                }
+            }
+            (verified, errors)
+        })
+        .collect()
 }
 
 /// Combine `t = keys.threshold()` verified partials into `S = Σ λ_i·D_i` and return `x(S)`.

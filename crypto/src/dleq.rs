@@ -146,34 +146,44 @@ fn challenge<S: Suite>(
 
 /// Check many proofs at once: with random 128-bit weights `ρ_j`, `δ_j`,
 /// `Σ_j ρ_j(z_j·G - c_j·X_j - T1_j) + δ_j(z_j·H_j - c_j·Y_j - T2_j) = 0`, where all `G` terms
-/// collapse into one generator multiplication and the terms of a base shared by several
-/// proofs (the `K` of one request) into one. `true` means every proof is valid except with
-/// probability about `2^-128`; on `false`, check proofs one by one to find the culprits.
+/// collapse into one generator multiplication, and the terms of a point several proofs share
+/// (the `K` of one request, a node's public share `X` across requests) into one. `true` means
+/// every proof is valid except with probability about `2^-128`; on `false`, check proofs one
+/// by one to find the culprits.
 pub fn verify_batch<S: Suite>(
     items: &[(Statement<'_, S>, &DleqProof<S>)],
     rng: &mut impl CryptoRngCore,
 ) -> bool {
     let mut g_coefficient = S::Scalar::ZERO;
-    let mut bases: Vec<(S::Point, S::Scalar)> = Vec::new();
-    let mut terms = Vec::with_capacity(items.len() * 4 + 1);
+    // Shared points, found by their (canonical) encoding.
+    let mut shared: Vec<(&Encoded<S>, S::Scalar)> = Vec::new();
+    let mut terms = Vec::with_capacity(items.len() * 3 + 8);
     for (statement, proof) in items {
         let c = challenge(statement, &proof.t1, &proof.t2);
         let rho = random_weight::<S>(rng);
         let delta = random_weight::<S>(rng);
         g_coefficient += rho * proof.z;
-        let base = statement.base.point();
-        match bases.iter_mut().find(|(b, _)| b == base) {
-            Some((_, coefficient)) => *coefficient += delta * proof.z,
-            None => bases.push((*base, delta * proof.z)),
-        }
-        terms.push((*statement.public.point(), -(rho * c)));
+        add_shared(&mut shared, statement.base, delta * proof.z);
+        add_shared(&mut shared, statement.public, -(rho * c));
         terms.push((*proof.t1.point(), -rho));
         terms.push((*statement.image.point(), -(delta * c)));
         terms.push((*proof.t2.point(), -delta));
     }
-    terms.extend(bases);
+    terms.extend(shared.into_iter().map(|(p, c)| (*p.point(), c)));
     let sum = msm_vartime::<S>(&terms) + S::mul_by_generator(&g_coefficient);
     bool::from(group::Group::is_identity(&sum))
+}
+
+/// Add `coefficient·point` to the shared points' terms.
+fn add_shared<'a, S: Suite>(
+    shared: &mut Vec<(&'a Encoded<S>, S::Scalar)>,
+    point: &'a Encoded<S>,
+    coefficient: S::Scalar,
+) {
+    match shared.iter_mut().find(|(p, _)| p.bytes() == point.bytes()) {
+        Some((_, sum)) => *sum += coefficient,
+        None => shared.push((point, coefficient)),
+    }
 }
 
 /// A random 128-bit weight (enough for 2^-128 batch soundness; half the cost of a full scalar

@@ -322,6 +322,73 @@ proptest! {
     }
 }
 
+/// Several requests verified in one batch: all honest ones verify and combine; a tampered
+/// partial, or an honest partial presented for another request, is named and blocks only
+/// its own request.
+fn requests_verify_together<S: Suite>(requests: usize, seed: u64, fault: Option<(usize, bool)>) {
+    let mut rng = rng(seed);
+    let sk = SecretScalar::<S>::random(&mut rng);
+    let (shares, keys) = shamir::deal(&sk, 3, 5, &mut rng).unwrap();
+    let domains: Vec<_> = (0..requests)
+        .map(|r| {
+            let k = SecretScalar::<S>::random(&mut rng).public_point();
+            DelegationRequest::new(1, vec![u8::try_from(r).unwrap()], k)
+        })
+        .collect();
+    let mut batches: Vec<Vec<_>> = domains
+        .iter()
+        .map(|d| {
+            shares[..3]
+                .iter()
+                .map(|s| PartialDelegation::create(s, d, &mut rng))
+                .collect()
+        })
+        .collect();
+    let faulty = fault.map(|(victim, swap)| {
+        let victim = victim % requests;
+        let culprit = batches[victim][1].index();
+        if swap && requests > 1 {
+            // Node 2's honest partial for the next request, presented for this one.
+            let other = batches[(victim + 1) % requests][1].clone();
+            batches[victim][1] = other;
+        } else {
+            let mut bytes = batches[victim][1].to_bytes();
+            bytes[2 + 33 + 66 + 10] ^= 1; // inside the proof's response z
+            batches[victim][1] = PartialDelegation::from_bytes(&bytes).unwrap();
+        }
+        (victim, culprit)
+    });
+    let results =
+        delegation::verify_requests(domains.iter().zip(batches).collect(), &keys, &mut rng);
+    assert_eq!(results.len(), requests);
+    for (r, (verified, errors)) in results.iter().enumerate() {
+        if let Some((victim, culprit)) = faulty.filter(|(v, _)| *v == r) {
+            assert_eq!(
+                errors,
+                &vec![Error::InvalidProof { culprit }],
+                "request {victim}"
+            );
+            assert_eq!(verified.len(), 2);
+        } else {
+            assert!(errors.is_empty(), "request {r}: {errors:?}");
+            let point = delegation::combine_point(verified, &keys).unwrap();
+            assert_eq!(point, *domains[r].ephemeral() * sk.expose());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn requests_batched_together_verify_and_name_bad_partials(
+        requests in 1usize..=12, seed in any::<u64>(), fault in proptest::option::of((any::<usize>(), any::<bool>()))
+    ) {
+        requests_verify_together::<Secp256k1>(requests, seed, fault);
+        requests_verify_together::<P256>(requests, seed, fault);
+    }
+}
+
 #[test]
 fn partials_are_bound_to_their_request() {
     partial_for_other_request_is_rejected::<Secp256k1>(1);
