@@ -210,6 +210,70 @@ impl NodeService {
         }
     }
 
+    /// The share and epoch served now, if the registry publishes that epoch.
+    async fn serving(&self) -> Result<(KeyShare<ClusterSuite>, u64), Status> {
+        let active = self.active.read().await;
+        let active = active.as_ref().ok_or_else(no_share)?;
+        self.check_published(active)?;
+        Ok((active.share.clone(), active.epoch))
+    }
+
+    /// One delegation request, validated and its requester re-checked, answered with
+    /// `D_i = share_i·K` and its proof.
+    fn delegation_item(
+        &self,
+        share: &KeyShare<ClusterSuite>,
+        epoch: u64,
+        request: &pb::PartialDelegationRequest,
+    ) -> Result<PartialDelegation<ClusterSuite>, Status> {
+        let ephemeral = point(&request.ephemeral, "ephemeral key")?;
+        let id = request_id(&request.request_id)?;
+        self.check_requester(
+            request.authorization.as_ref(),
+            &Operation::Delegate {
+                ephemeral: &ephemeral,
+                request_id: &id,
+                target_rsa_spki: &request.target_rsa_spki,
+            },
+        )?;
+        epoch_matches(epoch, request.epoch)?;
+        let delegation = DelegationRequest::with_encoded(epoch, id, ephemeral);
+        Ok(PartialDelegation::create(share, &delegation, &mut OsRng))
+    }
+
+    /// Answer each of `requests` on its own: its partial, or why it is refused.
+    fn delegation_results(
+        &self,
+        share: &KeyShare<ClusterSuite>,
+        epoch: u64,
+        requests: &[pb::PartialDelegationRequest],
+    ) -> Vec<pb::PartialDelegationResult> {
+        requests
+            .iter()
+            .map(|request| {
+                let outcome = if request.target_rsa_spki.is_empty() {
+                    self.delegation_item(share, epoch, request)
+                } else {
+                    Err(Status::invalid_argument(
+                        "an encrypted (/v1) delegation is not batched",
+                    ))
+                };
+                let outcome = match outcome {
+                    Ok(partial) => {
+                        pb::partial_delegation_result::Outcome::Partial(partial.to_bytes().to_vec())
+                    }
+                    Err(status) => pb::partial_delegation_result::Outcome::Error(pb::ItemError {
+                        code: status.code().into(),
+                        message: status.message().to_string(),
+                    }),
+                };
+                pb::PartialDelegationResult {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect()
+    }
+
     /// Every ceremony member must be a node the registry lists with that node key (when the
     /// registry lists nodes): the manager alone cannot choose who receives shares.
     fn check_members(&self, request: &pb::StartCeremonyRequest) -> Result<(), Status> {
@@ -377,13 +441,12 @@ fn request_id(bytes: &[u8]) -> Result<Vec<u8>, Status> {
     Ok(bytes.to_vec())
 }
 
-fn epoch_matches(active: &ActiveShare, requested: u64) -> Result<(), Status> {
-    if requested == active.epoch {
+fn epoch_matches(served: u64, requested: u64) -> Result<(), Status> {
+    if requested == served {
         Ok(())
     } else {
         Err(Status::failed_precondition(format!(
-            "this node serves epoch {}, not {requested}",
-            active.epoch
+            "this node serves epoch {served}, not {requested}"
         )))
     }
 }
@@ -483,7 +546,7 @@ impl Node for NodeService {
     ) -> Result<Response<pb::PublicShareResponse>, Status> {
         let active = self.active.read().await;
         let active = active.as_ref().ok_or_else(no_share)?;
-        epoch_matches(active, request.get_ref().epoch)?;
+        epoch_matches(active.epoch, request.get_ref().epoch)?;
         Ok(Response::new(pb::PublicShareResponse {
             index: u32::from(active.share.index().get()),
             epoch: active.epoch,
@@ -497,22 +560,8 @@ impl Node for NodeService {
     ) -> Result<Response<pb::PartialDelegationResponse>, Status> {
         self.authenticate_peer(&request)?;
         let request = request.into_inner();
-        let ephemeral = point(&request.ephemeral, "ephemeral key")?;
-        let id = request_id(&request.request_id)?;
-        self.check_requester(
-            request.authorization.as_ref(),
-            &Operation::Delegate {
-                ephemeral: &ephemeral,
-                request_id: &id,
-                target_rsa_spki: &request.target_rsa_spki,
-            },
-        )?;
-        let active = self.active.read().await;
-        let active = active.as_ref().ok_or_else(no_share)?;
-        epoch_matches(active, request.epoch)?;
-        self.check_published(active)?;
-        let delegation = DelegationRequest::with_encoded(request.epoch, id, ephemeral);
-        let partial = PartialDelegation::create(&active.share, &delegation, &mut OsRng);
+        let (share, epoch) = self.serving().await?;
+        let partial = self.delegation_item(&share, epoch, &request)?;
         if request.target_rsa_spki.is_empty() {
             return Ok(Response::new(pb::PartialDelegationResponse {
                 partial: partial.to_bytes().to_vec(),
@@ -525,6 +574,53 @@ impl Node for NodeService {
         Ok(Response::new(pb::PartialDelegationResponse {
             partial: Vec::new(),
             encrypted_partial,
+        }))
+    }
+
+    async fn partial_delegation_batch(
+        &self,
+        request: Request<pb::PartialDelegationBatchRequest>,
+    ) -> Result<Response<pb::PartialDelegationBatchResponse>, Status> {
+        self.authenticate_peer(&request)?;
+        let requests = request.into_inner().requests;
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds 1..={MAX_BATCH} delegations, got {}",
+                requests.len()
+            )));
+        }
+        let (share, epoch) = self.serving().await?;
+        if requests.len() == 1 {
+            let results = self.delegation_results(&share, epoch, &requests);
+            return Ok(Response::new(pb::PartialDelegationBatchResponse {
+                results,
+            }));
+        }
+        // More than one: split over the blocking pool, one part per core, so a batch keeps
+        // every core busy and no runtime worker is held.
+        let parts = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let per_part = requests.len().div_ceil(parts);
+        let mut tasks = Vec::with_capacity(parts);
+        let mut requests = requests.into_iter();
+        loop {
+            let part: Vec<_> = requests.by_ref().take(per_part).collect();
+            if part.is_empty() {
+                break;
+            }
+            let (service, share) = (self.clone(), share.clone());
+            tasks.push(tokio::task::spawn_blocking(move || {
+                service.delegation_results(&share, epoch, &part)
+            }));
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.extend(
+                task.await
+                    .map_err(|e| Status::internal(format!("delegation partials task: {e}")))?,
+            );
+        }
+        Ok(Response::new(pb::PartialDelegationBatchResponse {
+            results,
         }))
     }
 
@@ -560,7 +656,7 @@ impl Node for NodeService {
         let share = {
             let active = self.active.read().await;
             let active = active.as_ref().ok_or_else(no_share)?;
-            epoch_matches(active, request.epoch)?;
+            epoch_matches(active.epoch, request.epoch)?;
             self.check_published(active)?;
             active.share.clone()
         };

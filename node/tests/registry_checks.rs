@@ -9,7 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use alloy_primitives::{Address, Bytes, B256};
 use rand_core::OsRng;
-use tkms_crypto::{shamir, suite::Encoded, Secp256k1, SecretScalar, Suite};
+use tkms_crypto::{
+    delegation::{DelegationRequest, PartialDelegation},
+    shamir,
+    suite::Encoded,
+    Secp256k1, SecretScalar, Suite,
+};
 use tkms_node::service::{ActiveShare, NodeService};
 use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
@@ -295,4 +300,115 @@ async fn partials_need_a_connection_authenticated_as_a_manager() {
     });
     let err = f.service.partial_reencryption(request).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}
+
+fn delegation_item(epoch: u64, id: &[u8], ephemeral: Vec<u8>) -> pb::PartialDelegationRequest {
+    pb::PartialDelegationRequest {
+        epoch,
+        request_id: id.to_vec(),
+        ephemeral,
+        authorization: None,
+        target_rsa_spki: Vec::new(),
+    }
+}
+
+/// A batch of delegations: every item is checked and answered on its own (a bad item is
+/// refused with the status the single call would give, the others are served), and the batch
+/// itself is bounded and needs the manager's connection.
+#[tokio::test]
+async fn a_delegation_batch_answers_each_item_on_its_own() {
+    let f = fixture();
+    *f.registry.published.lock().unwrap() = Some(Published::Epoch(f.publication.clone()));
+    let k = Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point());
+    let good = || delegation_item(1, b"r", k.bytes().to_vec());
+    let call = |requests: Vec<pb::PartialDelegationRequest>| {
+        f.service.partial_delegation_batch(as_manager(
+            &f,
+            pb::PartialDelegationBatchRequest { requests },
+        ))
+    };
+    let mut encrypted = good();
+    encrypted.target_rsa_spki = vec![0x30];
+    let batch = vec![
+        good(),
+        delegation_item(1, b"r", vec![5; 33]),
+        delegation_item(1, &[7; 65], k.bytes().to_vec()),
+        encrypted,
+    ];
+    let results = call(batch).await.unwrap().into_inner().results;
+    // With a registry, every item needs its requester's authorization.
+    let codes: Vec<_> = results
+        .iter()
+        .map(|r| match &r.outcome {
+            Some(pb::partial_delegation_result::Outcome::Error(e)) => Code::from(e.code),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::InvalidArgument,
+            Code::InvalidArgument
+        ]
+    );
+    // Bounds, and the manager's connection.
+    assert_eq!(
+        call(Vec::new()).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let err = call(vec![good(); 257]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let request = Request::new(pb::PartialDelegationBatchRequest {
+        requests: vec![good()],
+    });
+    let err = f
+        .service
+        .partial_delegation_batch(request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // Without a registry the node trusts the manager's check: good items are served, each
+    // with a partial that verifies for its own request; a wrong epoch is refused alone.
+    let secret = SecretScalar::<S>::random(&mut OsRng);
+    let (shares, keys) = shamir::deal(&secret, 2, 3, &mut OsRng).unwrap();
+    let plain = NodeService::new(
+        Arc::new(RwLock::new(Some(ActiveShare {
+            epoch: 1,
+            share: shares[1].clone(),
+            keys: keys.clone(),
+            transcript_hash: [1; 32],
+        }))),
+        vec![Encoded::new(f.manager.public_point())],
+    );
+    let batch = vec![
+        delegation_item(1, b"a", k.bytes().to_vec()),
+        delegation_item(2, b"b", k.bytes().to_vec()),
+        delegation_item(1, b"c", k.bytes().to_vec()),
+    ];
+    let results = plain
+        .partial_delegation_batch(as_manager(
+            &f,
+            pb::PartialDelegationBatchRequest { requests: batch },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 3);
+    for (result, id) in [(&results[0], b"a"), (&results[2], b"c")] {
+        let Some(pb::partial_delegation_result::Outcome::Partial(bytes)) = &result.outcome else {
+            panic!("{result:?}")
+        };
+        let partial = PartialDelegation::<S>::from_bytes(bytes).unwrap();
+        partial
+            .verify(&keys, &DelegationRequest::with_encoded(1, id.to_vec(), k))
+            .unwrap();
+    }
+    let Some(pb::partial_delegation_result::Outcome::Error(e)) = &results[1].outcome else {
+        panic!("{:?}", results[1])
+    };
+    assert_eq!(Code::from(e.code), Code::FailedPrecondition, "{e:?}");
 }
