@@ -318,6 +318,59 @@ async fn hedge_delay_covers_a_silent_node() {
     }
 }
 
+/// Concurrent delegations leave in a few batches, each still answered on its own: the liars'
+/// partials are named per request, and a request the nodes refuse (an over-long request id)
+/// fails alone.
+#[tokio::test]
+async fn concurrent_delegations_are_batched_and_answered_each_on_its_own() {
+    let tc = start(3, 5, &[4], 6).await;
+    let cluster = tc.cluster(Duration::from_secs(5));
+    let cts: Vec<_> = (0..40u8).map(|r| encrypt(&tc.keys, &[r; 3])).collect();
+    let calls = cts.iter().enumerate().map(|(r, ct)| {
+        let id = if r == 17 {
+            vec![1; 65]
+        } else {
+            vec![u8::try_from(r).unwrap()]
+        };
+        cluster.delegate(Encoded::new(*ct.ephemeral()), id, None)
+    });
+    let answers = futures::future::join_all(calls).await;
+    let (batches, batched) = cluster.delegation_batches();
+    assert_eq!(batched, 40);
+    assert!(batches <= 4, "{batches} batches for 40 concurrent requests");
+    for (r, (answer, ct)) in answers.into_iter().zip(&cts).enumerate() {
+        if r == 17 {
+            let Err(ClusterError::Unavailable {
+                verified: 0,
+                failures,
+                ..
+            }) = answer
+            else {
+                panic!("request 17: {answer:?}")
+            };
+            assert_eq!(failures.len(), 5, "{failures:?}");
+            assert!(failures
+                .iter()
+                .all(|(_, f)| matches!(f, NodeFailure::Refused(m) if m.contains("request id"))));
+            continue;
+        }
+        let served = answer.unwrap();
+        let r = u8::try_from(r).unwrap();
+        assert_eq!(
+            &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+            &[r; 3]
+        );
+        assert!(
+            served
+                .failures
+                .iter()
+                .all(|(i, f)| i.get() == 4 && *f == NodeFailure::InvalidProof),
+            "request {r}: {:?}",
+            served.failures
+        );
+    }
+}
+
 #[test]
 fn fanout_parses() {
     assert_eq!("all".parse::<Fanout>().unwrap(), Fanout::All);
