@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use k256::elliptic_curve::sec1::FromEncodedPoint;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{
@@ -90,6 +91,17 @@ fn baseline(c: &mut Criterion) {
     });
     group.bench_function("secret multiplication s·G encoded/libsecp256k1", |b| {
         b.iter(|| Secp256k1::mul_generator_secret(black_box(&s1)))
+    });
+    // Decompressing a point: k256's square root, and the suite's (libsecp256k1's).
+    let compressed = *encoded.bytes();
+    group.bench_function("point decompression/k256", |b| {
+        b.iter(|| {
+            let sec1 = k256::EncodedPoint::from_bytes(black_box(compressed)).unwrap();
+            Option::<k256::AffinePoint>::from(k256::AffinePoint::from_encoded_point(&sec1)).unwrap()
+        })
+    });
+    group.bench_function("point decompression/libsecp256k1", |b| {
+        b.iter(|| Secp256k1::decode_point(black_box(&compressed)).unwrap())
     });
     group.finish();
 }
