@@ -24,7 +24,7 @@ pub(crate) fn mul(
     p: &Encoded<Secp256k1>,
     s: &SecretScalar<Secp256k1>,
 ) -> Option<Encoded<Secp256k1>> {
-    let base = PublicKey::from_byte_array_compressed(*p.bytes()).ok()?;
+    let base = parsed(p.bytes())?;
     let mut key = secret_key(s)?;
     let xy = Zeroizing::new(ecdh::shared_secret_point(&base, &key));
     key.non_secure_erase();
@@ -45,13 +45,31 @@ pub(crate) fn mul_generator(s: &SecretScalar<Secp256k1>) -> Option<Encoded<Secp2
 /// Decompress a 33-byte SEC1 point (libsecp256k1's square root is about twice as fast as
 /// k256's); `None` if it is not a valid point, for k256 to say why.
 pub(crate) fn decode(bytes: &[u8]) -> Option<k256::ProjectivePoint> {
-    let bytes: [u8; POINT_LEN] = bytes.try_into().ok()?;
-    let public = PublicKey::from_byte_array_compressed(bytes).ok()?;
+    let public = parsed(bytes.try_into().ok()?)?;
     let uncompressed = public.serialize_uncompressed();
     let encoded = k256::EncodedPoint::from_bytes(uncompressed).ok()?;
     let affine =
         Option::<k256::AffinePoint>::from(k256::AffinePoint::from_encoded_point(&encoded))?;
     Some(k256::ProjectivePoint::from(affine))
+}
+
+thread_local! {
+    /// The last point this thread decompressed. A node decodes `K` and then multiplies it by
+    /// its share and by the proof's nonce, three square roots for one point without it.
+    static LAST: std::cell::Cell<Option<([u8; POINT_LEN], PublicKey)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// `bytes` as a libsecp256k1 point, decompressed once per run of uses on this thread.
+fn parsed(bytes: &[u8; POINT_LEN]) -> Option<PublicKey> {
+    if let Some((last, point)) = LAST.get() {
+        if last == *bytes {
+            return Some(point);
+        }
+    }
+    let point = PublicKey::from_byte_array_compressed(*bytes).ok()?;
+    LAST.set(Some((*bytes, point)));
+    Some(point)
 }
 
 fn secret_key(s: &SecretScalar<Secp256k1>) -> Option<SecretKey> {
