@@ -5,6 +5,10 @@
 //! returns a partial whose proof fails is named in the result (for logs and metrics) and never
 //! changes the answer. With fewer than `t` usable nodes the request fails as soon as that is
 //! certain, never later than the per-node timeout.
+//!
+//! Concurrent `/v0` delegations are coalesced: while a batch is at the nodes, new requests
+//! queue and then leave together in one `PartialDelegationBatch` call per node; each keeps its
+//! own answer, failures and node checks ([`DELEGATION_BATCHES_IN_FLIGHT`]).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -48,6 +52,10 @@ pub enum NodeFailure {
     /// The node answered with an error status.
     #[error("refused: {0}")]
     Refused(String),
+    /// The node refused the end requester (`PERMISSION_DENIED`): by its own view of the
+    /// registry, the signer may not ask for this (for example, revoked a moment ago).
+    #[error("requester refused: {0}")]
+    Denied(String),
     /// The node's answer does not decode or carries the wrong index.
     #[error("malformed answer: {0}")]
     Malformed(String),
@@ -73,6 +81,17 @@ pub enum ClusterError {
     /// The request itself is invalid (reported before any node is asked).
     #[error("invalid request: {0}")]
     Invalid(String),
+}
+
+impl ClusterError {
+    /// Unavailable because every node that answered refused the requester itself (no node
+    /// was down or faulty): the cluster's answer is then "not authorized", not "try later".
+    /// This happens when the nodes see a revocation before the manager does.
+    pub fn requester_denied(&self) -> bool {
+        matches!(self, Self::Unavailable { failures, .. }
+            if !failures.is_empty()
+                && failures.iter().all(|(_, f)| matches!(f, NodeFailure::Denied(_))))
+    }
 }
 
 /// A combined result and the nodes that failed on the way.
@@ -313,7 +332,7 @@ pub const DELEGATION_BATCH: usize = 64;
 /// TLS, HTTP/2 and scheduling work per request, and their proofs are checked in one batch);
 /// alone, a request leaves at once, as a batch of one. Nodes spread a batch over their cores.
 /// One slot measured the least CPU per request (docs/BENCHMARKS.md: server CPU per request,
-/// relative to the load generator's, 1.39–1.49 with one slot, 1.59–1.64 with two, 1.92–1.96
+/// relative to the load generator's, 1.39–1.51 with one slot, 1.59–1.64 with two, 1.92–1.96
 /// with every request on its own).
 pub const DELEGATION_BATCHES_IN_FLIGHT: usize = 1;
 
@@ -889,6 +908,7 @@ impl Core {
 fn failure_of(status: &tonic::Status) -> NodeFailure {
     match status.code() {
         tonic::Code::Unavailable => NodeFailure::Unreachable(status.message().to_string()),
+        tonic::Code::PermissionDenied => NodeFailure::Denied(status.message().to_string()),
         _ => NodeFailure::Refused(status.message().to_string()),
     }
 }
@@ -911,9 +931,9 @@ fn decode_item(
         Some(pb::partial_delegation_result::Outcome::Partial(bytes)) => {
             decode_delegation(index, &bytes)
         }
-        Some(pb::partial_delegation_result::Outcome::Error(e)) => {
-            Err(NodeFailure::Refused(e.message))
-        }
+        Some(pb::partial_delegation_result::Outcome::Error(e)) => Err(failure_of(
+            &tonic::Status::new(tonic::Code::from(e.code), e.message),
+        )),
         None => Err(NodeFailure::Malformed("an empty result".into())),
     }
 }
@@ -967,6 +987,28 @@ fn check_reencryption(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_whose_nodes_all_refuse_the_requester_denies_it() {
+        let node = |i: u16| NodeIndex::new(i).unwrap();
+        let denied = || failure_of(&tonic::Status::permission_denied("0xab is not a gateway"));
+        assert!(matches!(denied(), NodeFailure::Denied(_)));
+        let unavailable = |failures| ClusterError::Unavailable {
+            threshold: 3,
+            verified: 0,
+            failures,
+        };
+        assert!(unavailable(vec![(node(1), denied()), (node(2), denied())]).requester_denied());
+        // One node down or failing otherwise: the cluster is unavailable, not refusing.
+        assert!(
+            !unavailable(vec![(node(1), denied()), (node(2), NodeFailure::Timeout)])
+                .requester_denied()
+        );
+        assert!(!unavailable(Vec::new()).requester_denied());
+        // A refused manager connection is not a refused requester.
+        let unauthenticated = failure_of(&tonic::Status::unauthenticated("not a manager"));
+        assert!(!unavailable(vec![(node(1), unauthenticated)]).requester_denied());
+    }
 
     #[test]
     fn breaker_opens_after_consecutive_failures_backs_off_and_closes_on_success() {

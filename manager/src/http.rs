@@ -56,6 +56,7 @@ impl Metrics {
             NodeFailure::Timeout => "timeout",
             NodeFailure::Unreachable(_) => "unreachable",
             NodeFailure::Refused(_) => "refused",
+            NodeFailure::Denied(_) => "denied",
             NodeFailure::Malformed(_) => "malformed",
             NodeFailure::InvalidProof => "invalid_proof",
         };
@@ -304,6 +305,10 @@ async fn delegate(
                 Err(e) => nox_error(&state, &e),
             }
         }
+        Err(e) if e.requester_denied() => {
+            tracing::warn!(%signer, chain_id, error = %e, "the nodes refused the /v0/delegate signer");
+            nox_error(&state, &NoxError::SignerNotAuthorized { signer, chain_id })
+        }
         Err(ClusterError::Unavailable {
             threshold,
             verified,
@@ -418,6 +423,15 @@ fn failure_reports(
 }
 
 fn unavailable(state: &AppState, route: &'static str, e: ClusterError) -> Response {
+    if e.requester_denied() {
+        state.metrics.v1(route, "denied_by_nodes");
+        tracing::warn!(route, error = %e, "the nodes refused the requester");
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the key nodes refused the requester: it may not ask for this".to_string(),
+        );
+    }
     match e {
         ClusterError::Unavailable {
             threshold,
