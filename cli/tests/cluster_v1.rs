@@ -32,6 +32,9 @@ use tkms_sdk::{
     Client, ClientError,
 };
 
+mod common;
+use common::kill;
+
 type S = Secp256k1;
 
 struct Up {
@@ -557,10 +560,10 @@ async fn reshare(
 
     // The old ciphertext still opens, through both APIs, with 3 of the 7 nodes down (two old
     // ones and a new one).
-    for pid in [t.nodes[0].pid, t.nodes[1].pid] {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
+    kill(t.nodes[0].pid);
+    kill(t.nodes[1].pid);
     let _ = up.extra[0].kill();
+    let _ = up.extra[0].wait();
     let plain = c.decrypt(gateway, t.chain_id, &after, old).await.unwrap();
     assert_eq!(&*plain, b"through /v1/delegate");
     let recipient = RsaRecipient::generate().unwrap();
@@ -579,9 +582,7 @@ async fn reshare(
         b"through /v1/delegate"
     );
     // One more down: fewer than t = 4, a clear 503.
-    let _ = Command::new("kill")
-        .args(["-9", &t.nodes[2].pid.to_string()])
-        .status();
+    kill(t.nodes[2].pid);
     let (status, code) = refused(c.decrypt(gateway, t.chain_id, &after, old).await);
     assert_eq!((status, code.as_str()), (503, "cluster_unavailable"));
 }

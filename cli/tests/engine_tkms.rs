@@ -24,6 +24,9 @@ use tkms_cli::testnet::Testnet;
 use tkms_engine::kms::{KeyProvider, TkmsConfig, TkmsProvider, PROVIDER_TKMS};
 use tkms_engine::{Client, Error, IndexConfig, Item, QueryParams, StorageConfig};
 
+mod common;
+use common::kill;
+
 struct Up {
     testnet: Testnet,
     extra: Vec<Child>,
@@ -183,9 +186,7 @@ async fn index_kek_wrapped_to_the_cluster_and_unwrapped_through_it() {
 
     // More than n - t = 1 nodes down: the cluster cannot unwrap; a clear error.
     for node in &t.nodes[..2] {
-        let _ = Command::new("kill")
-            .args(["-9", &node.pid.to_string()])
-            .status();
+        kill(node.pid);
     }
     let message = kms_error(client.load_index_kms("docs", &runner));
     assert!(message.contains("too few nodes"), "{message}");
@@ -203,9 +204,7 @@ async fn index_kek_wrapped_to_the_cluster_and_unwrapped_through_it() {
     );
 
     // The manager gone: unreachable.
-    let _ = Command::new("kill")
-        .args(["-9", &t.manager_pid.to_string()])
-        .status();
+    kill(t.manager_pid);
     let message = kms_error(client.load_index_kms("docs", &runner));
     assert!(message.contains("cannot reach"), "{message}");
 }

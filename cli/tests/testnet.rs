@@ -24,6 +24,9 @@ use tkms_crypto::{ecies, Secp256k1, SharedSecret, Suite};
 use tkms_manager::nox;
 use tkms_node::vault::{FilePassword, KdfParams, Vault};
 
+mod common;
+use common::kill;
+
 struct Up {
     testnet: Testnet,
 }
@@ -52,29 +55,6 @@ fn up(dir: &Path, n: u16, t: u16) -> Up {
     assert!(status.success(), "tkms testnet up failed");
     let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
     Up { testnet }
-}
-
-/// `kill -9 pid`, returning once the process is gone (or a zombie): `kill` only sends the
-/// signal, and a node still running for a few milliseconds on a loaded machine could answer
-/// the next request or still hold its vault.
-fn kill(pid: u32) {
-    Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    let stat = format!("/proc/{pid}/stat");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // The state is the field after the command name, which is in parentheses.
-    while let Ok(text) = std::fs::read_to_string(&stat) {
-        let state = text
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
-        if matches!(state, Some('Z' | 'X')) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "process {pid} survived kill -9");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A fresh RSA-2048 recipient key, as a Nox gateway makes per request. Generating one takes a
