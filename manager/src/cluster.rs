@@ -686,7 +686,12 @@ impl Core {
             })
             .collect();
         let mut calls = self.fan_out(&request, |mut client, request| async move {
-            client.partial_delegation_batch(request).await
+            match client.partial_delegation_batch(request.clone()).await {
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    one_by_one(client, request).await
+                }
+                answer => answer,
+            }
         });
         let threshold = usize::from(self.keys.threshold());
         let missing = |open: &[Open]| {
@@ -901,6 +906,38 @@ impl Core {
             failures,
         })
     }
+}
+
+/// A node without `PartialDelegationBatch` (an older version, during a rolling upgrade): the
+/// batch's delegations as concurrent single calls, answered in the batch's shape. A transport
+/// failure fails the whole node, as for a batch call.
+async fn one_by_one(
+    client: NodeClient<Channel>,
+    batch: pb::PartialDelegationBatchRequest,
+) -> Result<tonic::Response<pb::PartialDelegationBatchResponse>, tonic::Status> {
+    let calls = batch.requests.into_iter().map(|request| {
+        let mut client = client.clone();
+        async move { client.partial_delegation(request).await }
+    });
+    let mut results = Vec::new();
+    for answer in futures::future::join_all(calls).await {
+        let outcome = match answer {
+            Ok(response) => {
+                pb::partial_delegation_result::Outcome::Partial(response.into_inner().partial)
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => return Err(status),
+            Err(status) => pb::partial_delegation_result::Outcome::Error(pb::ItemError {
+                code: status.code().into(),
+                message: status.message().to_string(),
+            }),
+        };
+        results.push(pb::PartialDelegationResult {
+            outcome: Some(outcome),
+        });
+    }
+    Ok(tonic::Response::new(pb::PartialDelegationBatchResponse {
+        results,
+    }))
 }
 
 /// `UNAVAILABLE` is what the transport reports for a node it cannot reach; nodes themselves

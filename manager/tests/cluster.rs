@@ -13,7 +13,7 @@ use tkms_manager::cluster::{Cluster, ClusterError, Fanout, NodeEndpoint, NodeFai
 
 mod common;
 
-use common::{encrypt, start, S};
+use common::{encrypt, start, start_with, S};
 
 #[tokio::test]
 async fn delegation_through_real_sockets_matches_the_full_key() {
@@ -369,6 +369,37 @@ async fn concurrent_delegations_are_batched_and_answered_each_on_its_own() {
             served.failures
         );
     }
+}
+
+/// During a rolling upgrade, nodes of the version before batch calls still serve: the manager
+/// falls back to one call per delegation for them.
+#[tokio::test]
+async fn nodes_without_batch_calls_are_asked_one_delegation_at_a_time() {
+    let tc = start_with(3, 4, &[], &[1, 2, 3], 8).await;
+    let cluster = tc.cluster(Duration::from_secs(5));
+    let cts: Vec<_> = (0..6u8).map(|r| encrypt(&tc.keys, &[r; 2])).collect();
+    let calls = cts.iter().enumerate().map(|(r, ct)| {
+        cluster.delegate(
+            Encoded::new(*ct.ephemeral()),
+            vec![u8::try_from(r).unwrap()],
+            None,
+        )
+    });
+    for (r, (answer, ct)) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .zip(&cts)
+        .enumerate()
+    {
+        let served = answer.unwrap();
+        assert!(served.failures.is_empty(), "{:?}", served.failures);
+        let r = u8::try_from(r).unwrap();
+        assert_eq!(
+            &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+            &[r; 2]
+        );
+    }
+    assert!(cluster.delegation_batches().0 < 6);
 }
 
 #[test]

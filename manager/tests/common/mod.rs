@@ -12,8 +12,15 @@ use tkms_manager::{
     cluster::{Cluster, NodeEndpoint},
 };
 use tkms_node::service::{ActiveShare, NodeService};
-use tkms_proto::{node::v1::node_server::NodeServer, tls};
+use tkms_proto::{
+    node::v1::{
+        self as pb,
+        node_server::{Node, NodeServer},
+    },
+    tls,
+};
 use tokio::{net::TcpListener, sync::RwLock, task::JoinHandle};
+use tonic::{Request, Response, Status};
 
 pub type S = Secp256k1;
 
@@ -27,6 +34,11 @@ pub struct TestCluster {
 
 /// Start `n` node servers holding a `t`-of-`n` sharing; `liars` serve a wrong share.
 pub async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
+    start_with(t, n, liars, &[], seed).await
+}
+
+/// Like [`start`]; the nodes in `old` run a version without `PartialDelegationBatch`.
+pub async fn start_with(t: u16, n: u16, liars: &[u16], old: &[u16], seed: u64) -> TestCluster {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let sk = SecretScalar::<S>::random(&mut rng);
     let (shares, keys) = shamir::deal(&sk, t, n, &mut rng).unwrap();
@@ -48,14 +60,22 @@ pub async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
             transcript_hash: [0; 32],
         })));
         let service = NodeService::new(active, accepted.clone());
+        let old = old.contains(&index.get());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         // Each node serves TLS as its own node key, like the daemon.
         let node_key = SecretScalar::<S>::random(&mut rng);
         let tls = tls::node_server_config(&node_key).unwrap();
         servers.push(tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(NodeServer::new(service))
+            let builder = tonic::transport::Server::builder();
+            let router = if old {
+                builder
+                    .clone()
+                    .add_service(NodeServer::new(OldNode(service)))
+            } else {
+                builder.clone().add_service(NodeServer::new(service))
+            };
+            router
                 .serve_with_incoming(tls::incoming(listener, tls))
                 .await
                 .unwrap();
@@ -114,3 +134,46 @@ impl TestCluster {
 pub fn encrypt(keys: &PublicKeySet<S>, message: &[u8]) -> ecies::Ciphertext<S> {
     ecies::encrypt::<S>(&keys.public_key(), message, &mut rand::rngs::OsRng).unwrap()
 }
+
+/// A node of the version before `PartialDelegationBatch`: everything else as the node serves
+/// it.
+struct OldNode(NodeService);
+
+#[tonic::async_trait]
+impl Node for OldNode {
+    async fn status(&self, r: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
+        self.0.status(r).await
+    }
+    async fn public_share(
+        &self,
+        r: Request<pb::PublicShareRequest>,
+    ) -> Answer<pb::PublicShareResponse> {
+        self.0.public_share(r).await
+    }
+    async fn partial_delegation(
+        &self,
+        r: Request<pb::PartialDelegationRequest>,
+    ) -> Answer<pb::PartialDelegationResponse> {
+        self.0.partial_delegation(r).await
+    }
+    async fn partial_delegation_batch(
+        &self,
+        _: Request<pb::PartialDelegationBatchRequest>,
+    ) -> Answer<pb::PartialDelegationBatchResponse> {
+        Err(Status::unimplemented("PartialDelegationBatch"))
+    }
+    async fn partial_reencryption(
+        &self,
+        r: Request<pb::PartialReencryptionRequest>,
+    ) -> Answer<pb::PartialReencryptionResponse> {
+        self.0.partial_reencryption(r).await
+    }
+    async fn start_ceremony(
+        &self,
+        r: Request<pb::StartCeremonyRequest>,
+    ) -> Answer<pb::StartCeremonyResponse> {
+        self.0.start_ceremony(r).await
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
