@@ -393,6 +393,7 @@ impl Open {
 pub struct Cluster {
     core: Arc<Core>,
     coalescer: Coalescer,
+    fanout: Fanout,
 }
 
 impl Cluster {
@@ -413,33 +414,20 @@ impl Cluster {
                 batches: AtomicU64::new(0),
                 batched: AtomicU64::new(0),
             },
+            fanout: Fanout::All,
         })
     }
 
     /// Send requests as `fanout` says (default [`Fanout::All`]).
     #[must_use]
     pub fn with_fanout(mut self, fanout: Fanout) -> Self {
-        if let Some(core) = Arc::get_mut(&mut self.core) {
-            core.fanout = fanout;
-        } else {
-            // Shared with a batch in flight: the next requests use a copy.
-            let core = &self.core;
-            self.core = Arc::new(Core {
-                nodes: core.nodes.clone(),
-                breakers: Arc::clone(&core.breakers),
-                keys: core.keys.clone(),
-                epoch: core.epoch,
-                timeout: core.timeout,
-                fanout,
-                turn: AtomicUsize::new(core.turn.load(Ordering::Relaxed)),
-            });
-        }
+        self.fanout = fanout;
         self
     }
 
     /// The fan-out policy.
     pub fn fanout(&self) -> Fanout {
-        self.core.fanout
+        self.fanout
     }
 
     /// The key set served.
@@ -499,9 +487,9 @@ impl Cluster {
                 .batched
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             // Its own task, so that the batch completes even if this caller goes away.
-            let core = Arc::clone(&self.core);
+            let (core, fanout) = (Arc::clone(&self.core), self.fanout);
             tokio::spawn(async move {
-                core.delegate_batch(batch).await;
+                core.delegate_batch(fanout, batch).await;
                 drop(slot);
             });
         }
@@ -533,7 +521,13 @@ impl Cluster {
         authorization: pb::RequesterAuthorization,
     ) -> Result<Served<Vec<(u16, Vec<u8>)>>, ClusterError> {
         self.core
-            .delegate_encrypted(ephemeral, request_id, target_rsa_spki, authorization)
+            .delegate_encrypted(
+                self.fanout,
+                ephemeral,
+                request_id,
+                target_rsa_spki,
+                authorization,
+            )
             .await
     }
 
@@ -545,7 +539,9 @@ impl Cluster {
         capsules: Vec<(Vec<u8>, Encoded<S>)>,
         authorization: Option<pb::RequesterAuthorization>,
     ) -> Result<Served<Reencrypted>, ClusterError> {
-        self.core.reencrypt(target, capsules, authorization).await
+        self.core
+            .reencrypt(self.fanout, target, capsules, authorization)
+            .await
     }
 }
 
@@ -556,7 +552,6 @@ struct Core {
     keys: PublicKeySet<S>,
     epoch: u64,
     timeout: Duration,
-    fanout: Fanout,
     /// Where the next hedged request starts in the node list, so the load rotates.
     turn: AtomicUsize,
 }
@@ -600,7 +595,6 @@ impl Core {
             keys,
             epoch,
             timeout,
-            fanout: Fanout::All,
             turn: AtomicUsize::new(0),
         })
     }
@@ -608,7 +602,12 @@ impl Core {
     /// Start `request`'s calls: to every node at once, or ([`Fanout::Hedged`]) to
     /// `t + extra` of them, the rest waiting their turn. Nodes whose circuit is open are not
     /// asked (with [`Fanout::All`]) or asked last (hedged), unless fewer than `t` would be left.
-    fn fan_out<Req, Resp, F, Fut>(&self, request: &Req, call: F) -> Calls<Req, Resp, F>
+    fn fan_out<Req, Resp, F, Fut>(
+        &self,
+        fanout: Fanout,
+        request: &Req,
+        call: F,
+    ) -> Calls<Req, Resp, F>
     where
         Req: Clone + Send + 'static,
         Resp: Send + 'static,
@@ -628,7 +627,7 @@ impl Core {
                     .is_none_or(|t| t <= now)
             })
         };
-        let (first, hedge) = match self.fanout {
+        let (first, hedge) = match fanout {
             Fanout::All => (self.nodes.len(), None),
             Fanout::Hedged { extra, hedge } => {
                 if !closed.is_empty() {
@@ -662,8 +661,8 @@ impl Core {
     /// Serve `batch`'s delegations with one call per node: per request, `t` verified
     /// partials combined. Every request gets its own answer; a node that fails the whole call
     /// is named in every request still open, one that refuses a single item only in that one.
-    async fn delegate_batch(&self, batch: Vec<Queued>) {
-        let request = pb::PartialDelegationBatchRequest {
+    async fn delegate_batch(&self, fanout: Fanout, batch: Vec<Queued>) {
+        let request = Arc::new(pb::PartialDelegationBatchRequest {
             requests: batch
                 .iter()
                 .map(|q| pb::PartialDelegationRequest {
@@ -674,7 +673,7 @@ impl Core {
                     target_rsa_spki: Vec::new(),
                 })
                 .collect(),
-        };
+        });
         let mut open: Vec<Open> = batch
             .into_iter()
             .map(|q| Open {
@@ -685,8 +684,9 @@ impl Core {
                 failures: Vec::new(),
             })
             .collect();
-        let mut calls = self.fan_out(&request, |mut client, request| async move {
-            match client.partial_delegation_batch(request.clone()).await {
+        // Shared by the calls; each copies it once into its message.
+        let mut calls = self.fan_out(fanout, &request, |mut client, request| async move {
+            match client.partial_delegation_batch((*request).clone()).await {
                 Err(status) if status.code() == tonic::Code::Unimplemented => {
                     one_by_one(client, request).await
                 }
@@ -774,6 +774,7 @@ impl Core {
 
     async fn delegate_encrypted(
         &self,
+        fanout: Fanout,
         ephemeral: Encoded<S>,
         request_id: Vec<u8>,
         target_rsa_spki: Vec<u8>,
@@ -786,7 +787,7 @@ impl Core {
             authorization: Some(authorization),
             target_rsa_spki,
         };
-        let mut calls = self.fan_out(&request, |mut client, request| async move {
+        let mut calls = self.fan_out(fanout, &request, |mut client, request| async move {
             client.partial_delegation(request).await
         });
         let threshold = usize::from(self.keys.threshold());
@@ -832,6 +833,7 @@ impl Core {
 
     async fn reencrypt(
         &self,
+        fanout: Fanout,
         target: Encoded<S>,
         capsules: Vec<(Vec<u8>, Encoded<S>)>,
         authorization: Option<pb::RequesterAuthorization>,
@@ -855,7 +857,7 @@ impl Core {
             .into_iter()
             .map(|(id, k)| ReencryptionRequest::with_encoded(self.epoch, id, k, target))
             .collect();
-        let mut calls = self.fan_out(&request, |mut client, request| async move {
+        let mut calls = self.fan_out(fanout, &request, |mut client, request| async move {
             client.partial_reencryption(request).await
         });
         let threshold = self.keys.threshold();
@@ -913,10 +915,10 @@ impl Core {
 /// failure fails the whole node, as for a batch call.
 async fn one_by_one(
     client: NodeClient<Channel>,
-    batch: pb::PartialDelegationBatchRequest,
+    batch: Arc<pb::PartialDelegationBatchRequest>,
 ) -> Result<tonic::Response<pb::PartialDelegationBatchResponse>, tonic::Status> {
-    let calls = batch.requests.into_iter().map(|request| {
-        let mut client = client.clone();
+    let calls = batch.requests.iter().map(|request| {
+        let (mut client, request) = (client.clone(), request.clone());
         async move { client.partial_delegation(request).await }
     });
     let mut results = Vec::new();
@@ -926,10 +928,9 @@ async fn one_by_one(
                 pb::partial_delegation_result::Outcome::Partial(response.into_inner().partial)
             }
             Err(status) if status.code() == tonic::Code::Unavailable => return Err(status),
-            Err(status) => pb::partial_delegation_result::Outcome::Error(pb::ItemError {
-                code: status.code().into(),
-                message: status.message().to_string(),
-            }),
+            Err(status) => {
+                pb::partial_delegation_result::Outcome::Error(pb::ItemError::from_status(&status))
+            }
         };
         results.push(pb::PartialDelegationResult {
             outcome: Some(outcome),
@@ -968,9 +969,7 @@ fn decode_item(
         Some(pb::partial_delegation_result::Outcome::Partial(bytes)) => {
             decode_delegation(index, &bytes)
         }
-        Some(pb::partial_delegation_result::Outcome::Error(e)) => Err(failure_of(
-            &tonic::Status::new(tonic::Code::from(e.code), e.message),
-        )),
+        Some(pb::partial_delegation_result::Outcome::Error(e)) => Err(failure_of(&e.to_status())),
         None => Err(NodeFailure::Malformed("an empty result".into())),
     }
 }

@@ -306,6 +306,11 @@ async fn delegate(
             }
         }
         Err(e) if e.requester_denied() => {
+            if let ClusterError::Unavailable { failures, .. } = &e {
+                for (node, failure) in failures {
+                    state.metrics.node_failed(node.get(), failure);
+                }
+            }
             tracing::warn!(%signer, chain_id, error = %e, "the nodes refused the /v0/delegate signer");
             nox_error(&state, &NoxError::SignerNotAuthorized { signer, chain_id })
         }
@@ -424,6 +429,9 @@ fn failure_reports(
 
 fn unavailable(state: &AppState, route: &'static str, e: ClusterError) -> Response {
     if e.requester_denied() {
+        if let ClusterError::Unavailable { failures, .. } = &e {
+            failure_reports(state, failures);
+        }
         state.metrics.v1(route, "denied_by_nodes");
         tracing::warn!(route, error = %e, "the nodes refused the requester");
         return error(

@@ -262,10 +262,9 @@ impl NodeService {
                     Ok(partial) => {
                         pb::partial_delegation_result::Outcome::Partial(partial.to_bytes().to_vec())
                     }
-                    Err(status) => pb::partial_delegation_result::Outcome::Error(pb::ItemError {
-                        code: status.code().into(),
-                        message: status.message().to_string(),
-                    }),
+                    Err(status) => pb::partial_delegation_result::Outcome::Error(
+                        pb::ItemError::from_status(&status),
+                    ),
                 };
                 pb::PartialDelegationResult {
                     outcome: Some(outcome),

@@ -13,6 +13,21 @@ pub mod node {
 
 pub mod tls;
 
+impl node::v1::ItemError {
+    /// One batch item's refusal, as the status the single call would have answered.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        Self {
+            code: status.code().into(),
+            message: status.message().to_string(),
+        }
+    }
+
+    /// The status the single call would have answered.
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::new(tonic::Code::from(self.code), self.message.clone())
+    }
+}
+
 use node::v1::{ManagerSignature, StartCeremonyRequest};
 use prost::Message;
 use rand_core::OsRng;
