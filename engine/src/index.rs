@@ -31,6 +31,7 @@
 //! memory and persisted encrypted under the DEK-derived state key on every write.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rand::rngs::{OsRng, StdRng};
@@ -360,42 +361,135 @@ fn hit_cmp<'a>(a: &Hit, b: &Hit, ids: &impl Fn(&Hit) -> &'a [u8]) -> std::cmp::O
     a.rank.total_cmp(&b.rank).then_with(|| ids(a).cmp(ids(b)))
 }
 
-/// The `k` best hits seen so far, best first.
-struct TopK {
+/// A query's best hits by rank alone: every hit ranked no worse than the `k`-th best seen
+/// (ties with it included), so that [`Best::drain_top`] can order them by (rank, id)
+/// exactly. Hits are appended unsorted while they pass the threshold and cut back to the
+/// best `k` (plus ties) when `4k` have gathered, so the scan's inner loop is one comparison
+/// per item. One `Best` is reused for query after query ([`Best::reset`]).
+struct Best {
     k: usize,
     hits: Vec<Hit>,
-    /// Rank of the worst kept hit once `k` are kept (a hit ranked above it is refused
-    /// without comparing ids), else infinity.
+    /// Hits ranked above this cannot be among the query's best `k`: the `k`-th best rank of
+    /// this list so far, or of another list already scanned for the query (see
+    /// [`Threshold`]), else infinity.
     worst: f32,
 }
 
-impl TopK {
+impl Best {
     fn new(k: usize) -> Self {
         Self {
             k,
-            hits: Vec::with_capacity(k + 1),
+            hits: Vec::with_capacity(4 * k + 1),
             worst: f32::INFINITY,
         }
     }
 
-    fn offer<'a>(&mut self, h: Hit, ids: &impl Fn(&Hit) -> &'a [u8]) {
-        if h.rank > self.worst || self.k == 0 {
+    /// Empty, for a query whose best `k` rank no worse than `worst`.
+    fn reset(&mut self, worst: f32) {
+        self.hits.clear();
+        self.worst = worst;
+    }
+
+    /// Offers every entry of `row` (slot `j` has rank `row[j]`) of segment `seg` that is
+    /// not `deleted`.
+    #[inline]
+    fn offer_row(&mut self, row: &[f32], seg: u32, deleted: impl Fn(u32) -> bool) {
+        if self.k == 0 {
             return;
         }
-        if self.hits.len() == self.k {
-            if let Some(w) = self.hits.last() {
-                if hit_cmp(&h, w, ids) != std::cmp::Ordering::Less {
-                    return;
-                }
+        let mut worst = self.worst;
+        for (slot, &rank) in row.iter().enumerate() {
+            if rank > worst {
+                continue;
             }
-            self.hits.pop();
+            let slot = slot_u32(slot);
+            if deleted(slot) {
+                continue;
+            }
+            self.hits.push(Hit { rank, seg, slot });
+            if self.hits.len() >= 4 * self.k {
+                self.cut();
+                worst = self.worst;
+            }
         }
-        let pos = self
-            .hits
-            .partition_point(|x| hit_cmp(x, &h, ids) == std::cmp::Ordering::Less);
-        self.hits.insert(pos, h);
-        if self.hits.len() == self.k {
-            self.worst = self.hits.last().map_or(f32::INFINITY, |w| w.rank);
+    }
+
+    /// Keeps the hits ranked no worse than the `k`-th best (and than `worst`), and lowers
+    /// `worst` to that rank.
+    fn cut(&mut self) {
+        if self.hits.len() > self.k {
+            let rank = |a: &Hit, b: &Hit| a.rank.total_cmp(&b.rank);
+            let (_, kth, _) = self.hits.select_nth_unstable_by(self.k - 1, rank);
+            if kth.rank < self.worst {
+                self.worst = kth.rank;
+            }
+        }
+        let worst = self.worst;
+        self.hits.retain(|h| h.rank.total_cmp(&worst).is_le());
+    }
+
+    /// The `k`-th best rank, once `k` hits are held.
+    fn kth(&self) -> Option<f32> {
+        (self.k > 0 && self.hits.len() >= self.k).then_some(self.worst)
+    }
+
+    /// Moves the best `k` into `out`, closer first, equal ranks by id bytes, tagged with the
+    /// query.
+    fn drain_top<'a>(
+        &mut self,
+        q: u32,
+        ids: &impl Fn(&Hit) -> &'a [u8],
+        out: &mut Vec<(u32, Hit)>,
+    ) {
+        self.cut();
+        self.hits.sort_unstable_by(|a, b| hit_cmp(a, b, ids));
+        self.hits.truncate(self.k);
+        out.extend(self.hits.drain(..).map(|h| (q, h)));
+    }
+}
+
+/// Each query's `k`-th best rank over the lists scanned for it so far, shared by the list
+/// scans running in parallel: any list's `k`-th best bounds the query's, so a list scanned
+/// later offers only hits that can still make the top `k` (exact: ties are kept). Stored as
+/// order-preserving `u32` keys of the `f32` ranks.
+struct Threshold(Vec<AtomicU32>);
+
+impl Threshold {
+    fn new(queries: usize) -> Self {
+        Self(
+            (0..queries)
+                .map(|_| AtomicU32::new(Self::key(f32::INFINITY)))
+                .collect(),
+        )
+    }
+
+    /// `f32` ordered as `total_cmp` orders it, as a `u32`.
+    fn key(r: f32) -> u32 {
+        let b = r.to_bits();
+        if b >> 31 == 1 {
+            !b
+        } else {
+            b | (1 << 31)
+        }
+    }
+
+    fn rank(key: u32) -> f32 {
+        f32::from_bits(if key >> 31 == 1 {
+            key & !(1 << 31)
+        } else {
+            !key
+        })
+    }
+
+    fn get(&self, q: u32) -> f32 {
+        self.0
+            .get(q as usize)
+            .map_or(f32::INFINITY, |a| Self::rank(a.load(Ordering::Relaxed)))
+    }
+
+    fn lower(&self, q: u32, r: f32) {
+        if let Some(a) = self.0.get(q as usize) {
+            a.fetch_min(Self::key(r), Ordering::Relaxed);
         }
     }
 }
@@ -408,6 +502,10 @@ struct OpenSegment {
 
 /// Segments opened once for a whole batch of queries, by (list, counter).
 type SharedSegments = HashMap<(u32, u64), OpenSegment>;
+
+/// Queries of a list scored in one [`Block::rank_many`] call (bounds its score buffer to
+/// this many rows of a segment).
+const SCORED_TOGETHER: usize = 64;
 
 /// Queries of a batch that share their opened segments (bounds the plaintext codes held at
 /// once to about `QUERY_CHUNK · n_probes` lists).
@@ -1107,9 +1205,10 @@ impl Index {
             .filter(|(_, qs)| !qs.is_empty())
             .map(|(l, qs)| (list_u32(l), qs))
             .collect();
+        let threshold = Threshold::new(queries.len());
         let scanned: Vec<ListScan<'_>> = work
             .par_iter()
-            .map(|(list, qs)| self.scan_list(state, *list, qs, &pqs, plan.top_k))
+            .map(|(list, qs)| self.scan_list(state, *list, qs, &pqs, plan.top_k, &threshold))
             .collect::<Result<_>>()?;
 
         // Merge: every query's hits from all its lists, in one table of segments.
@@ -1127,13 +1226,18 @@ impl Index {
         }
         per_query
             .into_par_iter()
-            .map(|hits| {
+            .enumerate()
+            .map(|(q, hits)| {
                 let ids = |h: &Hit| table[h.seg as usize].2.id_bytes(h.slot as usize);
-                let mut top = TopK::new(plan.top_k);
-                for h in hits {
-                    top.offer(h, &ids);
-                }
-                self.materialize(state, plan, &table, &top.hits)
+                let mut best = Best {
+                    k: plan.top_k,
+                    hits,
+                    worst: f32::INFINITY,
+                };
+                let mut top = Vec::with_capacity(plan.top_k);
+                best.drain_top(slot_u32(q), &ids, &mut top);
+                let top: Vec<Hit> = top.into_iter().map(|(_, h)| h).collect();
+                self.materialize(state, plan, &table, &top)
             })
             .collect()
     }
@@ -1146,31 +1250,36 @@ impl Index {
         qs: &[u32],
         pqs: &[Vec<f32>],
         top_k: usize,
+        threshold: &Threshold,
     ) -> Result<ListScan<'s>> {
         let metric = state.config.metric;
         let decoded = self.decoded_segments(state, list)?;
-        let mut scores = Vec::new();
-        let mut hits = Vec::with_capacity(qs.len() * top_k);
+        let queries: Vec<&[f32]> = qs.iter().map(|&q| pqs[q as usize].as_slice()).collect();
         let ids = |h: &Hit| decoded[h.seg as usize].1.ids.id_bytes(h.slot as usize);
-        let mut top = TopK::new(top_k);
-        for &q in qs {
-            top.hits.clear();
-            top.worst = f32::INFINITY;
-            for (si, (s, d)) in decoded.iter().enumerate() {
-                d.block.rank_all(metric, &pqs[q as usize], &mut scores);
-                for (slot, &rank) in scores[..d.block.len()].iter().enumerate() {
-                    if rank > top.worst {
-                        continue;
-                    }
-                    let slot = slot_u32(slot);
-                    if !s.deleted.is_empty() && s.is_deleted(slot) {
-                        continue;
-                    }
-                    let seg = slot_u32(si);
-                    top.offer(Hit { rank, seg, slot }, &ids);
-                }
+        let mut hits = Vec::with_capacity(qs.len() * top_k);
+        let mut best = Best::new(top_k);
+        // Scores of a group of queries against every segment of the list.
+        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); decoded.len()];
+        for (group, gqs) in queries
+            .chunks(SCORED_TOGETHER)
+            .zip(qs.chunks(SCORED_TOGETHER))
+        {
+            for ((_, d), scores) in decoded.iter().zip(&mut scores) {
+                d.block.rank_many(metric, group, scores);
             }
-            hits.extend(top.hits.iter().map(|h| (q, *h)));
+            for (k, &q) in gqs.iter().enumerate() {
+                best.reset(threshold.get(q));
+                for (si, ((s, d), scores)) in decoded.iter().zip(&scores).enumerate() {
+                    let row = &scores[k * d.block.padded()..][..d.block.len()];
+                    let deleted = |slot| !s.deleted.is_empty() && s.is_deleted(slot);
+                    best.offer_row(row, slot_u32(si), deleted);
+                }
+                best.cut();
+                if let Some(kth) = best.kth() {
+                    threshold.lower(q, kth);
+                }
+                best.drain_top(q, &ids, &mut hits);
+            }
         }
         Ok(ListScan {
             segments: decoded
@@ -1866,5 +1975,74 @@ mod tests {
         assert!(err.to_string().contains("batch position 4"), "{err}");
         let err = check_vector(&cfg, &[0.0, -2e15], None).unwrap_err();
         assert!(err.to_string().contains("query vector"), "{err}");
+    }
+
+    use proptest::prelude::*;
+
+    /// Ranks drawn from a few values (many ties), signed zeros, infinities and ordinary
+    /// floats.
+    fn rank() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            (0u8..4).prop_map(f32::from),
+            Just(0.0f32),
+            Just(-0.0f32),
+            Just(f32::INFINITY),
+            Just(f32::NEG_INFINITY),
+            -1e6f32..1e6,
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn threshold_keys_order_like_total_cmp(a in any::<f32>(), b in any::<f32>()) {
+            prop_assert_eq!(Threshold::key(a).cmp(&Threshold::key(b)), a.total_cmp(&b));
+            prop_assert_eq!(Threshold::rank(Threshold::key(a)).to_bits(), a.to_bits());
+        }
+
+        /// Offered in rows with any starting threshold that does not exclude the true
+        /// `k`-th best (as the shared [`Threshold`] never does), `Best` keeps exactly the
+        /// sorted top `k` by (rank, id), ties included.
+        #[test]
+        fn best_is_the_sorted_top_k(
+            rows in prop::collection::vec(prop::collection::vec(rank(), 0..60), 1..4),
+            k in 0usize..12,
+            slack in 0usize..3,
+        ) {
+            let ids: Vec<Vec<Vec<u8>>> = rows
+                .iter()
+                .enumerate()
+                .map(|(s, r)| (0..r.len()).map(|j| format!("{:03}", (j * 7 + s * 13) % 101).into_bytes()).collect())
+                .collect();
+            let id = |h: &Hit| ids[h.seg as usize][h.slot as usize].as_slice();
+            let mut all: Vec<Hit> = rows
+                .iter()
+                .enumerate()
+                .flat_map(|(s, r)| r.iter().enumerate().map(move |(j, &rank)| Hit {
+                    rank, seg: slot_u32(s), slot: slot_u32(j),
+                }))
+                .filter(|h| h.slot % 5 != 3) // "deleted"
+                .collect();
+            all.sort_by(|a, b| hit_cmp(a, b, &id));
+            all.truncate(k);
+            // A starting bound no tighter than the k-th best (or the loosest, with fewer).
+            let start = if all.len() == k && k > 0 {
+                let mut looser: Vec<f32> = rows.iter().flatten().copied().filter(|r| r.total_cmp(&all[k - 1].rank).is_ge()).collect();
+                looser.sort_by(f32::total_cmp);
+                looser.get(slack).copied().unwrap_or(f32::INFINITY)
+            } else {
+                f32::INFINITY
+            };
+            let mut best = Best::new(k);
+            best.reset(start);
+            for (s, r) in rows.iter().enumerate() {
+                best.offer_row(r, slot_u32(s), |slot| slot % 5 == 3);
+            }
+            let mut out = Vec::new();
+            best.drain_top(7, &id, &mut out);
+            prop_assert!(out.iter().all(|(q, _)| *q == 7));
+            let got: Vec<(u32, u32)> = out.iter().map(|(_, h)| (h.seg, h.slot)).collect();
+            let want: Vec<(u32, u32)> = all.iter().map(|h| (h.seg, h.slot)).collect();
+            prop_assert_eq!(got, want);
+        }
     }
 }

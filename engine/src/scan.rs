@@ -84,43 +84,145 @@ impl Block {
         self.data.len() * 4
     }
 
+    /// Entries per row of [`Block::rank_many`]'s output: the length rounded up to a tile.
+    pub(crate) fn padded(&self) -> usize {
+        self.padded
+    }
+
     /// Ranks (smaller is closer, as [`exact_rank`]) of the prepared `query` against every
     /// vector, into `out` (resized to the padded length; padding entries are meaningless).
     pub(crate) fn rank_all(&self, metric: Metric, query: &[f32], out: &mut Vec<f32>) {
+        self.rank_many(metric, std::slice::from_ref(&query), out);
+    }
+
+    /// [`Block::rank_all`] for several prepared queries at once: row `k` of `out` (entries
+    /// `k·padded ..`, see [`Block::padded`]) ranks `queries[k]`. Up to [`GROUP`] queries
+    /// share each pass over a tile, so every vector lane read from memory serves all of them,
+    /// and the kernel runs with AVX2 where the CPU has it (runtime dispatch). Each score is
+    /// still accumulated in dimension order from `0.0` with separate multiplies and adds (no
+    /// fused multiply-add), so the ranks are bit-identical to [`exact_rank`]'s whatever the
+    /// vector width or grouping.
+    pub(crate) fn rank_many(&self, metric: Metric, queries: &[&[f32]], out: &mut Vec<f32>) {
         out.clear();
-        out.resize(self.padded, 0.0);
-        if query.len() != self.dim || self.padded == 0 || self.dim == 0 {
+        out.resize(queries.len() * self.padded, 0.0);
+        if self.padded == 0 {
+            return;
+        }
+        if self.dim == 0 || queries.iter().any(|q| q.len() != self.dim) {
             out.fill(f32::INFINITY);
             return;
         }
-        match metric {
-            Metric::Euclidean => self.scan::<L2>(query, out),
-            Metric::Cosine => self.scan::<COSINE>(query, out),
-            Metric::DotProduct => self.scan::<DOT>(query, out),
+        pulp::Arch::new().dispatch(Scan {
+            block: self,
+            mode: match metric {
+                Metric::Euclidean => L2,
+                Metric::Cosine => COSINE,
+                Metric::DotProduct => DOT,
+            },
+            queries,
+            out,
+        });
+    }
+}
+
+/// Queries scored together by one pass over a tile: `GROUP · TILE` accumulators (8 AVX2
+/// registers) plus the tile's lanes and a broadcast query component fit in the 16 registers.
+pub(crate) const GROUP: usize = 4;
+
+/// One [`Block::rank_many`] call, run by `pulp` under the best instruction set found.
+struct Scan<'a> {
+    block: &'a Block,
+    mode: u8,
+    queries: &'a [&'a [f32]],
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for Scan<'_> {
+    type Output = ();
+
+    #[allow(
+        clippy::inline_always,
+        reason = "inlined into pulp's AVX2 function, or it runs without AVX2"
+    )]
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        match self.mode {
+            L2 => self.groups::<L2>(),
+            COSINE => self.groups::<COSINE>(),
+            _ => self.groups::<DOT>(),
         }
     }
+}
 
-    /// `out[j]` = the rank of vector `j`: `Σ_i (q_i − x_ij)²` (`L2`), `1 − Σ_i q_i·x_ij`
-    /// (`COSINE`) or `−Σ_i q_i·x_ij` (`DOT`). Per tile, `dim` steps over contiguous memory
-    /// with the `TILE` sums in registers.
-    fn scan<const MODE: u8>(&self, query: &[f32], out: &mut [f32]) {
-        for (tile, o) in self
-            .data
-            .chunks_exact(self.dim * TILE)
-            .zip(out.chunks_exact_mut(TILE))
+impl Scan<'_> {
+    #[allow(
+        clippy::inline_always,
+        reason = "inlined into pulp's AVX2 function, or it runs without AVX2"
+    )]
+    #[inline(always)]
+    fn groups<const MODE: u8>(self) {
+        let Block {
+            dim, padded, data, ..
+        } = self.block;
+        let (dim, padded) = (*dim, *padded);
+        // The group's queries interleaved dimension-major: `qt[i·q + k]` is component `i` of
+        // the group's query `k`.
+        let mut qt = Zeroizing::new(vec![0f32; dim * GROUP]);
+        for (qs, out) in self
+            .queries
+            .chunks(GROUP)
+            .zip(self.out.chunks_mut(GROUP * padded))
         {
-            let mut acc = [0f32; TILE];
-            for (x, &q) in tile.chunks_exact(TILE).zip(query) {
-                for l in 0..TILE {
+            let n = qs.len();
+            for (i, lanes) in qt.chunks_exact_mut(n).take(dim).enumerate() {
+                for (lane, q) in lanes.iter_mut().zip(qs) {
+                    *lane = q[i];
+                }
+            }
+            let qt = &qt[..dim * n];
+            match n {
+                4 => tiles::<MODE, 4>(data, dim, qt, out, padded),
+                3 => tiles::<MODE, 3>(data, dim, qt, out, padded),
+                2 => tiles::<MODE, 2>(data, dim, qt, out, padded),
+                _ => tiles::<MODE, 1>(data, dim, qt, out, padded),
+            }
+        }
+    }
+}
+
+/// `out[k·padded + j]` = the rank of vector `j` for query `k` of `qt` (`Q` queries
+/// interleaved dimension-major): `Σ_i (q_i − x_ij)²` (`L2`), `1 − Σ_i q_i·x_ij` (`COSINE`)
+/// or `−Σ_i q_i·x_ij` (`DOT`). Per tile, `dim` steps over contiguous memory with the
+/// `Q · TILE` sums in registers.
+#[allow(
+    clippy::inline_always,
+    reason = "inlined into pulp's AVX2 function, or it runs without AVX2"
+)]
+#[inline(always)]
+fn tiles<const MODE: u8, const Q: usize>(
+    data: &[f32],
+    dim: usize,
+    qt: &[f32],
+    out: &mut [f32],
+    padded: usize,
+) {
+    let (qt, _) = qt.as_chunks::<Q>();
+    for (t, tile) in data.chunks_exact(dim * TILE).enumerate() {
+        let mut acc = [[0f32; TILE]; Q];
+        for (x, q) in tile.as_chunks::<TILE>().0.iter().zip(qt) {
+            for (a, &qk) in acc.iter_mut().zip(q) {
+                for (a, &xl) in a.iter_mut().zip(x) {
                     if MODE == L2 {
-                        let d = q - x[l];
-                        acc[l] += d * d;
+                        let d = qk - xl;
+                        *a += d * d;
                     } else {
-                        acc[l] += q * x[l];
+                        *a += qk * xl;
                     }
                 }
             }
-            for (o, a) in o.iter_mut().zip(acc) {
+        }
+        for (row, a) in out.chunks_exact_mut(padded).zip(&acc) {
+            for (o, &a) in row[t * TILE..][..TILE].iter_mut().zip(a) {
                 let r = match MODE {
                     COSINE => 1.0 - a,
                     DOT => -a,
@@ -244,6 +346,30 @@ mod tests {
                 assert_eq!(out[j].to_bits(), exact_rank(metric, &q, r).to_bits());
             }
         }
+        // Grouped: every group size and remainder (1..=9 queries), each row bit-identical.
+        let qs: Vec<Vec<f32>> = (0..9)
+            .map(|k| {
+                (0..dim)
+                    .map(|i| ((i * 5 + k * 3) % 11) as f32 * 0.29 - 1.3)
+                    .collect()
+            })
+            .collect();
+        for n in 1..=qs.len() {
+            let refs: Vec<&[f32]> = qs[..n].iter().map(Vec::as_slice).collect();
+            for metric in [Metric::Euclidean, Metric::Cosine, Metric::DotProduct] {
+                block.rank_many(metric, &refs, &mut out);
+                assert_eq!(out.len(), n * block.padded());
+                for (k, q) in refs.iter().enumerate() {
+                    for (j, r) in rows.iter().enumerate() {
+                        let got = out[k * block.padded() + j];
+                        assert_eq!(got.to_bits(), exact_rank(metric, q, r).to_bits());
+                    }
+                }
+            }
+        }
+        // A query of the wrong length ranks nothing.
+        block.rank_many(Metric::Euclidean, &[&q, &q[1..]], &mut out);
+        assert!(out.iter().all(|r| *r == f32::INFINITY));
     }
 
     #[test]
