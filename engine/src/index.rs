@@ -2008,10 +2008,11 @@ mod tests {
             k in 0usize..12,
             slack in 0usize..3,
         ) {
+            // Unique ids (as live items' are), ordered unlike (segment, slot).
             let ids: Vec<Vec<Vec<u8>>> = rows
                 .iter()
                 .enumerate()
-                .map(|(s, r)| (0..r.len()).map(|j| format!("{:03}", (j * 7 + s * 13) % 101).into_bytes()).collect())
+                .map(|(s, r)| (0..r.len()).map(|j| format!("{:03}-{s}-{j}", (j * 7 + s * 13) % 101).into_bytes()).collect())
                 .collect();
             let id = |h: &Hit| ids[h.seg as usize][h.slot as usize].as_slice();
             let mut all: Vec<Hit> = rows
