@@ -55,7 +55,7 @@ use crate::records::{
     SegmentBlock, SegmentCodes, SegmentIds, SegmentMeta, SegmentState, State, UserRecord,
     KIND_BLOCK, KIND_CODES, KIND_DOC, KIND_META, KIND_VECTOR, UID_LEN,
 };
-use crate::scan::{exact_rank, sane_rank, Block, Probe};
+use crate::scan::{exact_rank, sane_rank, Block, Probe, TILE};
 use crate::store::{value_digest, Applied, Precondition, Store, WriteBatch};
 use crate::types::{
     CompactionStats, IndexConfig, Item, QueryParams, QueryResult, TrainParams, MAX_ABS_COMPONENT,
@@ -361,11 +361,11 @@ fn hit_cmp<'a>(a: &Hit, b: &Hit, ids: &impl Fn(&Hit) -> &'a [u8]) -> std::cmp::O
     a.rank.total_cmp(&b.rank).then_with(|| ids(a).cmp(ids(b)))
 }
 
-/// A query's best hits by rank alone: every hit ranked no worse than the `k`-th best seen
-/// (ties with it included), so that [`Best::drain_top`] can order them by (rank, id)
-/// exactly. Hits are appended unsorted while they pass the threshold and cut back to the
-/// best `k` (plus ties) when `4k` have gathered, so the scan's inner loop is one comparison
-/// per item. One `Best` is reused for query after query ([`Best::reset`]).
+/// A query's best hits: every hit ranked no worse than the `k`-th best seen (ties with it
+/// included, up to `2k` of them), so that [`Best::finish`] can order them by (rank, id)
+/// exactly. Hits are appended unsorted while they pass the threshold and cut back when `4k`
+/// have gathered, so the scan's inner loop is one comparison per item. One `Best` is reused
+/// for query after query ([`Best::reset`]).
 struct Best {
     k: usize,
     hits: Vec<Hit>,
@@ -390,61 +390,72 @@ impl Best {
         self.worst = worst;
     }
 
-    /// Offers every entry of `row` (slot `j` has rank `row[j]`) of segment `seg` that is
-    /// not `deleted`.
+    /// Offers every entry of `row` (the rank of slot `first + j` is `row[j]`) of segment
+    /// `seg` that is not `deleted`.
     #[inline]
-    fn offer_row(&mut self, row: &[f32], seg: u32, deleted: impl Fn(u32) -> bool) {
+    fn offer_row<'a>(
+        &mut self,
+        row: &[f32],
+        seg: u32,
+        first: usize,
+        deleted: impl Fn(u32) -> bool,
+        ids: &impl Fn(&Hit) -> &'a [u8],
+    ) {
         if self.k == 0 {
             return;
         }
         let mut worst = self.worst;
-        for (slot, &rank) in row.iter().enumerate() {
+        for (j, &rank) in row.iter().enumerate() {
             if rank > worst {
                 continue;
             }
-            let slot = slot_u32(slot);
+            let slot = slot_u32(first + j);
             if deleted(slot) {
                 continue;
             }
             self.hits.push(Hit { rank, seg, slot });
             if self.hits.len() >= 4 * self.k {
-                self.cut();
+                self.cut(ids);
                 worst = self.worst;
             }
         }
     }
 
     /// Keeps the hits ranked no worse than the `k`-th best (and than `worst`), and lowers
-    /// `worst` to that rank.
-    fn cut(&mut self) {
-        if self.hits.len() > self.k {
+    /// `worst` to that rank. When more than `2k` hits tie there, ids decide which `k` stay
+    /// (a hit that `k` others beat by (rank, id) cannot be among the best `k`), so many equal
+    /// vectors cost amortized constant time per hit, not a cut per hit.
+    fn cut<'a>(&mut self, ids: &impl Fn(&Hit) -> &'a [u8]) {
+        if self.k == 0 {
+            self.hits.clear();
+            return;
+        }
+        if self.hits.len() >= self.k {
             let rank = |a: &Hit, b: &Hit| a.rank.total_cmp(&b.rank);
             let (_, kth, _) = self.hits.select_nth_unstable_by(self.k - 1, rank);
-            if kth.rank < self.worst {
+            if kth.rank.total_cmp(&self.worst).is_lt() {
                 self.worst = kth.rank;
             }
         }
         let worst = self.worst;
         self.hits.retain(|h| h.rank.total_cmp(&worst).is_le());
+        if self.hits.len() > 2 * self.k {
+            self.hits
+                .select_nth_unstable_by(self.k - 1, |a, b| hit_cmp(a, b, ids));
+            self.hits.truncate(self.k);
+        }
     }
 
-    /// The `k`-th best rank, once `k` hits are held.
+    /// The `k`-th best rank, once `k` hits are held (after [`Best::cut`]).
     fn kth(&self) -> Option<f32> {
         (self.k > 0 && self.hits.len() >= self.k).then_some(self.worst)
     }
 
-    /// Moves the best `k` into `out`, closer first, equal ranks by id bytes, tagged with the
-    /// query.
-    fn drain_top<'a>(
-        &mut self,
-        q: u32,
-        ids: &impl Fn(&Hit) -> &'a [u8],
-        out: &mut Vec<(u32, Hit)>,
-    ) {
-        self.cut();
+    /// Leaves the best `k`, closer first, equal ranks by id bytes.
+    fn finish<'a>(&mut self, ids: &impl Fn(&Hit) -> &'a [u8]) {
+        self.cut(ids);
         self.hits.sort_unstable_by(|a, b| hit_cmp(a, b, ids));
         self.hits.truncate(self.k);
-        out.extend(self.hits.drain(..).map(|h| (q, h)));
     }
 }
 
@@ -503,9 +514,10 @@ struct OpenSegment {
 /// Segments opened once for a whole batch of queries, by (list, counter).
 type SharedSegments = HashMap<(u32, u64), OpenSegment>;
 
-/// Queries of a list scored in one [`Block::rank_many`] call (bounds its score buffer to
-/// this many rows of a segment).
+/// Queries of a list scored together, against runs of [`TILES_SCORED_TOGETHER`] tiles: the
+/// score buffer holds at most `64 · 1024` ranks (256 KiB), however large a segment.
 const SCORED_TOGETHER: usize = 64;
+const TILES_SCORED_TOGETHER: usize = 64;
 
 /// Queries of a batch that share their opened segments (bounds the plaintext codes held at
 /// once to about `QUERY_CHUNK · n_probes` lists).
@@ -1226,17 +1238,15 @@ impl Index {
         }
         per_query
             .into_par_iter()
-            .enumerate()
-            .map(|(q, hits)| {
+            .map(|hits| {
                 let ids = |h: &Hit| table[h.seg as usize].2.id_bytes(h.slot as usize);
-                let mut best = Best {
+                let mut top = Best {
                     k: plan.top_k,
                     hits,
                     worst: f32::INFINITY,
                 };
-                let mut top = Vec::with_capacity(plan.top_k);
-                best.drain_top(slot_u32(q), &ids, &mut top);
-                let top: Vec<Hit> = top.into_iter().map(|(_, h)| h).collect();
+                top.finish(&ids);
+                let top = top.hits;
                 self.materialize(state, plan, &table, &top)
             })
             .collect()
@@ -1257,28 +1267,38 @@ impl Index {
         let queries: Vec<&[f32]> = qs.iter().map(|&q| pqs[q as usize].as_slice()).collect();
         let ids = |h: &Hit| decoded[h.seg as usize].1.ids.id_bytes(h.slot as usize);
         let mut hits = Vec::with_capacity(qs.len() * top_k);
-        let mut best = Best::new(top_k);
-        // Scores of a group of queries against every segment of the list.
-        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); decoded.len()];
+        let mut bests: Vec<Best> = (0..qs.len().min(SCORED_TOGETHER))
+            .map(|_| Best::new(top_k))
+            .collect();
+        // A group's ranks against a run of tiles (plaintext-derived: wiped when done).
+        let mut scores = Zeroizing::new(Vec::new());
         for (group, gqs) in queries
             .chunks(SCORED_TOGETHER)
             .zip(qs.chunks(SCORED_TOGETHER))
         {
-            for ((_, d), scores) in decoded.iter().zip(&mut scores) {
-                d.block.rank_many(metric, group, scores);
-            }
-            for (k, &q) in gqs.iter().enumerate() {
+            let bests = &mut bests[..gqs.len()];
+            for (best, &q) in bests.iter_mut().zip(gqs) {
                 best.reset(threshold.get(q));
-                for (si, ((s, d), scores)) in decoded.iter().zip(&scores).enumerate() {
-                    let row = &scores[k * d.block.padded()..][..d.block.len()];
-                    let deleted = |slot| !s.deleted.is_empty() && s.is_deleted(slot);
-                    best.offer_row(row, slot_u32(si), deleted);
+            }
+            for (si, (s, d)) in decoded.iter().enumerate() {
+                let deleted = |slot| !s.deleted.is_empty() && s.is_deleted(slot);
+                for start in (0..d.block.tiles()).step_by(TILES_SCORED_TOGETHER) {
+                    let tiles = start..(start + TILES_SCORED_TOGETHER).min(d.block.tiles());
+                    let width = tiles.len() * TILE;
+                    let first = start * TILE;
+                    let live = d.block.len().saturating_sub(first).min(width);
+                    d.block.rank_tiles(metric, group, tiles, &mut scores);
+                    for (row, best) in scores.chunks_exact(width).zip(bests.iter_mut()) {
+                        best.offer_row(&row[..live], slot_u32(si), first, deleted, &ids);
+                    }
                 }
-                best.cut();
+            }
+            for (best, &q) in bests.iter_mut().zip(gqs) {
+                best.finish(&ids);
                 if let Some(kth) = best.kth() {
                     threshold.lower(q, kth);
                 }
-                best.drain_top(q, &ids, &mut hits);
+                hits.extend(best.hits.drain(..).map(|h| (q, h)));
             }
         }
         Ok(ListScan {
@@ -1957,6 +1977,8 @@ fn open_state(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -1977,8 +1999,6 @@ mod tests {
         assert!(err.to_string().contains("query vector"), "{err}");
     }
 
-    use proptest::prelude::*;
-
     /// Ranks drawn from a few values (many ties), signed zeros, infinities and ordinary
     /// floats.
     fn rank() -> impl Strategy<Value = f32> {
@@ -1990,6 +2010,36 @@ mod tests {
             Just(f32::NEG_INFINITY),
             -1e6f32..1e6,
         ]
+    }
+
+    #[test]
+    fn threshold_keys_order_the_edge_values() {
+        let edges = [
+            -f32::NAN,
+            f32::NEG_INFINITY,
+            -f32::MAX,
+            -f32::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        for w in edges.windows(2) {
+            assert!(
+                Threshold::key(w[0]) < Threshold::key(w[1]),
+                "{} {}",
+                w[0],
+                w[1]
+            );
+        }
+        let t = Threshold::new(2);
+        t.lower(1, -0.0);
+        t.lower(1, 0.0);
+        assert_eq!(t.get(1).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(t.get(0), f32::INFINITY);
+        assert_eq!(t.get(9), f32::INFINITY);
     }
 
     proptest! {
@@ -2007,6 +2057,7 @@ mod tests {
             rows in prop::collection::vec(prop::collection::vec(rank(), 0..60), 1..4),
             k in 0usize..12,
             slack in 0usize..3,
+            piece in 1usize..70,
         ) {
             // Unique ids (as live items' are), ordered unlike (segment, slot).
             let ids: Vec<Vec<Vec<u8>>> = rows
@@ -2035,13 +2086,14 @@ mod tests {
             };
             let mut best = Best::new(k);
             best.reset(start);
+            // Each row offered in runs of `piece` slots, as a segment is in runs of tiles.
             for (s, r) in rows.iter().enumerate() {
-                best.offer_row(r, slot_u32(s), |slot| slot % 5 == 3);
+                for (p, run) in r.chunks(piece).enumerate() {
+                    best.offer_row(run, slot_u32(s), p * piece, |slot| slot % 5 == 3, &id);
+                }
             }
-            let mut out = Vec::new();
-            best.drain_top(7, &id, &mut out);
-            prop_assert!(out.iter().all(|(q, _)| *q == 7));
-            let got: Vec<(u32, u32)> = out.iter().map(|(_, h)| (h.seg, h.slot)).collect();
+            best.finish(&id);
+            let got: Vec<(u32, u32)> = best.hits.iter().map(|h| (h.seg, h.slot)).collect();
             let want: Vec<(u32, u32)> = all.iter().map(|h| (h.seg, h.slot)).collect();
             prop_assert_eq!(got, want);
         }

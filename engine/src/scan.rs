@@ -85,6 +85,7 @@ impl Block {
     }
 
     /// Entries per row of [`Block::rank_many`]'s output: the length rounded up to a tile.
+    #[cfg(test)]
     pub(crate) fn padded(&self) -> usize {
         self.padded
     }
@@ -95,25 +96,46 @@ impl Block {
         self.rank_many(metric, std::slice::from_ref(&query), out);
     }
 
+    /// Number of tiles (`padded / TILE`).
+    pub(crate) fn tiles(&self) -> usize {
+        self.padded / TILE
+    }
+
     /// [`Block::rank_all`] for several prepared queries at once: row `k` of `out` (entries
-    /// `k·padded ..`, see [`Block::padded`]) ranks `queries[k]`. Up to [`GROUP`] queries
-    /// share each pass over a tile, so every vector lane read from memory serves all of them,
-    /// and the kernel runs with AVX2 where the CPU has it (runtime dispatch). Each score is
-    /// still accumulated in dimension order from `0.0` with separate multiplies and adds (no
-    /// fused multiply-add), so the ranks are bit-identical to [`exact_rank`]'s whatever the
-    /// vector width or grouping.
+    /// `k·TILE·tiles() ..`) ranks `queries[k]`. See [`Block::rank_tiles`].
     pub(crate) fn rank_many(&self, metric: Metric, queries: &[&[f32]], out: &mut Vec<f32>) {
+        self.rank_tiles(metric, queries, 0..self.tiles(), out);
+    }
+
+    /// Ranks of several prepared queries against the vectors of `tiles` (a range of tile
+    /// numbers, vectors `TILE·tiles.start ..`): row `k` of `out`, `TILE·tiles.len()` entries
+    /// long, ranks `queries[k]`. Up to [`GROUP`] queries share each pass over a tile, so every
+    /// vector lane read from memory serves all of them, and the kernel runs with AVX2 where
+    /// the CPU has it (runtime dispatch). Each score is still accumulated in dimension order
+    /// from `0.0` with separate multiplies and adds (no fused multiply-add), so the ranks are
+    /// bit-identical to [`exact_rank`]'s whatever the vector width or grouping.
+    pub(crate) fn rank_tiles(
+        &self,
+        metric: Metric,
+        queries: &[&[f32]],
+        tiles: std::ops::Range<usize>,
+        out: &mut Vec<f32>,
+    ) {
+        let tiles = tiles.start.min(self.tiles())..tiles.end.min(self.tiles());
+        let width = tiles.len() * TILE;
         out.clear();
-        out.resize(queries.len() * self.padded, 0.0);
-        if self.padded == 0 {
+        out.resize(queries.len() * width, 0.0);
+        if width == 0 {
             return;
         }
         if self.dim == 0 || queries.iter().any(|q| q.len() != self.dim) {
             out.fill(f32::INFINITY);
             return;
         }
+        let step = self.dim * TILE;
         pulp::Arch::new().dispatch(Scan {
-            block: self,
+            data: &self.data[tiles.start * step..tiles.end * step],
+            dim: self.dim,
             mode: match metric {
                 Metric::Euclidean => L2,
                 Metric::Cosine => COSINE,
@@ -121,6 +143,7 @@ impl Block {
             },
             queries,
             out,
+            width,
         });
     }
 }
@@ -131,10 +154,14 @@ pub(crate) const GROUP: usize = 4;
 
 /// One [`Block::rank_many`] call, run by `pulp` under the best instruction set found.
 struct Scan<'a> {
-    block: &'a Block,
+    /// The scanned tiles.
+    data: &'a [f32],
+    dim: usize,
     mode: u8,
     queries: &'a [&'a [f32]],
     out: &'a mut [f32],
+    /// Entries per row of `out`: `TILE` per scanned tile.
+    width: usize,
 }
 
 impl pulp::WithSimd for Scan<'_> {
@@ -161,18 +188,18 @@ impl Scan<'_> {
     )]
     #[inline(always)]
     fn groups<const MODE: u8>(self) {
-        let Block {
-            dim, padded, data, ..
-        } = self.block;
-        let (dim, padded) = (*dim, *padded);
-        // The group's queries interleaved dimension-major: `qt[i·q + k]` is component `i` of
-        // the group's query `k`.
+        let Self {
+            data,
+            dim,
+            queries,
+            out,
+            width,
+            ..
+        } = self;
+        // The group's queries interleaved dimension-major: `qt[i·n + k]` is component `i` of
+        // the group's query `k` (`n` queries in the group).
         let mut qt = Zeroizing::new(vec![0f32; dim * GROUP]);
-        for (qs, out) in self
-            .queries
-            .chunks(GROUP)
-            .zip(self.out.chunks_mut(GROUP * padded))
-        {
+        for (qs, out) in queries.chunks(GROUP).zip(out.chunks_mut(GROUP * width)) {
             let n = qs.len();
             for (i, lanes) in qt.chunks_exact_mut(n).take(dim).enumerate() {
                 for (lane, q) in lanes.iter_mut().zip(qs) {
@@ -181,16 +208,16 @@ impl Scan<'_> {
             }
             let qt = &qt[..dim * n];
             match n {
-                4 => tiles::<MODE, 4>(data, dim, qt, out, padded),
-                3 => tiles::<MODE, 3>(data, dim, qt, out, padded),
-                2 => tiles::<MODE, 2>(data, dim, qt, out, padded),
-                _ => tiles::<MODE, 1>(data, dim, qt, out, padded),
+                4 => tiles::<MODE, 4>(data, dim, qt, out, width),
+                3 => tiles::<MODE, 3>(data, dim, qt, out, width),
+                2 => tiles::<MODE, 2>(data, dim, qt, out, width),
+                _ => tiles::<MODE, 1>(data, dim, qt, out, width),
             }
         }
     }
 }
 
-/// `out[k·padded + j]` = the rank of vector `j` for query `k` of `qt` (`Q` queries
+/// `out[k·width + j]` = the rank of vector `j` for query `k` of `qt` (`Q` queries
 /// interleaved dimension-major): `Σ_i (q_i − x_ij)²` (`L2`), `1 − Σ_i q_i·x_ij` (`COSINE`)
 /// or `−Σ_i q_i·x_ij` (`DOT`). Per tile, `dim` steps over contiguous memory with the
 /// `Q · TILE` sums in registers.
@@ -204,7 +231,7 @@ fn tiles<const MODE: u8, const Q: usize>(
     dim: usize,
     qt: &[f32],
     out: &mut [f32],
-    padded: usize,
+    width: usize,
 ) {
     let (qt, _) = qt.as_chunks::<Q>();
     for (t, tile) in data.chunks_exact(dim * TILE).enumerate() {
@@ -221,7 +248,7 @@ fn tiles<const MODE: u8, const Q: usize>(
                 }
             }
         }
-        for (row, a) in out.chunks_exact_mut(padded).zip(&acc) {
+        for (row, a) in out.chunks_exact_mut(width).zip(&acc) {
             for (o, &a) in row[t * TILE..][..TILE].iter_mut().zip(a) {
                 let r = match MODE {
                     COSINE => 1.0 - a,
@@ -366,6 +393,19 @@ mod tests {
                     }
                 }
             }
+        }
+        // A run of tiles gives the same ranks as the whole block at its offset; a range past
+        // the end is clamped.
+        let refs: Vec<&[f32]> = qs[..5].iter().map(Vec::as_slice).collect();
+        let mut all = Vec::new();
+        block.rank_many(Metric::Euclidean, &refs, &mut all);
+        let mut part = Vec::new();
+        block.rank_tiles(Metric::Euclidean, &refs, 1..9, &mut part);
+        let width = (block.tiles() - 1) * TILE;
+        assert_eq!(part.len(), 5 * width);
+        for k in 0..5 {
+            let whole = &all[k * block.padded()..][TILE..block.padded()];
+            assert_eq!(&part[k * width..][..width], whole);
         }
         // A query of the wrong length ranks nothing.
         block.rank_many(Metric::Euclidean, &[&q, &q[1..]], &mut out);

@@ -174,3 +174,71 @@ fn euclidean_exhaustive_batch_is_exact() {
 fn dot_product_exhaustive_batch_is_exact() {
     exhaustive_batch_matches_brute_force(Metric::DotProduct);
 }
+
+/// Items far apart (so in different lists) but with exactly equal inner product with the
+/// query: the threshold one list sets must keep the other lists' hits tied with it, for ids
+/// to decide. And lists smaller than `k` (about 3 items each) never set a threshold from
+/// fewer than `k` hits.
+#[test]
+fn ties_across_lists_and_lists_smaller_than_k_are_exact() {
+    let mut mix = Mixture::new(8, 6, 1.0, 9);
+    let mut items: Vec<(String, Vec<f32>)> = mix
+        .points(240)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut v)| {
+            v[0] = v[0].clamp(-4.0, 4.0);
+            (id(i), v)
+        })
+        .collect();
+    // 30 items with first component exactly 5 (a rank of exactly -5 against e_0), spread
+    // over the other dimensions; ids interleave with their positions.
+    for j in 0..30u8 {
+        let mut v = vec![0.0f32; 8];
+        v[0] = 5.0;
+        v[1 + usize::from(j % 7)] = if j % 2 == 0 { 40.0 } else { -40.0 } + f32::from(j);
+        items.push((format!("tie-{:02}", (j * 7) % 30), v));
+    }
+    let client = Client::new(StorageConfig::memory()).unwrap();
+    let index = client
+        .create_index(
+            "ties",
+            &IndexKey::generate(),
+            IndexConfig::new(8)
+                .with_metric(Metric::DotProduct)
+                .with_n_lists(90),
+        )
+        .unwrap();
+    index
+        .upsert(
+            items
+                .iter()
+                .map(|(i, v)| Item::new(i.clone(), v.clone()))
+                .collect(),
+        )
+        .unwrap();
+    index.train(&TrainParams::default()).unwrap();
+    let mut queries = vec![{
+        let mut e = vec![0.0f32; 8];
+        e[0] = 1.0;
+        e
+    }];
+    queries.extend(mix.points(80));
+    for k in [1, 4, 10, 25] {
+        let params = QueryParams::new(k).n_probes(90);
+        let want: Vec<Vec<String>> = queries
+            .iter()
+            .map(|q| truth(Metric::DotProduct, &items, q, k))
+            .collect();
+        assert!(
+            want[0].iter().all(|i| i.starts_with("tie-")),
+            "{:?}",
+            want[0]
+        );
+        assert_eq!(
+            ids_of(&index.query_batch(&queries, &params).unwrap()),
+            want,
+            "k = {k}"
+        );
+    }
+}
