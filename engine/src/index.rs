@@ -2038,8 +2038,8 @@ mod tests {
         t.lower(1, -0.0);
         t.lower(1, 0.0);
         assert_eq!(t.get(1).to_bits(), (-0.0f32).to_bits());
-        assert_eq!(t.get(0), f32::INFINITY);
-        assert_eq!(t.get(9), f32::INFINITY);
+        assert!(t.get(0).is_infinite() && t.get(0) > 0.0);
+        assert!(t.get(9).is_infinite() && t.get(9) > 0.0);
     }
 
     proptest! {
