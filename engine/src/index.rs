@@ -517,6 +517,8 @@ type SharedSegments = HashMap<(u32, u64), OpenSegment>;
 /// Queries of a list scored together, against runs of [`TILES_SCORED_TOGETHER`] tiles: the
 /// score buffer holds at most `64 · 1024` ranks (256 KiB), however large a segment.
 const SCORED_TOGETHER: usize = 64;
+/// Vectors (items, queries) matched against the centroids together.
+const ASSIGNED_TOGETHER: usize = 64;
 const TILES_SCORED_TOGETHER: usize = 64;
 
 /// Queries of a batch that share their opened segments (bounds the plaintext codes held at
@@ -989,14 +991,16 @@ impl Index {
             Some(c) => {
                 let probe = Probe::new(c, state.config.dimension, state.config.metric);
                 items
-                    .par_iter()
-                    .map_init(Vec::new, |scratch, p| {
+                    .par_chunks(ASSIGNED_TOGETHER)
+                    .map_init(Vec::new, |scratch, items| {
+                        let vs: Vec<&[f32]> = items.iter().map(|p| p.prepared.as_slice()).collect();
                         probe
-                            .nearest(&p.prepared, 1, scratch)
-                            .first()
-                            .copied()
-                            .unwrap_or(0)
+                            .nearest_many(&vs, 1, scratch)
+                            .into_iter()
+                            .map(|l| l.first().copied().unwrap_or(0))
+                            .collect::<Vec<u32>>()
                     })
+                    .flatten_iter()
                     .collect()
             }
         }
@@ -1199,10 +1203,15 @@ impl Index {
         let pqs: Vec<Vec<f32>> = queries.par_iter().map(|q| metric.prepare(q)).collect();
         let mut by_list: Vec<Vec<u32>> = vec![Vec::new(); state.lists.len()];
         let probes: Vec<Vec<u32>> = pqs
-            .par_iter()
-            .map_init(Vec::new, |scratch, pq| {
-                Self::probed_lists(loaded, plan, pq, scratch)
+            .par_chunks(ASSIGNED_TOGETHER)
+            .map_init(Vec::new, |scratch, pqs| match &loaded.probe {
+                None => vec![vec![0]; pqs.len()],
+                Some(p) => {
+                    let vs: Vec<&[f32]> = pqs.iter().map(Vec::as_slice).collect();
+                    p.nearest_many(&vs, plan.n_probes, scratch)
+                }
             })
+            .flatten_iter()
             .collect();
         for (q, lists) in probes.iter().enumerate() {
             for &l in lists {

@@ -13,6 +13,10 @@ use rayon::prelude::*;
 use crate::metric::{l2_squared, Metric};
 use crate::scan::Probe;
 
+/// Points assigned to their nearest centroid together (one pass over the centroids per
+/// group of four, see [`crate::scan::Block::rank_many`]).
+const ASSIGNED_TOGETHER: usize = 64;
+
 /// Trains `k` centroids (flattened, `k · dim`) on `data` (flattened rows of `dim`).
 /// Requires `k <= rows`.
 pub(crate) fn train(data: &[f32], dim: usize, k: usize, iters: usize, seed: u64) -> Vec<f32> {
@@ -56,15 +60,18 @@ pub(crate) fn train(data: &[f32], dim: usize, k: usize, iters: usize, seed: u64)
     for _ in 0..iters {
         let probe = Probe::new(&centroids, dim, Metric::Euclidean);
         let changed: usize = assign
-            .par_iter_mut()
+            .par_chunks_mut(ASSIGNED_TOGETHER)
             .enumerate()
-            .map_init(Vec::new, |scratch, (i, a)| {
-                let c = probe
-                    .nearest(row(i), 1, scratch)
-                    .first()
-                    .map_or(0, |c| *c as usize);
-                let moved = usize::from(*a != c);
-                *a = c;
+            .map_init(Vec::new, |scratch, (chunk, assigned)| {
+                let first = chunk * ASSIGNED_TOGETHER;
+                let rows: Vec<&[f32]> = (first..first + assigned.len()).map(row).collect();
+                let nearest = probe.nearest_many(&rows, 1, scratch);
+                let mut moved = 0;
+                for (a, c) in assigned.iter_mut().zip(nearest) {
+                    let c = c.first().map_or(0, |c| *c as usize);
+                    moved += usize::from(*a != c);
+                    *a = c;
+                }
                 moved
             })
             .sum();

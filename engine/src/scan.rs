@@ -92,6 +92,7 @@ impl Block {
 
     /// Ranks (smaller is closer, as [`exact_rank`]) of the prepared `query` against every
     /// vector, into `out` (resized to the padded length; padding entries are meaningless).
+    #[cfg(test)]
     pub(crate) fn rank_all(&self, metric: Metric, query: &[f32], out: &mut Vec<f32>) {
         self.rank_many(metric, std::slice::from_ref(&query), out);
     }
@@ -312,31 +313,64 @@ impl Probe {
     /// Indices of the `n` lists best matching `v`, best first (ties by index); `scratch` is
     /// reused between calls.
     pub(crate) fn nearest(&self, v: &[f32], n: usize, scratch: &mut Vec<f32>) -> Vec<u32> {
-        self.block.rank_all(self.metric, v, scratch);
-        let len = self.block.len();
-        let n = n.min(len);
-        if n == 1 {
-            let mut best = (0u32, f32::INFINITY);
-            for (i, r) in scratch[..len].iter().enumerate() {
-                if *r < best.1 {
-                    best = (u32::try_from(i).unwrap_or(u32::MAX), *r);
-                }
-            }
-            return vec![best.0];
-        }
-        let mut d: Vec<(f32, u32)> = scratch[..len]
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (*r, u32::try_from(i).unwrap_or(u32::MAX)))
-            .collect();
-        let cmp = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-        if n < d.len() {
-            d.select_nth_unstable_by(n, cmp);
-            d.truncate(n);
-        }
-        d.sort_by(cmp);
-        d.into_iter().map(|(_, i)| i).collect()
+        self.nearest_many(std::slice::from_ref(&v), n, scratch)
+            .pop()
+            .unwrap_or_default()
     }
+
+    /// [`Probe::nearest`] for each of `vs`, ranked together ([`Block::rank_many`]: the
+    /// centroids are read once per group of queries, not once per query).
+    pub(crate) fn nearest_many(
+        &self,
+        vs: &[&[f32]],
+        n: usize,
+        scratch: &mut Vec<f32>,
+    ) -> Vec<Vec<u32>> {
+        let len = self.block.len();
+        if len == 0 {
+            return vec![Vec::new(); vs.len()];
+        }
+        self.block.rank_many(self.metric, vs, scratch);
+        scratch
+            .chunks_exact(self.block.tiles() * TILE)
+            .map(|row| best_of(&row[..len], n))
+            .collect()
+    }
+}
+
+/// The indices of the `n` smallest ranks of `row` (non-empty), smallest first, ties by index.
+fn best_of(row: &[f32], n: usize) -> Vec<u32> {
+    let n = n.min(row.len());
+    if n == 1 {
+        // The first index of the smallest rank: the minimum in `TILE` independent lanes (which
+        // the compiler vectorizes), then a search for it (ranks are never NaN; -0 equals +0,
+        // as in a `<` scan).
+        let mut lanes = [f32::INFINITY; TILE];
+        let (tiles, rest) = row.as_chunks::<TILE>();
+        for t in tiles {
+            for (m, &r) in lanes.iter_mut().zip(t) {
+                *m = if r < *m { r } else { *m };
+            }
+        }
+        let min = lanes
+            .iter()
+            .chain(rest)
+            .fold(f32::INFINITY, |m, &r| if r < m { r } else { m });
+        let first = row.iter().position(|&r| r <= min).unwrap_or(0);
+        return vec![u32::try_from(first).unwrap_or(u32::MAX)];
+    }
+    let mut d: Vec<(f32, u32)> = row
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (*r, u32::try_from(i).unwrap_or(u32::MAX)))
+        .collect();
+    let cmp = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    if n < d.len() {
+        d.select_nth_unstable_by(n, cmp);
+        d.truncate(n);
+    }
+    d.sort_by(cmp);
+    d.into_iter().map(|(_, i)| i).collect()
 }
 
 /// Ranks are "smaller is closer"; a NaN (which finite, bounded inputs cannot produce, but a
