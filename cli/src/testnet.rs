@@ -70,6 +70,14 @@ pub struct UpArgs {
     /// (`tkms manager run --fanout`).
     #[arg(long, default_value = "all")]
     pub fanout: tkms_manager::cluster::Fanout,
+    /// Most concurrent `/v0` delegations per batch call to the nodes (`tkms manager run
+    /// --delegation-batch`).
+    #[arg(long, default_value_t = tkms_manager::cluster::DELEGATION_BATCH)]
+    pub delegation_batch: usize,
+    /// `/v0` delegation batches in flight at once (`tkms manager run
+    /// --delegation-batches-in-flight`).
+    #[arg(long, default_value_t = tkms_manager::cluster::DELEGATION_BATCHES_IN_FLIGHT)]
+    pub delegation_batches_in_flight: usize,
 }
 
 /// One node in `testnet.json`.
@@ -484,6 +492,7 @@ fn start_manager(
     port: u16,
     round_timeout_ms: u64,
     fanout: tkms_manager::cluster::Fanout,
+    batching: tkms_manager::cluster::Batching,
     nodes: &[(Proc, TestnetNode)],
 ) -> Result<Proc> {
     let mut margs: Vec<String> = vec![
@@ -506,6 +515,10 @@ fn start_manager(
         round_timeout_ms.to_string(),
         "--fanout".into(),
         fanout.to_string(),
+        "--delegation-batch".into(),
+        batching.max().to_string(),
+        "--delegation-batches-in-flight".into(),
+        batching.in_flight().to_string(),
     ]);
     for (_, node) in nodes {
         margs.push("--node".into());
@@ -585,8 +598,8 @@ fn registry_args(
     Ok((Some(registry_file), args))
 }
 
-/// Start the testnet; with `detach`, return once `testnet.json` is written.
-pub fn up(args: &UpArgs) -> Result<()> {
+/// The node count, the threshold and the batching of `args`, checked before anything starts.
+fn checked(args: &UpArgs) -> Result<(u16, u16, tkms_manager::cluster::Batching)> {
     let n = args.nodes;
     if n == 0 || n > 64 {
         bail!("--nodes must be 1..=64 for a local testnet, got {n}");
@@ -595,6 +608,17 @@ pub fn up(args: &UpArgs) -> Result<()> {
     if t == 0 || t > n {
         bail!("--threshold must be 1..={n}, got {t}");
     }
+    let batching = tkms_manager::cluster::Batching::new(
+        args.delegation_batch,
+        args.delegation_batches_in_flight,
+    )
+    .map_err(|e| anyhow::anyhow!("--delegation-batch / --delegation-batches-in-flight: {e}"))?;
+    Ok((n, t, batching))
+}
+
+/// Start the testnet; with `detach`, return once `testnet.json` is written.
+pub fn up(args: &UpArgs) -> Result<()> {
+    let (n, t, batching) = checked(args)?;
     let dir = &args.data_dir;
     fs::create_dir_all(dir.join("manager"))
         .with_context(|| format!("creating {}", dir.display()))?;
@@ -648,6 +672,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         ports.manager,
         args.round_timeout_ms,
         args.fanout,
+        batching,
         &nodes,
     )?;
 

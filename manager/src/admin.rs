@@ -34,7 +34,7 @@ use tkms_registry::{
 };
 use tokio::task::JoinSet;
 
-use crate::cluster::{Cluster, ClusterError, Fanout, NodeEndpoint, S};
+use crate::cluster::{Batching, Cluster, ClusterError, Fanout, NodeEndpoint, S};
 
 /// What a node reports serving: (epoch, commitment, transcript hash).
 type Reported = (u64, Vec<u8>, Vec<u8>);
@@ -286,6 +286,7 @@ pub struct Admin {
     busy: tokio::sync::Mutex<()>,
     publisher: Option<RegistryClient>,
     fanout: Fanout,
+    batching: Batching,
     tls: ManagerTls,
 }
 
@@ -315,8 +316,17 @@ impl Admin {
             busy: tokio::sync::Mutex::new(()),
             publisher: None,
             fanout: Fanout::All,
+            batching: Batching::default(),
             tls,
         })
+    }
+
+    /// Serve every epoch with this coalescing of `/v0` delegations (default
+    /// [`Batching::default`]).
+    #[must_use]
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = batching;
+        self
     }
 
     /// Serve every epoch with this fan-out policy (default [`Fanout::All`]).
@@ -569,7 +579,8 @@ impl Admin {
             self.timeout,
         )
         .map_err(|e: ClusterError| AdminError::State(e.to_string()))?
-        .with_fanout(self.fanout);
+        .with_fanout(self.fanout)
+        .with_batching(self.batching);
         tracing::info!(
             epoch = record.epoch,
             threshold = record.threshold,

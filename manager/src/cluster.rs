@@ -324,10 +324,10 @@ pub struct NodeEndpoint {
     pub key: Option<Encoded<Secp256k1>>,
 }
 
-/// Most delegations sent to the nodes in one batch call.
+/// Most delegations sent to the nodes in one batch call, by default.
 pub const DELEGATION_BATCH: usize = 64;
 
-/// Delegation batches in flight at once. While one is, new requests wait in the queue and
+/// Delegation batches in flight at once, by default. While one is, new requests wait in the queue and
 /// leave together in the next batch: under load, one call per node carries many requests (less
 /// TLS, HTTP/2 and scheduling work per request, and their proofs are checked in one batch);
 /// alone, a request leaves at once, as a batch of one. Nodes spread a batch over their cores.
@@ -335,6 +335,58 @@ pub const DELEGATION_BATCH: usize = 64;
 /// relative to the load generator's, 1.39–1.51 with one slot, 1.59–1.64 with two, 1.92–1.96
 /// with every request on its own).
 pub const DELEGATION_BATCHES_IN_FLIGHT: usize = 1;
+
+/// How concurrent `/v0` delegations are coalesced: at most `max` per batch call, and
+/// `in_flight` batches at once (the operator's `--delegation-batch` and
+/// `--delegation-batches-in-flight`; defaults [`DELEGATION_BATCH`] and
+/// [`DELEGATION_BATCHES_IN_FLIGHT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    max: usize,
+    in_flight: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max: DELEGATION_BATCH,
+            in_flight: DELEGATION_BATCHES_IN_FLIGHT,
+        }
+    }
+}
+
+impl Batching {
+    /// Most batches in flight that can be asked for.
+    pub const MAX_IN_FLIGHT: usize = 1024;
+
+    /// `max` delegations per batch (1..=[`tkms_proto::MAX_BATCH`], what a node accepts in
+    /// one call), `in_flight` batches at once (1..=[`Batching::MAX_IN_FLIGHT`]).
+    pub fn new(max: usize, in_flight: usize) -> Result<Self, String> {
+        if !(1..=tkms_proto::MAX_BATCH).contains(&max) {
+            return Err(format!(
+                "a delegation batch holds 1..={} requests, got {max}",
+                tkms_proto::MAX_BATCH
+            ));
+        }
+        if !(1..=Self::MAX_IN_FLIGHT).contains(&in_flight) {
+            return Err(format!(
+                "delegation batches in flight must be 1..={}, got {in_flight}",
+                Self::MAX_IN_FLIGHT
+            ));
+        }
+        Ok(Self { max, in_flight })
+    }
+
+    /// Most delegations per batch call.
+    pub fn max(self) -> usize {
+        self.max
+    }
+
+    /// Batches in flight at once.
+    pub fn in_flight(self) -> usize {
+        self.in_flight
+    }
+}
 
 /// A `/v0` delegation waiting for a batch.
 struct Queued {
@@ -347,6 +399,8 @@ struct Queued {
 /// The queue of delegations, and the batch slots.
 struct Coalescer {
     queue: Mutex<VecDeque<Queued>>,
+    /// Most delegations per batch.
+    max: usize,
     slots: Arc<Semaphore>,
     /// Batches sent, and the delegations they carried.
     batches: AtomicU64,
@@ -410,6 +464,7 @@ impl Cluster {
             core: Arc::new(Core::new(endpoints, keys, epoch, manager_key, timeout)?),
             coalescer: Coalescer {
                 queue: Mutex::default(),
+                max: DELEGATION_BATCH,
                 slots: Arc::new(Semaphore::new(DELEGATION_BATCHES_IN_FLIGHT)),
                 batches: AtomicU64::new(0),
                 batched: AtomicU64::new(0),
@@ -422,6 +477,14 @@ impl Cluster {
     #[must_use]
     pub fn with_fanout(mut self, fanout: Fanout) -> Self {
         self.fanout = fanout;
+        self
+    }
+
+    /// Coalesce `/v0` delegations as `batching` says (default [`Batching::default`]).
+    #[must_use]
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.coalescer.max = batching.max;
+        self.coalescer.slots = Arc::new(Semaphore::new(batching.in_flight));
         self
     }
 
@@ -441,8 +504,8 @@ impl Cluster {
     }
 
     /// Obtain `x(S)` for the ephemeral key `K`: `t` verified partial delegations, combined.
-    /// Concurrent calls are coalesced into batches ([`DELEGATION_BATCHES_IN_FLIGHT`]); each
-    /// still gets its own answer and its own failures.
+    /// Concurrent calls are coalesced into batches ([`Batching`]); each still gets its own
+    /// answer and its own failures.
     pub async fn delegate(
         &self,
         ephemeral: Encoded<S>,
@@ -474,7 +537,7 @@ impl Cluster {
             };
             let batch: Vec<Queued> = {
                 let mut queue = self.queue();
-                let take = queue.len().min(DELEGATION_BATCH);
+                let take = queue.len().min(self.coalescer.max);
                 queue.drain(..take).collect()
             };
             if batch.is_empty() {

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     admin::{Admin, Served},
-    cluster::Fanout,
+    cluster::{Batching, Fanout},
     file_registry::FileRegistry,
     http::{router, AppState, Metrics},
 };
@@ -65,6 +65,13 @@ pub struct ManagerConfig {
     /// Hedge delay of a `t`/`t+K` fan-out, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub hedge_after_ms: u64,
+    /// Most concurrent `/v0` delegations sent to the nodes in one batch call (1..=256).
+    #[arg(long, default_value_t = crate::cluster::DELEGATION_BATCH)]
+    pub delegation_batch: usize,
+    /// `/v0` delegation batches in flight at once; while they are, new requests queue for
+    /// the next batch (1..=1024). One measured the least CPU per request (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = crate::cluster::DELEGATION_BATCHES_IN_FLIGHT)]
+    pub delegation_batches_in_flight: usize,
     /// Longest wait for one ceremony round, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub round_timeout_ms: u64,
@@ -194,13 +201,17 @@ pub async fn run(
     if let Some(publisher) = publisher {
         admin = admin.with_publisher(publisher);
     }
-    admin = admin.with_fanout(match config.fanout {
-        Fanout::Hedged { extra, .. } => Fanout::Hedged {
-            extra,
-            hedge: Duration::from_millis(config.hedge_after_ms),
-        },
-        other => other,
-    });
+    let batching = Batching::new(config.delegation_batch, config.delegation_batches_in_flight)
+        .map_err(ManagerError::Config)?;
+    admin = admin
+        .with_batching(batching)
+        .with_fanout(match config.fanout {
+            Fanout::Hedged { extra, .. } => Fanout::Hedged {
+                extra,
+                hedge: Duration::from_millis(config.hedge_after_ms),
+            },
+            other => other,
+        });
     let admin = Arc::new(admin);
     if let Some(record) = admin.recover().await? {
         tracing::info!(epoch = record.epoch, "serving the recorded epoch");

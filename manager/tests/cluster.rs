@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{ecies, shamir, suite::Encoded, NodeIndex, SecretScalar};
-use tkms_manager::cluster::{Cluster, ClusterError, Fanout, NodeEndpoint, NodeFailure};
+use tkms_manager::cluster::{Batching, Cluster, ClusterError, Fanout, NodeEndpoint, NodeFailure};
 
 mod common;
 
@@ -400,6 +400,49 @@ async fn nodes_without_batch_calls_are_asked_one_delegation_at_a_time() {
         );
     }
     assert!(cluster.delegation_batches().0 < 6);
+}
+
+/// The operator's batch bounds hold: with at most 3 delegations per call and one batch in
+/// flight, 12 concurrent requests leave in at least 4 calls, each answered on its own.
+#[tokio::test]
+async fn operator_batch_bounds_are_kept() {
+    let tc = start(2, 3, &[], 12).await;
+    let cluster = tc
+        .cluster(Duration::from_secs(5))
+        .with_batching(Batching::new(3, 1).unwrap());
+    let cts: Vec<_> = (0..12u8).map(|r| encrypt(&tc.keys, &[r; 4])).collect();
+    let calls = cts.iter().enumerate().map(|(r, ct)| {
+        cluster.delegate(
+            Encoded::new(*ct.ephemeral()),
+            vec![u8::try_from(r).unwrap()],
+            None,
+        )
+    });
+    let answers = futures::future::join_all(calls).await;
+    for (r, (answer, ct)) in answers.into_iter().zip(&cts).enumerate() {
+        let secret = answer.unwrap().value;
+        let r = u8::try_from(r).unwrap();
+        assert_eq!(
+            &*ecies::open_with_shared_secret(&secret, ct).unwrap(),
+            &[r; 4]
+        );
+    }
+    let (batches, batched) = cluster.delegation_batches();
+    assert_eq!(batched, 12);
+    assert!(
+        batches >= 4,
+        "{batches} batches of at most 3 for 12 requests"
+    );
+}
+
+#[test]
+fn batch_bounds_are_checked() {
+    assert_eq!(Batching::default(), Batching::new(64, 1).unwrap());
+    assert_eq!(Batching::new(256, 1024).unwrap().max(), 256);
+    for (max, in_flight) in [(0, 1), (257, 1), (64, 0), (64, 1025)] {
+        let err = Batching::new(max, in_flight).unwrap_err();
+        assert!(err.contains("1..="), "{err}");
+    }
 }
 
 #[test]

@@ -34,8 +34,8 @@ use tonic::{Request, Response, Status};
 /// The suite the cluster runs (secp256k1, Nox-compatible).
 pub type ClusterSuite = Secp256k1;
 
-/// Largest number of capsules in one re-encryption request.
-pub const MAX_BATCH: usize = 256;
+/// Largest number of capsules in one re-encryption request, or of delegations in one batch.
+pub use tkms_proto::MAX_BATCH;
 /// Largest request id, in bytes.
 pub const MAX_REQUEST_ID: usize = 64;
 

@@ -13,6 +13,10 @@ pub mod node {
 
 pub mod tls;
 
+/// Most items in one batch call (`PartialDelegationBatch`'s requests,
+/// `PartialReencryptionBatch`'s capsules): a node refuses a larger batch.
+pub const MAX_BATCH: usize = 256;
+
 impl node::v1::ItemError {
     /// One batch item's refusal, as the status the single call would have answered.
     pub fn from_status(status: &tonic::Status) -> Self {
