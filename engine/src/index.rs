@@ -55,7 +55,7 @@ use crate::records::{
     SegmentBlock, SegmentCodes, SegmentIds, SegmentMeta, SegmentState, State, UserRecord,
     KIND_BLOCK, KIND_CODES, KIND_DOC, KIND_META, KIND_VECTOR, UID_LEN,
 };
-use crate::scan::{exact_rank, sane_rank, Block, Probe, TILE};
+use crate::scan::{exact_rank, sane_rank, Block, Probe, MATCHED_TOGETHER, TILE};
 use crate::store::{value_digest, Applied, Precondition, Store, WriteBatch};
 use crate::types::{
     CompactionStats, IndexConfig, Item, QueryParams, QueryResult, TrainParams, MAX_ABS_COMPONENT,
@@ -517,8 +517,6 @@ type SharedSegments = HashMap<(u32, u64), OpenSegment>;
 /// Queries of a list scored together, against runs of [`TILES_SCORED_TOGETHER`] tiles: the
 /// score buffer holds at most `64 · 1024` ranks (256 KiB), however large a segment.
 const SCORED_TOGETHER: usize = 64;
-/// Vectors (items, queries) matched against the centroids together.
-const ASSIGNED_TOGETHER: usize = 64;
 const TILES_SCORED_TOGETHER: usize = 64;
 
 /// Queries of a batch that share their opened segments (bounds the plaintext codes held at
@@ -991,7 +989,7 @@ impl Index {
             Some(c) => {
                 let probe = Probe::new(c, state.config.dimension, state.config.metric);
                 items
-                    .par_chunks(ASSIGNED_TOGETHER)
+                    .par_chunks(MATCHED_TOGETHER)
                     .map_init(Vec::new, |scratch, items| {
                         let vs: Vec<&[f32]> = items.iter().map(|p| p.prepared.as_slice()).collect();
                         probe
@@ -1185,9 +1183,21 @@ impl Index {
 
     /// The lists `query` probes.
     fn probed_lists(loaded: &Loaded, plan: &Plan, pq: &[f32], scratch: &mut Vec<f32>) -> Vec<u32> {
+        Self::probed_lists_many(loaded, plan, &[pq], scratch)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// The lists each of `pqs` probes (an untrained index has the one list 0).
+    fn probed_lists_many(
+        loaded: &Loaded,
+        plan: &Plan,
+        pqs: &[&[f32]],
+        scratch: &mut Vec<f32>,
+    ) -> Vec<Vec<u32>> {
         match &loaded.probe {
-            None => vec![0],
-            Some(p) => p.nearest(pq, plan.n_probes, scratch),
+            None => vec![vec![0]; pqs.len()],
+            Some(p) => p.nearest_many(pqs, plan.n_probes, scratch),
         }
     }
 
@@ -1203,13 +1213,10 @@ impl Index {
         let pqs: Vec<Vec<f32>> = queries.par_iter().map(|q| metric.prepare(q)).collect();
         let mut by_list: Vec<Vec<u32>> = vec![Vec::new(); state.lists.len()];
         let probes: Vec<Vec<u32>> = pqs
-            .par_chunks(ASSIGNED_TOGETHER)
-            .map_init(Vec::new, |scratch, pqs| match &loaded.probe {
-                None => vec![vec![0]; pqs.len()],
-                Some(p) => {
-                    let vs: Vec<&[f32]> = pqs.iter().map(Vec::as_slice).collect();
-                    p.nearest_many(&vs, plan.n_probes, scratch)
-                }
+            .par_chunks(MATCHED_TOGETHER)
+            .map_init(Vec::new, |scratch, pqs| {
+                let vs: Vec<&[f32]> = pqs.iter().map(Vec::as_slice).collect();
+                Self::probed_lists_many(loaded, plan, &vs, scratch)
             })
             .flatten_iter()
             .collect();

@@ -11,11 +11,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::metric::{l2_squared, Metric};
-use crate::scan::Probe;
-
-/// Points assigned to their nearest centroid together (one pass over the centroids per
-/// group of four, see [`crate::scan::Block::rank_many`]).
-const ASSIGNED_TOGETHER: usize = 64;
+use crate::scan::{Probe, MATCHED_TOGETHER};
 
 /// Trains `k` centroids (flattened, `k · dim`) on `data` (flattened rows of `dim`).
 /// Requires `k <= rows`.
@@ -60,10 +56,10 @@ pub(crate) fn train(data: &[f32], dim: usize, k: usize, iters: usize, seed: u64)
     for _ in 0..iters {
         let probe = Probe::new(&centroids, dim, Metric::Euclidean);
         let changed: usize = assign
-            .par_chunks_mut(ASSIGNED_TOGETHER)
+            .par_chunks_mut(MATCHED_TOGETHER)
             .enumerate()
             .map_init(Vec::new, |scratch, (chunk, assigned)| {
-                let first = chunk * ASSIGNED_TOGETHER;
+                let first = chunk * MATCHED_TOGETHER;
                 let rows: Vec<&[f32]> = (first..first + assigned.len()).map(row).collect();
                 let nearest = probe.nearest_many(&rows, 1, scratch);
                 let mut moved = 0;

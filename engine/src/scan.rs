@@ -280,6 +280,10 @@ pub(crate) fn exact_rank(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     sane_rank(r)
 }
 
+/// Vectors (k-means points, upserted items, queries) matched against the centroids in one
+/// [`Probe::nearest_many`] call: the centroids are read once per group of [`GROUP`].
+pub(crate) const MATCHED_TOGETHER: usize = 64;
+
 /// The centroids prepared for ranking lists against a prepared vector under the index
 /// metric: as stored for L2 and inner product, normalized for cosine (so the list rank is
 /// `-cos` of the centroid direction, as before).
@@ -312,6 +316,7 @@ impl Probe {
 
     /// Indices of the `n` lists best matching `v`, best first (ties by index); `scratch` is
     /// reused between calls.
+    #[cfg(test)]
     pub(crate) fn nearest(&self, v: &[f32], n: usize, scratch: &mut Vec<f32>) -> Vec<u32> {
         self.nearest_many(std::slice::from_ref(&v), n, scratch)
             .pop()

@@ -407,6 +407,18 @@ struct Coalescer {
     batched: AtomicU64,
 }
 
+impl Coalescer {
+    fn new(batching: Batching) -> Self {
+        Self {
+            queue: Mutex::default(),
+            max: batching.max,
+            slots: Arc::new(Semaphore::new(batching.in_flight)),
+            batches: AtomicU64::new(0),
+            batched: AtomicU64::new(0),
+        }
+    }
+}
+
 /// A delegation of a batch in progress; `reply` is taken when it is answered.
 struct Open {
     domain: DelegationRequest<S>,
@@ -462,13 +474,7 @@ impl Cluster {
     ) -> Result<Self, ClusterError> {
         Ok(Self {
             core: Arc::new(Core::new(endpoints, keys, epoch, manager_key, timeout)?),
-            coalescer: Coalescer {
-                queue: Mutex::default(),
-                max: DELEGATION_BATCH,
-                slots: Arc::new(Semaphore::new(DELEGATION_BATCHES_IN_FLIGHT)),
-                batches: AtomicU64::new(0),
-                batched: AtomicU64::new(0),
-            },
+            coalescer: Coalescer::new(Batching::default()),
             fanout: Fanout::All,
         })
     }
@@ -483,8 +489,7 @@ impl Cluster {
     /// Coalesce `/v0` delegations as `batching` says (default [`Batching::default`]).
     #[must_use]
     pub fn with_batching(mut self, batching: Batching) -> Self {
-        self.coalescer.max = batching.max;
-        self.coalescer.slots = Arc::new(Semaphore::new(batching.in_flight));
+        self.coalescer = Coalescer::new(batching);
         self
     }
 
