@@ -99,9 +99,9 @@ where
     F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    tkms_node::daemon::init_tracing();
+    tkms_daemon::init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(daemon(Box::pin(tkms_node::daemon::shutdown_signal())))
+    runtime.block_on(daemon(Box::pin(tkms_daemon::shutdown_signal())))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
