@@ -122,6 +122,7 @@ async fn published_key_matches_and_a_revoked_gateway_is_refused_within_one_block
         registry: Box::new(registry),
         metrics: Metrics::default(),
         nonces: tkms_sdk::v1::NonceCache::default(),
+        front: Arc::default(),
     }));
 
     // The manager publishes the epoch it serves, with its own wallet key (the same k256 type

@@ -50,6 +50,7 @@ async fn fixture(liars: &[u16]) -> Fixture {
         ),
         metrics: Metrics::default(),
         nonces: tkms_sdk::v1::NonceCache::default(),
+        front: Arc::default(),
     };
     Fixture {
         app: router(Arc::new(state)),
