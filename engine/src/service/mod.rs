@@ -50,6 +50,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tkms_daemon::http::HttpLimits;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
@@ -83,6 +84,9 @@ pub struct ServiceConfig {
     pub key_providers: Vec<Arc<dyn KeyProvider>>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Connection bounds and header, body and idle deadlines of the listener (its
+    /// `max_body_bytes` is replaced by the one above).
+    pub listener: HttpLimits,
 }
 
 impl std::fmt::Debug for ServiceConfig {
@@ -103,6 +107,7 @@ impl std::fmt::Debug for ServiceConfig {
                     .collect::<Vec<_>>(),
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("listener", &self.listener)
             .finish()
     }
 }
@@ -120,6 +125,7 @@ impl ServiceConfig {
             api_keys,
             key_providers: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            listener: HttpLimits::with_max_body(DEFAULT_MAX_BODY_BYTES),
         }
     }
 }
@@ -128,6 +134,7 @@ impl ServiceConfig {
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: HttpLimits,
 }
 
 impl std::fmt::Debug for Server {
@@ -175,6 +182,10 @@ pub async fn bind(config: ServiceConfig) -> crate::Result<Server> {
     Ok(Server {
         listener,
         router: router(state, config.max_body_bytes),
+        limits: HttpLimits {
+            max_body_bytes: config.max_body_bytes,
+            ..config.listener
+        },
     })
 }
 
@@ -186,15 +197,21 @@ impl Server {
             .map_err(|e| Error::Storage(format!("listener address: {e}")))
     }
 
-    /// Serves until `shutdown` completes, then finishes the requests in flight.
+    /// Serves until `shutdown` completes, then finishes the requests in flight. Connections
+    /// are bounded and timed as [`ServiceConfig::listener`] says ([`tkms_daemon::http`]).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> crate::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::Storage(format!("HTTP server failed: {e}")))
+        tkms_daemon::http::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            Arc::default(),
+            shutdown,
+        )
+        .await
+        .map_err(|e| Error::Storage(format!("HTTP server failed: {e}")))
     }
 }
 
