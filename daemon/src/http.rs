@@ -114,6 +114,20 @@ pub struct HttpLimitArgs {
     pub body_timeout_ms: u64,
 }
 
+impl Default for HttpLimitArgs {
+    /// The flags' defaults.
+    fn default() -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_PER_ADDRESS,
+            header_timeout_ms: ms(DEFAULT_HEADER_TIMEOUT),
+            idle_timeout_ms: ms(DEFAULT_IDLE_TIMEOUT),
+            body_timeout_ms: ms(DEFAULT_BODY_TIMEOUT),
+        }
+    }
+}
+
 impl HttpLimitArgs {
     /// The limits, checked, with this body bound.
     pub fn limits(&self, max_body_bytes: usize) -> Result<HttpLimits, String> {

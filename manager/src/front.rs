@@ -90,6 +90,20 @@ pub struct FrontDoorArgs {
     pub nonce_journal: Option<PathBuf>,
 }
 
+impl Default for FrontDoorArgs {
+    /// Default listener bounds; no quota, no audit log, no replay journal.
+    fn default() -> Self {
+        Self {
+            http: HttpLimitArgs::default(),
+            quotas: QuotaArgs::default(),
+            audit_log: None,
+            audit_fail: AuditFail::Closed,
+            audit_sync: "always".into(),
+            nonce_journal: None,
+        }
+    }
+}
+
 tokio::task_local! {
     /// What the handler of the current request learned, for its audit entry.
     static FACTS: Arc<Mutex<Facts>>;

@@ -276,6 +276,9 @@ async fn delegate(
         tracing::warn!(%signer, chain_id, "refused /v0/delegate from a signer that is not a gateway");
         return nox_error(&state, &NoxError::SignerNotAuthorized { signer, chain_id });
     }
+    // The request id binds every node's proof to this exact authorized request.
+    let request_id = request.request_id();
+    crate::front::note_digest(&request_id);
     if let Err(refusal) =
         state
             .front
@@ -283,9 +286,6 @@ async fn delegate(
     {
         return refusal;
     }
-    // The request id binds every node's proof to this exact authorized request.
-    let request_id = request.request_id();
-    crate::front::note_digest(&request_id);
     let authorization = pb::RequesterAuthorization {
         scheme: Some(pb::requester_authorization::Scheme::Eip712Delegate(
             pb::Eip712Delegate {
@@ -392,6 +392,8 @@ fn admit<R: SignedV1>(
         Ok((request, signer))
     });
     let (request, signer) = checked.map_err(|e| v1_error(state, route, &e))?;
+    let digest = request.digest();
+    crate::front::note_digest(digest.as_slice());
     // Over its quota: refused before its nonce is spent, so it may be sent again.
     state.front.admit_requester(
         state.registry.as_ref(),
@@ -406,8 +408,6 @@ fn admit<R: SignedV1>(
         .and_then(|()| state.nonces.use_once(signer, request.freshness(), now))
         .map_err(|e| v1_error(state, route, &e))?;
     let cluster = state.served.cluster().ok_or_else(no_key)?;
-    let digest = request.digest();
-    crate::front::note_digest(digest.as_slice());
     let authorization = eip712_authorization(
         request.chain_id(),
         digest,
