@@ -450,7 +450,8 @@ async fn front_door(State(front): State<Arc<FrontDoor>>, request: Request, next:
         }
         if let Err(response) = refusal {
             if audited {
-                let entries = entries(route, client, &response, None, &Facts::default());
+                let code = json!({ "code": "rate_limited" });
+                let entries = entries(route, client, &response, Some(&code), &Facts::default());
                 // A refusal is recorded, but does not wait for the disk.
                 let _ = front.record(entries, false).await;
             }
