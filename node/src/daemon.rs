@@ -294,8 +294,7 @@ pub async fn run(
     let incoming = tkms_proto::tls::incoming_with(listener, tls, listener_limits, Arc::default());
     let result = tonic::transport::Server::builder()
         .add_service(NodeServer::new(crate::front::AuditedNode::new(
-            service,
-            Some(audit),
+            service, audit,
         )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -46,6 +46,10 @@ pub struct NodeFrontArgs {
     /// return partials, `open` returns them anyway.
     #[arg(long, value_enum, default_value_t = AuditFail::Closed)]
     pub audit_fail: AuditFail,
+    /// Serve partials without recording them (to measure what the audit log costs; never
+    /// in production: a compromised manager could then use the key without a trace here).
+    #[arg(long)]
+    pub no_audit_log: bool,
 }
 
 impl NodeFrontArgs {
@@ -384,29 +388,36 @@ impl pb::node_server::Node for AuditedNode {
     }
 }
 
+/// The replay cache, the audit log (if kept) and the listener bounds of a node.
+pub type Opened = (
+    Arc<tkms_sdk::v1::NonceCache>,
+    Option<Arc<NodeAudit>>,
+    ListenerLimits,
+);
+
 /// What a node opens before it serves: its replay journal (`<dir>/nonces.journal`), its
-/// audit log (`<dir>/audit.jsonl`) and its listener bounds (trusting `managers`).
+/// audit log (`<dir>/audit.jsonl`, unless `--no-audit-log`) and its listener bounds
+/// (trusting `managers`).
 pub fn open(
     args: &NodeFrontArgs,
     dir: &Path,
     managers: &[tkms_crypto::suite::Encoded<crate::service::ClusterSuite>],
-) -> Result<
-    (
-        Arc<tkms_sdk::v1::NonceCache>,
-        Arc<NodeAudit>,
-        ListenerLimits,
-    ),
-    String,
-> {
+) -> Result<Opened, String> {
     let journal = dir.join("nonces.journal");
     let nonces = tkms_daemon::nonces::NonceJournal::open_cache(&journal, tkms_sdk::v1::now_secs())
         .map_err(|e| format!("replay journal {}: {e}", journal.display()))?;
-    let audit = NodeAudit::open(dir, args.audit_fail)
-        .map_err(|e| format!("audit log {}: {e}", dir.join("audit.jsonl").display()))?;
+    let audit = if args.no_audit_log {
+        tracing::warn!("--no-audit-log: partials are served without being recorded");
+        None
+    } else {
+        let audit = NodeAudit::open(dir, args.audit_fail)
+            .map_err(|e| format!("audit log {}: {e}", dir.join("audit.jsonl").display()))?;
+        Some(Arc::new(audit))
+    };
     let trusted = managers
         .iter()
         .filter_map(|k| <[u8; 33]>::try_from(k.bytes().as_slice()).ok())
         .collect();
     let limits = args.listener(trusted)?;
-    Ok((Arc::new(nonces), Arc::new(audit), limits))
+    Ok((Arc::new(nonces), audit, limits))
 }
