@@ -80,15 +80,18 @@ pub struct ConnectionStats {
 }
 
 impl ConnectionStats {
-    /// Count a connection the server closed.
-    pub fn closed(&self, why: Closed) {
-        let counter = match why {
+    fn closed_counter(&self, why: Closed) -> &AtomicU64 {
+        match why {
             Closed::HeaderTimeout => &self.header_timeout,
             Closed::BodyTimeout => &self.body_timeout,
             Closed::IdleTimeout => &self.idle_timeout,
             Closed::Handshake => &self.handshake,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Count a connection the server closed.
+    pub fn closed(&self, why: Closed) {
+        self.closed_counter(why).fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections open now.
@@ -103,13 +106,7 @@ impl ConnectionStats {
 
     /// Connections closed so far for `why`.
     pub fn closed_count(&self, why: Closed) -> u64 {
-        match why {
-            Closed::HeaderTimeout => &self.header_timeout,
-            Closed::BodyTimeout => &self.body_timeout,
-            Closed::IdleTimeout => &self.idle_timeout,
-            Closed::Handshake => &self.handshake,
-        }
-        .load(Ordering::Relaxed)
+        self.closed_counter(why).load(Ordering::Relaxed)
     }
 
     /// Prometheus text, metric names starting with `prefix` (e.g. `tkms`).

@@ -148,7 +148,8 @@ pub fn note_items<'a>(ids: impl IntoIterator<Item = &'a [u8]>) {
     note(|f| f.items = ids.into_iter().map(hex0x).collect());
 }
 
-fn failure_kind(failure: &NodeFailure) -> &'static str {
+/// The name of a node failure's kind, in metrics and the audit log.
+pub fn failure_kind(failure: &NodeFailure) -> &'static str {
     match failure {
         NodeFailure::Timeout => "timeout",
         NodeFailure::Unreachable(_) => "unreachable",

@@ -52,14 +52,7 @@ pub struct Metrics {
 
 impl Metrics {
     fn node_failed(&self, node: u16, failure: &NodeFailure) {
-        let kind = match failure {
-            NodeFailure::Timeout => "timeout",
-            NodeFailure::Unreachable(_) => "unreachable",
-            NodeFailure::Refused(_) => "refused",
-            NodeFailure::Denied(_) => "denied",
-            NodeFailure::Malformed(_) => "malformed",
-            NodeFailure::InvalidProof => "invalid_proof",
-        };
+        let kind = crate::front::failure_kind(failure);
         if let Ok(mut map) = self.node_failures.lock() {
             *map.entry((node, kind)).or_default() += 1;
         }
