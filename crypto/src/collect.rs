@@ -380,7 +380,10 @@ impl<F: Clone> Collector<F> {
                 let possible = item.verified.len()
                     + item.candidates.len()
                     + waiting
-                    + in_flight.iter().filter(|n| !item.failed.contains(n)).count();
+                    + in_flight
+                        .iter()
+                        .filter(|n| !item.failed.contains(n))
+                        .count();
                 if item.verified.len() >= threshold {
                     item.outcome = Some(Outcome::Served);
                 } else if possible < threshold {

@@ -194,7 +194,7 @@ pub enum Refusal {
         committed: u64,
     },
     /// Not an epoch this node holds.
-    #[error("this node serves epochs {held:?}, not {asked}")]
+    #[error("this node serves epoch{} {}, not {asked}", if held.len() == 1 { "" } else { "s" }, held.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))]
     NotHeld {
         /// The epoch asked for.
         asked: u64,

@@ -33,12 +33,20 @@ fn report(node: u16, held: Vec<Held>, committed: u64) -> Report<u16> {
 
 /// Five nodes of epoch 1 (3 of 5), all told it is committed.
 fn steady() -> Vec<Report<u16>> {
-    (1..=5).map(|i| report(i, vec![held(1, i, 3, 5)], 1)).collect()
+    (1..=5)
+        .map(|i| report(i, vec![held(1, i, 3, 5)], 1))
+        .collect()
 }
 
 #[test]
 fn steady_state_serves_the_committed_epoch_and_settles_nothing() {
-    let d = decide(Known { recorded: 1, ..Known::default() }, &steady());
+    let d = decide(
+        Known {
+            recorded: 1,
+            ..Known::default()
+        },
+        &steady(),
+    );
     let serve = d.serve.unwrap();
     assert_eq!(serve.id.epoch, 1);
     assert_eq!(serve.holders.len(), 5);
@@ -67,7 +75,13 @@ fn finished_reshare() -> Vec<Report<u16>> {
 fn a_ceremony_still_running_is_left_alone() {
     let mut reports = finished_reshare();
     reports[6].in_ceremony = true;
-    let d = decide(Known { recorded: 1, ..Known::default() }, &reports);
+    let d = decide(
+        Known {
+            recorded: 1,
+            ..Known::default()
+        },
+        &reports,
+    );
     assert_eq!(d.serve.unwrap().id.epoch, 1);
     assert_eq!(d.commit, None);
     assert!(d.abort.is_empty());
@@ -84,7 +98,13 @@ fn a_ceremony_still_running_is_left_alone() {
 
 #[test]
 fn a_finished_ceremony_whose_manager_crashed_is_committed() {
-    let d = decide(Known { recorded: 1, ..Known::default() }, &finished_reshare());
+    let d = decide(
+        Known {
+            recorded: 1,
+            ..Known::default()
+        },
+        &finished_reshare(),
+    );
     assert_eq!(d.serve.as_ref().unwrap().id.epoch, 1);
     let commit = d.commit.unwrap();
     assert_eq!(commit.id.epoch, 2);
@@ -98,11 +118,16 @@ fn after_the_commit_every_node_is_told_and_the_leavers_retire() {
     // left the committee (it only dealt).
     let mut reports = finished_reshare();
     reports[4].held.retain(|h| h.id.epoch == 1);
-    let d = decide(Known { recorded: 2, ..Known::default() }, &reports);
+    let d = decide(
+        Known {
+            recorded: 2,
+            ..Known::default()
+        },
+        &reports,
+    );
     assert_eq!(d.serve.unwrap().id.epoch, 2);
     assert_eq!(d.settle, vec![1, 2, 3, 4, 5, 6, 7]);
     // Once told, only the one still behind is named.
-    let mut reports = reports;
     for r in &mut reports {
         r.committed = 2;
         r.held.retain(|h| h.id.epoch == 2);
@@ -121,7 +146,13 @@ fn a_stale_state_file_does_not_hold_the_cluster_back() {
         r.held.retain(|h| h.id.epoch == 2);
     }
     // The manager's file says 1, the nodes were all told 2 and erased 1.
-    let d = decide(Known { recorded: 1, ..Known::default() }, &reports);
+    let d = decide(
+        Known {
+            recorded: 1,
+            ..Known::default()
+        },
+        &reports,
+    );
     assert_eq!(d.serve.unwrap().id.epoch, 2);
     assert!(d.settle.is_empty() && d.abort.is_empty() && d.commit.is_none());
 }
@@ -131,7 +162,13 @@ fn a_ceremony_that_too_few_finished_is_rolled_back() {
     let mut reports = steady();
     reports[0].held.push(held(2, 1, 4, 7));
     reports[1].held.push(held(2, 2, 4, 7));
-    let d = decide(Known { recorded: 1, ..Known::default() }, &reports);
+    let d = decide(
+        Known {
+            recorded: 1,
+            ..Known::default()
+        },
+        &reports,
+    );
     assert_eq!(d.serve.unwrap().id.epoch, 1);
     assert_eq!(d.commit, None);
     assert_eq!(d.abort, vec![(1, 2), (2, 2)]);
@@ -155,7 +192,13 @@ fn with_a_chain_the_published_epoch_is_the_commit_point() {
 #[test]
 fn too_few_reachable_holders_serves_nothing_new() {
     let reports: Vec<_> = steady().into_iter().take(2).collect();
-    let d = decide(Known { recorded: 1, ..Known::default() }, &reports);
+    let d = decide(
+        Known {
+            recorded: 1,
+            ..Known::default()
+        },
+        &reports,
+    );
     assert_eq!(d.serve, None);
     assert!(d.settle.is_empty());
 }
