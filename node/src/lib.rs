@@ -8,6 +8,7 @@
 
 pub mod ceremony;
 pub mod daemon;
+pub mod epochs;
 pub mod kms_password;
 pub mod p2p;
 pub mod service;
