@@ -119,7 +119,7 @@ async fn open_registry(
     wallet: &SigningKey,
 ) -> Result<
     (
-        Box<dyn Registry>,
+        Arc<dyn Registry>,
         Option<RegistryClient>,
         Option<AbortOnDrop>,
     ),
@@ -146,7 +146,7 @@ async fn open_registry(
         }
         let publisher = RegistryClient::connect(url, address, Some(signer))
             .map_err(|e| ManagerError::Config(format!("registry {address} at {url}: {e}")))?;
-        return Ok((Box::new(registry), Some(publisher), None));
+        return Ok((Arc::new(registry), Some(publisher), None));
     }
     let path = config
         .registry_file
@@ -154,7 +154,7 @@ async fn open_registry(
         .ok_or_else(|| ManagerError::Config("--registry-file or --rpc-url is required".into()))?;
     let registry = FileRegistry::open(path).map_err(ManagerError::Config)?;
     let watch = AbortOnDrop(registry.watch(Duration::from_secs(1)));
-    Ok((Box::new(registry), None, Some(watch)))
+    Ok((Arc::new(registry), None, Some(watch)))
 }
 
 /// Run the manager until `shutdown` resolves.
@@ -199,7 +199,9 @@ pub async fn run(
         Arc::clone(&served),
     )?;
     if let Some(publisher) = publisher {
-        admin = admin.with_publisher(publisher);
+        admin = admin
+            .with_publisher(publisher)
+            .with_chain(Arc::clone(&registry));
     }
     let batching = Batching::new(config.delegation_batch, config.delegation_batches_in_flight)
         .map_err(ManagerError::Config)?;
@@ -222,12 +224,15 @@ pub async fn run(
     } else {
         tracing::warn!("no key yet: POST /admin/dkg to create one");
     }
+    // From now on the served epoch follows the nodes (and the chain), and a node that answers
+    // again is asked again at once.
+    let _reconciler = AbortOnDrop(tokio::spawn(Arc::clone(&admin).reconcile_forever()));
     let state = Arc::new(AppState {
         served,
         admin: Some(admin),
         admin_token,
         wallet,
-        registry,
+        registry: Box::new(registry),
         metrics: Metrics::default(),
         nonces: tkms_sdk::v1::NonceCache::default(),
     });

@@ -341,6 +341,8 @@ async fn the_manager_publishes_what_nodes_check_and_reports_a_refused_publicatio
                     .unwrap_or_default(),
             })
             .collect(),
+        committee: Vec::new(),
+        dropped: Vec::new(),
     };
     let admin = |key: PrivateKeySigner| {
         Admin::new(
