@@ -139,6 +139,10 @@ pub struct Testnet {
     pub anvil_pid: Option<u32>,
     /// The nodes.
     pub nodes: Vec<TestnetNode>,
+    /// The command line that (re)starts the manager (it recovers the served epoch from its
+    /// state file and the nodes).
+    #[serde(default)]
+    pub manager_command: Vec<String>,
 }
 
 /// The ports of a testnet, as recorded in its `ports.json`.
@@ -445,10 +449,14 @@ async fn ensure_key(
     // Wait for the manager.
     loop {
         manager.check_alive()?;
-        if let Ok(r) = client.get(format!("{manager_url}/health")).send().await {
-            if r.status().is_success() {
-                break;
-            }
+        // Any answer means the manager is up (a degraded cluster answers 503).
+        if client
+            .get(format!("{manager_url}/health"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
         }
         if Instant::now() > deadline {
             bail!(
@@ -494,7 +502,7 @@ fn start_manager(
     fanout: tkms_manager::cluster::Fanout,
     batching: tkms_manager::cluster::Batching,
     nodes: &[(Proc, TestnetNode)],
-) -> Result<Proc> {
+) -> Result<(Proc, Vec<String>)> {
     let mut margs: Vec<String> = vec![
         "manager".into(),
         "run".into(),
@@ -524,7 +532,10 @@ fn start_manager(
         margs.push("--node".into());
         margs.push(format!("http://{}", node.grpc_addr));
     }
-    Proc::spawn("manager".into(), &margs, &mdir.join("manager.log"))
+    let proc = Proc::spawn("manager".into(), &margs, &mdir.join("manager.log"))?;
+    let mut command = vec![std::env::current_exe()?.display().to_string()];
+    command.extend(margs);
+    Ok((proc, command))
 }
 
 fn print_summary(testnet: &Testnet, out: &Path, manager_pid: u32, t: u16, n: u16) {
@@ -666,7 +677,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
 
     let manager_url = format!("http://127.0.0.1:{}", ports.manager);
     ports.held.release(ports.manager);
-    let mut manager = start_manager(
+    let (mut manager, manager_command) = start_manager(
         &mdir,
         &registry_args,
         ports.manager,
@@ -707,6 +718,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
             .map(|c| c.deployment.owner_key.to_bytes().to_string()),
         anvil_pid: chain.as_ref().map(|c| c.anvil.child().id()),
         nodes: nodes.iter().map(|(_, n)| n.clone()).collect(),
+        manager_command,
     };
     let out = &args.out;
     let tmp = out.with_extension("json.tmp");
