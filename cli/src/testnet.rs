@@ -1,4 +1,4 @@
-//! `tkms testnet up`: a whole cluster on loopback (DESIGN.md §5). It starts `N` node processes
+//! `tkms testnet up`: a whole cluster on loopback (docs/ARCHITECTURE.md §6). It starts `N` node processes
 //! and a manager (this same binary, `tkms node run` / `tkms manager run`), runs the DKG
 //! through the manager's admin API, writes `testnet.json` as soon as the cluster serves, and
 //! stops everything on Ctrl-C.
@@ -10,7 +10,7 @@
 //! resumes the same cluster (same ports, same key) instead of creating a new one; a node
 //! killed and restarted with the command recorded in `testnet.json` rejoins with its share.
 //!
-//! With `--chain` the registry is on a real local chain instead of a file (DESIGN.md §4.3):
+//! With `--chain` the registry is on a real local chain instead of a file (docs/ARCHITECTURE.md §4.3):
 //! anvil is started ([`tkms_registry::anvil`]), a `TkmsRegistry` deployed by anvil's first
 //! development account (the owner), the manager wallet made its manager, the development
 //! gateway and runner granted their roles, and each node registered (index, libp2p peer id,
@@ -113,6 +113,10 @@ pub struct Testnet {
     pub threshold: u16,
     /// Manager process id.
     pub manager_pid: u32,
+    /// The command line that (re)starts the manager: same port, keys, registry and state
+    /// file. Empty in a testnet.json written before it was recorded.
+    #[serde(default)]
+    pub manager_command: Vec<String>,
     /// Address of the wallet that signs `/v0/delegate` proofs.
     pub manager_address: String,
     /// Development gateway key (authorized in the registry file), hex with 0x.
@@ -485,7 +489,8 @@ async fn ensure_key(
     Ok(key.json::<serde_json::Value>().await?)
 }
 
-/// Start the manager process in front of `nodes`.
+/// Start the manager process in front of `nodes`; also the full command line that restarts
+/// it.
 fn start_manager(
     mdir: &Path,
     registry_args: &[String],
@@ -494,7 +499,7 @@ fn start_manager(
     fanout: tkms_manager::cluster::Fanout,
     batching: tkms_manager::cluster::Batching,
     nodes: &[(Proc, TestnetNode)],
-) -> Result<Proc> {
+) -> Result<(Proc, Vec<String>)> {
     let mut margs: Vec<String> = vec![
         "manager".into(),
         "run".into(),
@@ -524,7 +529,10 @@ fn start_manager(
         margs.push("--node".into());
         margs.push(format!("http://{}", node.grpc_addr));
     }
-    Proc::spawn("manager".into(), &margs, &mdir.join("manager.log"))
+    let proc = Proc::spawn("manager".into(), &margs, &mdir.join("manager.log"))?;
+    let mut command = vec![std::env::current_exe()?.display().to_string()];
+    command.extend(margs);
+    Ok((proc, command))
 }
 
 fn print_summary(testnet: &Testnet, out: &Path, manager_pid: u32, t: u16, n: u16) {
@@ -666,7 +674,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
 
     let manager_url = format!("http://127.0.0.1:{}", ports.manager);
     ports.held.release(ports.manager);
-    let mut manager = start_manager(
+    let (mut manager, manager_command) = start_manager(
         &mdir,
         &registry_args,
         ports.manager,
@@ -695,6 +703,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         public_key: public["publicKey"].as_str().unwrap_or_default().to_string(),
         threshold: u16::try_from(public["threshold"].as_u64().unwrap_or_default()).unwrap_or(t),
         manager_pid: manager.pid(),
+        manager_command,
         manager_address: tkms_manager::nox::wallet_address(&wallet).to_string(),
         gateway_private_key: format!("0x{}", gateway_hex.as_str()),
         runner_private_key: format!("0x{}", runner_hex.as_str()),
