@@ -1,4 +1,4 @@
-//! The `tkms` [`KeyProvider`] (DESIGN §4.4): the index KEK is ECIES-encrypted to the tkms
+//! The `tkms` [`KeyProvider`] (docs/ARCHITECTURE.md §4.4): the index KEK is ECIES-encrypted to the tkms
 //! cluster public key, and unwrapped at load through the cluster, which never holds the
 //! whole private key.
 //!
