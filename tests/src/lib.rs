@@ -308,7 +308,8 @@ impl Cluster {
     pub fn restart_node(&mut self, i: usize) -> u32 {
         assert!(self.node_pids[i].is_none(), "node {i} is still running");
         let node = &self.testnet.nodes[i];
-        let pid = self.spawn(&node.command, &node.data_dir.join("restart.log"));
+        let (command, log) = (node.command.clone(), node.data_dir.join("restart.log"));
+        let pid = self.spawn(&command, &log);
         self.node_pids[i] = Some(pid);
         pid
     }
