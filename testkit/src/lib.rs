@@ -19,7 +19,6 @@
 //! command to run, rather than a panic with a path list or a Python traceback.
 
 use std::{
-    ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -65,7 +64,7 @@ pub fn python_tool(name: &str) -> Option<PathBuf> {
     if in_venv.is_file() {
         return Some(in_venv);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(OsString::new);
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
