@@ -49,6 +49,7 @@ pub fn anvil_path() -> Result<PathBuf> {
 /// # Panics
 /// If anvil is missing or does not start.
 #[must_use]
+#[track_caller]
 pub fn spawn_or_fail() -> AnvilInstance {
     spawn().unwrap_or_else(|e| panic!("{e}"))
 }
