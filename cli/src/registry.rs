@@ -1,5 +1,6 @@
 //! `tkms registry show|grant|revoke|deploy`: an operator's view and control of the on-chain
-//! registry (docs/ARCHITECTURE.md §4.3) through `tkms-registry`. Every command prints one JSON object.
+//! registry (docs/ARCHITECTURE.md §4.3) through `tkms-registry`. Every command prints one JSON
+//! object.
 //!
 //! Writes are signed with the key in `--key-file` (32-byte hex private key, `0x` optional):
 //! the owner's for roles, any funded account for `deploy` (it becomes the owner). The key

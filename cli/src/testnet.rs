@@ -1,7 +1,7 @@
-//! `tkms testnet up`: a whole cluster on loopback (docs/ARCHITECTURE.md §6). It starts `N` node processes
-//! and a manager (this same binary, `tkms node run` / `tkms manager run`), runs the DKG
-//! through the manager's admin API, writes `testnet.json` as soon as the cluster serves, and
-//! stops everything on Ctrl-C.
+//! `tkms testnet up`: a whole cluster on loopback (docs/ARCHITECTURE.md §6). It starts `N` node
+//! processes and a manager (this same binary, `tkms node run` / `tkms manager run`), runs the DKG
+//! through the manager's admin API, writes `testnet.json` as soon as the cluster serves, and stops
+//! everything on Ctrl-C.
 //!
 //! Everything lives under `--data-dir`: per node its vault (`node-i/vault.redb`, encrypted),
 //! its vault password file and log; the manager's keys, operator token, registry file, state
@@ -10,14 +10,14 @@
 //! resumes the same cluster (same ports, same key) instead of creating a new one; a node
 //! killed and restarted with the command recorded in `testnet.json` rejoins with its share.
 //!
-//! With `--chain` the registry is on a real local chain instead of a file (docs/ARCHITECTURE.md §4.3):
-//! anvil is started ([`tkms_registry::anvil`]), a `TkmsRegistry` deployed by anvil's first
-//! development account (the owner), the manager wallet made its manager, the development
-//! gateway and runner granted their roles, and each node registered (index, libp2p peer id,
-//! endpoints, node key) once it is up. Nodes and manager then follow the chain
-//! (`--rpc-url`, `--registry-address`); the manager publishes the DKG's epoch there, and the
-//! nodes serve only that epoch. The chain lives in anvil's memory: `up` again on the same data
-//! dir deploys a fresh registry, and the manager publishes the epoch it serves on it.
+//! With `--chain` the registry is on a real local chain instead of a file (docs/ARCHITECTURE.md
+//! §4.3): anvil is started ([`tkms_registry::anvil`]), a `TkmsRegistry` deployed by anvil's first
+//! development account (the owner), the manager wallet made its manager, the development gateway
+//! and runner granted their roles, and each node registered (index, libp2p peer id, endpoints, node
+//! key) once it is up. Nodes and manager then follow the chain (`--rpc-url`, `--registry-address`);
+//! the manager publishes the DKG's epoch there, and the nodes serve only that epoch. The chain
+//! lives in anvil's memory: `up` again on the same data dir deploys a fresh registry, and the
+//! manager publishes the epoch it serves on it.
 
 use std::{
     collections::BTreeMap,
@@ -113,10 +113,6 @@ pub struct Testnet {
     pub threshold: u16,
     /// Manager process id.
     pub manager_pid: u32,
-    /// The command line that (re)starts the manager: same port, keys, registry and state
-    /// file. Empty in a testnet.json written before it was recorded.
-    #[serde(default)]
-    pub manager_command: Vec<String>,
     /// Address of the wallet that signs `/v0/delegate` proofs.
     pub manager_address: String,
     /// Development gateway key (authorized in the registry file), hex with 0x.
@@ -143,6 +139,10 @@ pub struct Testnet {
     pub anvil_pid: Option<u32>,
     /// The nodes.
     pub nodes: Vec<TestnetNode>,
+    /// The command line that (re)starts the manager (it recovers the served epoch from its
+    /// state file and the nodes).
+    #[serde(default)]
+    pub manager_command: Vec<String>,
 }
 
 /// The ports of a testnet, as recorded in its `ports.json`.
@@ -489,8 +489,7 @@ async fn ensure_key(
     Ok(key.json::<serde_json::Value>().await?)
 }
 
-/// Start the manager process in front of `nodes`; also the full command line that restarts
-/// it.
+/// Start the manager process in front of `nodes`.
 fn start_manager(
     mdir: &Path,
     registry_args: &[String],
@@ -703,7 +702,6 @@ pub fn up(args: &UpArgs) -> Result<()> {
         public_key: public["publicKey"].as_str().unwrap_or_default().to_string(),
         threshold: u16::try_from(public["threshold"].as_u64().unwrap_or_default()).unwrap_or(t),
         manager_pid: manager.pid(),
-        manager_command,
         manager_address: tkms_manager::nox::wallet_address(&wallet).to_string(),
         gateway_private_key: format!("0x{}", gateway_hex.as_str()),
         runner_private_key: format!("0x{}", runner_hex.as_str()),
@@ -716,6 +714,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
             .map(|c| c.deployment.owner_key.to_bytes().to_string()),
         anvil_pid: chain.as_ref().map(|c| c.anvil.child().id()),
         nodes: nodes.iter().map(|(_, n)| n.clone()).collect(),
+        manager_command,
     };
     let out = &args.out;
     let tmp = out.with_extension("json.tmp");

@@ -125,7 +125,8 @@ impl Scope {
     }
 }
 
-/// A per-user key minted from the index key with [`Index::mint_user_key`](crate::Index::mint_user_key).
+/// A per-user key minted from the index key with
+/// [`Index::mint_user_key`](crate::Index::mint_user_key).
 ///
 /// It names itself (a random key id), carries its [`Scope`], and holds a 32-byte secret that
 /// unwraps the user's own copy of the index DEK. Serialize it with [`UserKey::to_bytes`] to

@@ -42,7 +42,8 @@ const VT_WRAPPED_KEK: u16 = 12;
 const VT_VERSION: u16 = 14;
 const VT_CREATED_AT: u16 = 16;
 
-/// How an index's 32-byte KEK is wrapped by an external KMS (docs/ARCHITECTURE.md §4.4 "KMS envelopes").
+/// How an index's 32-byte KEK is wrapped by an external KMS (docs/ARCHITECTURE.md §4.4 "KMS
+/// envelopes").
 ///
 /// The envelope holds only the *wrapped* KEK, never the KEK: it is not secret, and is stored
 /// in plaintext beside the index keystore.
