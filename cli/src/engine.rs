@@ -1,4 +1,4 @@
-//! `tkms engine ...`: the encrypted vector engine (DESIGN §4.4).
+//! `tkms engine ...`: the encrypted vector engine (docs/ARCHITECTURE.md §4.4).
 //!
 //! * `serve` runs the HTTP service ([`tkms_engine::service::run`]) over memory, disk or S3
 //!   storage until Ctrl-C / SIGTERM.

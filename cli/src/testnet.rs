@@ -1,7 +1,7 @@
-//! `tkms testnet up`: a whole cluster on loopback (DESIGN.md §5). It starts `N` node processes
-//! and a manager (this same binary, `tkms node run` / `tkms manager run`), runs the DKG
-//! through the manager's admin API, writes `testnet.json` as soon as the cluster serves, and
-//! stops everything on Ctrl-C.
+//! `tkms testnet up`: a whole cluster on loopback (docs/ARCHITECTURE.md §6). It starts `N` node
+//! processes and a manager (this same binary, `tkms node run` / `tkms manager run`), runs the DKG
+//! through the manager's admin API, writes `testnet.json` as soon as the cluster serves, and stops
+//! everything on Ctrl-C.
 //!
 //! Everything lives under `--data-dir`: per node its vault (`node-i/vault.redb`, encrypted),
 //! its vault password file and log; the manager's keys, operator token, registry file, state
@@ -10,14 +10,14 @@
 //! resumes the same cluster (same ports, same key) instead of creating a new one; a node
 //! killed and restarted with the command recorded in `testnet.json` rejoins with its share.
 //!
-//! With `--chain` the registry is on a real local chain instead of a file (DESIGN.md §4.3):
-//! anvil is started ([`tkms_registry::anvil`]), a `TkmsRegistry` deployed by anvil's first
-//! development account (the owner), the manager wallet made its manager, the development
-//! gateway and runner granted their roles, and each node registered (index, libp2p peer id,
-//! endpoints, node key) once it is up. Nodes and manager then follow the chain
-//! (`--rpc-url`, `--registry-address`); the manager publishes the DKG's epoch there, and the
-//! nodes serve only that epoch. The chain lives in anvil's memory: `up` again on the same data
-//! dir deploys a fresh registry, and the manager publishes the epoch it serves on it.
+//! With `--chain` the registry is on a real local chain instead of a file (docs/ARCHITECTURE.md
+//! §4.3): anvil is started ([`tkms_registry::anvil`]), a `TkmsRegistry` deployed by anvil's first
+//! development account (the owner), the manager wallet made its manager, the development gateway
+//! and runner granted their roles, and each node registered (index, libp2p peer id, endpoints, node
+//! key) once it is up. Nodes and manager then follow the chain (`--rpc-url`, `--registry-address`);
+//! the manager publishes the DKG's epoch there, and the nodes serve only that epoch. The chain
+//! lives in anvil's memory: `up` again on the same data dir deploys a fresh registry, and the
+//! manager publishes the epoch it serves on it.
 
 use std::{
     collections::BTreeMap,

@@ -1,8 +1,8 @@
-//! A DKG/reshare participant as a sans-IO state machine over the round functions of
-//! [`crate::dkg`] (DESIGN §3 "DKG", "Resharing"): it reacts to messages and timers and emits
+//! A DKG/reshare participant as a sans-IO state machine over the round functions of [`crate::dkg`]
+//! (docs/PROTOCOL.md §7 "DKG", §8 "Resharing"): it reacts to messages and timers and emits
 //! [`Action`]s for its runtime to carry out. The real node (libp2p, wall-clock timers) and the
-//! simulator (virtual network, virtual time) drive this same type, as openraft's engine is
-//! driven by its runtime.
+//! simulator (virtual network, virtual time) drive this same type, as openraft's engine is driven
+//! by its runtime.
 //!
 //! A round ends when every expected message is in, or when its timeout fires; the participant
 //! then proceeds with what it has (the round functions treat absent dealers as silent). On

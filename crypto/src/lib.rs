@@ -1,6 +1,6 @@
 //! # tkms-crypto
 //!
-//! The sans-IO protocol math of tkms (DESIGN.md §3): no network, no files, no async. The node,
+//! The sans-IO protocol math of tkms (docs/PROTOCOL.md): no network, no files, no async. The node,
 //! the manager, the simulator and the tests all drive these same functions.
 //!
 //! - [`suite`]: curve suites ([`Secp256k1`], the default, and [`P256`]) behind one trait, with

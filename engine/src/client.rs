@@ -1,5 +1,5 @@
 //! The entry point: a [`Client`] over one storage backend that creates, loads, lists and
-//! deletes indexes (the CyborgDB `Client` surface; seed 001 "Use the key with CyborgDB").
+//! deletes indexes (the CyborgDB `Client` surface; docs/ARCHITECTURE.md §4.4).
 //!
 //! Creating an index draws a random DEK and a random uid and stores, under `c/<name>`, only
 //! the uid and the DEK wrapped under the caller's KEK. Loading unwraps it; AES-GCM

@@ -1,5 +1,5 @@
-//! `tkms-engine`: an encrypted vector index in the manner of CyborgDB (seeds 000-002,
-//! DESIGN §4.4).
+//! `tkms-engine`: an encrypted vector index in the manner of CyborgDB (docs/ARCHITECTURE.md
+//! §4.4; its keys: docs/PROTOCOL.md §13).
 //!
 //! * **Keys** ([`keys`]): the caller's 32-byte KEK wraps a per-index DEK; every other key is
 //!   derived from the DEK with the labelled HKDF/HMAC/SHA-3 steps of [`labels`]. A wrong KEK

@@ -1,5 +1,5 @@
-//! Distance metrics and their use in the two search stages (seed 002 §3, "Optional
-//! decryption: embeddings can be decrypted for final distance computation").
+//! Distance metrics and their use in the two search stages (docs/PROTOCOL.md §13 "Optional
+//! decryption": only the re-ranked candidates' exact vectors are decrypted).
 //!
 //! Distances are "smaller is closer": Euclidean returns the L2 distance, cosine returns
 //! `1 - cos(q, v)`, dot product returns `-q·v`. For cosine, vectors are normalized before

@@ -1,6 +1,6 @@
 //! Exact scans of decrypted vector blocks: the inner loop of list-major batched search, of
-//! probe selection and of list assignment (seed 002 §3, "Optional decryption: embeddings can
-//! be decrypted for final distance computation").
+//! probe selection and of list assignment (docs/PROTOCOL.md §13, "Optional
+//! decryption").
 //!
 //! A [`Block`] holds a segment's (or the centroids') prepared vectors in tiles of [`TILE`]
 //! vectors, each tile dimension-major (padded with zeros), so that scoring one query against

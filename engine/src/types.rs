@@ -1,6 +1,6 @@
 //! Public request and response types of the index API (items, configuration, query
 //! parameters), modelled on CyborgDB's `{id, vector, contents, metadata}` items and
-//! `{top_k, n_probes, filters, include}` queries (DESIGN §4.4).
+//! `{top_k, n_probes, filters, include}` queries (docs/ARCHITECTURE.md §4.4).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

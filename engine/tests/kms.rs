@@ -1,8 +1,8 @@
-//! KMS envelopes (seed 000): the `KMSBlob` FlatBuffer stored beside the keystore, its
-//! create/push/get/delete semantics on the memory and disk backends, and the `aws-kms`
-//! provider against a local `moto_server` KMS started by the test (`pip install
-//! "moto[server]"`): create an index under a KMS-wrapped KEK, reload it through its envelope
-//! from a fresh client, and refuse swapped, foreign and missing envelopes with clear errors.
+//! KMS envelopes (docs/ARCHITECTURE.md §4.4 "KMS envelopes"): the `KMSBlob` FlatBuffer stored
+//! beside the keystore, its create/push/get/delete semantics on the memory and disk backends, and
+//! the `aws-kms` provider against a local `moto_server` KMS started by the test (installed by
+//! `./test.sh`): create an index under a KMS-wrapped KEK, reload it through its envelope from a
+//! fresh client, and refuse swapped, foreign and missing envelopes with clear errors.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,7 +1,6 @@
-//! The HTTP service (CyborgDB REST surface, DESIGN §4.4) against a real server bound to
-//! `127.0.0.1:0`: auth, the full index and vector life cycle, every error path's status and
-//! JSON body (with the index unchanged afterwards), and KMS-envelope keys through a local
-//! moto KMS.
+//! The HTTP service (CyborgDB REST surface, docs/ARCHITECTURE.md §4.4) against a real server bound
+//! to `127.0.0.1:0`: auth, the full index and vector life cycle, every error path's status and JSON
+//! body (with the index unchanged afterwards), and KMS-envelope keys through a local moto KMS.
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
 mod common;

@@ -1,4 +1,4 @@
-//! The manager process (STYLE "thin binaries"): read the keys, the registry (a file, or the
+//! The manager process (docs/STYLE.md "Thin binaries"): read the keys, the registry (a file, or the
 //! on-chain registry with `--rpc-url` and `--registry-address`) and the served epoch, and
 //! serve HTTP until `shutdown` resolves. Both `tkms-manager` and `tkms manager run` call
 //! [`run`].

@@ -1,10 +1,10 @@
-//! The manager's HTTP API (DESIGN.md §4.1), axum: `GET /`, `GET /health`, `GET /metrics`,
-//! `GET /v0/public-key`, and `POST /v0/delegate`, byte-compatible with the single-key Nox KMS
-//! (see [`crate::nox`] and `docs/NOX-COMPAT.md`).
+//! The manager's HTTP API (docs/ARCHITECTURE.md §4.1), axum: `GET /`, `GET /health`, `GET
+//! /metrics`, `GET /v0/public-key`, and `POST /v0/delegate`, byte-compatible with the single-key
+//! Nox KMS (see [`crate::nox`] and `docs/NOX-COMPAT.md`).
 //!
 //! Every error is JSON `{"error": "...", "code": "..."}` (Nox clients read `error`); malformed
-//! input is a 400, an unauthorized signer the status of [`crate::nox::UNAUTHORIZED_STATUS`], and fewer
-//! than `t` usable nodes a 503, as soon as that is certain.
+//! input is a 400, an unauthorized signer the status of [`crate::nox::UNAUTHORIZED_STATUS`], and
+//! fewer than `t` usable nodes a 503, as soon as that is certain.
 
 use std::{
     collections::BTreeMap,

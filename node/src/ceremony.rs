@@ -1,8 +1,8 @@
-//! Runs DKG and reshare ceremonies for the node (DESIGN.md §3 "DKG", "Resharing"): the
-//! manager relays an operator's signed start request; the node checks it, builds the
-//! `tkms-crypto` ceremony configuration, and drives [`Participant`] — the same state machine
-//! the simulator runs — over the [`P2p`] channel with wall-clock round timers. When the
-//! participant finishes, the new share goes into the vault before it is served.
+//! Runs DKG and reshare ceremonies for the node (docs/PROTOCOL.md §7 "DKG", §8 "Resharing"): the
+//! manager relays an operator's signed start request; the node checks it, builds the `tkms-crypto`
+//! ceremony configuration, and drives [`Participant`] — the same state machine the simulator runs —
+//! over the [`P2p`] channel with wall-clock round timers. When the participant finishes, the new
+//! share goes into the vault before it is served.
 //!
 //! Incoming ceremony messages are attributed to a node index through the committee's peer ids
 //! (Noise authenticates the peer id); messages from outside the committee are dropped, and

@@ -1,6 +1,6 @@
-//! The node process (DESIGN.md §4.2, STYLE "thin binaries"): open the vault, load the node's
-//! identity and latest share, start the libp2p ceremony channel and the gRPC service, and
-//! serve until `shutdown` resolves. Both `tkms-node` and `tkms node run` call [`run`].
+//! The node process (docs/ARCHITECTURE.md §4.2, docs/STYLE.md "Thin binaries"): open the vault,
+//! load the node's identity and latest share, start the libp2p ceremony channel and the gRPC
+//! service, and serve until `shutdown` resolves. Both `tkms-node` and `tkms node run` call [`run`].
 
 use std::{
     future::Future,

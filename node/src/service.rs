@@ -1,4 +1,4 @@
-//! The node's gRPC service (DESIGN.md §4.2): partial delegations and re-encryptions with
+//! The node's gRPC service (docs/ARCHITECTURE.md §4.2): partial delegations and re-encryptions with
 //! proofs, status, public share, and the epoch commands of the manager.
 //!
 //! Every call must come over a TLS connection authenticated as a manager key this node

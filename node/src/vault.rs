@@ -1,5 +1,5 @@
-//! The encrypted share vault of a node (DESIGN.md §4.2 "Share vault", §3 "Secrets"; seed 003
-//! "Password providers", "Key Share Vault", "MPC Key Share Backup").
+//! The encrypted share vault of a node (docs/ARCHITECTURE.md §4.2 "Share vault": password
+//! providers, encrypted shares, backups; docs/PROTOCOL.md §10 "Secrets").
 //!
 //! A node keeps its Shamir share of each epoch in one [redb] file. Every value is
 //! AES-256-GCM-encrypted under a 32-byte key derived with Argon2id from a password that a
@@ -211,7 +211,7 @@ fn storage(error: impl Into<redb::Error>) -> VaultError {
 // Password providers
 // ---------------------------------------------------------------------------------------------
 
-/// Where the vault password comes from (seed 003 "Password Providers").
+/// Where the vault password comes from (docs/ARCHITECTURE.md §4.2 "Share vault").
 ///
 /// Implementations here: [`FilePassword`] (a Kubernetes secret mounted as a file),
 /// [`EnvPassword`] (development only) and [`StaticPassword`] (a password already in memory);

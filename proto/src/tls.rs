@@ -1,5 +1,5 @@
 //! The manager–node gRPC channel: TLS 1.3 with both sides authenticated by their secp256k1
-//! keys (DESIGN.md §4.2, "mutual authentication with the manager").
+//! keys (docs/ARCHITECTURE.md §4.2, "mutual authentication with the manager").
 //!
 //! Each side presents a self-signed certificate carrying the libp2p TLS extension
 //! (`libp2p-tls`): the certificate's TLS key is signed by the side's secp256k1 identity key

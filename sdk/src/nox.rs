@@ -1,5 +1,5 @@
 //! The wire layer of `POST /v0/delegate`, byte-compatible with the single-key Nox KMS that
-//! the Nox Handle Gateway calls (DESIGN.md §4.1; the researched format is
+//! the Nox Handle Gateway calls (docs/ARCHITECTURE.md §4.1; the researched format is
 //! `docs/NOX-COMPAT.md`, cited below as "NC §n").
 //!
 //! Sans-IO: these functions take the raw query string, body bytes and `Authorization` header
@@ -13,28 +13,29 @@
 //!    [`encrypt_shared_secret`] + [`sign_response`]) builds the [`DelegateResponse`]
 //!    (NC §1.2, §3).
 //!
-//! Choices where Nox, DESIGN.md and this module differ (each also noted where it applies):
+//! Choices where Nox, docs/ARCHITECTURE.md and this module differ (each also noted where it
+//! applies):
 //!
-//! - **`salt` may be absent** and then is `bytes32(0)` (DESIGN.md §4.1 and the Nox doc
+//! - **`salt` may be absent** and then is `bytes32(0)` (docs/ARCHITECTURE.md §4.1 and the Nox doc
 //!   comment). Nox's code requires it (NC §4.1, §7.1); defaulting is a strict superset and the
 //!   gateway always sends one. A *present* but malformed or empty salt is refused, as in Nox.
 //!   `chain_id` is required, as in Nox.
 //! - **`chain_id` is a `u64`**; Nox parses a `u32` (NC §1.1). An id above `u32::MAX` is never
 //!   a configured chain, so the handler refuses it anyway (`UnknownChain`).
 //! - **Bad authorization is [`UNAUTHORIZED_STATUS`] = 400**, as in Nox (NC §4.3, §7.2);
-//!   DESIGN.md says 401. Flip the constant to change it. A well-formed signature by an
-//!   account that is not an authorized gateway is [`FORBIDDEN_STATUS`] = 403 (the registry
-//!   issue asks for it; Nox has a single gateway and answers 400). The gateway treats every
-//!   non-2xx alike.
+//!   docs/ARCHITECTURE.md §4.1 says 401. Flip the constant to change it. A well-formed signature by
+//!   an account that is not an authorized gateway is [`FORBIDDEN_STATUS`] = 403 (the registry issue
+//!   asks for it; Nox has a single gateway and answers 400). The gateway treats every non-2xx
+//!   alike.
 //! - **`v` must be 0, 1, 27 or 28.** Nox (alloy `normalize_v`) also takes EIP-155 values
 //!   35..=255 (NC §2); the gateway only sends 27/28, so the stricter rule is safe.
 //! - **High-`s` signatures are accepted**, as in Nox: alloy normalises `s` before recovery
 //!   (NC §2). The signer is still unique for a given signed message; malleability only
 //!   yields a second encoding of the same authorization, which Nox does not replay-protect
 //!   either (NC §2: no nonce, no expiry).
-//! - **The RSA key must have a modulus of 2048..=4096 bits** (DESIGN.md), on top of Nox's own
-//!   rule "SPKI hex >= 512 characters" (NC §3, §7.6), which is also applied. Nox accepts some
-//!   1740..2047-bit keys; the gateway and SDK never send them. The 4096 cap mirrors the `rsa`
+//! - **The RSA key must have a modulus of 2048..=4096 bits** (docs/ARCHITECTURE.md §4.1), on top of
+//!   Nox's own rule "SPKI hex >= 512 characters" (NC §3, §7.6), which is also applied. Nox accepts
+//!   some 1740..2047-bit keys; the gateway and SDK never send them. The 4096 cap mirrors the `rsa`
 //!   crate's (NC §3, ASSUMED there). The key must be `rsaEncryption` (not RSA-PSS).
 //! - **Hex prefixes** follow Nox (NC §3): keys may carry a lowercase `0x` (or none), digits of
 //!   either case; the salt may carry `0x` or `0X`. Nox's decoder would also swallow a second
@@ -58,10 +59,10 @@ pub const EIP712_DOMAIN_VERSION: &str = "1";
 
 /// HTTP status for malformed input.
 pub const MALFORMED_STATUS: u16 = 400;
-/// HTTP status for a missing, malformed or wrongly signed `Authorization`. Nox answers 400
-/// (NC §4.3); DESIGN.md §4.1 says 401. The gateway treats every non-2xx alike (NC §4.3), so
+/// HTTP status for a missing, malformed or wrongly signed `Authorization`. Nox answers 400 (NC
+/// §4.3); docs/ARCHITECTURE.md §4.1 says 401. The gateway treats every non-2xx alike (NC §4.3), so
 /// this is a choice of taste: 400 keeps byte compatibility (and 401 would also owe a
-/// `WWW-Authenticate` header). Flip to 401 here if DESIGN.md wins.
+/// `WWW-Authenticate` header). Flip to 401 here if the architecture wins.
 pub const UNAUTHORIZED_STATUS: u16 = 400;
 /// HTTP status for a valid signature by an account that is not an authorized gateway.
 pub const FORBIDDEN_STATUS: u16 = 403;
@@ -79,7 +80,7 @@ pub const MIN_TARGET_PUB_KEY_HEX_LEN: usize = 512;
 /// Upper bound on the target SPKI hex length, so no huge string is decoded. Any 4096-bit SPKI
 /// (even with an exponent as long as the modulus) fits.
 pub const MAX_TARGET_PUB_KEY_HEX_LEN: usize = 4096;
-/// Smallest accepted RSA modulus (DESIGN.md §4.1).
+/// Smallest accepted RSA modulus (docs/ARCHITECTURE.md §4.1).
 pub const MIN_RSA_MODULUS_BITS: usize = 2048;
 /// Largest accepted RSA modulus (the `rsa` crate's cap, NC §3).
 pub const MAX_RSA_MODULUS_BITS: usize = 4096;

@@ -1,11 +1,11 @@
-//! Threshold delegation over the simulated network: a manager (address 0) serves each
-//! request with the real manager's collector ([`tkms_crypto::collect::Collector`]) and circuit
-//! breakers ([`tkms_crypto::collect::Breakers`]): it asks the nodes in the breakers' order,
-//! times each call out after the node timeout, asks the next node when one fails, verifies
-//! partials with `tkms_crypto::delegation::verify_requests` and combines the first `t` verified
-//! ones; a request fails as soon as fewer than `t` nodes can still answer (the HTTP 503 of
-//! DESIGN §7). Share holders may be crashed (see the crash schedule), silent, or byzantine
-//! (wrong partials).
+//! Threshold delegation over the simulated network: a manager (address 0) serves each request with
+//! the real manager's collector ([`tkms_crypto::collect::Collector`]) and circuit breakers
+//! ([`tkms_crypto::collect::Breakers`]): it asks the nodes in the breakers' order, times each call
+//! out after the node timeout, asks the next node when one fails, verifies partials with
+//! `tkms_crypto::delegation::verify_requests` and combines the first `t` verified ones; a request
+//! fails as soon as fewer than `t` nodes can still answer (the HTTP 503 of docs/ARCHITECTURE.md
+//! §8). Share holders may be crashed (see the crash schedule), silent, or byzantine (wrong
+//! partials).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -52,8 +52,8 @@ pub enum ManagerMode {
     /// DELIBERATELY BROKEN: ask only the first `t` nodes, never the others (no fallback when
     /// one of them is down or lies). Exists only to show that the liveness invariant can fail.
     AskOnlyT,
-    /// DELIBERATELY BROKEN: no node timeout and no deadline; a request waits for ever for
-    /// missing partials (the hang DESIGN §7 forbids). Exists only to show that the liveness
+    /// DELIBERATELY BROKEN: no node timeout and no deadline; a request waits for ever for missing
+    /// partials (the hang docs/ARCHITECTURE.md §8 forbids). Exists only to show that the liveness
     /// invariant can fail.
     NoDeadline,
     /// DELIBERATELY BROKEN: nodes whose breaker is open are not asked at all (the manager

@@ -13,9 +13,7 @@
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
 use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -28,185 +26,12 @@ use k256::ecdsa::SigningKey;
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
 use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};
-use tkms_cli::testnet::Testnet;
 use tkms_crypto::{ecies, suite::Encoded, Secp256k1};
+use tkms_e2e::{Cluster, Options, Testnet};
 use tkms_node::vault::{FilePassword, KdfParams, Vault};
 use tkms_sdk::{v1::RsaRecipient, Client, ClientError, ClusterKey};
 
-mod common;
-use common::kill;
-
 type S = Secp256k1;
-
-/// Every process of the run, stopped when the test ends.
-struct Cluster {
-    dir: PathBuf,
-    testnet: Testnet,
-    /// Node data dir -> (its command, its running process id).
-    nodes: BTreeMap<String, (Vec<String>, Option<u32>)>,
-    children: Vec<Child>,
-    manager_pid: u32,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let mut pids: Vec<u32> = self.nodes.values().filter_map(|(_, p)| *p).collect();
-        pids.push(self.manager_pid);
-        for pid in pids {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Cluster {
-    fn up(dir: &Path) -> Self {
-        let out = dir.join("testnet.json");
-        let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
-            .args([
-                "testnet",
-                "up",
-                "--detach",
-                "--nodes",
-                "5",
-                "--threshold",
-                "3",
-            ])
-            .args(["--round-timeout-ms", "3000"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success(), "tkms testnet up failed");
-        let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
-        let nodes = testnet
-            .nodes
-            .iter()
-            .map(|n| {
-                (
-                    n.data_dir.display().to_string(),
-                    (n.command.clone(), Some(n.pid)),
-                )
-            })
-            .collect();
-        Self {
-            dir: dir.to_path_buf(),
-            manager_pid: testnet.manager_pid,
-            testnet,
-            nodes,
-            children: Vec::new(),
-        }
-    }
-
-    /// Start `command` with its output appended to `log`; its pid.
-    fn spawn(&mut self, command: &[String], log: &Path) -> u32 {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(&command[0])
-            .args(&command[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        self.children.push(child);
-        pid
-    }
-
-    fn node_dirs(&self) -> Vec<String> {
-        self.nodes.keys().cloned().collect()
-    }
-
-    fn is_up(&self, node: &str) -> bool {
-        self.nodes[node].1.is_some()
-    }
-
-    fn kill_node(&mut self, node: &str) {
-        if let Some(pid) = self.nodes.get_mut(node).unwrap().1.take() {
-            kill(pid);
-        }
-    }
-
-    fn restart_node(&mut self, node: &str) {
-        let command = self.nodes[node].0.clone();
-        let log = Path::new(node).join("node.log");
-        let pid = self.spawn(&command, &log);
-        self.nodes.get_mut(node).unwrap().1 = Some(pid);
-    }
-
-    /// A fresh node process like the testnet's, on free ports; its gRPC URL.
-    fn add_node(&mut self, name: &str) -> String {
-        let template = self.testnet.nodes[0].command.clone();
-        let ndir = self.dir.join(name);
-        std::fs::create_dir_all(&ndir).unwrap();
-        let password = ndir.join("password");
-        std::fs::write(&password, format!("{name} password 0123456789")).unwrap();
-        let mut command: Vec<String> = vec![template[0].clone()];
-        let mut it = template.into_iter().skip(1);
-        while let Some(a) = it.next() {
-            let replaced = match a.as_str() {
-                "--data-dir" => Some(ndir.display().to_string()),
-                "--grpc-listen" => Some("127.0.0.1:0".into()),
-                "--p2p-listen" => Some("/ip4/127.0.0.1/tcp/0".into()),
-                "--password-file" => Some(password.display().to_string()),
-                _ => None,
-            };
-            command.push(a);
-            if let Some(value) = replaced {
-                it.next();
-                command.push(value);
-            }
-        }
-        let pid = self.spawn(&command, &ndir.join("node.log"));
-        let info = ndir.join("node.json");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let grpc = loop {
-            if let Ok(Ok(v)) = std::fs::read(&info).map(|b| serde_json::from_slice::<Value>(&b)) {
-                break v["grpc_addr"].as_str().unwrap().to_string();
-            }
-            assert!(Instant::now() < deadline, "node {name} did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        // Restarted on the same port from now on.
-        let mut fixed = command.clone();
-        if let Some(k) = fixed.iter().position(|a| a == "--grpc-listen") {
-            fixed[k + 1].clone_from(&grpc);
-        }
-        self.nodes
-            .insert(ndir.display().to_string(), (fixed, Some(pid)));
-        format!("http://{grpc}")
-    }
-
-    fn url_of(node: &str) -> String {
-        let json: Value =
-            serde_json::from_slice(&std::fs::read(Path::new(node).join("node.json")).unwrap())
-                .unwrap();
-        format!("http://{}", json["grpc_addr"].as_str().unwrap())
-    }
-
-    fn kill_manager(&mut self) {
-        kill(self.manager_pid);
-    }
-
-    fn restart_manager(&mut self) {
-        let command = self.testnet.manager_command.clone();
-        assert!(
-            !command.is_empty(),
-            "testnet.json records no manager command"
-        );
-        let log = self.dir.join("data/manager/manager.log");
-        self.manager_pid = self.spawn(&command, &log);
-    }
-}
 
 /// What the load saw.
 #[derive(Default)]
@@ -365,8 +190,8 @@ async fn churn_reshares_and_a_manager_crash_lose_no_request() {
     } else {
         (tmp.path().to_path_buf(), Some(tmp))
     };
-    let mut c = Cluster::up(&dir);
-    let t = c.testnet.clone();
+    let mut c = Cluster::start(&dir, &Options::new(5, 3));
+    let t = c.testnet().clone();
     let client = Client::new(&t.manager_url).unwrap();
     let key0 = client.public_key().await.unwrap();
     let ct = ecies::encrypt::<S>(key0.public_key().point(), b"chaos", &mut OsRng).unwrap();
@@ -388,11 +213,10 @@ async fn churn_reshares_and_a_manager_crash_lose_no_request() {
         })
         .collect();
 
-    let original = c.node_dirs();
-    let kills = churn(&mut c, &mut rng, &original, churn_secs).await;
+    let kills = churn(&mut c, &mut rng, churn_secs).await;
     settled(&t, 1, Duration::from_secs(20)).await;
-    let (e2, e3) = reshare_out_and_back(&mut c, &original).await;
-    let five: Vec<String> = original.iter().map(|n| Cluster::url_of(n)).collect();
+    let (e2, e3) = reshare_out_and_back(&mut c).await;
+    let five = c.node_urls();
     let final_epoch = manager_crash_in_a_reshare(&mut c, &mut rng, &manager_down, &five, e3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
@@ -418,29 +242,30 @@ async fn churn_reshares_and_a_manager_crash_lose_no_request() {
         .unwrap();
     assert_eq!(&*plain, b"chaos");
 
-    below_threshold_fails_fast_and_recovers(&mut c, &client, &ct, &original).await;
+    below_threshold_fails_fast_and_recovers(&mut c, &client, &ct).await;
     no_vault_holds_a_superseded_share(&mut c, final_epoch);
 }
 
 /// Kill -9 a random node now and then, restarting it 0.5-2.5 s later; at most n - t = 2
 /// down. The number of kills.
-async fn churn(c: &mut Cluster, rng: &mut ChaCha20Rng, nodes: &[String], secs: u64) -> u64 {
+async fn churn(c: &mut Cluster, rng: &mut ChaCha20Rng, secs: u64) -> u64 {
+    let n = c.testnet().nodes.len();
     let until = Instant::now() + Duration::from_secs(secs);
-    let mut down: Vec<(String, Instant)> = Vec::new();
+    let mut down: Vec<(usize, Instant)> = Vec::new();
     let mut kills = 0;
     while Instant::now() < until {
         down.retain(|(node, back)| {
             if Instant::now() >= *back {
-                c.restart_node(node);
+                c.restart_node(*node);
                 false
             } else {
                 true
             }
         });
         if down.len() < 2 && rng.next_u32().is_multiple_of(3) {
-            let node = nodes[rng.next_u32() as usize % nodes.len()].clone();
-            if c.is_up(&node) {
-                c.kill_node(&node);
+            let node = rng.next_u32() as usize % n;
+            if c.node_pid(node).is_some() {
+                c.kill_node(node);
                 kills += 1;
                 let back =
                     Instant::now() + Duration::from_millis(500 + u64::from(rng.next_u32() % 2000));
@@ -450,7 +275,7 @@ async fn churn(c: &mut Cluster, rng: &mut ChaCha20Rng, nodes: &[String], secs: u
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     for (node, _) in down {
-        c.restart_node(&node);
+        c.restart_node(node);
     }
     assert!(kills >= secs / 4, "{kills} kills: not much of a churn");
     kills
@@ -458,11 +283,11 @@ async fn churn(c: &mut Cluster, rng: &mut ChaCha20Rng, nodes: &[String], secs: u
 
 /// Reshare 5/3 -> 7/4 (two new node processes), then back to 5/3: the two leave, retired
 /// and holding nothing. The two new epochs.
-async fn reshare_out_and_back(c: &mut Cluster, original: &[String]) -> (u64, u64) {
-    let t = c.testnet.clone();
-    let mut urls: Vec<String> = original.iter().map(|n| Cluster::url_of(n)).collect();
-    let six = c.add_node("extra-6");
-    let seven = c.add_node("extra-7");
+async fn reshare_out_and_back(c: &mut Cluster) -> (u64, u64) {
+    let t = c.testnet().clone();
+    let mut urls = c.node_urls();
+    let six = c.start_extra_node();
+    let seven = c.start_extra_node();
     urls.push(six.clone());
     urls.push(seven.clone());
     let body = reshare(&t, &urls, 4).await;
@@ -470,7 +295,7 @@ async fn reshare_out_and_back(c: &mut Cluster, original: &[String]) -> (u64, u64
     assert!(body["dropped"].as_array().unwrap().is_empty(), "{body}");
     let e2 = body["epoch"].as_u64().unwrap();
     settled(&t, e2, Duration::from_secs(20)).await;
-    let five: Vec<String> = original.iter().map(|n| Cluster::url_of(n)).collect();
+    let five = c.node_urls();
     let body = reshare(&t, &five, 3).await;
     let e3 = body["epoch"].as_u64().unwrap();
     let nodes = settled(&t, e3, Duration::from_secs(20)).await;
@@ -498,7 +323,7 @@ async fn manager_crash_in_a_reshare(
     five: &[String],
     before: u64,
 ) -> u64 {
-    let t = c.testnet.clone();
+    let t = c.testnet().clone();
     let (t2, urls) = (t.clone(), five.to_vec());
     let started_before = ceremonies_started(c);
     let pending = tokio::spawn(async move {
@@ -581,13 +406,12 @@ async fn below_threshold_fails_fast_and_recovers(
     c: &mut Cluster,
     client: &Client,
     ct: &ecies::Ciphertext<S>,
-    original: &[String],
 ) {
-    let t = c.testnet.clone();
+    let t = c.testnet().clone();
     let gateway = key(&t.gateway_private_key);
     let recipient = RsaRecipient::generate().unwrap();
     let ephemeral = Encoded::new(*ct.ephemeral());
-    for node in &original[..3] {
+    for node in 0..3 {
         c.kill_node(node);
     }
     let started = Instant::now();
@@ -614,8 +438,8 @@ async fn below_threshold_fails_fast_and_recovers(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    c.restart_node(&original[0]);
-    let node_up = wait_grpc(&Cluster::url_of(&original[0])).await;
+    c.restart_node(0);
+    let node_up = wait_grpc(&c.node_urls()[0]).await;
     let deadline = node_up + Duration::from_secs(1);
     loop {
         let answer = client
@@ -638,11 +462,13 @@ async fn below_threshold_fails_fast_and_recovers(
 
 /// No vault holds a share of a superseded epoch (the nodes are stopped to open them).
 fn no_vault_holds_a_superseded_share(c: &mut Cluster, epoch: u64) {
-    for node in c.node_dirs() {
-        c.kill_node(&node);
+    for i in 0..c.testnet().nodes.len() {
+        c.kill_node(i);
     }
-    for node in c.node_dirs() {
-        let dir = Path::new(&node);
+    for k in 0..c.extra_nodes().len() {
+        c.kill_extra_node(k);
+    }
+    for dir in node_dirs(c) {
         let vault = Vault::open(
             dir.join("vault.redb"),
             &FilePassword::new(dir.join("password")),
@@ -652,18 +478,29 @@ fn no_vault_holds_a_superseded_share(c: &mut Cluster, epoch: u64) {
         let epochs = vault.list_epochs().unwrap();
         assert!(
             epochs.iter().all(|e| *e == epoch),
-            "{node} still stores epochs {epochs:?} (committed: {epoch})"
+            "{} still stores epochs {epochs:?} (committed: {epoch})",
+            dir.display()
         );
     }
 }
 
+/// Every node's data directory, the extra ones included.
+fn node_dirs(c: &Cluster) -> Vec<std::path::PathBuf> {
+    c.testnet()
+        .nodes
+        .iter()
+        .map(|n| n.data_dir.clone())
+        .chain(c.extra_nodes().iter().map(|e| e.data_dir.clone()))
+        .collect()
+}
+
 /// Ceremonies the nodes logged as started so far.
 fn ceremonies_started(c: &Cluster) -> usize {
-    c.node_dirs()
+    node_dirs(c)
         .iter()
-        .map(|n| {
-            std::fs::read_to_string(Path::new(n).join("node.log"))
-                .map_or(0, |log| log.matches("ceremony started").count())
+        .flat_map(|dir| ["node.log", "restart.log"].map(|log| dir.join(log)))
+        .map(|log| {
+            std::fs::read_to_string(log).map_or(0, |text| text.matches("ceremony started").count())
         })
         .sum()
 }
