@@ -214,7 +214,8 @@ pub fn contents_json(bytes: Vec<u8>) -> Value {
 /// Parses a metric name (CyborgDB's names and ours).
 pub fn parse_metric(s: &str) -> Option<Metric> {
     match s.to_ascii_lowercase().as_str() {
-        "euclidean" | "l2" | "squared_euclidean" => Some(Metric::Euclidean),
+        "euclidean" | "l2" => Some(Metric::Euclidean),
+        "squared_euclidean" => Some(Metric::SquaredEuclidean),
         "cosine" => Some(Metric::Cosine),
         "dot" | "dot_product" | "inner_product" | "ip" => Some(Metric::DotProduct),
         _ => None,
@@ -225,6 +226,7 @@ pub fn parse_metric(s: &str) -> Option<Metric> {
 pub fn metric_name(m: Metric) -> &'static str {
     match m {
         Metric::Euclidean => "euclidean",
+        Metric::SquaredEuclidean => "squared_euclidean",
         Metric::Cosine => "cosine",
         Metric::DotProduct => "dot_product",
     }

@@ -56,7 +56,9 @@ impl Mixture {
 pub fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     match metric {
-        Metric::Euclidean => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        Metric::Euclidean | Metric::SquaredEuclidean => {
+            a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+        }
         Metric::DotProduct => -dot,
         Metric::Cosine => {
             let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
