@@ -522,6 +522,10 @@ fn build_config(req: &CreateIndexRequest) -> Result<IndexConfig, ApiError> {
     let dimension = cfg
         .dimension
         .ok_or_else(|| ApiError::bad("index_config.dimension is required"))?;
+    if dimension == 0 {
+        // The library takes 0 as "from the first upsert"; this form requires a dimension.
+        return Err(Error::InvalidConfig("dimension must be at least 1".into()).into());
+    }
     if let Some(t) = &cfg.index_type {
         if !matches!(t.as_str(), "ivf" | "ivfflat" | "ivfpq" | "ivfsq8") {
             return Err(ApiError::bad(format!(
