@@ -9,14 +9,15 @@
 //! builds it first; after `cargo test -p tkms-engine` alone, run `cargo build -p tkms-cli`).
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::{serve_disk, Service};
 use serde_json::{json, Value};
 
 const API_KEY: &str = "crash-test-api-key-0123456789";
@@ -24,63 +25,8 @@ const KEY_HEX: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5
 const BATCH: usize = 40;
 const DIM: usize = 8;
 
-fn tkms_bin() -> PathBuf {
-    // target/<profile>/deps/crash-<hash> → target/<profile>/tkms
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join(format!("tkms{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p tkms-cli` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
-struct Service {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(dir: &Path, key_file: &Path) -> Service {
-    let mut child = Command::new(tkms_bin())
-        .args([
-            "engine",
-            "serve",
-            "--storage",
-            "disk",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--api-key-file")
-        .arg(key_file)
-        .env_remove("TKMS_ENGINE_API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("tkms engine listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from the service: {line:?}"))
-        .to_owned();
-    Service { child, url }
+    serve_disk(dir, key_file, |_| {})
 }
 
 fn item(batch: usize, i: usize) -> Value {

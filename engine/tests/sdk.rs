@@ -20,12 +20,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::moto::Moto;
+use common::process::{serve_disk, Service};
 
 const API_KEY: &str = "sdk-test-api-key-0123456789";
 /// Longest a script may run.
@@ -36,22 +37,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn tkms_bin() -> PathBuf {
-    // target/<profile>/deps/sdk-<hash> → target/<profile>/tkms
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join(format!("tkms{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p tkms-cli` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
 }
 
 /// The Python of `var`, else the venv's if it exists, else `fallback`.
@@ -84,57 +69,19 @@ fn require_sdk(python: &Path, version: &str, install: &str) {
     );
 }
 
-struct Service {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(data: &Path, key_file: &Path, kms_key_id: &str, kms_endpoint: &str) -> Service {
-    let mut child = Command::new(tkms_bin())
-        .args([
-            "engine",
-            "serve",
-            "--storage",
-            "disk",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--api-key-file")
-        .arg(key_file)
-        .args([
+    serve_disk(data, key_file, |cmd| {
+        cmd.args([
             "--aws-kms-key-id",
             kms_key_id,
             "--aws-kms-region",
             "us-east-1",
         ])
         .args(["--aws-kms-endpoint", kms_endpoint])
-        .env_remove("TKMS_ENGINE_API_KEY")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("tkms engine listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from the service: {line:?}"))
-        .to_owned();
-    Service { child, url }
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    })
 }
 
 /// Runs a script to its end (killed after [`SCRIPT_TIMEOUT`]); panics with its output
@@ -203,30 +150,17 @@ async fn both_cyborgdb_sdk_generations_against_tkms_engine_serve() {
 
     // A local KMS for the KMS-backed index (kms_name = "aws-kms").
     let moto = Moto::start();
-    let endpoint = moto.endpoint();
-    let kms = aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::Config::builder()
-            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-            .region(aws_sdk_kms::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_kms::config::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
-            .endpoint_url(endpoint.clone())
-            .build(),
-    );
-    let key_id = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key_id = moto.create_kms_key().await;
 
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("api-keys");
     std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
-    let service = serve(&dir.path().join("data"), &key_file, &key_id, &endpoint);
+    let service = serve(
+        &dir.path().join("data"),
+        &key_file,
+        &key_id,
+        &moto.endpoint(),
+    );
 
     run_script(
         &current,

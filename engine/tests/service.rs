@@ -738,22 +738,7 @@ async fn bad_requests_are_clear_errors_and_change_nothing() {
 async fn kms_envelope_keys_through_the_service() {
     let moto = Moto::start();
     let endpoint = moto.endpoint();
-    let kms_conf = aws_sdk_kms::Config::builder()
-        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-        .region(aws_sdk_kms::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kms::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .endpoint_url(endpoint.clone())
-        .build();
-    let key_id = aws_sdk_kms::Client::from_conf(kms_conf)
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key_id = moto.create_kms_key().await;
     let provider = tokio::task::spawn_blocking(move || {
         AwsKmsProvider::new(AwsKmsConfig {
             key_id,

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)] // shared test helpers
 
 pub mod moto;
+pub mod process;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
