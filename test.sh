@@ -21,6 +21,9 @@ cd "$(dirname "$0")"
 # add a requirements file to a line; to add an environment (e.g. an older SDK), add a line.
 PYTHON_ENVS=(
   ".venv requirements-test.txt"
+  # The older CyborgDB SDK generation (service API 0.12) that engine/tests/sdk.rs runs beside
+  # the current one, against the same server.
+  ".venv-cyborgdb-0.12 engine/tests/sdk/requirements-cyborgdb-0.12.txt"
 )
 
 # Build as CI does unless told otherwise: no debug info and no incremental state make the cold

@@ -209,8 +209,8 @@ async fn through_the_service(base: &str) {
     let r = post(
         base,
         "/v1/indexes/create",
-        &json!({"index_name": "vault", "index_config": {"dimension": 4},
-                "kms": {"provider": "tkms"}}),
+        // The body the cyborgdb SDK sends for create_index(name, kms_name="tkms", dimension=4).
+        &json!({"index_name": "vault", "dimension": 4, "kms_name": "tkms"}),
     )
     .await;
     assert_eq!(r.0, 200, "{}", r.1);
@@ -231,5 +231,6 @@ async fn through_the_service(base: &str) {
     )
     .await;
     assert_eq!(r.0, 200, "{}", r.1);
-    assert_eq!(r.1["results"][0]["id"], "v-9");
+    // One list of hits per query vector.
+    assert_eq!(r.1["results"][0][0]["id"], "v-9");
 }

@@ -213,4 +213,23 @@ impl Moto {
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Creates a symmetric KMS key in this moto (credentials `test`/`test`, us-east-1) and
+    /// returns its id.
+    pub async fn create_kms_key(&self) -> String {
+        let conf = aws_sdk_kms::Config::builder()
+            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .region(aws_sdk_kms::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kms::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .endpoint_url(self.endpoint())
+            .build();
+        let out = aws_sdk_kms::Client::from_conf(conf)
+            .create_key()
+            .send()
+            .await
+            .unwrap();
+        out.key_metadata.unwrap().key_id
+    }
 }
