@@ -11,10 +11,8 @@ use std::sync::Arc;
 
 use rand_core::OsRng;
 use tkms_crypto::{
-    delegation::PartialDelegation,
-    shamir,
-    suite::Encoded,
-    KeyShare, PublicKeySet, Secp256k1, SecretScalar,
+    delegation::PartialDelegation, shamir, suite::Encoded, KeyShare, PublicKeySet, Secp256k1,
+    SecretScalar,
 };
 use tkms_node::{
     epochs::{ActiveShare, Epochs},
@@ -122,7 +120,10 @@ async fn a_reshared_share_is_served_beside_the_old_until_the_commit_erases_the_o
         service.commit_epoch(commit(&manager, 1)).await.unwrap();
         // The reshare to epoch 2: held beside epoch 1, both served.
         epochs.begin_ceremony(2).unwrap();
-        assert!(epochs.begin_ceremony(2).is_err(), "an epoch number is never reused");
+        assert!(
+            epochs.begin_ceremony(2).is_err(),
+            "an epoch number is never reused"
+        );
         epochs.adopt(share(2, &new[0], &new_keys)).unwrap();
         assert_eq!(partial(&service, &manager, 1).await, None);
         assert_eq!(partial(&service, &manager, 2).await, None);
