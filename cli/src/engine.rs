@@ -1,9 +1,10 @@
-//! `tkms engine ...`: the encrypted vector engine (DESIGN §4.4).
+//! `tkms engine ...`: the encrypted vector engine (docs/ARCHITECTURE.md §4.4).
 //!
 //! * `serve` runs the HTTP service ([`tkms_engine::service::run`]) over memory, disk or S3
 //!   storage until Ctrl-C / SIGTERM.
 //! * `create-index`, `load`, `query` are clients of a running service (`--url`), so they work
-//!   while the service holds its store. The API key comes from `--api-key-file` or
+//!   while the service holds its store.
+//! * `openapi` prints the service's OpenAPI 3 document (the one it serves at `/openapi.json`). The API key comes from `--api-key-file` or
 //!   `TKMS_ENGINE_API_KEY`; the index KEK from `--index-key-file` (64 hex characters) or
 //!   `TKMS_ENGINE_INDEX_KEY`, and may be omitted for an index the service unwraps through a
 //!   KMS envelope (`serve --aws-kms-key-id ...` or `serve --tkms-manager-url ...`). Keys are
@@ -41,6 +42,8 @@ enum EngineCommand {
     Load(LoadArgs),
     /// Query an index with one vector and print the hits as JSON.
     Query(QueryArgs),
+    /// Print the service's OpenAPI 3 document (JSON), as served at /openapi.json.
+    Openapi,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,13 +130,13 @@ struct ClientArgs {
 struct CreateIndexArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Vector dimension.
+    /// Vector dimension (default: taken from the first upsert).
     #[arg(long)]
-    dimension: usize,
-    /// euclidean, cosine or dot_product.
+    dimension: Option<usize>,
+    /// euclidean, squared_euclidean, cosine or dot_product.
     #[arg(long, default_value = "euclidean")]
     metric: String,
-    /// Number of IVF lists.
+    /// Number of IVF lists training builds (default: chosen from the item count at training).
     #[arg(long)]
     n_lists: Option<usize>,
     /// Default number of probed lists.
@@ -195,6 +198,10 @@ pub fn run(args: EngineArgs, output: &mut impl Write) -> Result<()> {
         EngineCommand::CreateIndex(a) => rt.block_on(create_index(a, output)),
         EngineCommand::Load(a) => rt.block_on(load(a, output)),
         EngineCommand::Query(a) => rt.block_on(query(a, output)),
+        EngineCommand::Openapi => {
+            output.write_all(tkms_engine::service::openapi_json_text().as_bytes())?;
+            Ok(())
+        }
     }
 }
 
@@ -359,7 +366,7 @@ impl Service {
         if !status.is_success() {
             bail!(
                 "{path}: {status}: {} ({})",
-                value["error"].as_str().unwrap_or("unknown error"),
+                value["detail"].as_str().unwrap_or("unknown error"),
                 value["code"].as_str().unwrap_or("-")
             );
         }
@@ -375,20 +382,25 @@ async fn create_index(a: CreateIndexArgs, output: &mut impl Write) -> Result<()>
         write_private(path, hex_key.as_bytes())?;
         svc.index_key = Some(hex_key);
     }
+    // The current (API 0.17) form; the IVF settings only exist in the nested form.
+    let mut body = svc.base();
+    if let Some(d) = a.dimension {
+        body.insert("dimension".into(), json!(d));
+    }
+    body.insert("metric".into(), json!(a.metric));
     let mut config = serde_json::Map::new();
-    config.insert("dimension".into(), json!(a.dimension));
-    config.insert("metric".into(), json!(a.metric));
     if let Some(n) = a.n_lists {
         config.insert("n_lists".into(), json!(n));
     }
     if let Some(n) = a.n_probes {
         config.insert("n_probes".into(), json!(n));
     }
-    let mut body = svc.base();
-    body.insert("index_config".into(), Value::Object(config));
+    if !config.is_empty() {
+        body.insert("index_config".into(), Value::Object(config));
+    }
     if let Some(p) = a.kms_provider {
         body.remove("index_key");
-        body.insert("kms".into(), json!({"provider": p}));
+        body.insert("kms_name".into(), json!(p));
     } else if svc.index_key.is_none() {
         bail!("no index key: pass --index-key-file, --generate-key, --kms-provider or set TKMS_ENGINE_INDEX_KEY");
     }
@@ -486,6 +498,11 @@ async fn query(a: QueryArgs, output: &mut impl Write) -> Result<()> {
         body.insert("filters".into(), f);
     }
     let r = svc.post("/v1/vectors/query", &body).await?;
-    writeln!(output, "{}", serde_json::to_string_pretty(&r["results"])?)?;
+    // One list of hits per query vector; this command sends one.
+    writeln!(
+        output,
+        "{}",
+        serde_json::to_string_pretty(&r["results"][0])?
+    )?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `tkms registry show|grant|revoke|deploy`: an operator's view and control of the on-chain
-//! registry (DESIGN.md §4.3) through `tkms-registry`. Every command prints one JSON object.
+//! registry (docs/ARCHITECTURE.md §4.3) through `tkms-registry`. Every command prints one JSON
+//! object.
 //!
 //! Writes are signed with the key in `--key-file` (32-byte hex private key, `0x` optional):
 //! the owner's for roles, any funded account for `deploy` (it becomes the owner). The key
@@ -293,7 +294,7 @@ mod tests {
 
     #[test]
     fn deploy_grant_show_revoke_against_anvil() {
-        let anvil = anvil::spawn().unwrap();
+        let anvil = anvil::spawn_or_fail();
         let rpc = anvil.endpoint();
         let dir = tempfile::tempdir().unwrap();
         let owner = key_file(&dir, "owner", &anvil.keys()[0].to_bytes());

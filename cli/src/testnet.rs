@@ -1,7 +1,7 @@
-//! `tkms testnet up`: a whole cluster on loopback (DESIGN.md §5). It starts `N` node processes
-//! and a manager (this same binary, `tkms node run` / `tkms manager run`), runs the DKG
-//! through the manager's admin API, writes `testnet.json` as soon as the cluster serves, and
-//! stops everything on Ctrl-C.
+//! `tkms testnet up`: a whole cluster on loopback (docs/ARCHITECTURE.md §6). It starts `N` node
+//! processes and a manager (this same binary, `tkms node run` / `tkms manager run`), runs the DKG
+//! through the manager's admin API, writes `testnet.json` as soon as the cluster serves, and stops
+//! everything on Ctrl-C.
 //!
 //! Everything lives under `--data-dir`: per node its vault (`node-i/vault.redb`, encrypted),
 //! its vault password file and log; the manager's keys, operator token, registry file, state
@@ -10,14 +10,14 @@
 //! resumes the same cluster (same ports, same key) instead of creating a new one; a node
 //! killed and restarted with the command recorded in `testnet.json` rejoins with its share.
 //!
-//! With `--chain` the registry is on a real local chain instead of a file (DESIGN.md §4.3):
-//! anvil is started ([`tkms_registry::anvil`]), a `TkmsRegistry` deployed by anvil's first
-//! development account (the owner), the manager wallet made its manager, the development
-//! gateway and runner granted their roles, and each node registered (index, libp2p peer id,
-//! endpoints, node key) once it is up. Nodes and manager then follow the chain
-//! (`--rpc-url`, `--registry-address`); the manager publishes the DKG's epoch there, and the
-//! nodes serve only that epoch. The chain lives in anvil's memory: `up` again on the same data
-//! dir deploys a fresh registry, and the manager publishes the epoch it serves on it.
+//! With `--chain` the registry is on a real local chain instead of a file (docs/ARCHITECTURE.md
+//! §4.3): anvil is started ([`tkms_registry::anvil`]), a `TkmsRegistry` deployed by anvil's first
+//! development account (the owner), the manager wallet made its manager, the development gateway
+//! and runner granted their roles, and each node registered (index, libp2p peer id, endpoints, node
+//! key) once it is up. Nodes and manager then follow the chain (`--rpc-url`, `--registry-address`);
+//! the manager publishes the DKG's epoch there, and the nodes serve only that epoch. The chain
+//! lives in anvil's memory: `up` again on the same data dir deploys a fresh registry, and the
+//! manager publishes the epoch it serves on it.
 
 use std::{
     collections::BTreeMap,
@@ -121,9 +121,6 @@ pub struct Testnet {
     pub threshold: u16,
     /// Manager process id.
     pub manager_pid: u32,
-    /// The command line that (re)starts the manager.
-    #[serde(default)]
-    pub manager_command: Vec<String>,
     /// Address of the wallet that signs `/v0/delegate` proofs.
     pub manager_address: String,
     /// Development gateway key (authorized in the registry file), hex with 0x.
@@ -150,6 +147,10 @@ pub struct Testnet {
     pub anvil_pid: Option<u32>,
     /// The nodes.
     pub nodes: Vec<TestnetNode>,
+    /// The command line that (re)starts the manager (it recovers the served epoch from its
+    /// state file and the nodes).
+    #[serde(default)]
+    pub manager_command: Vec<String>,
 }
 
 /// The ports of a testnet, as recorded in its `ports.json`.
@@ -458,10 +459,14 @@ async fn ensure_key(
     // Wait for the manager.
     loop {
         manager.check_alive()?;
-        if let Ok(r) = client.get(format!("{manager_url}/health")).send().await {
-            if r.status().is_success() {
-                break;
-            }
+        // Any answer means the manager is up (a degraded cluster answers 503).
+        if client
+            .get(format!("{manager_url}/health"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
         }
         if Instant::now() > deadline {
             bail!(
@@ -545,9 +550,9 @@ fn start_manager(
         margs.push(format!("http://{}", node.grpc_addr));
     }
     let proc = Proc::spawn("manager".into(), &margs, &mdir.join("manager.log"))?;
-    let mut full = vec![std::env::current_exe()?.display().to_string()];
-    full.extend(margs);
-    Ok((proc, full))
+    let mut command = vec![std::env::current_exe()?.display().to_string()];
+    command.extend(margs);
+    Ok((proc, command))
 }
 
 fn print_summary(testnet: &Testnet, out: &Path, manager_pid: u32, t: u16, n: u16) {
@@ -726,7 +731,6 @@ pub fn up(args: &UpArgs) -> Result<()> {
         public_key: public["publicKey"].as_str().unwrap_or_default().to_string(),
         threshold: u16::try_from(public["threshold"].as_u64().unwrap_or_default()).unwrap_or(t),
         manager_pid: manager.pid(),
-        manager_command,
         manager_address: tkms_manager::nox::wallet_address(&wallet).to_string(),
         gateway_private_key: format!("0x{}", gateway_hex.as_str()),
         runner_private_key: format!("0x{}", runner_hex.as_str()),
@@ -739,6 +743,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
             .map(|c| c.deployment.owner_key.to_bytes().to_string()),
         anvil_pid: chain.as_ref().map(|c| c.anvil.child().id()),
         nodes: nodes.iter().map(|(_, n)| n.clone()).collect(),
+        manager_command,
     };
     let out = &args.out;
     let tmp = out.with_extension("json.tmp");

@@ -1,8 +1,8 @@
-//! A DKG/reshare participant as a sans-IO state machine over the round functions of
-//! [`crate::dkg`] (DESIGN §3 "DKG", "Resharing"): it reacts to messages and timers and emits
+//! A DKG/reshare participant as a sans-IO state machine over the round functions of [`crate::dkg`]
+//! (docs/PROTOCOL.md §7 "DKG", §8 "Resharing"): it reacts to messages and timers and emits
 //! [`Action`]s for its runtime to carry out. The real node (libp2p, wall-clock timers) and the
-//! simulator (virtual network, virtual time) drive this same type, as openraft's engine is
-//! driven by its runtime.
+//! simulator (virtual network, virtual time) drive this same type, as openraft's engine is driven
+//! by its runtime.
 //!
 //! A round ends when every expected message is in, or when its timeout fires; the participant
 //! then proceeds with what it has (the round functions treat absent dealers as silent). On
@@ -417,7 +417,7 @@ impl<S: Suite> Participant<S> {
             if self.dealings.len() < self.config.required_dealers() && self.extend(ROUND1, out) {
                 return;
             }
-            self.round2(rng, out);
+            self.round2(now, rng, out);
         } else if low == expected(ROUND2) && matches!(self.phase, Phase::Responding) {
             // Likewise, finalizing with fewer than t responses cannot produce a key that the
             // others agree on; a slow node waits for them rather than failing alone.
@@ -697,7 +697,7 @@ impl<S: Suite> Participant<S> {
         }
         match self.phase {
             Phase::Dealing if self.dealings.len() == self.config.dealers().len() => {
-                self.round2(rng, out);
+                self.round2(now, rng, out);
             }
             Phase::AwaitingRelay(missing) if missing == dealer => {
                 self.try_finalize(now, rng, out);
@@ -707,7 +707,7 @@ impl<S: Suite> Participant<S> {
     }
 
     /// Round 2: acknowledge good dealings, accuse bad ones.
-    fn round2(&mut self, rng: &mut impl CryptoRngCore, out: &mut Vec<Action<S>>) {
+    fn round2(&mut self, now: Duration, rng: &mut impl CryptoRngCore, out: &mut Vec<Action<S>>) {
         self.shares = None;
         if self.is_recipient() {
             let dealings = self.all_dealings();
@@ -723,6 +723,11 @@ impl<S: Suite> Participant<S> {
             after: self.timeouts.round,
             timer: self.timer_id(ROUND2),
         });
+        // Every response may be in already (this node was the last to get its dealings): do
+        // not wait for a timeout that nothing else will cut short.
+        if self.responses.len() == self.config.recipients().len() {
+            self.end_round2(now, rng, out);
+        }
     }
 
     fn respond(

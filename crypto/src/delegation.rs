@@ -1,4 +1,4 @@
-//! Threshold delegation (DESIGN.md §3 "Delegation partial").
+//! Threshold delegation (docs/PROTOCOL.md §5).
 //!
 //! Node `i` answers a request for ephemeral key `K` with `D_i = share_i·K` and a DLEQ proof that
 //! `log_G PK_i = log_K D_i`. A combiner verifies each partial (yielding a

@@ -1,5 +1,5 @@
-//! Distributed key generation and resharing as pure round functions (DESIGN.md §3 "DKG",
-//! "Resharing"): Pedersen's joint-Feldman DKG (Pedersen, EUROCRYPT '91; Gennaro et al.,
+//! Distributed key generation and resharing as pure round functions (docs/PROTOCOL.md §7
+//! "DKG", §8 "Resharing"): Pedersen's joint-Feldman DKG (Pedersen, EUROCRYPT '91; Gennaro et al.,
 //! J. Cryptology 2007) with Schnorr proofs of possession, ECIES-encrypted signed shares, a
 //! complaint round with verifiable reveals, and agreement on a signed transcript hash.
 //! Resharing (Desmedt–Jajodia; Wong–Wang–Wing) deals `g_i` with `g_i(0) = share_i` to a new
@@ -10,7 +10,7 @@
 //! 1. [`deal`]: each dealer `i` draws `f_i` of degree `t-1` (reshare: `f_i(0) = share_i`),
 //!    and broadcasts one signed [`Dealing`]: Feldman commitments `A_{i,k}`, a proof of
 //!    possession of `f_i(0)` bound to `(epoch, i)`, and `s_{i→j} = f_i(j)` ECIES-encrypted to
-//!    every recipient's registered node key. (DESIGN's steps 1 and 2 travel together: the
+//!    every recipient's registered node key. (The design's steps 1 and 2 travel together: the
 //!    encrypted shares are broadcast anyway so that the transcript can be relayed and
 //!    complaints checked by anyone, and one message less is one timeout less.)
 //! 2. [`respond`]: each recipient `j` checks every dealing, decrypts `s_{i→j}` and checks

@@ -1,5 +1,5 @@
-//! Chaum–Pedersen proofs of discrete-log equality, `log_G X = log_H Y` (DESIGN.md §3
-//! "Delegation partial"; Chaum & Pedersen, "Wallet databases with observers", CRYPTO '92).
+//! Chaum–Pedersen proofs of discrete-log equality, `log_G X = log_H Y` (docs/PROTOCOL.md
+//! §5 "Delegation partial"; Chaum & Pedersen, "Wallet databases with observers", CRYPTO '92).
 //!
 //! Prover: `w` random, `T1 = w·G`, `T2 = w·H`,
 //! `c = H("tkms/v1/dleq", ctx, X, H, Y, T1, T2)`, `z = w + c·x`.

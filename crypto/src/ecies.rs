@@ -1,4 +1,4 @@
-//! ECIES, byte-compatible with the Nox KMS (DESIGN.md §3, seed 004 "ECIES Algorithm").
+//! ECIES, byte-compatible with the Nox KMS (docs/PROTOCOL.md §3).
 //!
 //! `k` random, `K = k·G`, `S = k·PK`; `key = HKDF-SHA256(salt = 32 zero bytes, ikm = x(S),
 //! info = "ECIES:AES_GCM:v1", L = 32)`; a random 12-byte nonce; AES-256-GCM with empty AAD.

@@ -1,6 +1,6 @@
 //! # tkms-crypto
 //!
-//! The sans-IO protocol math of tkms (DESIGN.md §3): no network, no files, no async. The node,
+//! The sans-IO protocol math of tkms (docs/PROTOCOL.md): no network, no files, no async. The node,
 //! the manager, the simulator and the tests all drive these same functions.
 //!
 //! - [`suite`]: curve suites ([`Secp256k1`], the default, and [`P256`]) behind one trait, with
@@ -11,6 +11,10 @@
 //! - [`delegation`]: partials `D_i = share_i·K` with proofs; verify; combine into `x(S)`.
 //! - [`pre`]: proxy re-encryption partials to a target key; verify; combine; open.
 //! - [`dkg`]: distributed key generation and resharing as round functions.
+//! - [`collect`]: the fan-out that collects `t` verified partials (whom to ask, when to ask
+//!   more, when a request is served or unavailable), and the per-node circuit breakers.
+//! - [`handover`]: the epoch life cycle: which epoch to serve, commit, roll back or retire,
+//!   decided from what the nodes hold.
 //! - [`secret`]: secret types (zeroized, no `Debug` of values, constant-time equality).
 //!
 //! ```
@@ -41,12 +45,14 @@
 
 pub mod ceremony;
 mod codec;
+pub mod collect;
 pub mod delegation;
 pub mod dkg;
 pub mod dleq;
 pub mod dst;
 pub mod ecies;
 pub mod error;
+pub mod handover;
 pub mod hash;
 mod libsecp;
 pub mod pre;

@@ -1,4 +1,4 @@
-//! Threshold proxy re-encryption to a target EC key (DESIGN.md §3 "Re-encryption partial").
+//! Threshold proxy re-encryption to a target EC key (docs/PROTOCOL.md §6).
 //!
 //! For a ciphertext with ephemeral key `K` under the cluster key and a target `B = b·G`, node
 //! `i` returns `R_i = r_i·G`, `C_i = share_i·K + r_i·B` and a proof of knowledge of

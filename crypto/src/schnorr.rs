@@ -1,7 +1,7 @@
 //! Schnorr signatures and proofs of possession over a [`Suite`].
 //!
 //! `r` random, `R = r·G`, `c = H(dst, R, X, msg)`, `z = r + c·x`; verify `z·G = R + c·X`.
-//! Used for a dealer's proof of knowledge of its constant term (DESIGN.md §3 DKG step 1,
+//! Used for a dealer's proof of knowledge of its constant term (docs/PROTOCOL.md §7 step 1,
 //! tag `tkms/v1/pok`) and for node-key signatures on ceremony messages (tag `tkms/v1/sig`),
 //! so a transcript can be relayed by anyone and equivocation proven.
 

@@ -1,5 +1,5 @@
-//! Shamir secret sharing with Feldman commitments and Lagrange interpolation (DESIGN.md §3
-//! "Shares"): a degree `t-1` polynomial `f`, `share_i = f(i)`, commitments `A_k = a_k·G`,
+//! Shamir secret sharing with Feldman commitments and Lagrange interpolation (docs/PROTOCOL.md
+//! §4 "Shares"): a degree `t-1` polynomial `f`, `share_i = f(i)`, commitments `A_k = a_k·G`,
 //! public share `PK_i = Σ_k i^k·A_k`, `PK = A_0`, `λ_i^T = Π_{j∈T, j≠i} j/(j-i)`.
 
 use core::{fmt, num::NonZeroU16};

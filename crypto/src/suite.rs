@@ -1,7 +1,7 @@
 //! Curve suites: secp256k1 (the default; Ethereum- and Nox-compatible) and P-256.
 //!
 //! Every protocol in this crate is generic over [`Suite`], so it runs and is tested on both.
-//! Encodings are strict (DESIGN.md §3): points are 33-byte SEC1 compressed, never the
+//! Encodings are strict (docs/PROTOCOL.md §1): points are 33-byte SEC1 compressed, never the
 //! identity; scalars are 32-byte big-endian below the group order.
 
 use core::fmt::Debug;

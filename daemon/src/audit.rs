@@ -1,4 +1,4 @@
-//! The audit log (DESIGN.md §4.6): every key use and every admin action, appended to a
+//! The audit log (docs/ARCHITECTURE.md §4.6): every key use and every admin action, appended to a
 //! hash-chained, append-only file of JSON lines, and the checker behind `tkms audit verify`.
 //!
 //! Each line is one JSON object. Its fields are the caller's (requester, operation, epoch,

@@ -1,4 +1,4 @@
-//! Connection admission (DESIGN.md §4.6, "every listener bounds connections, total and per
+//! Connection admission (docs/ARCHITECTURE.md §4.6, "every listener bounds connections, total and per
 //! client address").
 //!
 //! A listener asks [`ConnectionGate::admit`] for every accepted socket; a refused one is

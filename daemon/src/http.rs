@@ -1,4 +1,4 @@
-//! The HTTP listener of the manager and of `tkms engine serve` (DESIGN.md §4.6: "every
+//! The HTTP listener of the manager and of `tkms engine serve` (docs/ARCHITECTURE.md §4.6: "every
 //! listener bounds connections (total and per client address) and header/body/idle time").
 //!
 //! `axum::serve` has no read deadlines: a client that connects and sends nothing, or sends

@@ -1,6 +1,6 @@
 //! # tkms-daemon
 //!
-//! What every tkms service process shares (DESIGN.md §4.6, "front door and audit"), so that
+//! What every tkms service process shares (docs/ARCHITECTURE.md §4.6, "front door and audit"), so that
 //! the manager, the nodes and the engine service keep one definition of each and the manager
 //! links nothing of a node (no vault, no redb, no libp2p):
 //!

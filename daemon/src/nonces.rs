@@ -1,4 +1,4 @@
-//! The replay journal (DESIGN.md §4.6: "a `/v1` nonce is refused forever after its first
+//! The replay journal (docs/ARCHITECTURE.md §4.6: "a `/v1` nonce is refused forever after its first
 //! use (persisted until its expiry) at the manager and at every node").
 //!
 //! [`NonceJournal`] is the [`NonceStore`] of a [`NonceCache`]: each first use of a

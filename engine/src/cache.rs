@@ -2,7 +2,7 @@
 //! vectors), bounded by plaintext bytes.
 //!
 //! The threat model of the engine is the storage backend (memory, disk, S3), not the engine
-//! process, which holds the index keys anyway (DESIGN §4.4). Keeping recently probed
+//! process, which holds the index keys anyway (docs/ARCHITECTURE.md §4.4). Keeping recently probed
 //! segments decrypted in memory removes their AES-GCM opens and storage reads from repeated
 //! queries. Segments are immutable and a cache entry is named by everything that names the
 //! segment's storage tokens — key generation, list, counter and per-segment salt — so a new

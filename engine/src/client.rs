@@ -1,5 +1,5 @@
 //! The entry point: a [`Client`] over one storage backend that creates, loads, lists and
-//! deletes indexes (the CyborgDB `Client` surface; seed 001 "Use the key with CyborgDB").
+//! deletes indexes (the CyborgDB `Client` surface; docs/ARCHITECTURE.md §4.4).
 //!
 //! Creating an index draws a random DEK and a random uid and stores, under `c/<name>`, only
 //! the uid and the DEK wrapped under the caller's KEK. Loading unwraps it; AES-GCM
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rand::rngs::OsRng;
 use rand::RngCore;
+use zeroize::Zeroizing;
 
 use crate::cache::DEFAULT_SEGMENT_CACHE_BYTES;
 use crate::error::{Error, Result};
@@ -201,6 +202,20 @@ impl Client {
     /// Loads an index with a per-user key; the handle is limited to the key's [`Scope`].
     /// An unknown, revoked or forged user key is refused with [`Error::WrongKey`].
     pub fn load_index_with_user_key(&self, name: &str, key: &UserKey) -> Result<Index> {
+        let (header, plain) = self.user_dek(name, key)?;
+        self.open_with_dek(name, header.uid, &plain, None, key.scope())
+    }
+
+    /// Checks that a user key still opens `name` (its record exists, has the key's scope and
+    /// unwraps under it) without loading the index: two small reads. A service holding an
+    /// open handle for the key calls it on every request, so a revoked key stops working
+    /// at once. Refused keys give [`Error::WrongKey`].
+    pub fn check_user_key(&self, name: &str, key: &UserKey) -> Result<()> {
+        self.user_dek(name, key).map(|_| ())
+    }
+
+    /// The index header and the DEK unwrapped with a user key.
+    fn user_dek(&self, name: &str, key: &UserKey) -> Result<(IndexHeader, Zeroizing<Vec<u8>>)> {
         let header = self.header(name)?;
         let wrong = || Error::WrongKey {
             index: name.to_owned(),
@@ -220,7 +235,7 @@ impl Client {
                 &record.wrapped_dek,
             )
             .map_err(|_| wrong())?;
-        self.open_with_dek(name, header.uid, &plain, None, key.scope())
+        Ok((header, plain))
     }
 
     /// Open an index handle from its unwrapped DEK bytes.
@@ -243,6 +258,12 @@ impl Client {
             scope,
             self.segment_cache_bytes,
         )
+    }
+
+    /// Whether an index of this name exists (an invalid name is an error).
+    pub fn contains_index(&self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        Ok(self.store.get(&catalog_key(name))?.is_some())
     }
 
     /// Names of all indexes, sorted.

@@ -1,7 +1,7 @@
 //! The crate's single error type.
 //!
 //! Every bad input is reported as one of these variants *before* anything is changed
-//! (DESIGN §7: "Every malformed input gets a clear error and changes nothing").
+//! (docs/ARCHITECTURE.md §8: "Every malformed input gets a clear error and changes nothing").
 
 use thiserror::Error;
 

@@ -1,5 +1,5 @@
-//! MongoDB-style metadata filters (DESIGN §4.4 "filters: `$exists $eq $ne $in $nin $gt $gte
-//! $lt $lte $and`", plus `$or`).
+//! MongoDB-style metadata filters (docs/ARCHITECTURE.md §4.4: "`$exists $eq $ne $in $nin $gt
+//! $gte $lt $lte $and`", plus `$or`).
 //!
 //! A filter is a JSON object. Keys are field paths (dots reach into nested objects) or the
 //! logical operators `$and` / `$or`, whose value is a non-empty array of filters. A field's

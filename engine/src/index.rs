@@ -1,5 +1,5 @@
 //! An open encrypted index: IVF with an SQ8 first stage and exact re-rank over
-//! forward-private segment storage (seed 002 §2-§3, DESIGN §4.4).
+//! forward-private segment storage (docs/ARCHITECTURE.md §4.4).
 //!
 //! Items are assigned to IVF lists (k-means centroids, trained by [`Index::train`]; an
 //! untrained index has one list and searches it exhaustively). Every upsert writes, per list
@@ -58,8 +58,9 @@ use crate::records::{
 use crate::scan::{exact_rank, sane_rank, Block, Probe, MATCHED_TOGETHER, TILE};
 use crate::store::{value_digest, Applied, Precondition, Store, WriteBatch};
 use crate::types::{
-    CompactionStats, IndexConfig, Item, QueryParams, QueryResult, TrainParams, MAX_ABS_COMPONENT,
-    MAX_CONTENTS_LEN, MAX_ID_LEN, MAX_METADATA_LEN, MAX_RERANK, MAX_TOP_K, MAX_TRAIN_ITERS,
+    auto_n_lists, check_centroids, CompactionStats, IndexConfig, Item, QueryParams, QueryResult,
+    TrainParams, AUTO, MAX_ABS_COMPONENT, MAX_CONTENTS_LEN, MAX_DIMENSION, MAX_ID_LEN, MAX_LISTS,
+    MAX_METADATA_LEN, MAX_RERANK, MAX_TOP_K, MAX_TRAIN_ITERS,
 };
 
 /// Deepest accepted metadata nesting (objects and arrays).
@@ -198,6 +199,21 @@ pub(crate) fn check_vector(config: &IndexConfig, v: &[f32], position: Option<usi
             position,
         });
     }
+    check_values(v, position)
+}
+
+/// A query vector against an index that has no dimension yet: any length, finite values.
+fn check_finite(v: &[f32]) -> Result<()> {
+    if v.is_empty() || v.len() > MAX_DIMENSION {
+        return Err(Error::InvalidArgument(format!(
+            "a query vector must have 1..={MAX_DIMENSION} components, got {}",
+            v.len()
+        )));
+    }
+    check_values(v, None)
+}
+
+fn check_values(v: &[f32], position: Option<usize>) -> Result<()> {
     if v.iter().any(|x| !x.is_finite()) {
         return Err(Error::NonFiniteVector { position });
     }
@@ -211,6 +227,28 @@ pub(crate) fn check_vector(config: &IndexConfig, v: &[f32], position: Option<usi
         )));
     }
     Ok(())
+}
+
+/// The configuration an upsert of `items` is checked against: `config` itself, or, while its
+/// dimension is still [`AUTO`] (no upsert yet), `config` with the first item's dimension.
+fn detect_dimension(config: &IndexConfig, items: &[Item]) -> Result<IndexConfig> {
+    let mut config = config.clone();
+    if config.dimension != AUTO {
+        return Ok(config);
+    }
+    let Some(first) = items.first() else {
+        return Ok(config);
+    };
+    let dim = first.vector.len();
+    if dim == 0 || dim > MAX_DIMENSION {
+        return Err(Error::InvalidArgument(format!(
+            "the index takes its dimension from the first upserted vector, which must have \
+             1..={MAX_DIMENSION} components; the item at batch position 0 has {dim}"
+        )));
+    }
+    check_centroids(config.n_lists, dim).map_err(Error::InvalidArgument)?;
+    config.dimension = dim;
+    Ok(config)
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -627,6 +665,11 @@ impl Index {
         }
     }
 
+    /// Number of IVF lists the index has now: 1 before training, the trained number after.
+    pub fn n_lists(&self) -> usize {
+        self.read().state.lists.len()
+    }
+
     /// Whether [`Index::train`] has built IVF lists.
     pub fn is_trained(&self) -> bool {
         self.read().state.centroids.is_some()
@@ -760,6 +803,13 @@ impl Index {
             }
             other => other,
         }
+    }
+
+    /// Brings this handle up to date with what is stored (one 32-byte read when nothing
+    /// changed), so [`Index::len`], [`Index::is_trained`] and [`Index::config`] answer for
+    /// the stored index.
+    pub fn refresh(&self) -> Result<()> {
+        self.ensure_fresh()
     }
 
     /// Re-reads the index state from storage (after [`Error::Conflict`]).
@@ -1022,8 +1072,10 @@ impl Index {
             return Ok(());
         }
         let mut guard = self.write();
-        let prepared = prepare_items(&guard.state.config, items)?;
+        let config = detect_dimension(&guard.state.config, &items)?;
+        let prepared = prepare_items(&config, items)?;
         let mut state = guard.state.clone();
+        state.config.dimension = config.dimension;
         let mut b = WriteBatch::new();
         self.sweep_into(&mut state, &mut b);
         for p in &prepared {
@@ -1117,8 +1169,12 @@ impl Index {
     /// state if another handle changed it (so a deleted item is never returned, cache or
     /// not). [`Index::query_batch`] does this once per batch, [`Index::get`] per call.
     pub fn query(&self, vector: &[f32], params: &QueryParams) -> Result<Vec<QueryResult>> {
-        let config = self.config();
+        let config = self.query_config()?;
         let plan = Plan::new(&config, params)?;
+        if config.dimension == AUTO {
+            check_finite(vector)?;
+            return Ok(Vec::new());
+        }
         check_vector(&config, vector, None)?;
         if plan.filter.is_none() && self.cache.enabled() {
             let one = std::slice::from_ref(&vector);
@@ -1141,8 +1197,14 @@ impl Index {
         vectors: &[Vec<f32>],
         params: &QueryParams,
     ) -> Result<Vec<Vec<QueryResult>>> {
-        let config = self.config();
+        let config = self.query_config()?;
         let plan = Plan::new(&config, params)?;
+        if config.dimension == AUTO {
+            for v in vectors {
+                check_finite(v)?;
+            }
+            return Ok(vec![Vec::new(); vectors.len()]);
+        }
         for v in vectors {
             check_vector(&config, v, None)?;
         }
@@ -1163,6 +1225,49 @@ impl Index {
             }
             Ok(out)
         })
+    }
+
+    /// Every live item whose metadata matches `filter` (all items when `None`), with its
+    /// metadata, in storage order: a query by metadata alone, without a vector (CyborgDB's
+    /// `query_metadata`). Sees every write committed before the call began.
+    ///
+    /// There is no metadata index: the codes and metadata records of every segment of every
+    /// list are read and decrypted, so the store sees a full scan (every token of the index),
+    /// and the cost is linear in the index size.
+    pub fn query_metadata(&self, filter: Option<&Value>) -> Result<Vec<(String, Option<Value>)>> {
+        let filter = filter.map(Filter::parse).transpose()?;
+        self.read_fresh(|loaded| {
+            let state = &loaded.state;
+            let mut out = Vec::new();
+            for list in 0..state.lists.len() {
+                let segs = self.list_segments(state, list_u32(list));
+                for ((s, _), open) in segs.iter().zip(self.open_segments(state, true, &segs)?) {
+                    let Some(meta) = &open.meta else {
+                        continue;
+                    };
+                    for slot in 0..s.len {
+                        if s.is_deleted(slot) {
+                            continue;
+                        }
+                        let value = parse_metadata(meta.metadata[slot as usize].as_deref())?;
+                        if filter.as_ref().is_none_or(|f| f.matches(value.as_ref())) {
+                            out.push((open.codes.id(slot as usize)?, value));
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The configuration a query is checked against. While the handle knows no dimension yet
+    /// (nothing upserted when it last looked), the state is brought up to date first: another
+    /// handle's first upsert may have fixed it.
+    fn query_config(&self) -> Result<IndexConfig> {
+        if self.read().state.config.dimension == AUTO {
+            self.ensure_fresh()?;
+        }
+        Ok(self.config())
     }
 
     /// Plaintext budget of this handle's segment cache, in bytes (0: disabled).
@@ -1511,7 +1616,7 @@ impl Index {
             .par_iter()
             .map(|&list| {
                 let segs = self.list_segments(state, list);
-                let open = self.open_segments(state, plan, &segs)?;
+                let open = self.open_segments(state, plan.filter.is_some(), &segs)?;
                 Ok(segs
                     .iter()
                     .zip(open)
@@ -1522,7 +1627,7 @@ impl Index {
         Ok(opened.into_iter().flatten().collect())
     }
 
-    /// Tokens of the segments of one probed list (seed 002 §3 "Minimal key generation").
+    /// Tokens of the segments of one probed list (docs/PROTOCOL.md §13: minimal key generation).
     fn list_segments<'s>(
         &self,
         state: &'s State,
@@ -1540,11 +1645,10 @@ impl Index {
     fn open_segments(
         &self,
         state: &State,
-        plan: &Plan,
+        with_meta: bool,
         segs: &[(&SegmentState, SegmentKeys)],
     ) -> Result<Vec<OpenSegment>> {
         let dim = state.config.dimension;
-        let with_meta = plan.filter.is_some();
         let mut keys = Vec::with_capacity(segs.len() * 2);
         for (_, seg) in segs {
             keys.push(self.record_storage_key(seg, KIND_CODES, 0));
@@ -1641,7 +1745,7 @@ impl Index {
         let pq = metric.prepare(query);
         let lists = Self::probed_lists(loaded, plan, &pq, &mut Vec::new());
 
-        // Tokens for the probed lists only (seed 002 §3 "Minimal key generation").
+        // Tokens for the probed lists only (docs/PROTOCOL.md §13: minimal key generation).
         let mut segs: Vec<(&SegmentState, SegmentKeys)> = Vec::new();
         let mut seg_lists = Vec::new();
         for list in lists {
@@ -1660,7 +1764,7 @@ impl Index {
                 })
                 .collect::<Result<_>>()?
         } else {
-            own = self.open_segments(state, plan, &segs)?;
+            own = self.open_segments(state, plan.filter.is_some(), &segs)?;
             own.iter().collect()
         };
         let cands = Self::first_stage(state, plan, &pq, &segs, &opened)?;
@@ -1728,9 +1832,18 @@ impl Index {
         self.require_write("train")?;
         let mut guard = self.write();
         let old = &guard.state;
-        let n_lists = old.config.n_lists;
         let dim = old.config.dimension;
         let live = old.ids.len();
+        let n_lists = match params.n_lists.unwrap_or(old.config.n_lists) {
+            AUTO => auto_n_lists(live, dim),
+            n => n,
+        };
+        if n_lists == 0 || n_lists > MAX_LISTS {
+            return Err(Error::InvalidArgument(format!(
+                "n_lists must be 1..={MAX_LISTS}, got {n_lists}"
+            )));
+        }
+        check_centroids(n_lists, dim).map_err(Error::InvalidArgument)?;
         if params.max_iters > MAX_TRAIN_ITERS {
             return Err(Error::InvalidArgument(format!(
                 "max_iters must be at most {MAX_TRAIN_ITERS}, got {}",
@@ -1779,7 +1892,10 @@ impl Index {
         let mut b = WriteBatch::new();
         self.delete_garbage(&old.garbage, &mut b);
         let mut state = State {
-            config: old.config.clone(),
+            config: IndexConfig {
+                n_lists,
+                ..old.config.clone()
+            },
             generation,
             centroids: Some(centroids),
             lists: vec![ListState::default(); n_lists],
@@ -1874,6 +1990,25 @@ impl Index {
             Applied::Committed => Ok(uk),
             Applied::PreconditionFailed => Err(Error::Conflict(self.name.clone())),
         }
+    }
+
+    /// The user keys minted for this index and not revoked: `(key id, scope)`, sorted by key
+    /// id. Needs the index key.
+    pub fn list_user_keys(&self) -> Result<Vec<([u8; USER_KEY_ID_LEN], Scope)>> {
+        self.require_admin("list_user_keys")?;
+        let prefix = user_key(&self.uid, &[]);
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan_prefix(&prefix)? {
+            let id: [u8; USER_KEY_ID_LEN] = k[prefix.len()..]
+                .try_into()
+                .map_err(|_| Error::Corrupted("a user key record has a malformed name".into()))?;
+            let record: UserRecord = decode(&v, "user key record")?;
+            let scope = Scope::from_byte(record.scope)
+                .ok_or_else(|| Error::Corrupted("a user key record has an unknown scope".into()))?;
+            out.push((id, scope));
+        }
+        out.sort_unstable_by_key(|a| a.0);
+        Ok(out)
     }
 
     /// Revokes a user key by id; returns whether it existed. Needs the index key.

@@ -1,5 +1,5 @@
-//! Key material and key derivation (seed 001 "Encryption Keys", seed 002 §2, DESIGN §3
-//! "Secrets", §4.4).
+//! Key material and key derivation (docs/PROTOCOL.md §13 "Engine key hierarchy", §10
+//! "Secrets").
 //!
 //! The caller holds a 32-byte KEK ([`IndexKey`]). Each index gets a random DEK, stored only
 //! wrapped under the KEK (AES-256-GCM, AAD binding the index name and uid), so a wrong KEK
@@ -125,7 +125,8 @@ impl Scope {
     }
 }
 
-/// A per-user key minted from the index key with [`Index::mint_user_key`](crate::Index::mint_user_key).
+/// A per-user key minted from the index key with
+/// [`Index::mint_user_key`](crate::Index::mint_user_key).
 ///
 /// It names itself (a random key id), carries its [`Scope`], and holds a 32-byte secret that
 /// unwraps the user's own copy of the index DEK. Serialize it with [`UserKey::to_bytes`] to
@@ -273,8 +274,8 @@ impl IndexKeys {
         }
     }
 
-    /// `seed_c = HMAC(cluster_seed_key, CLUSTER_SEED_MSG ‖ generation ‖ cluster)` (seed 002 §2
-    /// "Per-cluster seeds via HMAC").
+    /// `seed_c = HMAC(cluster_seed_key, CLUSTER_SEED_MSG ‖ generation ‖ cluster)` (docs/PROTOCOL.md
+    /// §13 "Per-cluster seeds").
     pub(crate) fn cluster_seed(&self, generation: u32, cluster: u32) -> ClusterSeed {
         let mut mac = hmac(&self.cluster_seed_key[..]);
         mac.update(labels::CLUSTER_SEED_MSG);
@@ -293,8 +294,8 @@ pub(crate) struct ClusterSeed(Zeroizing<[u8; KEY_LEN]>);
 
 impl ClusterSeed {
     /// Keys of segment `(cluster, counter, salt)`: `node = SHA3(NODE ‖ seed ‖ counter ‖
-    /// salt)`, then the "left" storage lookup token and the "right" encryption key (seed 002
-    /// §2, "Binary tree indexing with SHA-3" / "Dual-purpose keys"). The random per-segment
+    /// salt)`, then the "left" storage lookup token and the "right" encryption key
+    /// (docs/PROTOCOL.md §13 "Forward privacy"). The random per-segment
     /// `salt` (kept in the encrypted state) makes a client that is fed a replayed old state
     /// derive fresh tokens and keys instead of reusing those of the segments written after it.
     pub(crate) fn segment(&self, counter: u64, salt: &[u8; SEGMENT_SALT_LEN]) -> SegmentKeys {

@@ -1,9 +1,9 @@
-//! k-means for the IVF coarse quantizer — the "Clustering Model" that assigns each embedding
-//! to a cluster in seed 002 §2 — with k-means++ seeding, Lloyd iterations and re-seeding of
-//! empty lists; deterministic for a given seed. Assignment is parallel with rayon. Training
-//! uses L2 on prepared vectors (unit vectors for cosine); assigning items to lists and
-//! choosing the lists a query probes ([`crate::scan::Probe`]) rank centroids by the
-//! index metric: L2, inner product, or inner product with the normalized centroid.
+//! k-means for the IVF coarse quantizer — the "Clustering Model" that assigns each embedding to an
+//! IVF list (docs/PROTOCOL.md §13) — with k-means++ seeding, Lloyd iterations and re-seeding of
+//! empty lists; deterministic for a given seed. Assignment is parallel with rayon. Training uses L2
+//! on prepared vectors (unit vectors for cosine); assigning items to lists and choosing the lists a
+//! query probes ([`crate::scan::Probe`]) rank centroids by the index metric: L2, inner product, or
+//! inner product with the normalized centroid.
 
 use rand::rngs::StdRng;
 use rand::seq::index::sample;

@@ -1,7 +1,7 @@
 //! Every domain-separation label and KDF `info` string of the engine, in one place
-//! (STYLE "All domain-separation tags and KDF labels live in one module").
+//! (docs/STYLE.md: "All domain-separation tags and KDF labels live in one module").
 //!
-//! Key hierarchy (seed 001 "Encryption Keys", seed 002 §1-§3):
+//! Key hierarchy (docs/PROTOCOL.md §13):
 //!
 //! ```text
 //! KEK (index_key, 32 B, caller-held)

@@ -1,5 +1,5 @@
-//! `tkms-engine`: an encrypted vector index in the manner of CyborgDB (seeds 000-002,
-//! DESIGN §4.4).
+//! `tkms-engine`: an encrypted vector index in the manner of CyborgDB (docs/ARCHITECTURE.md
+//! §4.4; its keys: docs/PROTOCOL.md §13).
 //!
 //! * **Keys** ([`keys`]): the caller's 32-byte KEK wraps a per-index DEK; every other key is
 //!   derived from the DEK with the labelled HKDF/HMAC/SHA-3 steps of [`labels`]. A wrong KEK
@@ -64,7 +64,8 @@ pub use keys::{IndexKey, Scope, UserKey};
 pub use metric::Metric;
 pub use store::{S3Config, StorageConfig};
 pub use types::{
-    CompactionStats, Include, IndexConfig, Item, QueryParams, QueryResult, TrainParams,
-    MAX_ABS_COMPONENT, MAX_CENTROID_FLOATS, MAX_CONTENTS_LEN, MAX_DIMENSION, MAX_ID_LEN, MAX_LISTS,
-    MAX_METADATA_LEN, MAX_RERANK, MAX_TOP_K, MAX_TRAIN_ITERS,
+    auto_n_lists, CompactionStats, Include, IndexConfig, Item, QueryParams, QueryResult,
+    TrainParams, AUTO, MAX_ABS_COMPONENT, MAX_CENTROID_FLOATS, MAX_CONTENTS_LEN, MAX_DIMENSION,
+    MAX_ID_LEN, MAX_LISTS, MAX_METADATA_LEN, MAX_RERANK, MAX_TOP_K, MAX_TRAIN_ITERS,
+    MIN_ITEMS_PER_AUTO_LIST,
 };

@@ -1,7 +1,8 @@
-//! Distance metrics and their use in the two search stages (seed 002 §3, "Optional
-//! decryption: embeddings can be decrypted for final distance computation").
+//! Distance metrics and their use in the two search stages (docs/PROTOCOL.md §13 "Optional
+//! decryption": only the re-ranked candidates' exact vectors are decrypted).
 //!
-//! Distances are "smaller is closer": Euclidean returns the L2 distance, cosine returns
+//! Distances are "smaller is closer": Euclidean returns the L2 distance, squared Euclidean
+//! its square (CyborgDB's `squared_euclidean`; same ranking, no square root), cosine returns
 //! `1 - cos(q, v)`, dot product returns `-q·v`. For cosine, vectors are normalized before
 //! clustering and quantization ("prepared"), so every stage works on unit vectors.
 
@@ -17,6 +18,8 @@ pub enum Metric {
     Cosine,
     /// Negated inner product (maximum inner product search).
     DotProduct,
+    /// Squared L2 distance: ranks exactly like [`Metric::Euclidean`], reports `‖q - v‖²`.
+    SquaredEuclidean,
 }
 
 impl Metric {
@@ -24,7 +27,7 @@ impl Metric {
     pub(crate) fn prepare(self, v: &[f32]) -> Vec<f32> {
         match self {
             Metric::Cosine => normalized(v),
-            Metric::Euclidean | Metric::DotProduct => v.to_vec(),
+            Metric::Euclidean | Metric::SquaredEuclidean | Metric::DotProduct => v.to_vec(),
         }
     }
 
@@ -33,7 +36,7 @@ impl Metric {
     #[cfg(test)]
     pub(crate) fn rank(self, a: &[f32], b: &[f32]) -> f32 {
         match self {
-            Metric::Euclidean => l2_squared(a, b),
+            Metric::Euclidean | Metric::SquaredEuclidean => l2_squared(a, b),
             Metric::Cosine => 1.0 - dot(a, b),
             Metric::DotProduct => -dot(a, b),
         }
@@ -43,6 +46,7 @@ impl Metric {
     pub(crate) fn finish(self, rank: f32) -> f32 {
         match self {
             Metric::Euclidean => rank.max(0.0).sqrt(),
+            Metric::SquaredEuclidean => rank.max(0.0),
             Metric::Cosine | Metric::DotProduct => rank,
         }
     }
@@ -100,6 +104,8 @@ mod tests {
         let pc = Metric::Cosine.prepare(&[6.0, 8.0]);
         assert!(Metric::Cosine.rank(&pa, &pc).abs() < 1e-6);
         assert!((Metric::DotProduct.rank(&a, &a) + 25.0).abs() < 1e-6);
+        let sq = Metric::SquaredEuclidean;
+        assert!((sq.finish(sq.rank(&a, &b)) - 25.0).abs() < 1e-6);
         assert_eq!(Metric::Cosine.prepare(&[0.0, 0.0]), vec![0.0, 0.0]);
     }
 }

@@ -62,7 +62,7 @@ impl Sq8 {
     /// A scorer giving the approximate ranking key of `query` (prepared) against codes.
     pub(crate) fn scorer(&self, metric: Metric, query: &[f32]) -> Scorer {
         match metric {
-            Metric::Euclidean => Scorer::L2 {
+            Metric::Euclidean | Metric::SquaredEuclidean => Scorer::L2 {
                 shifted: query.iter().zip(&self.min).map(|(q, m)| q - m).collect(),
                 scale: self.scale.clone(),
             },

@@ -1,4 +1,4 @@
-//! Serialized record types and the storage key layout (seed 002 §1-§2).
+//! Serialized record types and the storage key layout (docs/PROTOCOL.md §13).
 //!
 //! ```text
 //! c/<index name>                      IndexHeader (postcard): version, uid, DEK wrapped under KEK

@@ -1,6 +1,6 @@
 //! Exact scans of decrypted vector blocks: the inner loop of list-major batched search, of
-//! probe selection and of list assignment (seed 002 §3, "Optional decryption: embeddings can
-//! be decrypted for final distance computation").
+//! probe selection and of list assignment (docs/PROTOCOL.md §13, "Optional
+//! decryption").
 //!
 //! A [`Block`] holds a segment's (or the centroids') prepared vectors in tiles of [`TILE`]
 //! vectors, each tile dimension-major (padded with zeros), so that scoring one query against
@@ -138,7 +138,7 @@ impl Block {
             data: &self.data[tiles.start * step..tiles.end * step],
             dim: self.dim,
             mode: match metric {
-                Metric::Euclidean => L2,
+                Metric::Euclidean | Metric::SquaredEuclidean => L2,
                 Metric::Cosine => COSINE,
                 Metric::DotProduct => DOT,
             },
@@ -270,10 +270,12 @@ const DOT: u8 = 2;
 /// reference of [`Block::rank_all`]; never NaN).
 pub(crate) fn exact_rank(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     let r = match metric {
-        Metric::Euclidean => a.iter().zip(b).fold(0.0, |acc: f32, (x, y)| {
-            let d = x - y;
-            acc + d * d
-        }),
+        Metric::Euclidean | Metric::SquaredEuclidean => {
+            a.iter().zip(b).fold(0.0, |acc: f32, (x, y)| {
+                let d = x - y;
+                acc + d * d
+            })
+        }
         Metric::Cosine => 1.0 - a.iter().zip(b).fold(0.0, |acc: f32, (x, y)| acc + x * y),
         Metric::DotProduct => -a.iter().zip(b).fold(0.0, |acc: f32, (x, y)| acc + x * y),
     };
@@ -301,14 +303,14 @@ impl Probe {
             .map(|c| {
                 Zeroizing::new(match metric {
                     Metric::Cosine => crate::metric::normalized(c),
-                    Metric::Euclidean | Metric::DotProduct => c.to_vec(),
+                    Metric::Euclidean | Metric::SquaredEuclidean | Metric::DotProduct => c.to_vec(),
                 })
             })
             .collect();
         Self {
             block: Block::from_rows(dim, n, rows.iter().map(|r| r.as_slice())),
             metric: match metric {
-                Metric::Euclidean => Metric::Euclidean,
+                Metric::Euclidean | Metric::SquaredEuclidean => Metric::Euclidean,
                 Metric::Cosine | Metric::DotProduct => Metric::DotProduct,
             },
         }

@@ -1,6 +1,6 @@
 //! Public request and response types of the index API (items, configuration, query
 //! parameters), modelled on CyborgDB's `{id, vector, contents, metadata}` items and
-//! `{top_k, n_probes, filters, include}` queries (DESIGN §4.4).
+//! `{top_k, n_probes, filters, include}` queries (docs/ARCHITECTURE.md §4.4).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -29,8 +29,54 @@ pub const MAX_TRAIN_ITERS: usize = 1_000;
 /// Largest accepted magnitude of a vector component: keeps every distance finite in `f32`
 /// (`(2 · 1e15)² · MAX_DIMENSION` is far below `f32::MAX`).
 pub const MAX_ABS_COMPONENT: f32 = 1e15;
+/// The value of [`IndexConfig::dimension`] and [`IndexConfig::n_lists`] that leaves them to be
+/// decided later (dimension: at the first upsert; lists: at training).
+pub const AUTO: usize = 0;
+/// Fewest items per list [`auto_n_lists`] aims for, so k-means has points to fit each centroid
+/// (FAISS warns below 39 training points per centroid).
+pub const MIN_ITEMS_PER_AUTO_LIST: usize = 39;
+
+/// The number of IVF lists training picks for `items` vectors of `dimension` when none is
+/// given: about `√items` (so the default 16 probes scan a few percent of a large index),
+/// with at least [`MIN_ITEMS_PER_AUTO_LIST`] items per list, at least 1, and within
+/// [`MAX_LISTS`] and [`MAX_CENTROID_FLOATS`].
+///
+/// ```
+/// use tkms_engine::auto_n_lists;
+/// assert_eq!(auto_n_lists(0, 8), 1);
+/// assert_eq!(auto_n_lists(200, 8), 5);          // 200 / 39
+/// assert_eq!(auto_n_lists(10_000, 8), 100);     // √10,000
+/// assert_eq!(auto_n_lists(1_000_000, 8), 1000);
+/// ```
+pub fn auto_n_lists(items: usize, dimension: usize) -> usize {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let root = (items as f64).sqrt().round() as usize;
+    let by_floats = MAX_CENTROID_FLOATS / dimension.max(1);
+    root.min(items / MIN_ITEMS_PER_AUTO_LIST)
+        .min(MAX_LISTS)
+        .min(by_floats)
+        .max(1)
+}
+
+/// `n_lists · dimension` within [`MAX_CENTROID_FLOATS`] (either may still be [`AUTO`]).
+pub(crate) fn check_centroids(n_lists: usize, dimension: usize) -> std::result::Result<(), String> {
+    if n_lists.saturating_mul(dimension) > MAX_CENTROID_FLOATS {
+        return Err(format!(
+            "n_lists · dimension must be at most {MAX_CENTROID_FLOATS}, got {n_lists} · {dimension}"
+        ));
+    }
+    Ok(())
+}
 
 /// How an index is built. Construct with [`IndexConfig::new`] and the `with_*` methods.
+///
+/// Two values are decided later rather than at creation (CyborgDB's behaviour):
+/// `dimension` [`AUTO`] (0) is taken from the first upsert, and `n_lists` [`AUTO`] is chosen by
+/// [`Index::train`](crate::Index::train) from the number of items ([`auto_n_lists`]).
 ///
 /// ```
 /// use tkms_engine::{IndexConfig, Metric};
@@ -40,11 +86,13 @@ pub const MAX_ABS_COMPONENT: f32 = 1e15;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct IndexConfig {
-    /// Vector dimension.
+    /// Vector dimension; [`AUTO`] (0): taken from the first upsert.
     pub dimension: usize,
     /// Distance metric.
     pub metric: Metric,
-    /// Number of IVF lists (k-means clusters) created by [`Index::train`](crate::Index::train).
+    /// Number of IVF lists (k-means clusters) [`Index::train`](crate::Index::train) creates
+    /// unless told otherwise ([`TrainParams::n_lists`]); [`AUTO`] (0): chosen from the number
+    /// of items at training ([`auto_n_lists`]). After training, the number of lists built.
     pub n_lists: usize,
     /// Default number of lists a query probes (overridable per query).
     pub n_probes: usize,
@@ -75,7 +123,7 @@ impl IndexConfig {
         self
     }
 
-    /// Sets the number of IVF lists.
+    /// Sets the number of IVF lists ([`AUTO`]: chosen at training from the item count).
     #[must_use]
     pub fn with_n_lists(mut self, n_lists: usize) -> Self {
         self.n_lists = n_lists;
@@ -105,24 +153,19 @@ impl IndexConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
-        if self.dimension == 0 || self.dimension > MAX_DIMENSION {
+        if self.dimension > MAX_DIMENSION {
             return bad(format!(
-                "dimension must be 1..={MAX_DIMENSION}, got {}",
+                "dimension must be 1..={MAX_DIMENSION} (or 0: taken from the first upsert), got {}",
                 self.dimension
             ));
         }
-        if self.n_lists == 0 || self.n_lists > MAX_LISTS {
+        if self.n_lists > MAX_LISTS {
             return bad(format!(
-                "n_lists must be 1..={MAX_LISTS}, got {}",
+                "n_lists must be 1..={MAX_LISTS} (or 0: chosen at training), got {}",
                 self.n_lists
             ));
         }
-        if self.n_lists.saturating_mul(self.dimension) > MAX_CENTROID_FLOATS {
-            return bad(format!(
-                "n_lists · dimension must be at most {MAX_CENTROID_FLOATS}, got {} · {}",
-                self.n_lists, self.dimension
-            ));
-        }
+        check_centroids(self.n_lists, self.dimension).map_err(Error::InvalidConfig)?;
         if self.n_probes == 0 {
             return bad("n_probes must be at least 1".into());
         }
@@ -300,6 +343,9 @@ pub struct QueryResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TrainParams {
+    /// Lists to build (`None`: the index's configured `n_lists`, or [`auto_n_lists`] when that
+    /// is [`AUTO`]). Retraining may change the number of lists.
+    pub n_lists: Option<usize>,
     /// Lloyd iterations.
     pub max_iters: usize,
     /// Vectors sampled for k-means (`None`: `min(live, 256 · n_lists)`).
@@ -311,6 +357,7 @@ pub struct TrainParams {
 impl Default for TrainParams {
     fn default() -> Self {
         Self {
+            n_lists: None,
             max_iters: 20,
             sample_size: None,
             seed: 0x7b5e_ed00,
@@ -319,9 +366,17 @@ impl Default for TrainParams {
 }
 
 impl TrainParams {
-    /// Defaults: 20 iterations, sample `min(live, 256 · n_lists)`, fixed seed.
+    /// Defaults: the index's lists, 20 iterations, sample `min(live, 256 · n_lists)`, fixed
+    /// seed.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the number of lists to build.
+    #[must_use]
+    pub fn n_lists(mut self, n: usize) -> Self {
+        self.n_lists = Some(n);
+        self
     }
 
     /// Sets the number of Lloyd iterations.

@@ -282,8 +282,8 @@ fn index_management_errors() {
         ));
     }
     for cfg in [
-        IndexConfig::new(0),
-        IndexConfig::new(8).with_n_lists(0),
+        IndexConfig::new(tkms_engine::MAX_DIMENSION + 1),
+        IndexConfig::new(8).with_n_lists(tkms_engine::MAX_LISTS + 1),
         IndexConfig::new(8).with_rerank_mult(0),
     ] {
         assert!(matches!(
@@ -462,4 +462,68 @@ fn cosine_and_threads() {
             });
         }
     });
+}
+
+/// `AUTO` dimension: taken from the first upsert (queries before it find nothing, later
+/// vectors must match it); `AUTO` lists: chosen at the first training from the item count,
+/// overridable per training, kept by a retraining without one.
+#[test]
+fn automatic_dimension_and_list_count() {
+    use tkms_engine::{auto_n_lists, AUTO};
+    let client = Client::new(StorageConfig::memory()).unwrap();
+    let key = IndexKey::generate();
+    let index = client
+        .create_index("auto", &key, IndexConfig::new(AUTO).with_n_lists(AUTO))
+        .unwrap();
+    assert_eq!((index.config().dimension, index.n_lists()), (AUTO, 1));
+    assert!(index
+        .query(&[1.0, 2.0, 3.0], &QueryParams::new(3))
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        index.query(&[f32::NAN], &QueryParams::new(3)),
+        Err(Error::NonFiniteVector { .. })
+    ));
+    assert!(matches!(
+        index.train(&TrainParams::default()),
+        Err(Error::NotEnoughVectors { have: 0, need: 1 })
+    ));
+    // An empty first vector cannot fix a dimension; nothing is written.
+    assert!(matches!(
+        index.upsert(vec![Item::new("e", vec![])]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(index.config().dimension, AUTO);
+    let items = dataset(500, 8);
+    index.upsert(items.clone()).unwrap();
+    assert_eq!(index.config().dimension, 8);
+    // Another handle sees the dimension too (it was stored with the items).
+    let other = client.load_index("auto", &key).unwrap();
+    assert_eq!(other.config().dimension, 8);
+    assert!(matches!(
+        index.upsert(vec![Item::new("wide", vec![0.0; 9])]),
+        Err(Error::DimensionMismatch {
+            expected: 8,
+            got: 9,
+            ..
+        })
+    ));
+    index.train(&TrainParams::default()).unwrap();
+    assert_eq!(index.n_lists(), auto_n_lists(500, 8));
+    assert_eq!(auto_n_lists(500, 8), 12);
+    index.train(&TrainParams::default().n_lists(5)).unwrap();
+    assert_eq!((index.n_lists(), index.config().n_lists), (5, 5));
+    index.train(&TrainParams::default()).unwrap();
+    assert_eq!(index.n_lists(), 5);
+    assert!(matches!(
+        index.train(&TrainParams::default().n_lists(501)),
+        Err(Error::NotEnoughVectors {
+            have: 500,
+            need: 501
+        })
+    ));
+    let hits = index
+        .query(&items[7].vector, &QueryParams::new(1).n_probes(5))
+        .unwrap();
+    assert_eq!(hits[0].id, items[7].id);
 }

@@ -170,6 +170,13 @@ fn euclidean_exhaustive_batch_is_exact() {
     exhaustive_batch_matches_brute_force(Metric::Euclidean);
 }
 
+/// Squared Euclidean ranks as Euclidean and reports the squared L2 distance (CyborgDB's
+/// `squared_euclidean`), not its square root.
+#[test]
+fn squared_euclidean_exhaustive_batch_is_exact() {
+    exhaustive_batch_matches_brute_force(Metric::SquaredEuclidean);
+}
+
 #[test]
 fn dot_product_exhaustive_batch_is_exact() {
     exhaustive_batch_matches_brute_force(Metric::DotProduct);

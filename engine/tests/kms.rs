@@ -1,8 +1,8 @@
-//! KMS envelopes (seed 000): the `KMSBlob` FlatBuffer stored beside the keystore, its
-//! create/push/get/delete semantics on the memory and disk backends, and the `aws-kms`
-//! provider against a local `moto_server` KMS started by the test (`pip install
-//! "moto[server]"`): create an index under a KMS-wrapped KEK, reload it through its envelope
-//! from a fresh client, and refuse swapped, foreign and missing envelopes with clear errors.
+//! KMS envelopes (docs/ARCHITECTURE.md §4.4 "KMS envelopes"): the `KMSBlob` FlatBuffer stored
+//! beside the keystore, its create/push/get/delete semantics on the memory and disk backends, and
+//! the `aws-kms` provider against a local `moto_server` KMS started by the test (installed by
+//! `./test.sh`): create an index under a KMS-wrapped KEK, reload it through its envelope from a
+//! fresh client, and refuse swapped, foreign and missing envelopes with clear errors.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -109,24 +109,11 @@ fn envelope_persists_on_disk_and_goes_with_its_index() {
 /// A moto KMS with one symmetric key; returns the server and the key's id.
 fn moto_kms() -> (Moto, String) {
     let moto = Moto::start();
-    let endpoint = moto.endpoint();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let key_id = rt.block_on(async move {
-        let conf = aws_sdk_kms::Config::builder()
-            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-            .region(aws_sdk_kms::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_kms::config::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
-            .endpoint_url(endpoint)
-            .build();
-        let kms = aws_sdk_kms::Client::from_conf(conf);
-        let out = kms.create_key().send().await.unwrap();
-        out.key_metadata.unwrap().key_id
-    });
+    let key_id = rt.block_on(moto.create_kms_key());
     (moto, key_id)
 }
 

@@ -1,5 +1,5 @@
-//! S3 backend against a local `moto_server` (started by the test itself; needs
-//! `pip install "moto[server]"`). Covers the index life cycle over S3, reopening from a new
+//! S3 backend against a local `moto_server` (started by the test itself; installed by
+//! `./test.sh`). Covers the index life cycle over S3, reopening from a new
 //! client, wrong keys, concurrent-handle conflicts (conditional put), store-level batch
 //! semantics, use from inside a tokio runtime, and a raw scan of every object in the bucket
 //! for plaintext.

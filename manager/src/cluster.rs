@@ -1,10 +1,14 @@
-//! Fan-out to the nodes (DESIGN.md §4.1, §7): a request goes to every node at once (or, with
-//! [`Fanout::Hedged`], to `t + extra` of them, with more asked as soon as one fails and after
-//! each hedge delay without an answer) with a per-node timeout; each partial is verified by its
-//! proof as it arrives; the first `t` verified partials are combined and the rest abandoned. A node that times out, refuses, or
-//! returns a partial whose proof fails is named in the result (for logs and metrics) and never
-//! changes the answer. With fewer than `t` usable nodes the request fails as soon as that is
-//! certain, never later than the per-node timeout.
+//! Fan-out to the nodes (docs/RELIABILITY.md "Fan-out"): each request is one
+//! [`Collector`] — the sans-IO collect-verify-combine loop the simulator drives too — run
+//! here over gRPC calls with a per-node timeout. A request goes to every node whose circuit
+//! breaker is closed (or, with [`Fanout::Hedged`], to `t + extra` of them, with one more
+//! after each hedge delay without an answer); a node that fails is replaced at once by the
+//! next in order; each partial is verified by its proof; the first `t` verified partials are
+//! combined and the rest abandoned. A breaker only orders the nodes: a request that falls
+//! short asks every node left, open breaker or not, before it fails, and fails as soon as
+//! fewer than `t` nodes can still answer. A node that times out, refuses, or returns a partial
+//! whose proof fails is named in the result (for logs and metrics) and never changes the
+//! answer.
 //!
 //! Concurrent `/v0` delegations are coalesced: while a batch is at the nodes, new requests
 //! queue and then leave together in one `PartialDelegationBatch` call per node; each keeps its
@@ -13,7 +17,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
     },
     time::{Duration, Instant},
@@ -21,7 +25,8 @@ use std::{
 
 use rand_core::OsRng;
 use tkms_crypto::{
-    delegation::{self, DelegationRequest, PartialDelegation, VerifiedPartialDelegation},
+    collect::{BreakerChange, Breakers, Collector, Liveness, Outcome, Plan},
+    delegation::{self, DelegationRequest, PartialDelegation},
     pre::{self, PartialReencryption, ReencryptedCapsule, ReencryptionRequest},
     suite::Encoded,
     NodeIndex, PublicKeySet, Secp256k1, SecretScalar, SharedSecret,
@@ -116,47 +121,6 @@ pub struct Reencrypted {
 /// that finds a bad one among them still has others to use.
 pub const STRAGGLER_GRACE: Duration = Duration::from_millis(20);
 
-/// Consecutive liveness failures (timeouts, unreachable) after which a node is skipped.
-pub const BREAKER_THRESHOLD: u32 = 3;
-/// First cool-down of an open breaker; it doubles on each failed probe, up to
-/// [`BREAKER_MAX_COOLDOWN`].
-pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
-/// Longest cool-down.
-pub const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(30);
-
-/// A per-node circuit breaker: after [`BREAKER_THRESHOLD`] consecutive timeouts or refused
-/// connections the node is not asked until its cool-down passes; then the next request
-/// probes it again (a failure re-opens it for twice as long, a success closes it). A node that
-/// answers, even wrongly, stays in the fan-out: its bad partials are named, not hidden.
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: u32,
-    cooldown: Duration,
-    open_until: Option<Instant>,
-}
-
-impl Breaker {
-    fn record(&mut self, node: NodeIndex, down: bool) {
-        if !down {
-            if self.failures >= BREAKER_THRESHOLD {
-                tracing::info!(%node, "node answers again: circuit closed");
-            }
-            *self = Self::default();
-            return;
-        }
-        self.failures = self.failures.saturating_add(1);
-        if self.failures >= BREAKER_THRESHOLD {
-            self.cooldown = if self.cooldown.is_zero() {
-                BREAKER_COOLDOWN
-            } else {
-                (self.cooldown * 2).min(BREAKER_MAX_COOLDOWN)
-            };
-            self.open_until = Some(Instant::now() + self.cooldown);
-            tracing::warn!(%node, failures = self.failures, cooldown_ms = u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX), "node keeps failing: circuit open");
-        }
-    }
-}
-
 /// Which nodes a request is sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -214,102 +178,6 @@ impl std::fmt::Display for Fanout {
             Self::Hedged { extra: 0, .. } => f.write_str("t"),
             Self::Hedged { extra, .. } => write!(f, "t+{extra}"),
         }
-    }
-}
-
-/// The calls of one request: those in flight, and the nodes not asked yet, in the order they
-/// will be.
-struct Calls<Req, Resp, F> {
-    in_flight: JoinSet<(NodeIndex, Result<Resp, NodeFailure>)>,
-    waiting: VecDeque<(NodeIndex, NodeClient<Channel>)>,
-    request: Req,
-    call: F,
-    timeout: Duration,
-    hedge: Option<Duration>,
-    breakers: Arc<Mutex<BTreeMap<NodeIndex, Breaker>>>,
-}
-
-impl<Req, Resp, F, Fut> Calls<Req, Resp, F>
-where
-    Req: Clone + Send + 'static,
-    Resp: Send + 'static,
-    F: Fn(NodeClient<Channel>, Req) -> Fut,
-    Fut:
-        std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
-{
-    /// Ask the next waiting node; false if none is left.
-    fn launch(&mut self) -> bool {
-        let Some((index, client)) = self.waiting.pop_front() else {
-            return false;
-        };
-        let timeout = self.timeout;
-        let pending = (self.call)(client, self.request.clone());
-        let breakers = Arc::clone(&self.breakers);
-        self.in_flight.spawn(async move {
-            let answer = match tokio::time::timeout(timeout, pending).await {
-                Err(_) => Err(NodeFailure::Timeout),
-                Ok(Err(status)) => Err(failure_of(&status)),
-                Ok(Ok(response)) => Ok(response.into_inner()),
-            };
-            let down = matches!(
-                answer,
-                Err(NodeFailure::Timeout | NodeFailure::Unreachable(_))
-            );
-            breakers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(index)
-                .or_default()
-                .record(index, down);
-            (index, answer)
-        });
-        true
-    }
-
-    /// The next answer. While fewer than `wanted` calls are in flight, more nodes are asked;
-    /// with a hedge delay, one more is asked each time it passes without an answer (only while
-    /// answers are `wanted`). `None` when nothing is in flight and nobody is left to ask.
-    async fn next(&mut self, wanted: usize) -> Option<(NodeIndex, Result<Resp, NodeFailure>)> {
-        loop {
-            while self.in_flight.len() < wanted && self.launch() {}
-            let hedge = self
-                .hedge
-                .filter(|_| wanted > 0 && !self.waiting.is_empty());
-            let joined = match hedge {
-                None => self.in_flight.join_next().await?,
-                Some(delay) => {
-                    let Ok(joined) = tokio::time::timeout(delay, self.in_flight.join_next()).await
-                    else {
-                        self.launch();
-                        continue;
-                    };
-                    joined?
-                }
-            };
-            // A call task only ends early when aborted; skip it.
-            if let Ok(answer) = joined {
-                return Some(answer);
-            }
-        }
-    }
-
-    /// The next answer already in flight, or `None` at `deadline` (no node is added).
-    async fn next_until(
-        &mut self,
-        deadline: tokio::time::Instant,
-    ) -> Option<(NodeIndex, Result<Resp, NodeFailure>)> {
-        loop {
-            let joined = tokio::time::timeout_at(deadline, self.in_flight.join_next())
-                .await
-                .ok()??;
-            if let Ok(answer) = joined {
-                return Some(answer);
-            }
-        }
-    }
-
-    fn abort_all(&mut self) {
-        self.in_flight.abort_all();
     }
 }
 
@@ -419,40 +287,10 @@ impl Coalescer {
     }
 }
 
-/// A delegation of a batch in progress; `reply` is taken when it is answered.
+/// A delegation of a batch in progress: its domain, and where its answer goes.
 struct Open {
     domain: DelegationRequest<S>,
     reply: Option<oneshot::Sender<Result<Served<SharedSecret>, ClusterError>>>,
-    verified: Vec<VerifiedPartialDelegation<S>>,
-    pending: Vec<PartialDelegation<S>>,
-    failures: Vec<(NodeIndex, NodeFailure)>,
-}
-
-impl Open {
-    /// Answer: the combined secret with `t` verified partials, else which nodes failed.
-    fn finish(&mut self, keys: &PublicKeySet<S>) {
-        let Some(reply) = self.reply.take() else {
-            return;
-        };
-        let failures = std::mem::take(&mut self.failures);
-        for (node, failure) in &failures {
-            tracing::warn!(node = %node, %failure, "node did not contribute a valid partial delegation");
-        }
-        let threshold = keys.threshold();
-        let answer = if self.verified.len() >= usize::from(threshold) {
-            delegation::combine(&self.verified, keys)
-                .map(|value| Served { value, failures })
-                .map_err(|e| ClusterError::Invalid(e.to_string()))
-        } else {
-            Err(ClusterError::Unavailable {
-                threshold,
-                verified: self.verified.len(),
-                failures,
-            })
-        };
-        // The caller may have gone (its connection closed); nothing is left to do then.
-        let _ = reply.send(answer);
-    }
 }
 
 /// The manager's view of the cluster for one epoch.
@@ -506,6 +344,18 @@ impl Cluster {
     /// The key epoch served.
     pub fn epoch(&self) -> u64 {
         self.core.epoch
+    }
+
+    /// Whether requests of this cluster are still at the nodes (a batch, a caller holding
+    /// it): `self` must be the caller's only handle besides the one it checks with.
+    pub fn in_use(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) > 1 || Arc::strong_count(&self.core) > 1
+    }
+
+    /// Tell the breakers what an out-of-band check (a status probe) showed about `node`, so
+    /// that a node that comes back is asked first again at once.
+    pub fn observe(&self, node: NodeIndex, liveness: Liveness) {
+        self.core.health.record(node, liveness);
     }
 
     /// Obtain `x(S)` for the ephemeral key `K`: `t` verified partial delegations, combined.
@@ -613,15 +463,93 @@ impl Cluster {
     }
 }
 
+/// The per-node circuit breakers ([`Breakers`]) on the manager's monotonic clock.
+struct Health {
+    breakers: Mutex<Breakers>,
+    clock: Instant,
+}
+
+impl Health {
+    fn new(nodes: impl IntoIterator<Item = NodeIndex>) -> Self {
+        Self {
+            breakers: Mutex::new(Breakers::new(nodes)),
+            clock: Instant::now(),
+        }
+    }
+
+    fn breakers(&self) -> std::sync::MutexGuard<'_, Breakers> {
+        self.breakers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whom a request asks, and its hedge delay.
+    fn plan(&self, fanout: Fanout, threshold: usize, nodes: usize) -> (Plan, Option<Duration>) {
+        let now = self.clock.elapsed();
+        match fanout {
+            Fanout::All => (self.breakers().plan(now, nodes, false), None),
+            Fanout::Hedged { extra, hedge } => (
+                self.breakers()
+                    .plan(now, threshold + usize::from(extra), true),
+                Some(hedge),
+            ),
+        }
+    }
+
+    fn record(&self, node: NodeIndex, liveness: Liveness) {
+        let now = self.clock.elapsed();
+        match self.breakers().record(node, now, liveness) {
+            Some(BreakerChange::Opened { cooldown }) => tracing::warn!(
+                %node,
+                cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX),
+                "node keeps failing: asked last until its cool-down passes"
+            ),
+            Some(BreakerChange::Closed) => tracing::info!(%node, "node answers again"),
+            None => {}
+        }
+    }
+}
+
+/// What a node's call returned, as the collector sees it.
+fn liveness<T>(answer: &Result<T, NodeFailure>) -> Liveness {
+    match answer {
+        Err(NodeFailure::Timeout | NodeFailure::Unreachable(_)) => Liveness::Down,
+        _ => Liveness::Answered,
+    }
+}
+
+/// How a fan-out treats answers: the driver-specific half of [`Core::collect`].
+trait Gather {
+    /// A node's answer.
+    type Response: Send + 'static;
+
+    /// Take `node`'s answer into `collector` (and keep what will be combined); an error fails
+    /// the node as a whole.
+    fn answer(
+        &mut self,
+        collector: &mut Collector<NodeFailure>,
+        node: NodeIndex,
+        response: Self::Response,
+    ) -> Result<(), NodeFailure>;
+
+    /// Verify the unverified partials of `items`, telling `collector` which passed (nothing
+    /// to do for answers accepted on arrival).
+    fn verify(&mut self, _collector: &mut Collector<NodeFailure>, _items: Vec<usize>) {}
+
+    /// `item` is decided.
+    fn decided(&mut self, collector: &Collector<NodeFailure>, item: usize, outcome: Outcome);
+
+    /// How long to keep taking answers once every item is decided (stragglers).
+    fn linger(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// The manager's view of the cluster for one epoch: node connections, breakers, key set.
 struct Core {
-    nodes: Vec<(NodeIndex, NodeClient<Channel>)>,
-    breakers: Arc<Mutex<BTreeMap<NodeIndex, Breaker>>>,
+    nodes: BTreeMap<NodeIndex, NodeClient<Channel>>,
+    health: Health,
     keys: PublicKeySet<S>,
     epoch: u64,
     timeout: Duration,
-    /// Where the next hedged request starts in the node list, so the load rotates.
-    turn: AtomicUsize,
 }
 
 impl Core {
@@ -632,7 +560,7 @@ impl Core {
         manager_key: &SecretScalar<S>,
         timeout: Duration,
     ) -> Result<Self, ClusterError> {
-        let mut nodes = Vec::with_capacity(endpoints.len());
+        let mut nodes = BTreeMap::new();
         let tls = ManagerTls::new(manager_key)
             .map_err(|e| ClusterError::Invalid(format!("TLS identity: {e}")))?;
         for e in endpoints {
@@ -655,75 +583,113 @@ impl Core {
                 .connect_timeout(timeout)
                 .timeout(timeout);
             let channel = tls.channel(&endpoint);
-            nodes.push((e.index, NodeClient::new(channel)));
+            nodes.insert(e.index, NodeClient::new(channel));
         }
         Ok(Self {
+            health: Health::new(nodes.keys().copied()),
             nodes,
-            breakers: Arc::default(),
             keys,
             epoch,
             timeout,
-            turn: AtomicUsize::new(0),
         })
     }
 
-    /// Start `request`'s calls: to every node at once, or ([`Fanout::Hedged`]) to
-    /// `t + extra` of them, the rest waiting their turn. Nodes whose circuit is open are not
-    /// asked (with [`Fanout::All`]) or asked last (hedged), unless fewer than `t` would be left.
-    fn fan_out<Req, Resp, F, Fut>(
+    /// Run one fan-out of `items` items to its end: ask the nodes the [`Collector`] names
+    /// (calling `call` with each node's client and `request`), hand every answer to `gather`,
+    /// verify when the collector says so, and report each item once it is decided.
+    async fn collect<Req, Resp, F, Fut, G>(
         &self,
         fanout: Fanout,
-        request: &Req,
+        items: usize,
+        request: Req,
         call: F,
-    ) -> Calls<Req, Resp, F>
-    where
+        gather: &mut G,
+    ) where
         Req: Clone + Send + 'static,
         Resp: Send + 'static,
         F: Fn(NodeClient<Channel>, Req) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>
             + Send
             + 'static,
+        G: Gather<Response = Resp>,
     {
-        let now = Instant::now();
         let threshold = usize::from(self.keys.threshold());
-        let (mut closed, open): (Vec<_>, Vec<_>) = {
-            let breakers = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
-            self.nodes.iter().cloned().partition(|(i, _)| {
-                breakers
-                    .get(i)
-                    .and_then(|b| b.open_until)
-                    .is_none_or(|t| t <= now)
-            })
-        };
-        let (first, hedge) = match fanout {
-            Fanout::All => (self.nodes.len(), None),
-            Fanout::Hedged { extra, hedge } => {
-                if !closed.is_empty() {
-                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) % closed.len();
-                    closed.rotate_left(turn);
-                }
-                (threshold + usize::from(extra), Some(hedge))
+        let (plan, hedge) = self.health.plan(fanout, threshold, self.nodes.len());
+        let mut collector: Collector<NodeFailure> =
+            Collector::new(plan, self.keys.threshold(), items);
+        let mut calls: JoinSet<(NodeIndex, Result<Resp, NodeFailure>)> = JoinSet::new();
+        let launch = |calls: &mut JoinSet<_>, nodes: Vec<NodeIndex>| {
+            for node in nodes {
+                let Some(client) = self.nodes.get(&node) else {
+                    continue;
+                };
+                let pending = call(client.clone(), request.clone());
+                let timeout = self.timeout;
+                calls.spawn(async move {
+                    let answer = match tokio::time::timeout(timeout, pending).await {
+                        Err(_) => Err(NodeFailure::Timeout),
+                        Ok(Err(status)) => Err(failure_of(&status)),
+                        Ok(Ok(response)) => Ok(response.into_inner()),
+                    };
+                    (node, answer)
+                });
             }
         };
-        // Never skip so many nodes that fewer than t are asked.
-        let skip_open = closed.len() >= threshold && hedge.is_none();
-        let mut waiting: VecDeque<_> = closed.into();
-        if !skip_open {
-            waiting.extend(open);
+        launch(&mut calls, collector.start());
+        let mut linger_until: Option<tokio::time::Instant> = None;
+        loop {
+            let ready = collector.to_verify();
+            if !ready.is_empty() {
+                gather.verify(&mut collector, ready);
+            }
+            for (item, outcome) in collector.settle() {
+                gather.decided(&collector, item, outcome);
+            }
+            if collector.is_done() && linger_until.is_none() {
+                match gather.linger() {
+                    Some(grace) if !calls.is_empty() => {
+                        linger_until = Some(tokio::time::Instant::now() + grace);
+                    }
+                    _ => break,
+                }
+            }
+            launch(&mut calls, collector.more());
+            let joined = if let Some(until) = linger_until {
+                match tokio::time::timeout_at(until, calls.join_next()).await {
+                    Ok(Some(joined)) => joined,
+                    Ok(None) | Err(_) => break,
+                }
+            } else if let Some(delay) = hedge.filter(|_| collector.waiting() > 0) {
+                match tokio::time::timeout(delay, calls.join_next()).await {
+                    Ok(Some(joined)) => joined,
+                    Ok(None) => break,
+                    Err(_) => {
+                        if let Some(node) = collector.hedge() {
+                            launch(&mut calls, vec![node]);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                match calls.join_next().await {
+                    Some(joined) => joined,
+                    None => break,
+                }
+            };
+            // A call task only ends early when aborted.
+            let Ok((node, answer)) = joined else { continue };
+            self.health.record(node, liveness(&answer));
+            match answer {
+                Ok(response) => {
+                    collector.answered(node);
+                    if let Err(failure) = gather.answer(&mut collector, node, response) {
+                        collector.node_failed(node, &failure);
+                    }
+                }
+                Err(failure) => collector.node_failed(node, &failure),
+            }
         }
-        let mut calls = Calls {
-            in_flight: JoinSet::new(),
-            waiting,
-            request: request.clone(),
-            call,
-            timeout: self.timeout,
-            hedge,
-            breakers: Arc::clone(&self.breakers),
-        };
-        for _ in 0..first {
-            calls.launch();
-        }
-        calls
+        calls.abort_all();
     }
 
     /// Serve `batch`'s delegations with one call per node: per request, `t` verified
@@ -742,102 +708,35 @@ impl Core {
                 })
                 .collect(),
         });
-        let mut open: Vec<Open> = batch
-            .into_iter()
-            .map(|q| Open {
-                domain: DelegationRequest::with_encoded(self.epoch, q.request_id, q.ephemeral),
-                reply: Some(q.reply),
-                verified: Vec::new(),
-                pending: Vec::new(),
-                failures: Vec::new(),
-            })
-            .collect();
-        // Shared by the calls; each copies it once into its message.
-        let mut calls = self.fan_out(fanout, &request, |mut client, request| async move {
-            match client.partial_delegation_batch((*request).clone()).await {
-                Err(status) if status.code() == tonic::Code::Unimplemented => {
-                    one_by_one(client, request).await
-                }
-                answer => answer,
-            }
-        });
-        let threshold = usize::from(self.keys.threshold());
-        let missing = |open: &[Open]| {
-            open.iter()
-                .filter(|o| o.reply.is_some())
-                .map(|o| threshold.saturating_sub(o.verified.len() + o.pending.len()))
-                .max()
-                .unwrap_or(0)
+        let items = batch.len();
+        let mut gather = DelegationBatch {
+            keys: &self.keys,
+            open: batch
+                .into_iter()
+                .map(|q| Open {
+                    domain: DelegationRequest::with_encoded(self.epoch, q.request_id, q.ephemeral),
+                    reply: Some(q.reply),
+                })
+                .collect(),
+            pending: vec![BTreeMap::new(); items],
+            verified: vec![Vec::new(); items],
         };
-        while let Some((index, answer)) = calls.next(missing(&open)).await {
-            let answer = answer.and_then(|response| {
-                if response.results.len() == open.len() {
-                    Ok(response.results)
-                } else {
-                    Err(NodeFailure::Malformed(format!(
-                        "{} results for {} requests",
-                        response.results.len(),
-                        open.len()
-                    )))
-                }
-            });
-            match answer {
-                Ok(results) => {
-                    for (o, result) in open.iter_mut().zip(results) {
-                        if o.reply.is_some() {
-                            match decode_item(index, result) {
-                                Ok(partial) => o.pending.push(partial),
-                                Err(failure) => o.failures.push((index, failure)),
-                            }
-                        }
+        // Shared by the calls; each copies it once into its message.
+        self.collect(
+            fanout,
+            items,
+            request,
+            |mut client, request| async move {
+                match client.partial_delegation_batch((*request).clone()).await {
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        one_by_one(client, request).await
                     }
+                    answer => answer,
                 }
-                Err(failure) => {
-                    for o in open.iter_mut().filter(|o| o.reply.is_some()) {
-                        o.failures.push((index, failure.clone()));
-                    }
-                }
-            }
-            // Requests with enough candidates are checked together, in one batch.
-            let ready: Vec<&mut Open> = open
-                .iter_mut()
-                .filter(|o| o.reply.is_some() && o.verified.len() + o.pending.len() >= threshold)
-                .collect();
-            self.verify(ready);
-            for o in &mut open {
-                if o.verified.len() >= threshold {
-                    o.finish(&self.keys);
-                }
-            }
-            if open.iter().all(|o| o.reply.is_none()) {
-                calls.abort_all();
-                return;
-            }
-        }
-        // Not enough answers: still check what did arrive, so the errors count and name
-        // exactly.
-        let rest: Vec<&mut Open> = open.iter_mut().filter(|o| o.reply.is_some()).collect();
-        self.verify(rest);
-        for o in &mut open {
-            o.finish(&self.keys);
-        }
-    }
-
-    /// Check the pending partials of `open` requests, all in one batch.
-    fn verify(&self, open: Vec<&mut Open>) {
-        if open.is_empty() {
-            return;
-        }
-        let mut open = open;
-        let requests = open
-            .iter_mut()
-            .map(|o| (&o.domain, std::mem::take(&mut o.pending)))
-            .collect();
-        let results = delegation::verify_requests(requests, &self.keys, &mut OsRng);
-        for (o, (ok, bad)) in open.into_iter().zip(results) {
-            o.verified.extend(ok);
-            record_invalid(bad, &mut o.failures);
-        }
+            },
+            &mut gather,
+        )
+        .await;
     }
 
     async fn delegate_encrypted(
@@ -855,47 +754,33 @@ impl Core {
             authorization: Some(authorization),
             target_rsa_spki,
         };
-        let mut calls = self.fan_out(fanout, &request, |mut client, request| async move {
-            client.partial_delegation(request).await
-        });
-        let threshold = usize::from(self.keys.threshold());
-        let mut partials = Vec::new();
-        let mut failures = Vec::new();
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let next = match deadline {
-                Some(d) => calls.next_until(d).await,
-                None => calls.next(threshold.saturating_sub(partials.len())).await,
-            };
-            let Some((index, answer)) = next else { break };
-            match answer {
-                Ok(response) if !response.encrypted_partial.is_empty() => {
-                    partials.push((index.get(), response.encrypted_partial));
-                    if partials.len() >= threshold && deadline.is_none() {
-                        deadline = Some(tokio::time::Instant::now() + STRAGGLER_GRACE);
-                    }
-                }
-                Ok(_) => {
-                    failures.push((index, NodeFailure::Malformed("no encrypted partial".into())));
-                }
-                Err(failure) => failures.push((index, failure)),
-            }
-        }
-        calls.abort_all();
-        for (node, failure) in &failures {
+        let mut gather = EncryptedPartials::default();
+        self.collect(
+            fanout,
+            1,
+            request,
+            |mut client, request| async move { client.partial_delegation(request).await },
+            &mut gather,
+        )
+        .await;
+        for (node, failure) in &gather.failures {
             tracing::warn!(node = %node, %failure, "node did not contribute an encrypted partial delegation");
         }
-        if partials.len() < threshold {
+        let threshold = self.keys.threshold();
+        if gather.partials.len() < usize::from(threshold) {
             return Err(ClusterError::Unavailable {
-                threshold: self.keys.threshold(),
-                verified: partials.len(),
-                failures,
+                threshold,
+                verified: gather.partials.len(),
+                failures: gather.failures,
             });
         }
-        partials.sort_by_key(|(i, _)| *i);
         Ok(Served {
-            value: partials,
-            failures,
+            value: gather
+                .partials
+                .into_iter()
+                .map(|(node, bytes)| (node.get(), bytes))
+                .collect(),
+            failures: gather.failures,
         })
     }
 
@@ -925,56 +810,226 @@ impl Core {
             .into_iter()
             .map(|(id, k)| ReencryptionRequest::with_encoded(self.epoch, id, k, target))
             .collect();
-        let mut calls = self.fan_out(fanout, &request, |mut client, request| async move {
-            client.partial_reencryption(request).await
-        });
+        let mut gather = Reencryptions {
+            keys: &self.keys,
+            domains: &domains,
+            verified: BTreeMap::new(),
+            raw: BTreeMap::new(),
+            failures: Vec::new(),
+        };
+        self.collect(
+            fanout,
+            1,
+            request,
+            |mut client, request| async move { client.partial_reencryption(request).await },
+            &mut gather,
+        )
+        .await;
         let threshold = self.keys.threshold();
-        let mut verified: BTreeMap<NodeIndex, Vec<pre::VerifiedPartialReencryption<S>>> =
-            BTreeMap::new();
-        let mut raw: BTreeMap<u16, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut failures = Vec::new();
-        while let Some((index, answer)) = calls
-            .next(usize::from(threshold).saturating_sub(verified.len()))
-            .await
-        {
-            let outcome = answer.and_then(|response| {
-                check_reencryption(index, &response.partials, &self.keys, &domains)
-                    .map(|v| (v, response.partials))
+        if gather.verified.len() < usize::from(threshold) {
+            return Err(ClusterError::Unavailable {
+                threshold,
+                verified: gather.verified.len(),
+                failures: gather.failures,
             });
-            match outcome {
-                Ok((v, bytes)) => {
-                    verified.insert(index, v);
-                    raw.insert(index.get(), bytes);
-                }
-                Err(failure) => {
-                    tracing::warn!(node = %index, %failure, "node did not contribute valid partial re-encryptions");
-                    failures.push((index, failure));
-                }
+        }
+        // The first t verified nodes, by index.
+        let chosen: Vec<NodeIndex> = gather
+            .verified
+            .keys()
+            .copied()
+            .take(usize::from(threshold))
+            .collect();
+        let mut value = Vec::with_capacity(domains.len());
+        for k in 0..domains.len() {
+            let column: Vec<_> = chosen
+                .iter()
+                .filter_map(|n| gather.verified.get(n).and_then(|v| v.get(k)).cloned())
+                .collect();
+            value.push(
+                pre::combine(&column, &self.keys)
+                    .map_err(|e| ClusterError::Invalid(e.to_string()))?,
+            );
+        }
+        let partials = chosen
+            .iter()
+            .filter_map(|n| Some((n.get(), gather.raw.remove(n)?)))
+            .collect();
+        Ok(Served {
+            value: Reencrypted {
+                capsules: value,
+                partials,
+            },
+            failures: gather.failures,
+        })
+    }
+}
+
+/// A batch of `/v0` delegations: partials kept per item until verified in one batch, each
+/// item answered as soon as it is decided.
+struct DelegationBatch<'a> {
+    keys: &'a PublicKeySet<S>,
+    open: Vec<Open>,
+    pending: Vec<BTreeMap<NodeIndex, PartialDelegation<S>>>,
+    verified: Vec<Vec<delegation::VerifiedPartialDelegation<S>>>,
+}
+
+impl Gather for DelegationBatch<'_> {
+    type Response = pb::PartialDelegationBatchResponse;
+
+    fn answer(
+        &mut self,
+        collector: &mut Collector<NodeFailure>,
+        node: NodeIndex,
+        response: Self::Response,
+    ) -> Result<(), NodeFailure> {
+        if response.results.len() != self.open.len() {
+            return Err(NodeFailure::Malformed(format!(
+                "{} results for {} requests",
+                response.results.len(),
+                self.open.len()
+            )));
+        }
+        for (item, result) in response.results.into_iter().enumerate() {
+            if collector.is_decided(item) {
+                continue;
             }
-            if verified.len() == usize::from(threshold) {
-                calls.abort_all();
-                let mut value = Vec::with_capacity(domains.len());
-                for k in 0..domains.len() {
-                    let column: Vec<_> = verified.values().map(|v| v[k].clone()).collect();
-                    value.push(
-                        pre::combine(&column, &self.keys)
-                            .map_err(|e| ClusterError::Invalid(e.to_string()))?,
-                    );
+            match decode_item(node, result) {
+                Ok(partial) => {
+                    self.pending[item].insert(node, partial);
+                    collector.candidate(item, node);
                 }
-                return Ok(Served {
-                    value: Reencrypted {
-                        capsules: value,
-                        partials: raw,
-                    },
-                    failures,
-                });
+                Err(failure) => collector.item_failed(item, node, failure),
             }
         }
-        Err(ClusterError::Unavailable {
-            threshold,
-            verified: verified.len(),
-            failures,
-        })
+        Ok(())
+    }
+
+    fn verify(&mut self, collector: &mut Collector<NodeFailure>, items: Vec<usize>) {
+        let requests = items
+            .iter()
+            .map(|&item| {
+                let partials = std::mem::take(&mut self.pending[item])
+                    .into_values()
+                    .collect();
+                (&self.open[item].domain, partials)
+            })
+            .collect();
+        let results = delegation::verify_requests(requests, self.keys, &mut OsRng);
+        for (item, (ok, bad)) in items.into_iter().zip(results) {
+            for v in ok {
+                collector.verified(item, v.index());
+                self.verified[item].push(v);
+            }
+            for e in bad {
+                match e {
+                    tkms_crypto::Error::InvalidProof { culprit } => {
+                        collector.rejected(item, culprit, NodeFailure::InvalidProof);
+                    }
+                    tkms_crypto::Error::UnknownNode(node) => collector.rejected(
+                        item,
+                        node,
+                        NodeFailure::Malformed("not in the key set".into()),
+                    ),
+                    other => tracing::error!(error = %other, "verifying a batch"),
+                }
+            }
+        }
+    }
+
+    fn decided(&mut self, collector: &Collector<NodeFailure>, item: usize, outcome: Outcome) {
+        let Some(reply) = self.open[item].reply.take() else {
+            return;
+        };
+        let failures = collector.failures(item).to_vec();
+        for (node, failure) in &failures {
+            tracing::warn!(node = %node, %failure, "node did not contribute a valid partial delegation");
+        }
+        let threshold = self.keys.threshold();
+        let verified = std::mem::take(&mut self.verified[item]);
+        let answer = match outcome {
+            Outcome::Served => delegation::combine(&verified, self.keys)
+                .map(|value| Served { value, failures })
+                .map_err(|e| ClusterError::Invalid(e.to_string())),
+            Outcome::Unavailable => Err(ClusterError::Unavailable {
+                threshold,
+                verified: verified.len(),
+                failures,
+            }),
+        };
+        // The caller may have gone (its connection closed); nothing is left to do then.
+        let _ = reply.send(answer);
+    }
+}
+
+/// `/v1/delegate`'s encrypted partials: taken as they come (only the client can check them),
+/// with [`STRAGGLER_GRACE`] for more once `t` are in.
+#[derive(Default)]
+struct EncryptedPartials {
+    partials: BTreeMap<NodeIndex, Vec<u8>>,
+    failures: Vec<(NodeIndex, NodeFailure)>,
+}
+
+impl Gather for EncryptedPartials {
+    type Response = pb::PartialDelegationResponse;
+
+    fn answer(
+        &mut self,
+        collector: &mut Collector<NodeFailure>,
+        node: NodeIndex,
+        response: Self::Response,
+    ) -> Result<(), NodeFailure> {
+        if response.encrypted_partial.is_empty() {
+            return Err(NodeFailure::Malformed("no encrypted partial".into()));
+        }
+        self.partials.insert(node, response.encrypted_partial);
+        collector.accepted(0, node);
+        Ok(())
+    }
+
+    fn decided(&mut self, collector: &Collector<NodeFailure>, _item: usize, _outcome: Outcome) {
+        self.failures = collector.failures(0).to_vec();
+    }
+
+    fn linger(&self) -> Option<Duration> {
+        Some(STRAGGLER_GRACE)
+    }
+}
+
+/// `/v1/reencrypt`: a node's partials for every capsule, verified when they arrive (a node
+/// counts only if all of its partials pass).
+struct Reencryptions<'a> {
+    keys: &'a PublicKeySet<S>,
+    domains: &'a [ReencryptionRequest<S>],
+    verified: BTreeMap<NodeIndex, Vec<pre::VerifiedPartialReencryption<S>>>,
+    raw: BTreeMap<NodeIndex, Vec<Vec<u8>>>,
+    failures: Vec<(NodeIndex, NodeFailure)>,
+}
+
+impl Gather for Reencryptions<'_> {
+    type Response = pb::PartialReencryptionResponse;
+
+    fn answer(
+        &mut self,
+        collector: &mut Collector<NodeFailure>,
+        node: NodeIndex,
+        response: Self::Response,
+    ) -> Result<(), NodeFailure> {
+        if collector.is_decided(0) {
+            return Ok(());
+        }
+        let verified = check_reencryption(node, &response.partials, self.keys, self.domains)?;
+        self.verified.insert(node, verified);
+        self.raw.insert(node, response.partials);
+        collector.accepted(0, node);
+        Ok(())
+    }
+
+    fn decided(&mut self, collector: &Collector<NodeFailure>, _item: usize, _outcome: Outcome) {
+        self.failures = collector.failures(0).to_vec();
+        for (node, failure) in &self.failures {
+            tracing::warn!(node = %node, %failure, "node did not contribute valid partial re-encryptions");
+        }
     }
 }
 
@@ -1016,15 +1071,6 @@ fn failure_of(status: &tonic::Status) -> NodeFailure {
         tonic::Code::Unavailable => NodeFailure::Unreachable(status.message().to_string()),
         tonic::Code::PermissionDenied => NodeFailure::Denied(status.message().to_string()),
         _ => NodeFailure::Refused(status.message().to_string()),
-    }
-}
-
-/// Name the nodes whose proofs failed in a batch.
-fn record_invalid(errors: Vec<tkms_crypto::Error>, failures: &mut Vec<(NodeIndex, NodeFailure)>) {
-    for e in errors {
-        if let tkms_crypto::Error::InvalidProof { culprit } = e {
-            failures.push((culprit, NodeFailure::InvalidProof));
-        }
     }
 }
 
@@ -1112,30 +1158,5 @@ mod tests {
         // A refused manager connection is not a refused requester.
         let unauthenticated = failure_of(&tonic::Status::unauthenticated("not a manager"));
         assert!(!unavailable(vec![(node(1), unauthenticated)]).requester_denied());
-    }
-
-    #[test]
-    fn breaker_opens_after_consecutive_failures_backs_off_and_closes_on_success() {
-        let node = NodeIndex::new(1).unwrap_or_else(|| unreachable!());
-        let mut b = Breaker::default();
-        for _ in 1..BREAKER_THRESHOLD {
-            b.record(node, true);
-            assert!(b.open_until.is_none());
-        }
-        // An answer in between resets the count.
-        b.record(node, false);
-        for _ in 0..BREAKER_THRESHOLD {
-            b.record(node, true);
-        }
-        assert_eq!(b.cooldown, BREAKER_COOLDOWN);
-        assert!(b.open_until.is_some_and(|t| t > Instant::now()));
-        // A failed probe doubles the cool-down, up to the cap.
-        for _ in 0..10 {
-            b.record(node, true);
-        }
-        assert_eq!(b.cooldown, BREAKER_MAX_COOLDOWN);
-        b.record(node, false);
-        assert!(b.open_until.is_none());
-        assert_eq!(b.failures, 0);
     }
 }

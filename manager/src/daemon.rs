@@ -1,4 +1,4 @@
-//! The manager process (STYLE "thin binaries"): read the keys, the registry (a file, or the
+//! The manager process (docs/STYLE.md "Thin binaries"): read the keys, the registry (a file, or the
 //! on-chain registry with `--rpc-url` and `--registry-address`) and the served epoch, and
 //! serve HTTP until `shutdown` resolves. Both `tkms-manager` and `tkms manager run` call
 //! [`run`].
@@ -122,7 +122,7 @@ async fn open_registry(
     wallet: &SigningKey,
 ) -> Result<
     (
-        Box<dyn Registry>,
+        Arc<dyn Registry>,
         Option<RegistryClient>,
         Option<AbortOnDrop>,
     ),
@@ -149,7 +149,7 @@ async fn open_registry(
         }
         let publisher = RegistryClient::connect(url, address, Some(signer))
             .map_err(|e| ManagerError::Config(format!("registry {address} at {url}: {e}")))?;
-        return Ok((Box::new(registry), Some(publisher), None));
+        return Ok((Arc::new(registry), Some(publisher), None));
     }
     let path = config
         .registry_file
@@ -157,7 +157,7 @@ async fn open_registry(
         .ok_or_else(|| ManagerError::Config("--registry-file or --rpc-url is required".into()))?;
     let registry = FileRegistry::open(path).map_err(ManagerError::Config)?;
     let watch = AbortOnDrop(registry.watch(Duration::from_secs(1)));
-    Ok((Box::new(registry), None, Some(watch)))
+    Ok((Arc::new(registry), None, Some(watch)))
 }
 
 /// Run the manager until `shutdown` resolves.
@@ -193,7 +193,6 @@ pub async fn run(
     let (front, nonces, limits) =
         crate::front::FrontDoor::open(&config.front).map_err(ManagerError::Config)?;
     let (registry, publisher, _watch) = open_registry(&config, &wallet).await?;
-    let registry: Arc<dyn Registry> = Arc::from(registry);
     let _roles = AbortOnDrop(crate::front::watch_roles(
         Arc::clone(&front),
         Arc::clone(&registry),
@@ -209,7 +208,9 @@ pub async fn run(
         Arc::clone(&served),
     )?;
     if let Some(publisher) = publisher {
-        admin = admin.with_publisher(publisher);
+        admin = admin
+            .with_publisher(publisher)
+            .with_chain(Arc::clone(&registry));
     }
     let batching = Batching::new(config.delegation_batch, config.delegation_batches_in_flight)
         .map_err(ManagerError::Config)?;
@@ -232,6 +233,9 @@ pub async fn run(
     } else {
         tracing::warn!("no key yet: POST /admin/dkg to create one");
     }
+    // From now on the served epoch follows the nodes (and the chain), and a node that answers
+    // again is asked again at once.
+    let _reconciler = AbortOnDrop(tokio::spawn(Arc::clone(&admin).reconcile_forever()));
     let state = Arc::new(AppState {
         served,
         admin: Some(admin),

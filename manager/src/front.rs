@@ -1,4 +1,4 @@
-//! The manager's front door (DESIGN.md §4.6, issue 15): quotas, the audit log of every key
+//! The manager's front door (docs/ARCHITECTURE.md §4.6): quotas, the audit log of every key
 //! use and admin action, and the settings of the HTTP listener ([`tkms_daemon::http`]).
 //!
 //! It wraps the router of [`crate::http`] in one middleware ([`layer`]) that, for every

@@ -1,10 +1,10 @@
-//! The manager's HTTP API (DESIGN.md §4.1), axum: `GET /`, `GET /health`, `GET /metrics`,
-//! `GET /v0/public-key`, and `POST /v0/delegate`, byte-compatible with the single-key Nox KMS
-//! (see [`crate::nox`] and `docs/NOX-COMPAT.md`).
+//! The manager's HTTP API (docs/ARCHITECTURE.md §4.1), axum: `GET /`, `GET /health`, `GET
+//! /metrics`, `GET /v0/public-key`, and `POST /v0/delegate`, byte-compatible with the single-key
+//! Nox KMS (see [`crate::nox`] and `docs/NOX-COMPAT.md`).
 //!
 //! Every error is JSON `{"error": "...", "code": "..."}` (Nox clients read `error`); malformed
-//! input is a 400, an unauthorized signer the status of [`crate::nox::UNAUTHORIZED_STATUS`], and fewer
-//! than `t` usable nodes a 503, as soon as that is certain.
+//! input is a 400, an unauthorized signer the status of [`crate::nox::UNAUTHORIZED_STATUS`], and
+//! fewer than `t` usable nodes a 503, as soon as that is certain.
 
 use std::{
     collections::BTreeMap,
@@ -158,30 +158,31 @@ async fn root() -> Json<serde_json::Value> {
     Json(json!({ "service": "tkms-manager", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+/// `{"status": "ok"}` while at least `t` reachable nodes hold the served epoch's share;
+/// `"degraded"` (503) when fewer do, so the manager cannot serve; `"no-key"` before a DKG.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
     let Some(cluster) = state.served.cluster() else {
-        return Json(json!({ "status": "no-key", "epoch": 0 }));
+        return Json(json!({ "status": "no-key", "epoch": 0 })).into_response();
     };
     let keys = cluster.keys();
-    let reachable = match &state.admin {
-        Some(admin) => {
-            let urls: Vec<String> = state
-                .served
-                .record()
-                .map(|r| r.nodes.into_iter().map(|n| n.url).collect())
-                .unwrap_or_default();
-            let views = admin.survey(&urls).await;
-            Some(views.iter().filter(|v| v.reachable).count())
-        }
+    let health = match &state.admin {
+        Some(admin) => Some(admin.health().await),
         None => None,
     };
-    Json(json!({
-        "status": "ok",
+    let servable = health.as_ref().is_none_or(|h| h.servable);
+    let body = Json(json!({
+        "status": if servable { "ok" } else { "degraded" },
         "epoch": cluster.epoch(),
         "threshold": keys.threshold(),
         "n": keys.committee_size(),
-        "reachable": reachable,
-    }))
+        "reachable": health.as_ref().map(|h| h.reachable),
+        "holders": health.as_ref().map(|h| h.holders),
+    }));
+    if servable {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
 }
 
 fn no_key() -> Response {
@@ -200,11 +201,44 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn public_key(State(state): State<Arc<AppState>>) -> Response {
+/// The served key set, or with `?epoch=N` the key set of an earlier committed epoch (a client
+/// checking an answer for a request that was in flight across an epoch switch).
+async fn public_key(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     let Some(cluster) = state.served.cluster() else {
         return no_key();
     };
-    let keys = cluster.keys();
+    let asked = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("epoch="))
+            .map(str::parse::<u64>)
+    });
+    let (epoch, keys) = match asked {
+        None => (cluster.epoch(), cluster.keys().clone()),
+        Some(Ok(epoch)) if epoch == cluster.epoch() => (epoch, cluster.keys().clone()),
+        Some(Ok(epoch)) => {
+            let record = state
+                .admin
+                .as_ref()
+                .and_then(|a| a.epoch(epoch).ok().flatten());
+            match record.map(|r| r.keys()) {
+                Some(Ok(keys)) => (epoch, keys),
+                _ => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "unknown_epoch",
+                        format!("epoch {epoch} is not a committed epoch this manager recorded"),
+                    )
+                }
+            }
+        }
+        Some(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("epoch must be a number: {e}"),
+            )
+        }
+    };
     let shares: BTreeMap<String, String> = keys
         .public_shares()
         .map(|(i, p)| {
@@ -216,7 +250,7 @@ async fn public_key(State(state): State<Arc<AppState>>) -> Response {
         .collect();
     Json(json!({
         "publicKey": format!("0x{}", hex::encode(keys.public_key_encoded().bytes())),
-        "epoch": cluster.epoch(),
+        "epoch": epoch,
         "threshold": keys.threshold(),
         "n": keys.committee_size(),
         "publicShares": shares,
@@ -655,6 +689,8 @@ fn epoch_json(record: &crate::admin::EpochRecord) -> Response {
             "publicKey": format!("0x{pk}"),
             "transcriptHash": format!("0x{}", record.transcript_hash),
             "nodes": record.nodes,
+            "committee": record.committee_indices(),
+            "dropped": record.dropped,
         }))
         .into_response(),
         Err(e) => admin_error(&e),
@@ -705,7 +741,7 @@ async fn admin_nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let views = admin.survey(admin.node_urls()).await;
+    let views = admin.survey(&admin.known_urls()).await;
     Json(json!({ "nodes": views })).into_response()
 }
 

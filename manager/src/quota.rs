@@ -1,4 +1,4 @@
-//! Request quotas (DESIGN.md §4.6: "quotas are token buckets per requester address and per
+//! Request quotas (docs/ARCHITECTURE.md §4.6: "quotas are token buckets per requester address and per
 //! client address (429 + `Retry-After`), refused before any node work").
 //!
 //! A [`Limit`] is a token bucket: `rate` tokens a second up to `burst`; a request takes one,

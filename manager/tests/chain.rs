@@ -86,7 +86,7 @@ async fn published_key_matches_and_a_revoked_gateway_is_refused_within_one_block
 
     // The chain: the registry, the manager wallet as manager, two gateways (the first is
     // primary), and the cluster's five nodes with their public shares as node keys.
-    let anvil = anvil::spawn().unwrap();
+    let anvil = anvil::spawn_or_fail();
     let nodes = node_records(&tc);
     let d = deploy_local(
         &anvil,
@@ -244,7 +244,7 @@ async fn first_answer_after(
 
 #[tokio::test]
 async fn chain_registry_answers_only_for_its_chain_and_fails_closed_when_stale() {
-    let anvil = anvil::spawn().unwrap();
+    let anvil = anvil::spawn_or_fail();
     let gateway = Address::repeat_byte(0x61);
     let runner = Address::repeat_byte(0x71);
     let d = deploy_local(
@@ -314,7 +314,7 @@ fn node_records(tc: &common::TestCluster) -> Vec<NodeRecord> {
 async fn the_manager_publishes_what_nodes_check_and_reports_a_refused_publication() {
     let tc = start(3, 5, &[], 32).await;
     let wallet = SigningKey::from_slice(&[2u8; 32]).unwrap();
-    let anvil = anvil::spawn().unwrap();
+    let anvil = anvil::spawn_or_fail();
     let d = deploy_local(
         &anvil,
         &LocalSetup {
@@ -343,6 +343,8 @@ async fn the_manager_publishes_what_nodes_check_and_reports_a_refused_publicatio
                     .unwrap_or_default(),
             })
             .collect(),
+        committee: Vec::new(),
+        dropped: Vec::new(),
     };
     let admin = |key: PrivateKeySigner| {
         Admin::new(

@@ -84,9 +84,11 @@ const MARGIN: Duration = Duration::from_millis(1_500);
 /// The cluster of 5 with `t = 3` is unavailable, and names nodes 1, 4 and 5.
 fn assert_three_down(err: ClusterError) {
     match err {
+        // The request fails as soon as three nodes failed, whether or not the partials of the
+        // two live ones were checked by then.
         ClusterError::Unavailable {
             threshold: 3,
-            verified: 2,
+            verified: 0..=2,
             failures,
         } => {
             let down: Vec<u16> = failures.iter().map(|(i, _)| i.get()).collect();
@@ -166,7 +168,8 @@ async fn nodes_refuse_connections_not_authenticated_as_an_accepted_manager() {
     let ClusterError::Unavailable { failures, .. } = err else {
         panic!("{err:?}")
     };
-    assert_eq!(failures.len(), 3);
+    // Unavailable as soon as n - t + 1 = 2 nodes refused; each one named says why.
+    assert!((2..=3).contains(&failures.len()), "{failures:?}");
     for (_, failure) in failures {
         assert_eq!(
             failure,
@@ -348,7 +351,8 @@ async fn concurrent_delegations_are_batched_and_answered_each_on_its_own() {
             else {
                 panic!("request 17: {answer:?}")
             };
-            assert_eq!(failures.len(), 5, "{failures:?}");
+            // Every node refuses it; it fails once n - t + 1 = 3 have.
+            assert!((3..=5).contains(&failures.len()), "{failures:?}");
             assert!(failures
                 .iter()
                 .all(|(_, f)| matches!(f, NodeFailure::Refused(m) if m.contains("request id"))));

@@ -1,8 +1,8 @@
-//! Runs DKG and reshare ceremonies for the node (DESIGN.md §3 "DKG", "Resharing"): the
-//! manager relays an operator's signed start request; the node checks it, builds the
-//! `tkms-crypto` ceremony configuration, and drives [`Participant`] — the same state machine
-//! the simulator runs — over the [`P2p`] channel with wall-clock round timers. When the
-//! participant finishes, the new share goes into the vault before it is served.
+//! Runs DKG and reshare ceremonies for the node (docs/PROTOCOL.md §7 "DKG", §8 "Resharing"): the
+//! manager relays an operator's signed start request; the node checks it, builds the `tkms-crypto`
+//! ceremony configuration, and drives [`Participant`] — the same state machine the simulator runs —
+//! over the [`P2p`] channel with wall-clock round timers. When the participant finishes, the new
+//! share goes into the vault before it is served.
 //!
 //! Incoming ceremony messages are attributed to a node index through the committee's peer ids
 //! (Noise authenticates the peer id); messages from outside the committee are dropped, and
@@ -24,15 +24,12 @@ use tkms_crypto::{
     suite::Encoded,
     KeyShare, NodeIndex, PublicKeySet, SecretScalar, Suite,
 };
-use tokio::{
-    sync::{mpsc, RwLock},
-    time::Instant,
-};
+use tkms_proto::ClusterSuite as S;
+use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
+    epochs::{ActiveShare, Epochs},
     p2p::{split_peer, Envelope, Incoming, P2p},
-    service::{ActiveShare, ClusterSuite as S},
-    vault::Vault,
 };
 
 /// Messages held for ceremonies this node has not started yet.
@@ -152,8 +149,7 @@ struct Routes {
 pub struct Ceremonies {
     p2p: P2p,
     node_key: SecretScalar<S>,
-    vault: Arc<Vault>,
-    active: Arc<RwLock<Option<ActiveShare>>>,
+    epochs: Arc<Epochs>,
     routes: Mutex<Routes>,
     running: tokio::sync::Mutex<()>,
     current: Mutex<Option<&'static str>>,
@@ -172,19 +168,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Ceremonies {
-    /// A runner over `p2p`, signing with `node_key`, storing into `vault` and activating into
-    /// `active`. Call [`Self::dispatch`] with the p2p inbox.
-    pub fn new(
-        p2p: P2p,
-        node_key: SecretScalar<S>,
-        vault: Arc<Vault>,
-        active: Arc<RwLock<Option<ActiveShare>>>,
-    ) -> Self {
+    /// A runner over `p2p`, signing with `node_key`, holding the results in `epochs` (which
+    /// stores them in the vault). Call [`Self::dispatch`] with the p2p inbox.
+    pub fn new(p2p: P2p, node_key: SecretScalar<S>, epochs: Arc<Epochs>) -> Self {
         Self {
             p2p,
             node_key,
-            vault,
-            active,
+            epochs,
             routes: Mutex::new(Routes::default()),
             running: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
@@ -250,7 +240,7 @@ impl Ceremonies {
     }
 
     /// Check the request against this node's state and build the ceremony's configuration.
-    async fn plan(&self, spec: &Spec) -> Result<Plan, CeremonyError> {
+    fn plan(&self, spec: &Spec) -> Result<Plan, CeremonyError> {
         let me_key = S::encode_point(&self.node_key.public_point());
         let find = |members: &[Member]| {
             members
@@ -273,41 +263,26 @@ impl Ceremonies {
             }
         };
 
-        // Epochs only move forward, and a reshare dealer deals from the share it holds.
+        // A reshare dealer deals from the share it holds of the previous epoch.
         let mut share: Option<KeyShare<S>> = None;
-        {
-            let active = self.active.read().await;
-            if let Some(a) = active.as_ref() {
-                if spec.epoch <= a.epoch {
-                    return Err(CeremonyError::Precondition(format!(
-                        "this node already serves epoch {}; a ceremony must produce a later one, not {}",
-                        a.epoch, spec.epoch
-                    )));
-                }
+        if let (Some((prev_epoch, prev_keys)), Some(_)) = (&spec.previous, as_dealer) {
+            let Ok(held) = self.epochs.get(*prev_epoch) else {
+                return Err(CeremonyError::Precondition(format!(
+                    "this node is asked to deal from epoch {prev_epoch} but holds no share of it"
+                )));
+            };
+            if held.keys.commitment() != prev_keys.commitment() {
+                return Err(CeremonyError::Invalid(format!(
+                    "the previous key set in the request is not the one of epoch {prev_epoch} this node holds"
+                )));
             }
-            if let (Some((prev_epoch, prev_keys)), Some(_)) = (&spec.previous, as_dealer) {
-                let stored = self
-                    .vault
-                    .get_share::<S>(*prev_epoch)
-                    .map_err(|e| CeremonyError::Vault(e.to_string()))?;
-                let Some((s, keys, _)) = stored else {
-                    return Err(CeremonyError::Precondition(format!(
-                        "this node is asked to deal from epoch {prev_epoch} but holds no share of it"
-                    )));
-                };
-                if keys.commitment() != prev_keys.commitment() {
-                    return Err(CeremonyError::Invalid(format!(
-                        "the previous key set in the request is not the one of epoch {prev_epoch} this node holds"
-                    )));
-                }
-                if s.index() != me {
-                    return Err(CeremonyError::Invalid(format!(
-                        "this node held index {} in epoch {prev_epoch}, not {me}",
-                        s.index()
-                    )));
-                }
-                share = Some(s);
+            if held.share.index() != me {
+                return Err(CeremonyError::Invalid(format!(
+                    "this node held index {} in epoch {prev_epoch}, not {me}",
+                    held.share.index()
+                )));
             }
+            share = Some(held.share.clone());
         }
 
         let to_map = |members: &[Member]| -> BTreeMap<NodeIndex, <S as Suite>::Point> {
@@ -358,7 +333,14 @@ impl Ceremonies {
             config,
             peers,
             addrs,
-        } = self.plan(&spec).await?;
+        } = self.plan(&spec)?;
+        // Epochs only move forward, and a number is never used twice (recorded durably).
+        self.epochs
+            .begin_ceremony(spec.epoch)
+            .map_err(|e| match e {
+                crate::epochs::EpochError::Vault(v) => CeremonyError::Vault(v.to_string()),
+                other => CeremonyError::Precondition(other.to_string()),
+            })?;
         let timeouts = Timeouts {
             round: spec.round_timeout,
             ..Timeouts::default()
@@ -444,15 +426,12 @@ impl Ceremonies {
         });
         let output = result?;
         tracing::info!(epoch, elapsed = ?started.elapsed(), "ceremony finished");
-        self.adopt(output, me).await
+        self.adopt(output, me)
     }
 
-    /// Store the new share (if any) and serve the new epoch.
-    async fn adopt(
-        &self,
-        output: CeremonyOutput<S>,
-        me: NodeIndex,
-    ) -> Result<Outcome, CeremonyError> {
+    /// Store the new share (if any) and hold it beside the committed epoch until the manager
+    /// commits it.
+    fn adopt(&self, output: CeremonyOutput<S>, me: NodeIndex) -> Result<Outcome, CeremonyError> {
         let epoch = output.epoch();
         let keys = output.public().clone();
         let transcript_hash = *output.transcript_hash();
@@ -460,16 +439,15 @@ impl Ceremonies {
         let share = output.into_share();
         let holds_share = share.is_some();
         if let Some(share) = share {
-            self.vault
-                .put_share(epoch, &share, &keys, transcript_hash)
-                .map_err(|e| CeremonyError::Vault(e.to_string()))?;
             debug_assert_eq!(share.index(), me);
-            *self.active.write().await = Some(ActiveShare {
-                epoch,
-                share,
-                keys: keys.clone(),
-                transcript_hash,
-            });
+            self.epochs
+                .adopt(ActiveShare {
+                    epoch,
+                    share,
+                    keys: keys.clone(),
+                    transcript_hash,
+                })
+                .map_err(|e| CeremonyError::Vault(e.to_string()))?;
         }
         Ok(Outcome {
             epoch,

@@ -1,6 +1,6 @@
-//! The node process (DESIGN.md §4.2, STYLE "thin binaries"): open the vault, load the node's
-//! identity and latest share, start the libp2p ceremony channel and the gRPC service, and
-//! serve until `shutdown` resolves. Both `tkms-node` and `tkms node run` call [`run`].
+//! The node process (docs/ARCHITECTURE.md §4.2, docs/STYLE.md "Thin binaries"): open the vault,
+//! load the node's identity and latest share, start the libp2p ceremony channel and the gRPC
+//! service, and serve until `shutdown` resolves. Both `tkms-node` and `tkms node run` call [`run`].
 
 use std::{
     future::Future,
@@ -13,14 +13,16 @@ use libp2p::{identity::Keypair, Multiaddr};
 use serde::Serialize;
 use tkms_crypto::{suite::Encoded, Suite};
 use tkms_proto::node::v1::node_server::NodeServer;
+use tkms_proto::ClusterSuite as S;
 use tkms_registry::access::FileRegistry;
-use tokio::sync::{mpsc, oneshot, RwLock};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     ceremony::Ceremonies,
+    epochs::{EpochError, Epochs},
     kms_password::{AwsKmsPassword, AwsKmsPasswordConfig},
     p2p::P2p,
-    service::{ActiveShare, ClusterSuite as S, NodeService},
+    service::NodeService,
     vault::{EnvPassword, FilePassword, KdfParams, PasswordProvider, Vault, VaultError},
 };
 
@@ -113,6 +115,9 @@ pub enum NodeError {
     /// The vault could not be opened or read.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// The stored epochs could not be loaded.
+    #[error(transparent)]
+    Epochs(#[from] EpochError),
     /// The libp2p channel could not start.
     #[error(transparent)]
     P2p(#[from] crate::p2p::P2pError),
@@ -179,22 +184,6 @@ fn manager_keys(config: &NodeConfig) -> Result<Vec<Encoded<S>>, NodeError> {
         .collect()
 }
 
-/// The latest share in the vault, if any.
-fn latest_share(vault: &Vault) -> Result<Option<ActiveShare>, NodeError> {
-    let Some(epoch) = vault.latest_epoch()? else {
-        return Ok(None);
-    };
-    let Some((share, keys, transcript_hash)) = vault.get_share::<S>(epoch)? else {
-        return Ok(None);
-    };
-    Ok(Some(ActiveShare {
-        epoch,
-        share,
-        keys,
-        transcript_hash,
-    }))
-}
-
 fn write_status(dir: &Path, status: &NodeStatusFile) -> Result<(), NodeError> {
     let tmp = dir.join("node.json.tmp");
     let json = serde_json::to_vec_pretty(status).map_err(|e| NodeError::Io(e.to_string()))?;
@@ -223,14 +212,22 @@ pub async fn run(
             .await
             .map_err(|e| NodeError::Io(e.to_string()))??;
     let identity = vault.identity()?;
-    let active = latest_share(&vault)?;
-    if let Some(a) = &active {
-        tracing::info!(epoch = a.epoch, index = %a.share.index(), "resuming with the stored share");
-    } else {
-        tracing::info!("no share stored yet: waiting for a DKG");
-    }
-    let active = Arc::new(RwLock::new(active));
     let vault = Arc::new(vault);
+    let epochs = Arc::new(Epochs::load(Arc::clone(&vault))?);
+    let snapshot = epochs.snapshot();
+    if snapshot.held.is_empty() {
+        if snapshot.retired {
+            tracing::warn!(
+                committed = snapshot.committed,
+                "retired: this node holds no share of the committed epoch"
+            );
+        } else {
+            tracing::info!("no share stored yet: waiting for a DKG");
+        }
+    }
+    for share in &snapshot.held {
+        tracing::info!(epoch = share.epoch, index = %share.share.index(), committed = share.epoch <= snapshot.committed, "resuming with a stored share");
+    }
 
     let mut seed = *identity.p2p_seed;
     let keypair = Keypair::ed25519_from_bytes(&mut seed)
@@ -242,8 +239,7 @@ pub async fn run(
     let ceremonies = Arc::new(Ceremonies::new(
         p2p.clone(),
         identity.node_key.clone(),
-        Arc::clone(&vault),
-        Arc::clone(&active),
+        Arc::clone(&epochs),
     ));
     tokio::spawn(Arc::clone(&ceremonies).dispatch(inbox_rx));
 
@@ -264,7 +260,7 @@ pub async fn run(
     )?;
     tracing::info!(%grpc_addr, p2p = %p2p.address(), node_key = %hex::encode(node_key.bytes()), "node serving");
 
-    let mut service = NodeService::new(active, managers)
+    let mut service = NodeService::new(epochs, managers)
         .with_ceremonies(ceremonies, node_key)
         .with_nonces(nonces);
     let _registry_watch = if let Some(path) = &config.registry_file {

@@ -1,4 +1,4 @@
-//! A node's front door (DESIGN.md §4.6, issue 15): the bounds of its gRPC listener, its
+//! A node's front door (docs/ARCHITECTURE.md §4.6): the bounds of its gRPC listener, its
 //! replay journal, and its own audit log of the partials it serves.
 //!
 //! The audit log (`<data-dir>/audit.jsonl`, the format of [`tkms_daemon::audit`]) has one
@@ -385,6 +385,56 @@ impl pb::node_server::Node for AuditedNode {
             let _ = audit.log.append(fields);
         }
         result
+    }
+
+    async fn commit_epoch(
+        &self,
+        request: Request<pb::CommitEpochRequest>,
+    ) -> Result<Response<pb::CommitEpochResponse>, Status> {
+        let peer = request.extensions().get::<TlsPeer>().cloned();
+        let epoch = request.get_ref().epoch;
+        let result = self.inner.commit_epoch(request).await;
+        self.record_admin(
+            "commit_epoch",
+            peer.as_ref(),
+            epoch,
+            result.as_ref().map(|_| ()),
+        );
+        result
+    }
+
+    async fn abort_epoch(
+        &self,
+        request: Request<pb::AbortEpochRequest>,
+    ) -> Result<Response<pb::AbortEpochResponse>, Status> {
+        let peer = request.extensions().get::<TlsPeer>().cloned();
+        let epoch = request.get_ref().epoch;
+        let result = self.inner.abort_epoch(request).await;
+        self.record_admin(
+            "abort_epoch",
+            peer.as_ref(),
+            epoch,
+            result.as_ref().map(|_| ()),
+        );
+        result
+    }
+}
+
+impl AuditedNode {
+    /// Record an epoch action of the manager (commit, abort). The action already happened;
+    /// its record is best effort, as for a ceremony.
+    fn record_admin(
+        &self,
+        op: &str,
+        peer: Option<&TlsPeer>,
+        epoch: u64,
+        outcome: Result<(), &Status>,
+    ) {
+        if let Some(audit) = &self.audit {
+            let mut fields = base(op, peer, epoch);
+            result_fields(&mut fields, outcome);
+            let _ = audit.log.append(fields);
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The `aws-kms` vault password provider (DESIGN.md §4.2 "Share vault": "`aws-kms`
-//! (ciphertext in config, `kms:Decrypt` at start)"; seed 003 "Password Providers").
+//! The `aws-kms` vault password provider (docs/ARCHITECTURE.md §4.2 "Share vault":
+//! "`aws-kms` (ciphertext in configuration, `kms:Decrypt` once at start)").
 //!
 //! The node's configuration holds the vault password encrypted under an AWS KMS key: a file
 //! with the `CiphertextBlob` of `kms:Encrypt`, raw bytes or base64 (what

@@ -1,5 +1,5 @@
-//! The node-to-node channel for DKG and reshare ceremonies (DESIGN.md §4.2): libp2p over TCP,
-//! authenticated and encrypted with Noise (XX, ed25519 identities), multiplexed with yamux.
+//! The node-to-node channel for DKG and reshare ceremonies (docs/ARCHITECTURE.md §4.2): libp2p over
+//! TCP, authenticated and encrypted with Noise (XX, ed25519 identities), multiplexed with yamux.
 //!
 //! Every ceremony message goes point to point as a `request-response` exchange on
 //! `/tkms/ceremony/1` (CBOR envelope `{ceremony, msg}`), acknowledged by the receiver. A

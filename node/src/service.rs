@@ -1,11 +1,14 @@
-//! The node's gRPC service (DESIGN.md §4.2): partial delegations and re-encryptions with
-//! proofs, status, and public share, for the manager.
+//! The node's gRPC service (docs/ARCHITECTURE.md §4.2): partial delegations and re-encryptions with
+//! proofs, status, public share, and the epoch commands of the manager.
 //!
-//! Every partial request must carry a signature by a manager key this node accepts (pinned in
-//! its configuration; later, read from the registry), over the request's canonical digest
-//! ([`tkms_proto::SignedRequest`]). Request fields are validated into `tkms-crypto` types
-//! before any secret is touched; a bad request gets `INVALID_ARGUMENT` or `UNAUTHENTICATED`
-//! and changes nothing.
+//! Every call must come over a TLS connection authenticated as a manager key this node
+//! accepts; ceremony and epoch commands also carry the manager's signature
+//! ([`tkms_proto::SignedRequest`]). A partial is computed from the share of the epoch the
+//! request names, if this node holds it ([`Epochs`]: the committed epoch, and a newer one
+//! while its commit is pending). Cheap checks come first (the epoch), then the request fields
+//! are validated into `tkms-crypto` types and the requester re-checked, before any secret is
+//! touched; a bad request gets `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED` or
+//! `FAILED_PRECONDITION` and changes nothing.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,7 +17,7 @@ use tkms_crypto::{
     delegation::{DelegationRequest, PartialDelegation},
     pre::{PartialReencryption, ReencryptionRequest},
     suite::Encoded,
-    KeyShare, PublicKeySet, Secp256k1, Suite,
+    Suite,
 };
 use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
@@ -26,36 +29,25 @@ use tkms_sdk::{
     nox,
     v1::{self, Freshness, NonceCache},
 };
-use tokio::sync::RwLock;
 
 use crate::ceremony::{self, Ceremonies, CeremonyError, Spec};
+pub use crate::epochs::ActiveShare;
+use crate::epochs::{EpochError, Epochs};
+use tkms_crypto::handover::Refusal;
 use tonic::{Request, Response, Status};
 
 /// The suite the cluster runs (secp256k1, Nox-compatible).
-pub type ClusterSuite = Secp256k1;
+pub use tkms_proto::ClusterSuite;
 
 /// Largest number of capsules in one re-encryption request, or of delegations in one batch.
 pub use tkms_proto::MAX_BATCH;
 /// Largest request id, in bytes.
 pub const MAX_REQUEST_ID: usize = 64;
 
-/// The share a node serves: its epoch, the share, and the epoch's public key set.
-#[derive(Debug)]
-pub struct ActiveShare {
-    /// Key epoch.
-    pub epoch: u64,
-    /// This node's share.
-    pub share: KeyShare<ClusterSuite>,
-    /// The epoch's public key set (threshold, commitment, public shares).
-    pub keys: PublicKeySet<ClusterSuite>,
-    /// The transcript hash the epoch was agreed on.
-    pub transcript_hash: [u8; 32],
-}
-
 /// The gRPC node service.
 #[derive(Clone)]
 pub struct NodeService {
-    active: Arc<RwLock<Option<ActiveShare>>>,
+    epochs: Arc<Epochs>,
     managers: Arc<Vec<Encoded<ClusterSuite>>>,
     ceremonies: Option<Arc<Ceremonies>>,
     node_key: Option<Encoded<ClusterSuite>>,
@@ -89,14 +81,11 @@ fn unauthenticated(message: impl std::fmt::Display) -> Status {
 }
 
 impl NodeService {
-    /// A service answering for `active` (absent until a DKG or a restore), accepting requests
-    /// signed by any of `managers` (33-byte compressed keys).
-    pub fn new(
-        active: Arc<RwLock<Option<ActiveShare>>>,
-        managers: Vec<Encoded<ClusterSuite>>,
-    ) -> Self {
+    /// A service answering with the shares of `epochs` (none until a DKG), accepting
+    /// connections and signed commands from any of `managers` (33-byte compressed keys).
+    pub fn new(epochs: Arc<Epochs>, managers: Vec<Encoded<ClusterSuite>>) -> Self {
         Self {
-            active,
+            epochs,
             managers: Arc::new(managers),
             ceremonies: None,
             node_key: None,
@@ -218,22 +207,22 @@ impl NodeService {
         }
     }
 
-    /// The share and epoch served now, if the registry publishes that epoch.
-    async fn serving(&self) -> Result<(KeyShare<ClusterSuite>, u64), Status> {
-        let active = self.active.read().await;
-        let active = active.as_ref().ok_or_else(no_share)?;
-        self.check_published(active)?;
-        Ok((active.share.clone(), active.epoch))
+    /// The share of `epoch`, if this node serves it: it holds it and, with a registry that
+    /// publishes epochs, the registry allows it ([`Self::check_published`]).
+    fn share_for(&self, epoch: u64) -> Result<Arc<ActiveShare>, Status> {
+        let share = self.epochs.get(epoch).map_err(|r| refusal(r.into()))?;
+        self.check_published(&share)?;
+        Ok(share)
     }
 
     /// One delegation request, validated and its requester re-checked, answered with
     /// `D_i = share_i·K` and its proof.
     fn delegation_item(
         &self,
-        share: &KeyShare<ClusterSuite>,
-        epoch: u64,
+        share: &ActiveShare,
         request: &pb::PartialDelegationRequest,
     ) -> Result<PartialDelegation<ClusterSuite>, Status> {
+        epoch_matches(share.epoch, request.epoch)?;
         let ephemeral = point(&request.ephemeral, "ephemeral key")?;
         let id = request_id(&request.request_id)?;
         self.check_requester(
@@ -244,23 +233,25 @@ impl NodeService {
                 target_rsa_spki: &request.target_rsa_spki,
             },
         )?;
-        epoch_matches(epoch, request.epoch)?;
-        let delegation = DelegationRequest::with_encoded(epoch, id, ephemeral);
-        Ok(PartialDelegation::create(share, &delegation, &mut OsRng))
+        let delegation = DelegationRequest::with_encoded(share.epoch, id, ephemeral);
+        Ok(PartialDelegation::create(
+            &share.share,
+            &delegation,
+            &mut OsRng,
+        ))
     }
 
     /// Answer each of `requests` on its own: its partial, or why it is refused.
     fn delegation_results(
         &self,
-        share: &KeyShare<ClusterSuite>,
-        epoch: u64,
+        share: &ActiveShare,
         requests: &[pb::PartialDelegationRequest],
     ) -> Vec<pb::PartialDelegationResult> {
         requests
             .iter()
             .map(|request| {
                 let outcome = if request.target_rsa_spki.is_empty() {
-                    self.delegation_item(share, epoch, request)
+                    self.delegation_item(share, request)
                 } else {
                     Err(Status::invalid_argument(
                         "an encrypted (/v1) delegation is not batched",
@@ -314,8 +305,11 @@ impl NodeService {
         Ok(())
     }
 
-    /// Serve only the share of the epoch the registry publishes.
-    fn check_published(&self, active: &ActiveShare) -> Result<(), Status> {
+    /// With a registry that publishes epochs (the chain), serve a share only if it matches the
+    /// published epoch, or belongs to an older epoch of the same key whose shares the
+    /// manager's commit has not erased yet (requests in flight across a switch); an epoch
+    /// newer than the published one is not served before its publication.
+    fn check_published(&self, share: &ActiveShare) -> Result<(), Status> {
         let Some(registry) = &self.registry else {
             return Ok(());
         };
@@ -327,17 +321,37 @@ impl NodeService {
             Published::Unknown => Err(Status::failed_precondition(
                 "the registry cannot be read; this node does not serve until it can",
             )),
+            Published::Epoch(published) if published.epoch > share.epoch => {
+                if published.public_key.as_ref() == share.keys.public_key_encoded().bytes() {
+                    Ok(())
+                } else {
+                    tracing::error!(
+                        epoch = share.epoch,
+                        published = published.epoch,
+                        "the registry publishes another public key; refusing to serve"
+                    );
+                    Err(Status::failed_precondition(
+                        "the registry publishes another public key than this node's share's",
+                    ))
+                }
+            }
+            Published::Epoch(published) if published.epoch < share.epoch => {
+                Err(Status::failed_precondition(format!(
+                    "epoch {} is not published on the registry yet (it publishes {})",
+                    share.epoch, published.epoch
+                )))
+            }
             Published::Epoch(published) => {
-                let shares: Vec<(u16, [u8; 33])> = active
+                let shares: Vec<(u16, [u8; 33])> = share
                     .keys
                     .public_shares()
                     .map(|(i, p)| (i.get(), ClusterSuite::encode_point(p)))
                     .collect();
                 access::check_publication(
                     &published,
-                    active.epoch,
-                    active.keys.threshold(),
-                    active.keys.public_key_encoded().bytes(),
+                    share.epoch,
+                    share.keys.threshold(),
+                    share.keys.public_key_encoded().bytes(),
                     shares.iter().map(|(i, p)| (*i, p.as_slice())),
                 )
                 .map_err(|e| {
@@ -345,6 +359,25 @@ impl NodeService {
                     Status::failed_precondition(format!("share does not match the registry: {e}"))
                 })
             }
+        }
+    }
+
+    /// With a registry that publishes epochs, a commit of `epoch` must be confirmed there
+    /// (the published epoch is the commit point): old shares are erased only then.
+    fn check_commit_published(&self, epoch: u64) -> Result<(), Status> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        match registry.published_epoch() {
+            Published::NotTracked => Ok(()),
+            Published::Epoch(published) if published.epoch >= epoch => Ok(()),
+            Published::Epoch(published) => Err(Status::failed_precondition(format!(
+                "epoch {epoch} is not published on the registry yet (it publishes {}); old shares are kept until it is",
+                published.epoch
+            ))),
+            Published::Nothing | Published::Unknown => Err(Status::failed_precondition(
+                "the registry's published epoch cannot be read; old shares are kept until it can",
+            )),
         }
     }
 
@@ -507,8 +540,29 @@ fn ceremony_spec(request: &pb::StartCeremonyRequest) -> Result<Spec, CeremonyErr
     })
 }
 
-fn no_share() -> Status {
-    Status::failed_precondition("this node holds no key share yet (no DKG has completed)")
+/// Why a share is not served, as a status.
+fn refusal(e: EpochError) -> Status {
+    match e {
+        EpochError::Vault(e) => Status::internal(e.to_string()),
+        EpochError::Refused(r) => Status::failed_precondition(r.to_string()),
+    }
+}
+
+/// One held epoch, as `Status` reports it.
+fn held_epoch(share: &ActiveShare, committed: u64) -> pb::HeldEpoch {
+    pb::HeldEpoch {
+        epoch: share.epoch,
+        index: u32::from(share.share.index().get()),
+        threshold: u32::from(share.keys.threshold()),
+        commitment: share.keys.commitment().to_bytes(),
+        committee: share
+            .keys
+            .public_shares()
+            .map(|(i, _)| u32::from(i.get()))
+            .collect(),
+        transcript_hash: share.transcript_hash.to_vec(),
+        committed: share.epoch <= committed,
+    }
 }
 
 #[tonic::async_trait]
@@ -517,8 +571,8 @@ impl Node for NodeService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let active = self.active.read().await;
-        let mut response = match active.as_ref() {
+        let snapshot = self.epochs.snapshot();
+        let mut response = match snapshot.held.last() {
             Some(a) => pb::StatusResponse {
                 index: u32::from(a.share.index().get()),
                 epoch: a.epoch,
@@ -536,6 +590,14 @@ impl Node for NodeService {
             },
             None => pb::StatusResponse::default(),
         };
+        response.held = snapshot
+            .held
+            .iter()
+            .map(|s| held_epoch(s, snapshot.committed))
+            .collect();
+        response.committed_epoch = snapshot.committed;
+        response.retired = snapshot.retired;
+        response.last_ceremony_epoch = snapshot.last_ceremony;
         response.version = env!("CARGO_PKG_VERSION").to_string();
         if let Some(key) = &self.node_key {
             response.node_key = key.bytes().to_vec();
@@ -551,13 +613,14 @@ impl Node for NodeService {
         &self,
         request: Request<pb::PublicShareRequest>,
     ) -> Result<Response<pb::PublicShareResponse>, Status> {
-        let active = self.active.read().await;
-        let active = active.as_ref().ok_or_else(no_share)?;
-        epoch_matches(active.epoch, request.get_ref().epoch)?;
+        let share = self
+            .epochs
+            .get(request.get_ref().epoch)
+            .map_err(|r| refusal(r.into()))?;
         Ok(Response::new(pb::PublicShareResponse {
-            index: u32::from(active.share.index().get()),
-            epoch: active.epoch,
-            public_share: ClusterSuite::encode_point(&active.share.public_share()).to_vec(),
+            index: u32::from(share.share.index().get()),
+            epoch: share.epoch,
+            public_share: ClusterSuite::encode_point(&share.share.public_share()).to_vec(),
         }))
     }
 
@@ -567,8 +630,8 @@ impl Node for NodeService {
     ) -> Result<Response<pb::PartialDelegationResponse>, Status> {
         self.authenticate_peer(&request)?;
         let request = request.into_inner();
-        let (share, epoch) = self.serving().await?;
-        let partial = self.delegation_item(&share, epoch, &request)?;
+        let share = self.share_for(request.epoch)?;
+        let partial = self.delegation_item(&share, &request)?;
         if request.target_rsa_spki.is_empty() {
             return Ok(Response::new(pb::PartialDelegationResponse {
                 partial: partial.to_bytes().to_vec(),
@@ -596,9 +659,11 @@ impl Node for NodeService {
                 requests.len()
             )));
         }
-        let (share, epoch) = self.serving().await?;
+        // Every item names the same epoch (the manager's); one that does not is refused on
+        // its own.
+        let share = self.share_for(requests[0].epoch)?;
         if requests.len() == 1 {
-            let results = self.delegation_results(&share, epoch, &requests);
+            let results = self.delegation_results(&share, &requests);
             return Ok(Response::new(pb::PartialDelegationBatchResponse {
                 results,
             }));
@@ -614,9 +679,9 @@ impl Node for NodeService {
             if part.is_empty() {
                 break;
             }
-            let (service, share) = (self.clone(), share.clone());
+            let (service, share) = (self.clone(), Arc::clone(&share));
             tasks.push(tokio::task::spawn_blocking(move || {
-                service.delegation_results(&share, epoch, &part)
+                service.delegation_results(&share, &part)
             }));
         }
         let mut results = Vec::new();
@@ -643,6 +708,7 @@ impl Node for NodeService {
                 request.capsules.len()
             )));
         }
+        let share = self.share_for(request.epoch)?;
         let target = point(&request.target, "target key")?;
         let capsules = request
             .capsules
@@ -660,20 +726,13 @@ impl Node for NodeService {
                 capsules: &capsules,
             },
         )?;
-        let share = {
-            let active = self.active.read().await;
-            let active = active.as_ref().ok_or_else(no_share)?;
-            epoch_matches(active.epoch, request.epoch)?;
-            self.check_published(active)?;
-            active.share.clone()
-        };
-        let epoch = request.epoch;
+        let epoch = share.epoch;
         let create = move || -> Vec<Vec<u8>> {
             capsules
                 .into_iter()
                 .map(|(id, ephemeral)| {
                     let pre = ReencryptionRequest::with_encoded(epoch, id, ephemeral, target);
-                    PartialReencryption::create(&share, &pre, &mut OsRng)
+                    PartialReencryption::create(&share.share, &pre, &mut OsRng)
                         .to_bytes()
                         .to_vec()
                 })
@@ -727,5 +786,52 @@ impl Node for NodeService {
                 .collect(),
             holds_share: outcome.holds_share,
         }))
+    }
+
+    async fn commit_epoch(
+        &self,
+        request: Request<pb::CommitEpochRequest>,
+    ) -> Result<Response<pb::CommitEpochResponse>, Status> {
+        self.authenticate_peer(&request)?;
+        let request = request.into_inner();
+        self.authenticate(&request)?;
+        if request.epoch == 0 {
+            return Err(Status::invalid_argument("epochs start at 1"));
+        }
+        self.check_commit_published(request.epoch)?;
+        let committed = self
+            .epochs
+            .commit(request.epoch, &request.transcript_hash)
+            .map_err(|e| match e {
+                EpochError::Refused(Refusal::TranscriptMismatch(_)) => {
+                    Status::invalid_argument(e.to_string())
+                }
+                other => refusal(other),
+            })?;
+        Ok(Response::new(pb::CommitEpochResponse {
+            holds_share: committed.holds_share,
+            erased: committed.erased,
+        }))
+    }
+
+    async fn abort_epoch(
+        &self,
+        request: Request<pb::AbortEpochRequest>,
+    ) -> Result<Response<pb::AbortEpochResponse>, Status> {
+        self.authenticate_peer(&request)?;
+        let request = request.into_inner();
+        self.authenticate(&request)?;
+        if self
+            .ceremonies
+            .as_ref()
+            .and_then(|c| c.in_progress())
+            .is_some()
+        {
+            return Err(Status::failed_precondition(
+                "a ceremony is in progress on this node; abort its epoch once it ends",
+            ));
+        }
+        let erased = self.epochs.abort(request.epoch).map_err(refusal)?;
+        Ok(Response::new(pb::AbortEpochResponse { erased }))
     }
 }

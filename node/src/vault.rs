@@ -1,5 +1,5 @@
-//! The encrypted share vault of a node (DESIGN.md §4.2 "Share vault", §3 "Secrets"; seed 003
-//! "Password providers", "Key Share Vault", "MPC Key Share Backup").
+//! The encrypted share vault of a node (docs/ARCHITECTURE.md §4.2 "Share vault": password
+//! providers, encrypted shares, backups; docs/PROTOCOL.md §10 "Secrets").
 //!
 //! A node keeps its Shamir share of each epoch in one [redb] file. Every value is
 //! AES-256-GCM-encrypted under a 32-byte key derived with Argon2id from a password that a
@@ -94,6 +94,29 @@ mod labels {
     pub const NODE_KEY: &str = "node-key";
     /// `identity` key of the ed25519 libp2p identity seed.
     pub const P2P_KEY: &str = "p2p-key";
+    /// `meta` key of the newest epoch the manager committed.
+    pub const COMMITTED_EPOCH_KEY: &str = "committed-epoch";
+    /// `meta` key of the newest epoch a ceremony was started for.
+    pub const LAST_CEREMONY_KEY: &str = "last-ceremony-epoch";
+}
+
+/// A sealed epoch number the vault keeps beside the shares (not secret, but authenticated
+/// under the vault key so that nobody without the password can move it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// The newest epoch the manager committed (older shares are erased).
+    CommittedEpoch,
+    /// The newest epoch a ceremony was started for (epoch numbers are never reused).
+    LastCeremonyEpoch,
+}
+
+impl Marker {
+    fn key(self) -> &'static str {
+        match self {
+            Self::CommittedEpoch => labels::COMMITTED_EPOCH_KEY,
+            Self::LastCeremonyEpoch => labels::LAST_CEREMONY_KEY,
+        }
+    }
 }
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new(labels::META_TABLE);
@@ -188,7 +211,7 @@ fn storage(error: impl Into<redb::Error>) -> VaultError {
 // Password providers
 // ---------------------------------------------------------------------------------------------
 
-/// Where the vault password comes from (seed 003 "Password Providers").
+/// Where the vault password comes from (docs/ARCHITECTURE.md §4.2 "Share vault").
 ///
 /// Implementations here: [`FilePassword`] (a Kubernetes secret mounted as a file),
 /// [`EnvPassword`] (development only) and [`StaticPassword`] (a password already in memory);
@@ -873,13 +896,29 @@ impl StoredShare {
 // The vault
 // ---------------------------------------------------------------------------------------------
 
+/// Overwrite `file` with zeros, durably.
+fn wipe(mut file: std::fs::File) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let len = file.metadata()?.len();
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let zeros = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()
+}
+
 /// One epoch's share as [`Vault::get_share`] returns it: this node's share, the epoch's public
 /// key set and the transcript hash the epoch was agreed on.
 pub type EpochShare<S> = (KeyShare<S>, PublicKeySet<S>, [u8; 32]);
 
 /// The encrypted share vault: one redb file, values AES-256-GCM-encrypted under an Argon2id key.
 pub struct Vault {
-    db: Database,
+    /// Behind a lock so that [`Vault::delete_epoch`] can swap in a rewritten file.
+    db: std::sync::RwLock<Database>,
     key: Zeroizing<[u8; KEY_LEN]>,
     path: PathBuf,
     params: KdfParams,
@@ -972,7 +1011,7 @@ impl Vault {
             "share vault opened"
         );
         Ok(Self {
-            db,
+            db: std::sync::RwLock::new(db),
             key,
             path: path.to_owned(),
             params: header.params,
@@ -1056,7 +1095,7 @@ impl Vault {
 
     /// The record of `epoch`, decrypted, whatever its suite (to learn the suite at start).
     pub fn get_record(&self, epoch: u64) -> Result<Option<StoredShare>, VaultError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db().begin_read().map_err(storage)?;
         let table = match txn.open_table(SHARES) {
             Ok(table) => table,
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -1092,7 +1131,7 @@ impl Vault {
         let epoch = record.epoch;
         let plaintext = record.encode();
         let record_aad = aad(labels::SHARES_TABLE, &epoch.to_be_bytes());
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db().begin_write().map_err(storage)?;
         {
             let mut table = txn.open_table(SHARES).map_err(storage)?;
             if let Some(existing) = table.get(epoch).map_err(storage)? {
@@ -1129,7 +1168,7 @@ impl Vault {
         valid: impl Fn(&[u8]) -> bool,
     ) -> Result<Zeroizing<[u8; 32]>, VaultError> {
         let secret_aad = aad(labels::IDENTITY_TABLE, name.as_bytes());
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db().begin_write().map_err(storage)?;
         let secret = {
             let mut table = txn.open_table(IDENTITY).map_err(storage)?;
             let existing = table
@@ -1164,7 +1203,7 @@ impl Vault {
 
     /// The highest stored epoch.
     pub fn latest_epoch(&self) -> Result<Option<u64>, VaultError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db().begin_read().map_err(storage)?;
         let table = match txn.open_table(SHARES) {
             Ok(table) => table,
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -1176,7 +1215,7 @@ impl Vault {
 
     /// Every stored epoch, ascending.
     pub fn list_epochs(&self) -> Result<Vec<u64>, VaultError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db().begin_read().map_err(storage)?;
         let table = match txn.open_table(SHARES) {
             Ok(table) => table,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -1189,20 +1228,130 @@ impl Vault {
             .collect()
     }
 
-    /// Delete the share of `epoch` (once a reshare to a later epoch is confirmed). Returns
-    /// whether it was stored.
-    pub fn delete_epoch(&self, epoch: u64) -> Result<bool, VaultError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let existed = {
-            let mut table = txn.open_table(SHARES).map_err(storage)?;
-            let removed = table.remove(epoch).map_err(storage)?;
-            removed.is_some()
+    /// The value of `marker` (0 when it was never set).
+    pub fn marker(&self, marker: Marker) -> Result<u64, VaultError> {
+        let txn = self.db().begin_read().map_err(storage)?;
+        let table = match txn.open_table(META) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(storage(e)),
         };
-        txn.commit().map_err(storage)?;
-        if existed {
-            tracing::info!(epoch, "share deleted from the vault");
+        let Some(sealed) = table.get(marker.key()).map_err(storage)? else {
+            return Ok(0);
+        };
+        let plain = unseal(
+            &self.key,
+            &aad(labels::META_TABLE, marker.key().as_bytes()),
+            sealed.value(),
+        )
+        .ok_or_else(|| {
+            VaultError::Corrupted(format!("the {} failed authentication", marker.key()))
+        })?;
+        let bytes: [u8; 8] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Corrupted(format!("the {} is not 8 bytes", marker.key())))?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    /// Set `marker` to `value`, durably.
+    pub fn set_marker(&self, marker: Marker, value: u64) -> Result<(), VaultError> {
+        let sealed = seal(
+            &self.key,
+            &aad(labels::META_TABLE, marker.key().as_bytes()),
+            &value.to_be_bytes(),
+        )?;
+        let txn = self.db().begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(META).map_err(storage)?;
+            table
+                .insert(marker.key(), sealed.as_slice())
+                .map_err(storage)?;
         }
-        Ok(existed)
+        txn.commit().map_err(storage)
+    }
+
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Delete the share of `epoch` (once a reshare to a later epoch is committed). Returns
+    /// whether it was stored.
+    ///
+    /// redb is copy-on-write: a removed value stays in the file's free pages, where the vault
+    /// password would still open it. So the vault is rewritten without it: every other record
+    /// is copied (still sealed) into a new file, which is synced and renamed over the old one;
+    /// then the old file's bytes are overwritten with zeros and synced. (On a copy-on-write
+    /// file system or a flash device that remaps blocks, overwriting is best effort.)
+    pub fn delete_epoch(&self, epoch: u64) -> Result<bool, VaultError> {
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let existed = {
+            let txn = db.begin_read().map_err(storage)?;
+            match txn.open_table(SHARES) {
+                Ok(table) => table.get(epoch).map_err(storage)?.is_some(),
+                Err(TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(storage(e)),
+            }
+        };
+        if !existed {
+            return Ok(false);
+        }
+        let fresh = self.path.with_extension("redb.rewrite");
+        let _ = std::fs::remove_file(&fresh);
+        {
+            let copy = Database::create(&fresh).map_err(storage)?;
+            let read = db.begin_read().map_err(storage)?;
+            let write = copy.begin_write().map_err(storage)?;
+            for table in [META, IDENTITY] {
+                let from = match read.open_table(table) {
+                    Ok(t) => t,
+                    Err(TableError::TableDoesNotExist(_)) => continue,
+                    Err(e) => return Err(storage(e)),
+                };
+                let mut to = write.open_table(table).map_err(storage)?;
+                for entry in from.iter().map_err(storage)? {
+                    let (k, v) = entry.map_err(storage)?;
+                    to.insert(k.value(), v.value()).map_err(storage)?;
+                }
+            }
+            if let Ok(from) = read.open_table(SHARES) {
+                let mut to = write.open_table(SHARES).map_err(storage)?;
+                for entry in from.iter().map_err(storage)? {
+                    let (k, v) = entry.map_err(storage)?;
+                    if k.value() != epoch {
+                        to.insert(k.value(), v.value()).map_err(storage)?;
+                    }
+                }
+            }
+            write.commit().map_err(storage)?;
+        }
+        let io = |e: std::io::Error| VaultError::Storage(format!("{}: {e}", self.path.display()));
+        std::fs::File::open(&fresh)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        // Keep a handle on the old file, atomically put the rewritten one in its place (a
+        // crash leaves one complete vault or the other), then zero the old file's bytes through
+        // the handle.
+        let old = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(io)?;
+        std::fs::rename(&fresh, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        drop(std::mem::replace(
+            &mut *db,
+            Database::create(&self.path).map_err(storage)?,
+        ));
+        wipe(old).map_err(io)?;
+        tracing::info!(epoch, "share erased from the vault");
+        Ok(true)
     }
 
     /// Export the share of `epoch` as an encrypted backup file under a backup password (see

@@ -14,8 +14,9 @@ use tkms_daemon::{
     nonces::NonceJournal,
 };
 use tkms_node::{
+    epochs::{ActiveShare, Epochs},
     front::{AuditedNode, NodeAudit},
-    service::{ActiveShare, NodeService},
+    service::NodeService,
 };
 use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
@@ -23,7 +24,6 @@ use tkms_proto::{
 };
 use tkms_registry::access::StaticRegistry;
 use tkms_sdk::v1;
-use tokio::sync::RwLock;
 use tonic::{Code, Request};
 
 type S = Secp256k1;
@@ -67,7 +67,7 @@ fn fixture(dir: &Path, fail: AuditFail, k: &Keys) -> Fixture {
     let registry =
         StaticRegistry::default().with_runner(CHAIN, tkms_sdk::nox::wallet_address(&k.runner));
     let nonces = NonceJournal::open_cache(&dir.join("nonces.journal"), v1::now_secs()).unwrap();
-    let service = NodeService::new(Arc::new(RwLock::new(Some(active))), vec![k.manager])
+    let service = NodeService::new(Arc::new(Epochs::in_memory(Some(active))), vec![k.manager])
         .with_registry(Arc::new(registry))
         .with_nonces(Arc::new(nonces));
     let audit = NodeAudit::open(dir, fail).unwrap();

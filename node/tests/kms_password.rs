@@ -1,5 +1,5 @@
 //! The `aws-kms` vault password provider against a real local KMS-compatible server
-//! (`moto_server`, `pip install "moto[server]"`, started by the test on a free port): a vault
+//! (`moto_server`, installed by `./test.sh`, started by the test on a free port): a vault
 //! opened and reopened with a KMS-encrypted password, a foreign password refused, clear and
 //! bounded errors, and the `tkms-node` binary started with `--password aws-kms`.
 //! The tests fail, never skip, without moto.
@@ -56,8 +56,9 @@ fn aws_vars() -> [(&'static str, &'static str); 5] {
 }
 
 /// The engine's moto starter (a free port, restarted on a new one if another process took it
-/// during start-up, ready only once moto's S3 answers there), shared as a file: the two
-/// crates have no common test crate.
+/// during start-up, ready only once moto's S3 answers there), shared as a file rather than
+/// from `tkms-testkit`: each caller adds its own inherent methods to `Moto` (KMS keys here,
+/// S3 buckets in the engine), which a type from another crate would not allow.
 #[path = "../../engine/tests/common/moto.rs"]
 mod moto;
 use moto::Moto;

@@ -15,7 +15,10 @@ use tkms_crypto::{
     suite::Encoded,
     Secp256k1, SecretScalar, Suite,
 };
-use tkms_node::service::{ActiveShare, NodeService};
+use tkms_node::{
+    epochs::{ActiveShare, Epochs},
+    service::NodeService,
+};
 use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
     tls::TlsPeer,
@@ -26,7 +29,6 @@ use tkms_registry::{
     EpochPublication,
 };
 use tkms_sdk::v1;
-use tokio::sync::RwLock;
 use tonic::{Code, Request};
 
 type S = Secp256k1;
@@ -100,7 +102,7 @@ fn fixture() -> Fixture {
     let manager = SecretScalar::<S>::random(&mut OsRng);
     let registry = Arc::new(Fake::default());
     let service = NodeService::new(
-        Arc::new(RwLock::new(Some(active))),
+        Arc::new(Epochs::in_memory(Some(active))),
         vec![Encoded::new(manager.public_point())],
     )
     .with_registry(Arc::clone(&registry) as Arc<dyn Registry>);
@@ -175,7 +177,6 @@ async fn a_node_serves_only_the_published_epoch() {
         Published::Nothing,
         Published::Unknown,
         Published::Epoch(other),
-        Published::Epoch(later),
         Published::Epoch(other_key),
     ] {
         *f.registry.published.lock().unwrap() = Some(published.clone());
@@ -190,6 +191,16 @@ async fn a_node_serves_only_the_published_epoch() {
             "{published:?}: {err:?}"
         );
     }
+    // A later epoch of the same key is published (a reshare committed on chain): this
+    // node's share of epoch 1 is still served until the manager's commit erases it, so that
+    // requests in flight across the switch succeed.
+    *f.registry.published.lock().unwrap() = Some(Published::Epoch(later));
+    let answer = f
+        .service
+        .partial_reencryption(as_manager(&f, reencryption(&f)))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().partials.len(), 1);
     // The published epoch matches: served.
     *f.registry.published.lock().unwrap() = Some(Published::Epoch(f.publication.clone()));
     let answer = f
@@ -375,7 +386,7 @@ async fn a_delegation_batch_answers_each_item_on_its_own() {
     let secret = SecretScalar::<S>::random(&mut OsRng);
     let (shares, keys) = shamir::deal(&secret, 2, 3, &mut OsRng).unwrap();
     let plain = NodeService::new(
-        Arc::new(RwLock::new(Some(ActiveShare {
+        Arc::new(Epochs::in_memory(Some(ActiveShare {
             epoch: 1,
             share: shares[1].clone(),
             keys: keys.clone(),

@@ -665,3 +665,32 @@ fn env_password_provider_reads_the_variable() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A superseded share is erased from the disk, not only unlinked from the table: the sealed
+/// record (which the vault password would still open) is not left in the file's free pages.
+#[test]
+fn a_deleted_epoch_leaves_no_sealed_record_in_the_file() {
+    let (_dir, path) = vault_path();
+    let (shares, keys) = deal::<Secp256k1>(5, 2, 3);
+    {
+        let vault = open(&path);
+        vault.put_share(1, &shares[0], &keys, hash(1)).unwrap();
+        vault.put_share(2, &shares[1], &keys, hash(2)).unwrap();
+    }
+    let sealed = raw_record(&path, 1);
+    assert_eq!(find_all(&std::fs::read(&path).unwrap(), &sealed).len(), 1);
+    {
+        let vault = open(&path);
+        assert!(vault.delete_epoch(1).unwrap());
+        assert_eq!(vault.list_epochs().unwrap(), vec![2]);
+    }
+    let raw = std::fs::read(&path).unwrap();
+    assert!(
+        find_all(&raw, &sealed).is_empty(),
+        "the sealed record of the deleted epoch is still in the file"
+    );
+    // Nor any 16-byte window of it (a partial overwrite is not an erasure).
+    for window in sealed.chunks(16).filter(|w| w.len() == 16) {
+        assert!(find_all(&raw, window).is_empty());
+    }
+}

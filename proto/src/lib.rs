@@ -13,6 +13,10 @@ pub mod node {
 
 pub mod tls;
 
+/// The suite the cluster runs: secp256k1, as Ethereum and the Nox KMS (one definition for the
+/// nodes, the manager, the SDK and the tools).
+pub type ClusterSuite = tkms_crypto::Secp256k1;
+
 /// Most items in one batch call (`PartialDelegationBatch`'s requests,
 /// `PartialReencryptionBatch`'s capsules): a node refuses a larger batch.
 pub const MAX_BATCH: usize = 256;
@@ -32,7 +36,7 @@ impl node::v1::ItemError {
     }
 }
 
-use node::v1::{ManagerSignature, StartCeremonyRequest};
+use node::v1::{AbortEpochRequest, CommitEpochRequest, ManagerSignature, StartCeremonyRequest};
 use prost::Message;
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
@@ -115,6 +119,30 @@ pub trait SignedRequest: Message + Clone + Default {
 
 impl SignedRequest for StartCeremonyRequest {
     const KIND: &'static [u8] = b"tkms.node.v1.StartCeremony";
+
+    fn manager(&self) -> Option<&ManagerSignature> {
+        self.manager.as_ref()
+    }
+
+    fn set_manager(&mut self, manager: Option<ManagerSignature>) {
+        self.manager = manager;
+    }
+}
+
+impl SignedRequest for CommitEpochRequest {
+    const KIND: &'static [u8] = b"tkms.node.v1.CommitEpoch";
+
+    fn manager(&self) -> Option<&ManagerSignature> {
+        self.manager.as_ref()
+    }
+
+    fn set_manager(&mut self, manager: Option<ManagerSignature>) {
+        self.manager = manager;
+    }
+}
+
+impl SignedRequest for AbortEpochRequest {
+    const KIND: &'static [u8] = b"tkms.node.v1.AbortEpoch";
 
     fn manager(&self) -> Option<&ManagerSignature> {
         self.manager.as_ref()

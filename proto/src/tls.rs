@@ -1,5 +1,5 @@
 //! The manager–node gRPC channel: TLS 1.3 with both sides authenticated by their secp256k1
-//! keys (DESIGN.md §4.2, "mutual authentication with the manager").
+//! keys (docs/ARCHITECTURE.md §4.2, "mutual authentication with the manager").
 //!
 //! Each side presents a self-signed certificate carrying the libp2p TLS extension
 //! (`libp2p-tls`): the certificate's TLS key is signed by the side's secp256k1 identity key
@@ -45,7 +45,7 @@ pub const DEFAULT_MAX_PER_ADDRESS: usize = 32;
 /// before the node closes it.
 pub const UNTRUSTED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The bounds of a node's gRPC listener (DESIGN.md §4.6).
+/// The bounds of a node's gRPC listener (docs/ARCHITECTURE.md §4.6).
 #[derive(Debug, Clone)]
 pub struct ListenerLimits {
     /// Bounds on open connections, total and per client address.

@@ -1,5 +1,5 @@
 //! Who may call the cluster, behind one [`Registry`] trait that the manager and the nodes
-//! both consult (DESIGN.md §4.1, §4.2, §4.3):
+//! both consult (docs/ARCHITECTURE.md §4.1-§4.3):
 //!
 //! - [`StaticRegistry`]: a fixed list, for tests;
 //! - [`FileRegistry`]: the embedded registry of a testnet or a single-operator deployment, a

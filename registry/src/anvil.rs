@@ -19,18 +19,19 @@ pub const REPO_ANVIL_PATH: &str = "contracts/node_modules/@foundry-rs/anvil-linu
 
 /// The anvil binary: `$TKMS_ANVIL` if set (it must exist), else the repository's npm install
 /// (`contracts/node_modules/...`, found from this crate's source directory, then from the
-/// current directory). Fails with [`RegistryError::AnvilNotFound`], which says how to
-/// install it.
+/// current directory). Fails with [`RegistryError::AnvilNotFound`], whose one-line message
+/// says how to install it.
 pub fn anvil_path() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(ANVIL_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(RegistryError::AnvilNotFound { tried: vec![path] })
+            Err(RegistryError::AnvilNotFound {
+                tkms_anvil: Some(path),
+            })
         };
     }
-    let mut tried = Vec::new();
     let source_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let roots = [Some(source_root), std::env::current_dir().ok()];
     for root in roots.into_iter().flatten() {
@@ -38,9 +39,19 @@ pub fn anvil_path() -> Result<PathBuf> {
         if candidate.is_file() {
             return Ok(candidate.canonicalize().unwrap_or(candidate));
         }
-        tried.push(candidate);
     }
-    Err(RegistryError::AnvilNotFound { tried })
+    Err(RegistryError::AnvilNotFound { tkms_anvil: None })
+}
+
+/// [`spawn`] for tests: without anvil the test fails with the error's one line, which names
+/// the command that installs it, rather than `unwrap`'s debug dump.
+///
+/// # Panics
+/// If anvil is missing or does not start.
+#[must_use]
+#[track_caller]
+pub fn spawn_or_fail() -> AnvilInstance {
+    spawn().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Start anvil (see [`anvil_path`]) on a free loopback port, automining every transaction.

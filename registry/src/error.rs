@@ -66,14 +66,14 @@ pub enum RegistryError {
     /// The chain answered with data this client cannot use.
     #[error("unexpected answer from the chain: {0}")]
     Malformed(String),
-    /// No anvil binary was found.
+    /// No anvil binary was found. The message is one line that says how to install it.
     #[error(
-        "anvil not found (tried {}); run `bash contracts/install-anvil.sh` or set TKMS_ANVIL to an anvil binary",
-        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        "anvil is not installed{}: run `./test.sh --setup` or `bash contracts/install-anvil.sh` (the pinned npm package), or set TKMS_ANVIL to an anvil binary",
+        tkms_anvil.as_ref().map(|p| format!(" (TKMS_ANVIL={} is not a file)", p.display())).unwrap_or_default()
     )]
     AnvilNotFound {
-        /// Every path that was looked at.
-        tried: Vec<PathBuf>,
+        /// `$TKMS_ANVIL`, when it was set to a path that is not a file.
+        tkms_anvil: Option<PathBuf>,
     },
     /// anvil was found but did not start.
     #[error("anvil at {path} did not start: {reason}")]

@@ -1,6 +1,6 @@
 //! # tkms-registry
 //!
-//! Rust access to the tkms on-chain registry (DESIGN.md §4.3; the contract is
+//! Rust access to the tkms on-chain registry (docs/ARCHITECTURE.md §4.3; the contract is
 //! `contracts/src/TkmsRegistry.sol`, its rules in `contracts/README.md`) through
 //! [alloy](https://alloy.rs), the maintained successor of `ethers-rs`.
 //!

@@ -81,7 +81,7 @@ fn expect_revert(result: tkms_registry::Result<impl std::fmt::Debug>) -> TkmsReg
 
 #[tokio::test]
 async fn deploy_register_five_nodes_publish_and_read_back() {
-    let anvil = anvil::spawn().unwrap();
+    let anvil = anvil::spawn_or_fail();
     let manager = key(&anvil, 1);
     let gateway = Address::repeat_byte(0x61);
     let nodes: Vec<NodeRecord> = (1..=5).map(node).collect();
@@ -140,7 +140,7 @@ async fn deploy_register_five_nodes_publish_and_read_back() {
 
 #[tokio::test]
 async fn refused_writes_come_back_as_decoded_contract_errors() {
-    let anvil = anvil::spawn().unwrap();
+    let anvil = anvil::spawn_or_fail();
     let manager = key(&anvil, 1);
     let gateways = [Address::repeat_byte(0x61), Address::repeat_byte(0x62)];
     let d = deploy_local(
@@ -240,7 +240,7 @@ async fn refused_writes_come_back_as_decoded_contract_errors() {
 
 #[tokio::test]
 async fn cache_follows_every_event_and_drops_a_revoked_gateway_within_one_block() {
-    let anvil = anvil::spawn().unwrap();
+    let anvil = anvil::spawn_or_fail();
     let manager = key(&anvil, 1);
     let gateways = [Address::repeat_byte(0x61), Address::repeat_byte(0x62)];
     let d = deploy_local(
@@ -343,7 +343,7 @@ async fn cache_follows_every_event_and_drops_a_revoked_gateway_within_one_block(
 
 #[tokio::test]
 async fn cache_takes_a_fresh_snapshot_after_a_reorg() {
-    let anvil = anvil::spawn().unwrap();
+    let anvil = anvil::spawn_or_fail();
     let d = deploy_local(&anvil, &LocalSetup::default()).await.unwrap();
     let reader = RegistryClient::connect(&d.rpc_url, d.address, None).unwrap();
     let config = CacheConfig {
@@ -523,8 +523,11 @@ async fn gas_table(
 /// default (latest) hardfork is printed beside it. `--nocapture` shows the table.
 #[tokio::test]
 async fn gas_of_every_write_matches_the_forge_report() {
-    let cancun = gas_table(&anvil::spawn_with(alloy::node_bindings::Anvil::cancun).unwrap()).await;
-    let latest = gas_table(&anvil::spawn().unwrap()).await;
+    let cancun = gas_table(
+        &anvil::spawn_with(alloy::node_bindings::Anvil::cancun).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    let latest = gas_table(&anvil::spawn_or_fail()).await;
     println!("| write | case | forge (GAS.md) | anvil, cancun | anvil, latest |");
     println!("| --- | --- | ---: | ---: | ---: |");
     let mut off = Vec::new();

@@ -64,11 +64,17 @@ impl ClusterKey {
 }
 
 /// A tkms manager, over HTTP.
+///
+/// Answers name the key epoch their partials belong to. When that is not the epoch of the
+/// [`ClusterKey`] a call was given (the cluster was reshared since), the client fetches that
+/// epoch's key set once (`/v0/public-key?epoch=N`), checks it is the same public key, keeps it,
+/// and verifies against it: a long-lived client follows reshares without failing.
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
     manager: Option<Address>,
+    epochs: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u64, PublicKeySet<S>>>>,
 }
 
 impl Client {
@@ -82,6 +88,7 @@ impl Client {
             base: url.trim_end_matches('/').to_string(),
             http,
             manager: None,
+            epochs: std::sync::Arc::default(),
         })
     }
 
@@ -139,17 +146,64 @@ impl Client {
 
     /// `GET /v0/public-key`, with the public shares checked against the commitment.
     pub async fn public_key(&self) -> Result<ClusterKey, ClientError> {
+        self.fetch_key(None).await
+    }
+
+    async fn fetch_key(&self, epoch: Option<u64>) -> Result<ClusterKey, ClientError> {
+        let query = epoch.map(|e| format!("?epoch={e}")).unwrap_or_default();
         let response = self
             .http
-            .get(format!("{}/v0/public-key", self.base))
+            .get(format!("{}/v0/public-key{query}", self.base))
             .send()
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let body: v1::PublicKeyResponse = Self::answer(response).await?;
-        Ok(ClusterKey {
+        let key = ClusterKey {
             epoch: body.epoch,
             keys: body.key_set()?,
-        })
+        };
+        self.remember(&key);
+        Ok(key)
+    }
+
+    fn remember(&self, key: &ClusterKey) {
+        self.epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.epoch, key.keys.clone());
+    }
+
+    /// The key set of `epoch`, for an answer made with it: `key`'s own, one seen before, or
+    /// fetched now; refused unless it has `key`'s public key (a reshare keeps it).
+    async fn key_set(&self, epoch: u64, key: &ClusterKey) -> Result<PublicKeySet<S>, ClientError> {
+        if epoch == key.epoch {
+            return Ok(key.keys.clone());
+        }
+        let known = self
+            .epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&epoch)
+            .cloned();
+        let keys = if let Some(keys) = known {
+            keys
+        } else {
+            let fetched = self.fetch_key(Some(epoch)).await?;
+            if fetched.epoch != epoch {
+                return Err(ClientError::V1(V1Error::InvalidResponse(format!(
+                    "asked for the key set of epoch {epoch}, got epoch {}",
+                    fetched.epoch
+                ))));
+            }
+            fetched.keys
+        };
+        if keys.public_key_encoded() != key.keys.public_key_encoded() {
+            return Err(ClientError::V1(V1Error::InvalidResponse(format!(
+                "epoch {epoch} has another public key than epoch {}",
+                key.epoch
+            ))));
+        }
+        Ok(keys)
     }
 
     /// `POST /v0/delegate` (Nox-compatible): `x(S)` for `ephemeral`, RSA-decrypted by
@@ -212,9 +266,8 @@ impl Client {
         );
         let response = self.send_delegate(&request).await?;
         self.check_manager(response.manager(&request)?)?;
-        Ok(v1::open_delegation(
-            &response, &request, recipient, &key.keys,
-        )?)
+        let keys = self.key_set(response.epoch, key).await?;
+        Ok(v1::open_delegation(&response, &request, recipient, &keys)?)
     }
 
     /// Send a signed `/v1/delegate` request as it is (for tests and tools that need to send
@@ -246,7 +299,8 @@ impl Client {
         )?;
         let response = self.send_reencrypt(&request).await?;
         self.check_manager(response.manager(&request)?)?;
-        Ok(v1::open_reencryption(&response, &request, &key.keys)?)
+        let keys = self.key_set(response.epoch, key).await?;
+        Ok(v1::open_reencryption(&response, &request, &keys)?)
     }
 
     /// Send a signed `/v1/reencrypt` request as it is.

@@ -1,5 +1,5 @@
 //! The wire layer of `POST /v0/delegate`, byte-compatible with the single-key Nox KMS that
-//! the Nox Handle Gateway calls (DESIGN.md §4.1; the researched format is
+//! the Nox Handle Gateway calls (docs/ARCHITECTURE.md §4.1; the researched format is
 //! `docs/NOX-COMPAT.md`, cited below as "NC §n").
 //!
 //! Sans-IO: these functions take the raw query string, body bytes and `Authorization` header
@@ -13,9 +13,10 @@
 //!    [`encrypt_shared_secret`] + [`sign_response`]) builds the [`DelegateResponse`]
 //!    (NC §1.2, §3).
 //!
-//! Choices where Nox, DESIGN.md and this module differ (each also noted where it applies):
+//! Choices where Nox, docs/ARCHITECTURE.md and this module differ (each also noted where it
+//! applies):
 //!
-//! - **`salt` may be absent** and then is `bytes32(0)` (DESIGN.md §4.1 and the Nox doc
+//! - **`salt` may be absent** and then is `bytes32(0)` (docs/ARCHITECTURE.md §4.1 and the Nox doc
 //!   comment). Nox's code requires it (NC §4.1, §7.1); defaulting is a strict superset and the
 //!   gateway always sends one. A *present* but malformed or empty salt is refused, as in Nox.
 //!   `chain_id` is required, as in Nox.
@@ -23,8 +24,8 @@
 //!   a configured chain, so the handler refuses it anyway (`UnknownChain`).
 //! - **Every authorization failure is [`UNAUTHORIZED_STATUS`] = 401**: a missing or
 //!   malformed `Authorization`, a signature that does not recover, and a well-formed
-//!   signature by an account that is not an authorized gateway (DESIGN.md §4.1, §4.6, issue
-//!   15; NC §4.3, §7.2 record what the Nox versions we could read answer). The code tells
+//!   signature by an account that is not an authorized gateway (docs/ARCHITECTURE.md §4.1, §4.6; NC
+//!   §4.3, §7.2 record what the Nox versions we could read answer). The code tells
 //!   the cases apart (`unauthorized`, `signer_not_authorized`). The gateway treats every
 //!   non-2xx alike.
 //! - **`v` must be 0, 1, 27 or 28.** Nox (alloy `normalize_v`) also takes EIP-155 values
@@ -33,9 +34,9 @@
 //!   (NC §2). The signer is still unique for a given signed message; malleability only
 //!   yields a second encoding of the same authorization, which Nox does not replay-protect
 //!   either (NC §2: no nonce, no expiry).
-//! - **The RSA key must have a modulus of 2048..=4096 bits** (DESIGN.md), on top of Nox's own
-//!   rule "SPKI hex >= 512 characters" (NC §3, §7.6), which is also applied. Nox accepts some
-//!   1740..2047-bit keys; the gateway and SDK never send them. The 4096 cap mirrors the `rsa`
+//! - **The RSA key must have a modulus of 2048..=4096 bits** (docs/ARCHITECTURE.md §4.1), on top of
+//!   Nox's own rule "SPKI hex >= 512 characters" (NC §3, §7.6), which is also applied. Nox accepts
+//!   some 1740..2047-bit keys; the gateway and SDK never send them. The 4096 cap mirrors the `rsa`
 //!   crate's (NC §3, ASSUMED there). The key must be `rsaEncryption` (not RSA-PSS).
 //! - **Hex prefixes** follow Nox (NC §3): keys may carry a lowercase `0x` (or none), digits of
 //!   either case; the salt may carry `0x` or `0X`. Nox's decoder would also swallow a second
@@ -77,7 +78,7 @@ pub const MIN_TARGET_PUB_KEY_HEX_LEN: usize = 512;
 /// Upper bound on the target SPKI hex length, so no huge string is decoded. Any 4096-bit SPKI
 /// (even with an exponent as long as the modulus) fits.
 pub const MAX_TARGET_PUB_KEY_HEX_LEN: usize = 4096;
-/// Smallest accepted RSA modulus (DESIGN.md §4.1).
+/// Smallest accepted RSA modulus (docs/ARCHITECTURE.md §4.1).
 pub const MIN_RSA_MODULUS_BITS: usize = 2048;
 /// Largest accepted RSA modulus (the `rsa` crate's cap, NC §3).
 pub const MAX_RSA_MODULUS_BITS: usize = 4096;

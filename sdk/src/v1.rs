@@ -1,6 +1,6 @@
 //! The threshold-native API, sans-IO: `POST /v1/delegate` and `POST /v1/reencrypt`
-//! (DESIGN.md §4.1). The manager, the nodes and clients all use these types, so a request is
-//! signed, checked and answered from one definition.
+//! (docs/ARCHITECTURE.md §4.1). The manager, the nodes and clients all use these types, so a
+//! request is signed, checked and answered from one definition.
 //!
 //! **Requests** are EIP-712 typed data under the domain `{name: "tkms", version: "1",
 //! chainId}`, signed by a gateway (delegation) or a gateway or runner (re-encryption), sent

@@ -1,14 +1,18 @@
-//! Threshold delegation over the simulated network: a manager (address 0) fans each request out
-//! to every share holder, verifies partials with `tkms_crypto::delegation::verify_all`, and
-//! combines the first `t` verified ones; a request not served by its deadline fails fast (the
-//! HTTP 503 of DESIGN §7). Share holders may be crashed (see the crash schedule), silent, or
-//! byzantine (wrong partials).
+//! Threshold delegation over the simulated network: a manager (address 0) serves each request with
+//! the real manager's collector ([`tkms_crypto::collect::Collector`]) and circuit breakers
+//! ([`tkms_crypto::collect::Breakers`]): it asks the nodes in the breakers' order, times each call
+//! out after the node timeout, asks the next node when one fails, verifies partials with
+//! `tkms_crypto::delegation::verify_requests` and combines the first `t` verified ones; a request
+//! fails as soon as fewer than `t` nodes can still answer (the HTTP 503 of docs/ARCHITECTURE.md
+//! §8). Share holders may be crashed (see the crash schedule), silent, or byzantine (wrong
+//! partials).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{
+    collect::{Breakers, Collector, Liveness, Outcome, Plan},
     delegation::{self, DelegationRequest, PartialDelegation, VerifiedPartialDelegation},
     ecies::{self, Ciphertext},
     shamir::lagrange_coefficients,
@@ -40,7 +44,7 @@ pub enum NodeFault {
 /// How the manager treats partials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ManagerMode {
-    /// Verify every partial and combine only verified ones (the real manager).
+    /// The real manager: the collector, the breakers, verified partials only.
     Verify,
     /// DELIBERATELY BROKEN: combine the first `t` partials received without verifying them.
     /// Exists only to show that the "only verified partials" invariant can fail.
@@ -48,9 +52,14 @@ pub enum ManagerMode {
     /// DELIBERATELY BROKEN: ask only the first `t` nodes, never the others (no fallback when
     /// one of them is down or lies). Exists only to show that the liveness invariant can fail.
     AskOnlyT,
-    /// DELIBERATELY BROKEN: no deadline; a request waits for ever for missing partials (the
-    /// hang DESIGN §7 forbids). Exists only to show that the liveness invariant can fail.
+    /// DELIBERATELY BROKEN: no node timeout and no deadline; a request waits for ever for missing
+    /// partials (the hang docs/ARCHITECTURE.md §8 forbids). Exists only to show that the liveness
+    /// invariant can fail.
     NoDeadline,
+    /// DELIBERATELY BROKEN: nodes whose breaker is open are not asked at all (the manager
+    /// before the collector: a node restarted a moment ago stayed unused for up to 30 s).
+    /// Exists only to show that liveness under node churn can fail.
+    SkipOpenBreakers,
 }
 
 /// A delegation message.
@@ -129,7 +138,10 @@ impl RequestRecord {
     }
 }
 
+/// A request in progress: its fan-out, and the partials received.
 struct Open {
+    collector: Collector<&'static str>,
+    pending: BTreeMap<NodeIndex, PartialDelegation<S>>,
     verified: Vec<VerifiedPartialDelegation<S>>,
     used: Vec<PartialDelegation<S>>,
     raw: Vec<PartialDelegation<S>>,
@@ -142,15 +154,26 @@ pub struct Manager {
     nodes: Vec<Addr>,
     mode: ManagerMode,
     deadline: Time,
+    node_timeout: Time,
     plan: Vec<PlannedRequest>,
     open: BTreeMap<u32, Open>,
     records: BTreeMap<u32, RequestRecord>,
     cpu: CpuModel,
+    breakers: Breakers,
+}
+
+fn index(a: Addr) -> Option<NodeIndex> {
+    NodeIndex::new(a)
+}
+
+fn at(now: Time) -> Duration {
+    Duration::from_micros(now)
 }
 
 impl Manager {
     /// A manager for `keys` (epoch `epoch`) asking `nodes`, failing a request after
-    /// `deadline` µs.
+    /// `deadline` µs at the latest (each node call times out after 90 % of it, unless
+    /// [`Self::with_node_timeout`] says otherwise).
     pub fn new(
         keys: PublicKeySet<S>,
         epoch: u64,
@@ -160,11 +183,13 @@ impl Manager {
         plan: Vec<PlannedRequest>,
     ) -> Self {
         Self {
+            breakers: Breakers::new(nodes.iter().filter_map(|a| index(*a))),
             keys,
             epoch,
             nodes,
             mode,
             deadline,
+            node_timeout: deadline - deadline / 10,
             plan,
             open: BTreeMap::new(),
             records: BTreeMap::new(),
@@ -176,6 +201,13 @@ impl Manager {
     #[must_use]
     pub fn with_cpu(mut self, cpu: CpuModel) -> Self {
         self.cpu = cpu;
+        self
+    }
+
+    /// Time each node call out after `timeout` (default: 90 % of the deadline).
+    #[must_use]
+    pub fn with_node_timeout(mut self, timeout: Time) -> Self {
+        self.node_timeout = timeout;
         self
     }
 
@@ -205,60 +237,198 @@ impl Manager {
         }
     }
 
-    /// Take in a partial; returns the CPU time spent.
+    /// Whom a new request asks, as the mode says.
+    fn fan_out(&mut self, now: Time) -> Plan {
+        let t = usize::from(self.keys.threshold());
+        let plan = self.breakers.plan(at(now), self.nodes.len(), false);
+        match self.mode {
+            ManagerMode::AskOnlyT => {
+                let order: Vec<NodeIndex> = plan.order.into_iter().take(t).collect();
+                let first = order.len();
+                Plan::new(order, first)
+            }
+            ManagerMode::SkipOpenBreakers => {
+                let order: Vec<NodeIndex> = plan
+                    .order
+                    .into_iter()
+                    .filter(|n| !self.breakers.is_open(*n, at(now)))
+                    .collect();
+                let first = order.len();
+                Plan::new(order, first)
+            }
+            _ => plan,
+        }
+    }
+
+    /// Send the calls the collector of request `id` asks for, each with its timeout.
+    fn ask(&mut self, id: u32, nodes: Vec<NodeIndex>, out: &mut Outbox<DelMsg>) {
+        let Some(request) = self.records.get(&id).map(|r| r.request.clone()) else {
+            return;
+        };
+        for n in nodes {
+            out.send(
+                n.get(),
+                DelMsg::Request {
+                    id,
+                    request: Box::new(request.clone()),
+                },
+            );
+            if self.mode != ManagerMode::NoDeadline {
+                out.timer(
+                    self.node_timeout,
+                    Timer::Call { id, node: n.get() }.encode(),
+                );
+            }
+        }
+    }
+
+    /// Verify, decide and ask more for request `id` after an event; returns the CPU time.
+    fn step(
+        &mut self,
+        now: Time,
+        id: u32,
+        rng: &mut ChaCha20Rng,
+        out: &mut Outbox<DelMsg>,
+    ) -> Time {
+        let t = usize::from(self.keys.threshold());
+        let (Some(open), Some(record)) = (self.open.get_mut(&id), self.records.get_mut(&id)) else {
+            return 0;
+        };
+        let mut cost = 0;
+        if self.mode == ManagerMode::CombineUnverified {
+            if open.raw.len() >= t {
+                let secret = combine_unverified(&open.raw[..t]).map(|s| *s.as_bytes());
+                open.used = open.raw[..t].to_vec();
+                let cost = self.cpu.combine(t);
+                self.complete(now + cost, id, secret);
+                return cost;
+            }
+        } else if !open.collector.to_verify().is_empty() {
+            let candidates: Vec<NodeIndex> = open.collector.candidates(0).collect();
+            let partials: Vec<PartialDelegation<S>> = candidates
+                .iter()
+                .filter_map(|n| open.pending.remove(n))
+                .collect();
+            cost += self.cpu.verify() * partials.len() as Time;
+            let by_index: BTreeMap<NodeIndex, PartialDelegation<S>> =
+                partials.iter().map(|p| (p.index(), p.clone())).collect();
+            let mut results =
+                delegation::verify_requests(vec![(&record.request, partials)], &self.keys, rng);
+            let (ok, bad) = results.pop().unwrap_or_default();
+            for v in ok {
+                open.collector.verified(0, v.index());
+                if let Some(p) = by_index.get(&v.index()) {
+                    open.used.push(p.clone());
+                }
+                open.verified.push(v);
+            }
+            for e in bad {
+                if let tkms_crypto::Error::InvalidProof { culprit } = e {
+                    record.rejected.push(culprit);
+                    open.collector.rejected(0, culprit, "invalid proof");
+                }
+            }
+        }
+        let decided = open.collector.settle();
+        if let Some((_, outcome)) = decided.first() {
+            let secret = match outcome {
+                Outcome::Served => {
+                    cost += self.cpu.combine(t);
+                    delegation::combine(&open.verified, &self.keys)
+                        .ok()
+                        .map(|s| *s.as_bytes())
+                }
+                Outcome::Unavailable => None,
+            };
+            open.used.truncate(t);
+            self.complete(now + cost, id, secret);
+            return cost;
+        }
+        let more = open.collector.more();
+        self.ask(id, more, out);
+        cost
+    }
+
+    /// Take in a partial from `from`; returns the CPU time spent.
     fn on_partial(
         &mut self,
         now: Time,
         id: u32,
+        from: Addr,
         partial: PartialDelegation<S>,
         rng: &mut ChaCha20Rng,
+        out: &mut Outbox<DelMsg>,
     ) -> Time {
-        let Some(open) = self.open.get_mut(&id) else {
+        let Some(node) = index(from) else { return 0 };
+        self.breakers.record(node, at(now), Liveness::Answered);
+        let (Some(open), Some(record)) = (self.open.get_mut(&id), self.records.get_mut(&id)) else {
             return 0;
         };
-        let Some(record) = self.records.get_mut(&id) else {
-            return 0;
-        };
-        if open.raw.iter().any(|p| p.index() == partial.index()) {
+        if !open.collector.in_flight().contains(&node) || partial.index() != node {
             return 0;
         }
         record.received += 1;
-        let t = usize::from(self.keys.threshold());
-        match self.mode {
-            ManagerMode::Verify | ManagerMode::AskOnlyT | ManagerMode::NoDeadline => {
-                open.raw.push(partial.clone());
-                let (verified, errors) =
-                    delegation::verify_all(vec![partial.clone()], &self.keys, &record.request, rng);
-                for e in errors {
-                    if let tkms_crypto::Error::InvalidProof { culprit } = e {
-                        record.rejected.push(culprit);
-                    }
-                }
-                if !verified.is_empty() {
-                    open.used.push(partial);
-                    open.verified.extend(verified);
-                }
-                if open.verified.len() >= t {
-                    let secret = delegation::combine(&open.verified, &self.keys)
-                        .ok()
-                        .map(|s| *s.as_bytes());
-                    let cost = self.cpu.verify() + self.cpu.combine(t);
-                    self.complete(now + cost, id, secret);
-                    return cost;
-                }
-                self.cpu.verify()
-            }
-            ManagerMode::CombineUnverified => {
-                open.raw.push(partial.clone());
-                open.used.push(partial);
-                if open.used.len() >= t {
-                    let secret = combine_unverified(&open.used).map(|s| *s.as_bytes());
-                    let cost = self.cpu.combine(t);
-                    self.complete(now + cost, id, secret);
-                    return cost;
-                }
-                0
-            }
+        open.collector.answered(node);
+        open.raw.push(partial.clone());
+        open.pending.insert(node, partial);
+        open.collector.candidate(0, node);
+        self.step(now, id, rng, out)
+    }
+
+    /// A node call timed out.
+    fn on_call_timeout(
+        &mut self,
+        now: Time,
+        id: u32,
+        from: Addr,
+        rng: &mut ChaCha20Rng,
+        out: &mut Outbox<DelMsg>,
+    ) -> Time {
+        let Some(node) = index(from) else { return 0 };
+        let Some(open) = self.open.get_mut(&id) else {
+            return 0;
+        };
+        if !open.collector.in_flight().contains(&node) {
+            return 0;
+        }
+        self.breakers.record(node, at(now), Liveness::Down);
+        open.collector.node_failed(node, &"timeout");
+        self.step(now, id, rng, out)
+    }
+}
+
+/// The manager's timers, typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// Issue planned request `id`.
+    Issue(u32),
+    /// Request `id`'s deadline.
+    Deadline(u32),
+    /// The call of request `id` to `node` times out.
+    Call { id: u32, node: Addr },
+}
+
+impl Timer {
+    const ISSUE: u64 = 1;
+    const DEADLINE: u64 = 2;
+    const CALL: u64 = 3;
+
+    fn encode(self) -> u64 {
+        match self {
+            Self::Issue(id) => (Self::ISSUE << 56) | u64::from(id),
+            Self::Deadline(id) => (Self::DEADLINE << 56) | u64::from(id),
+            Self::Call { id, node } => (Self::CALL << 56) | (u64::from(node) << 32) | u64::from(id),
+        }
+    }
+
+    fn decode(timer: u64) -> Option<Self> {
+        let id = u32::try_from(timer & 0xffff_ffff).ok()?;
+        let node = u16::try_from((timer >> 32) & 0xffff).ok()?;
+        match timer >> 56 {
+            Self::ISSUE => Some(Self::Issue(id)),
+            Self::DEADLINE => Some(Self::Deadline(id)),
+            Self::CALL => Some(Self::Call { id, node }),
+            _ => None,
         }
     }
 }
@@ -320,16 +490,14 @@ pub enum DelegationActor {
     Node(Box<ShareNode>),
 }
 
-const ISSUE: u64 = 1 << 32;
-const DEADLINE: u64 = 2 << 32;
-
 impl Actor for DelegationActor {
     type Msg = DelMsg;
 
     fn start(&mut self, now: Time, _rng: &mut ChaCha20Rng, out: &mut Outbox<DelMsg>) {
         if let Self::Manager(m) = self {
             for (id, p) in m.plan.iter().enumerate() {
-                out.timer(p.at.saturating_sub(now), ISSUE | id as u64);
+                let id = u32::try_from(id).unwrap_or(u32::MAX);
+                out.timer(p.at.saturating_sub(now), Timer::Issue(id).encode());
             }
         }
     }
@@ -356,68 +524,66 @@ impl Actor for DelegationActor {
                 }
             }
             (Self::Manager(m), DelMsg::Partial { id, partial }) => {
-                let cost = m.on_partial(now, id, *partial, rng);
+                let cost = m.on_partial(now, id, from, *partial, rng, out);
                 out.work(cost);
             }
             _ => {}
         }
     }
 
-    fn on_timer(
-        &mut self,
-        now: Time,
-        timer: u64,
-        _rng: &mut ChaCha20Rng,
-        out: &mut Outbox<DelMsg>,
-    ) {
+    fn on_timer(&mut self, now: Time, timer: u64, rng: &mut ChaCha20Rng, out: &mut Outbox<DelMsg>) {
         let Self::Manager(m) = self else {
             return;
         };
-        let id = (timer & 0xffff_ffff) as u32;
-        if timer & ISSUE != 0 {
-            let Some(plan) = m.plan.get(id as usize) else {
-                return;
-            };
-            let request = DelegationRequest::new(
-                m.epoch,
-                format!("req-{id}").into_bytes(),
-                *plan.ciphertext.ephemeral(),
-            );
-            m.records.insert(
-                id,
-                RequestRecord {
+        match Timer::decode(timer) {
+            Some(Timer::Issue(id)) => {
+                let Some(plan) = m.plan.get(id as usize) else {
+                    return;
+                };
+                let request = DelegationRequest::new(
+                    m.epoch,
+                    format!("req-{id}").into_bytes(),
+                    *plan.ciphertext.ephemeral(),
+                );
+                m.records.insert(
                     id,
-                    request: request.clone(),
-                    issued: now,
-                    finished: None,
-                    secret: None,
-                    used: Vec::new(),
-                    rejected: Vec::new(),
-                    received: 0,
-                },
-            );
-            m.open.insert(
-                id,
-                Open {
-                    verified: Vec::new(),
-                    used: Vec::new(),
-                    raw: Vec::new(),
-                },
-            );
-            let msg = DelMsg::Request {
-                id,
-                request: Box::new(request),
-            };
-            let ask = match m.mode {
-                ManagerMode::AskOnlyT => usize::from(m.keys.threshold()).min(m.nodes.len()),
-                _ => m.nodes.len(),
-            };
-            out.broadcast(&m.nodes[..ask], &msg);
-            if m.mode != ManagerMode::NoDeadline {
-                out.timer(m.deadline, DEADLINE | u64::from(id));
+                    RequestRecord {
+                        id,
+                        request,
+                        issued: now,
+                        finished: None,
+                        secret: None,
+                        used: Vec::new(),
+                        rejected: Vec::new(),
+                        received: 0,
+                    },
+                );
+                let fan_out = m.fan_out(now);
+                let mut collector = Collector::new(fan_out, m.keys.threshold(), 1);
+                let first = collector.start();
+                m.open.insert(
+                    id,
+                    Open {
+                        collector,
+                        pending: BTreeMap::new(),
+                        verified: Vec::new(),
+                        used: Vec::new(),
+                        raw: Vec::new(),
+                    },
+                );
+                m.ask(id, first, out);
+                if m.mode != ManagerMode::NoDeadline {
+                    out.timer(m.deadline, Timer::Deadline(id).encode());
+                }
+                let cost = m.step(now, id, rng, out);
+                out.work(cost);
             }
-        } else if timer & DEADLINE != 0 && m.open.contains_key(&id) {
-            m.complete(now, id, None);
+            Some(Timer::Deadline(id)) if m.open.contains_key(&id) => m.complete(now, id, None),
+            Some(Timer::Call { id, node }) => {
+                let cost = m.on_call_timeout(now, id, node, rng, out);
+                out.work(cost);
+            }
+            _ => {}
         }
     }
 }

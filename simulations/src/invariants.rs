@@ -143,21 +143,27 @@ pub fn reshare_keeps_key(run: &ReshareRun) -> Result<(), Violation> {
     shares_consistent(after, &shares)
 }
 
-/// **Liveness.** When at least `t` honest share holders are reachable the whole run, every
-/// request is served; otherwise every request still ends (fails fast) by its deadline.
+/// **Liveness.** A request is served whenever at least `t` honest share holders are up and
+/// reachable from its issue to its deadline (whatever happened before: crashes, restarts,
+/// open circuit breakers); otherwise it still ends (fails fast) by its deadline.
 pub fn liveness(run: &DelegationRun) -> Result<(), Violation> {
     let t = usize::from(run.keys.threshold());
-    for (_, r) in &run.requests {
+    for (k, (_, r)) in run.requests.iter().enumerate() {
         let Some(finished) = r.finished else {
             return Err(format!("request {} never finished (hung)", r.id));
         };
         if finished > r.issued + run.deadline {
             return Err(format!("request {} ended after its deadline", r.id));
         }
-        if run.reachable_honest >= t && !r.served() {
+        let available = run
+            .available
+            .get(k)
+            .copied()
+            .unwrap_or(run.reachable_honest);
+        if available >= t && !r.served() {
             return Err(format!(
-                "request {} failed with {} honest nodes reachable (t = {t})",
-                r.id, run.reachable_honest
+                "request {} failed with {available} honest nodes reachable (t = {t})",
+                r.id
             ));
         }
     }

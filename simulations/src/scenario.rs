@@ -66,8 +66,11 @@ pub struct Scenario {
     pub requests: u32,
     /// Spacing between requests.
     pub request_interval: Time,
-    /// Per-request deadline (all nodes are asked at once).
+    /// Per-request deadline.
     pub request_deadline: Time,
+    /// Per-node call timeout (default: 90 % of the deadline: the manager's node timeout is
+    /// its deadline, less the time to verify and combine).
+    pub node_timeout: Option<Time>,
     /// Reshare target committee size and threshold (defaults: `n`, `t`).
     pub reshare_to: Option<(u16, u16)>,
     /// Virtual time limit of each phase.
@@ -95,6 +98,7 @@ impl Scenario {
             requests: 10,
             request_interval: 10 * MS,
             request_deadline: SECOND,
+            node_timeout: None,
             reshare_to: None,
             horizon: 600 * SECOND,
             broken: None,
@@ -415,6 +419,9 @@ pub struct DelegationRun {
     pub requests: Vec<(PlannedRequest, RequestRecord)>,
     /// Honest share holders that were up and reachable from the manager the whole run.
     pub reachable_honest: usize,
+    /// Per planned request (in order): honest share holders up and reachable from the
+    /// manager from its issue to its deadline.
+    pub available: Vec<usize>,
     /// Per-request deadline.
     pub deadline: Time,
     /// Traffic of the delegation phase.
@@ -492,20 +499,7 @@ pub fn run_delegation_from(
             DelegationActor::Node(Box::new(ShareNode::new(share, fault, scenario.cpu))),
         );
     }
-    let reachable_honest =
-        nodes
-            .iter()
-            .filter(|a| {
-                scenario
-                    .node_faults
-                    .get(a)
-                    .is_none_or(|f| *f == NodeFault::Honest)
-                    && !scenario.crashes.iter().any(|c| c.node == **a)
-                    && !scenario.net.partitions.iter().any(|p| {
-                        p.links.contains(&(MANAGER, **a)) || p.links.contains(&(**a, MANAGER))
-                    })
-            })
-            .count();
+    let (reachable_honest, available) = availability(scenario, &nodes, &plan);
     let manager = Manager::new(
         keys.clone(),
         epoch,
@@ -514,7 +508,12 @@ pub fn run_delegation_from(
         scenario.request_deadline,
         plan,
     )
-    .with_cpu(scenario.cpu);
+    .with_cpu(scenario.cpu)
+    .with_node_timeout(
+        scenario
+            .node_timeout
+            .unwrap_or(scenario.request_deadline - scenario.request_deadline / 10),
+    );
     actors.insert(MANAGER, DelegationActor::Manager(Box::new(manager)));
     let done = Simulator::new(actors, scenario.net.clone(), &scenario.crashes, rng)
         .finish(scenario.horizon);
@@ -531,11 +530,53 @@ pub fn run_delegation_from(
         keys,
         requests,
         reachable_honest,
+        available,
         deadline: scenario.request_deadline,
         stats: done.stats,
         end: done.end,
         trace: done.trace,
     })
+}
+
+/// Honest share holders up and reachable from the manager for the whole run, and for each
+/// planned request from its issue to its deadline.
+fn availability(
+    scenario: &Scenario,
+    nodes: &[Addr],
+    plan: &[PlannedRequest],
+) -> (usize, Vec<usize>) {
+    let honest = |a: &Addr| {
+        scenario
+            .node_faults
+            .get(a)
+            .is_none_or(|f| *f == NodeFault::Honest)
+    };
+    let cut_off = |a: Addr, from: Time, to: Time| {
+        scenario
+            .crashes
+            .iter()
+            .any(|c| c.node == a && c.at < to && c.restart.is_none_or(|r| r > from))
+            || scenario.net.partitions.iter().any(|p| {
+                p.start < to
+                    && p.end > from
+                    && (p.links.contains(&(MANAGER, a)) || p.links.contains(&(a, MANAGER)))
+            })
+    };
+    let reachable_honest = nodes
+        .iter()
+        .filter(|a| honest(a) && !cut_off(**a, 0, Time::MAX))
+        .count();
+    let available = plan
+        .iter()
+        .map(|p| {
+            let (from, to) = (p.at, p.at + scenario.request_deadline);
+            nodes
+                .iter()
+                .filter(|a| honest(a) && !cut_off(**a, from, to))
+                .count()
+        })
+        .collect();
+    (reachable_honest, available)
 }
 
 /// One CSV row of per-run metrics.
@@ -700,4 +741,43 @@ impl RunMetrics {
 /// Addresses `1..=n`.
 pub fn node_addrs(n: u16) -> Vec<Addr> {
     (1..=n).collect()
+}
+
+/// A seeded schedule of node crashes and restarts over `[0, until)`: each node of `nodes` in
+/// turn may go down for `down` (a range of µs), never more than `max_down` at once.
+pub fn random_churn(
+    seed: u64,
+    nodes: &[Addr],
+    until: Time,
+    max_down: usize,
+    down: std::ops::Range<Time>,
+) -> Vec<Crash> {
+    use rand::Rng;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut crashes: Vec<Crash> = Vec::new();
+    let mut now = 0;
+    while now < until {
+        now += rng.gen_range(down.start / 2..down.end);
+        let node = nodes[rng.gen_range(0..nodes.len())];
+        let overlapping = |c: &Crash| c.at <= now && c.restart.is_none_or(|r| r > now);
+        if crashes.iter().filter(|c| overlapping(c)).count() >= max_down
+            || crashes.iter().any(|c| c.node == node && overlapping(c))
+        {
+            continue;
+        }
+        let restart = now + rng.gen_range(down.clone());
+        // Keep the bound over the whole downtime: no later crash may overlap too many.
+        let busy = crashes
+            .iter()
+            .filter(|c| c.at < restart && c.restart.is_none_or(|r| r > now))
+            .count();
+        if busy < max_down {
+            crashes.push(Crash {
+                node,
+                at: now,
+                restart: Some(restart),
+            });
+        }
+    }
+    crashes
 }

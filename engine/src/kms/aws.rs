@@ -1,5 +1,5 @@
 //! The `aws-kms` [`KeyProvider`]: the KEK is wrapped with AWS KMS `Encrypt` and unwrapped
-//! with `Decrypt` (seed 001 "Step-by-Step Example: AWS KMS"), through the official AWS SDK
+//! with `Decrypt` (docs/ARCHITECTURE.md §4.4 "KMS envelopes"), through the official AWS SDK
 //! (`aws-sdk-kms`, rustls over aws-lc-rs), against AWS or any KMS-compatible endpoint.
 //!
 //! Every call binds the index: the KMS *encryption context* is `{"tkms:index": <name>}`, so

@@ -23,7 +23,7 @@ pub const KMS_BLOB_IDENTIFIER: &str = "TKMB";
 pub const PROVIDER_NONE: &str = "none";
 /// Provider name: the KEK is wrapped with AWS KMS `Encrypt` and unwrapped with `Decrypt`.
 pub const PROVIDER_AWS_KMS: &str = "aws-kms";
-/// Provider name: the KEK is ECIES-encrypted to the tkms cluster key (DESIGN §4.4).
+/// Provider name: the KEK is ECIES-encrypted to the tkms cluster key (docs/ARCHITECTURE.md §4.4).
 pub const PROVIDER_TKMS: &str = "tkms";
 
 /// Longest accepted `kms_name`, `provider`, `key_id` or `region`, in bytes.
@@ -42,7 +42,8 @@ const VT_WRAPPED_KEK: u16 = 12;
 const VT_VERSION: u16 = 14;
 const VT_CREATED_AT: u16 = 16;
 
-/// How an index's 32-byte KEK is wrapped by an external KMS (seed 000 "The KMS Envelope").
+/// How an index's 32-byte KEK is wrapped by an external KMS (docs/ARCHITECTURE.md §4.4 "KMS
+/// envelopes").
 ///
 /// The envelope holds only the *wrapped* KEK, never the KEK: it is not secret, and is stored
 /// in plaintext beside the index keystore.

@@ -1,4 +1,4 @@
-//! KMS envelopes (seed 000 "External Key Management", DESIGN §4.4): a per-index record of
+//! KMS envelopes (docs/ARCHITECTURE.md §4.4 "KMS envelopes"): a per-index record of
 //! how the index KEK is wrapped by an external KMS, stored as a FlatBuffer ([`KmsBlob`])
 //! beside the index keystore, and the [`KeyProvider`]s that wrap and unwrap the KEK.
 //!

@@ -1,6 +1,6 @@
-//! The `tkms` [`KeyProvider`] (DESIGN §4.4): the index KEK is ECIES-encrypted to the tkms
-//! cluster public key, and unwrapped at load through the cluster, which never holds the
-//! whole private key.
+//! The `tkms` [`KeyProvider`] (docs/ARCHITECTURE.md §4.4): the index KEK is ECIES-encrypted to the
+//! tkms cluster public key, and unwrapped at load through the cluster, which never holds the whole
+//! private key.
 //!
 //! * **Wrap** (no cluster private key involved): fetch the cluster key set from the manager
 //!   (`GET /v0/public-key`, public shares checked against the commitment), then

@@ -1,23 +1,28 @@
-//! The engine's HTTP service (`tkms engine serve`): the CyborgDB service's REST surface
-//! (DESIGN §4.4) over one storage backend.
+//! The engine's HTTP service (`tkms engine serve`): the CyborgDB service API 0.17 (what the
+//! `cyborgdb` 0.18 Python SDK speaks), keeping the older `index_config` form (API 0.12)
+//! working, over one storage backend (docs/ARCHITECTURE.md §4.4).
 //!
-//! * Auth: every route but `GET /v1/health` needs an `X-API-Key` header equal to one of the
-//!   configured keys (compared in constant time on their SHA-256); otherwise 401.
-//! * Routes: `POST /v1/indexes/{create,delete,train,describe}`, `GET /v1/indexes/list`,
-//!   `POST /v1/vectors/{upsert,query,get,delete,list_ids,num_vectors}`, `GET /v1/health`.
-//!   Bodies are in [`api`].
+//! * Auth: every route but `GET /v1/health` and `GET /openapi.json` needs an `X-API-Key`
+//!   header: one of the configured service keys (compared in constant time on their
+//!   SHA-256), or a per-user key (`cdbk_…`, minted by `POST /v1/indexes/{name}/users`),
+//!   which carries the user's own key to one index and grants only its scope.
+//! * Routes and bodies: [`api`]; the OpenAPI 3 document, generated from the handlers, is
+//!   [`openapi`] (served at `/openapi.json`, committed as `docs/openapi/engine.json`).
 //! * Keys: each request carries its index KEK (`index_key`, 64 hex characters), checked by
 //!   the engine (wrong key → 401, nothing changed). An index with a KMS envelope whose
 //!   provider the service was started with ([`ServiceConfig::key_providers`]) may omit it:
-//!   the service unwraps the KEK through the KMS (seed 000 "A service layer can then read
-//!   the envelope at request time"). KEKs are zeroized after use and never logged.
-//! * Errors: JSON `{"error": "...", "code": "..."}` with 400 (bad input), 401 (API key or
-//!   index key), 403 (scope), 404 (no such index or route), 409 (exists / concurrent change),
-//!   413 (body too large), 500/502 (storage, KMS). Handlers never panic on input: the engine
-//!   validates everything (and a panic inside an engine call would surface as a 500).
+//!   the service unwraps the KEK through the KMS when the request arrives (docs/PROTOCOL.md
+//!   §13). KEKs are zeroized after use and never logged.
+//! * Errors: CyborgDB's body `{"status_code", "detail"}` plus a stable `code`: 400 (bad
+//!   input the engine refuses), 401 (API key or index key), 403 (scope), 404 (no such
+//!   index, user or route), 405, 409 (exists / concurrent change / training running), 413
+//!   (body too large), 415 (not JSON), 422 (body does not match the document), 500/502
+//!   (storage, KMS). Handlers never panic on input: the engine validates everything (and a
+//!   panic inside an engine call would surface as a 500).
 //!
 //! Engine calls are CPU-bound and synchronous; they run on tokio's blocking pool. One open
-//! [`Index`] handle per index is cached (keyed by name, guarded by its KEK).
+//! [`Index`] handle per index is cached (keyed by name, guarded by its KEK), and one per
+//! user key (re-checked against storage on every request, so a revoked key stops at once).
 //!
 //! ```no_run
 //! # async fn f() -> tkms_engine::Result<()> {
@@ -33,36 +38,37 @@
 //! ```
 
 pub mod api;
+mod error;
+mod indexes;
+mod vectors;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
-use serde::Serialize;
-use serde_json::{json, Value};
+use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tkms_daemon::http::HttpLimits;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
+use crate::keys::{UserKey, USER_KEY_ID_LEN};
 use crate::kms::KeyProvider;
-use crate::{
-    Client, Include, Index, IndexConfig, IndexKey, Item, QueryParams, StorageConfig, TrainParams,
-};
-use api::{
-    contents_json, metric_name, parse_metric, CreateIndexRequest, DeleteRequest, GetRequest,
-    IndexRequest, KeyHex, QueryRequest, QueryVectors, ResultItem, SuccessResponse, TrainRequest,
-    UpsertRequest,
-};
+use crate::{Client, Index, IndexKey, StorageConfig};
+use api::KeyHex;
+pub use error::ErrorResponse;
+use error::{ApiError, ApiResult};
 
 /// Default largest request body: 256 MiB (an upsert of 100k × 384-d vectors as JSON is
 /// about 80 MB).
@@ -71,6 +77,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
 pub const DEFAULT_TOP_K: usize = 100;
 /// Shortest accepted API key.
 pub const MIN_API_KEY_LEN: usize = 16;
+/// The CyborgDB service API version served (`cyborgdb` Python SDK 0.18).
+pub const API_VERSION: &str = "0.17.0";
+/// Prefix of a per-user API key (CyborgDB's).
+pub const USER_API_KEY_PREFIX: &str = "cdbk_";
 
 /// Settings of the service.
 pub struct ServiceConfig {
@@ -80,7 +90,8 @@ pub struct ServiceConfig {
     pub storage: StorageConfig,
     /// Accepted `X-API-Key` values (at least one, each at least 16 characters).
     pub api_keys: Vec<Zeroizing<String>>,
-    /// Providers that may unwrap index KEKs from KMS envelopes (e.g. `aws-kms`).
+    /// Providers that may wrap and unwrap index KEKs in KMS envelopes (`aws-kms`, `tkms`);
+    /// a create request names one with `kms_name`.
     pub key_providers: Vec<Arc<dyn KeyProvider>>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
@@ -158,6 +169,15 @@ pub async fn bind(config: ServiceConfig) -> crate::Result<Server> {
             k.len()
         )));
     }
+    if config
+        .api_keys
+        .iter()
+        .any(|k| k.starts_with(USER_API_KEY_PREFIX))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "service API keys must not start with {USER_API_KEY_PREFIX:?} (the prefix of per-user keys)"
+        )));
+    }
     let storage = config.storage.clone();
     let client = tokio::task::spawn_blocking(move || Client::new(storage))
         .await
@@ -175,6 +195,9 @@ pub async fn bind(config: ServiceConfig) -> crate::Result<Server> {
             .map(|p| (p.provider().to_owned(), Arc::clone(p)))
             .collect(),
         handles: Mutex::new(HashMap::new()),
+        user_handles: Mutex::new(HashMap::new()),
+        training: Mutex::new(BTreeSet::new()),
+        openapi: openapi_json_text(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -224,8 +247,139 @@ pub async fn run(
     bind(config).await?.run(shutdown).await
 }
 
+// ---------------------------------------------------------------------------------------
+// Routes and the OpenAPI document
+
+/// Document-level parts of the OpenAPI document; the paths and schemas come from the
+/// handlers' `#[utoipa::path]` attributes, collected with the routes themselves
+/// ([`public_routes`], [`authed_routes`]), so the document cannot list a route the service
+/// does not serve or miss one it does.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tkms engine service",
+        version = "0.17.0",
+        description = "Encrypted vector search (tkms-engine) behind the CyborgDB service API \
+                       0.17 (the `cyborgdb` 0.18 Python SDK), which also accepts the older \
+                       `index_config` bodies of API 0.12. Errors are \
+                       `{\"status_code\", \"detail\", \"code\"}`.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(ErrorResponse)),
+    modifiers(&ApiKeyScheme),
+    tags(
+        (name = "indexes", description = "Index life cycle, training and per-user keys"),
+        (name = "vectors", description = "Items and queries"),
+        (name = "service", description = "Health and this document")
+    )
+)]
+struct ApiDoc;
+
+/// Name of the `X-API-Key` security scheme in the document (CyborgDB's).
+const API_KEY_SCHEME: &str = "APIKeyHeader";
+
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            API_KEY_SCHEME,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "A service API key, or a per-user key (`cdbk_…`) minted for one index",
+            ))),
+        );
+    }
+}
+
+/// Routes that need no API key.
+fn public_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(indexes::health))
+        .routes(routes!(openapi_json))
+}
+
+/// Routes behind the `X-API-Key` check.
+fn authed_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(indexes::create_index))
+        .routes(routes!(indexes::delete_index))
+        .routes(routes!(indexes::describe))
+        .routes(routes!(indexes::train))
+        .routes(routes!(indexes::list_indexes))
+        .routes(routes!(indexes::training_status))
+        .routes(routes!(indexes::create_user, indexes::list_users))
+        .routes(routes!(indexes::delete_user))
+        .routes(routes!(vectors::upsert))
+        .routes(routes!(vectors::upsert_binary))
+        .routes(routes!(vectors::query))
+        .routes(routes!(vectors::query_binary))
+        .routes(routes!(vectors::query_metadata))
+        .routes(routes!(vectors::get_items))
+        .routes(routes!(vectors::delete_items))
+        .routes(routes!(vectors::list_ids))
+        .routes(routes!(vectors::num_vectors))
+}
+
+/// The OpenAPI 3 document of the service, generated from the handlers (the committed copy is
+/// `docs/openapi/engine.json`; `tests/openapi.rs` keeps them equal).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(public_routes())
+        .merge(authed_routes())
+        .into_openapi()
+}
+
+/// [`openapi`] as pretty-printed JSON with a final newline (the committed file's form).
+pub fn openapi_json_text() -> String {
+    let mut text = openapi().to_pretty_json().unwrap_or_else(|e| {
+        format!("{{\"error\": \"the OpenAPI document failed to serialize: {e}\"}}")
+    });
+    text.push('\n');
+    text
+}
+
+/// This service's OpenAPI 3 document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    operation_id = "openapi_json",
+    responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json", body = Object))
+)]
+async fn openapi_json(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.openapi.clone(),
+    )
+        .into_response()
+}
+
+fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    let (public, _) = public_routes().split_for_parts();
+    let (authed, _) = authed_routes()
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
+        .split_for_parts();
+    Router::new()
+        .merge(public)
+        .merge(authed)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------
+// State, callers and keys
+
 struct Cached {
     key: IndexKey,
+    index: Arc<Index>,
+}
+
+struct UserCached {
+    key: UserKey,
     index: Arc<Index>,
 }
 
@@ -233,173 +387,78 @@ struct AppState {
     client: Client,
     api_key_digests: Vec<[u8; 32]>,
     providers: HashMap<String, Arc<dyn KeyProvider>>,
+    /// Handles opened with an index KEK, by index name.
     handles: Mutex<HashMap<String, Cached>>,
+    /// Handles opened with a user key, by index name and key id.
+    user_handles: Mutex<HashMap<(String, [u8; USER_KEY_ID_LEN]), UserCached>>,
+    /// Indexes whose training is running.
+    training: Mutex<BTreeSet<String>>,
+    /// The OpenAPI document, served as is.
+    openapi: String,
 }
 
-fn router(state: Arc<AppState>, max_body: usize) -> Router {
-    let authed = Router::new()
-        .route("/v1/indexes/create", post(create_index))
-        .route("/v1/indexes/delete", post(delete_index))
-        .route("/v1/indexes/train", post(train))
-        .route("/v1/indexes/describe", post(describe))
-        .route("/v1/indexes/list", get(list_indexes))
-        .route("/v1/vectors/upsert", post(upsert))
-        .route("/v1/vectors/query", post(query))
-        .route("/v1/vectors/get", post(get_items))
-        .route("/v1/vectors/delete", post(delete_items))
-        .route("/v1/vectors/list_ids", post(list_ids))
-        .route("/v1/vectors/num_vectors", post(num_vectors))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
-    Router::new()
-        .route("/v1/health", get(health))
-        .merge(authed)
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+/// Who sent a request (set by [`auth`]).
+#[derive(Clone)]
+enum Caller {
+    /// A service API key: everything, with the index key (or a KMS envelope) per request.
+    Service,
+    /// A per-user key: the reads (and, read-write, the writes) of the one index it opens.
+    User(Arc<UserKey>),
 }
 
-// ---------------------------------------------------------------------------------------
-// Errors
-
-/// An error response `{"error": "...", "code": "..."}`.
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn bad(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(json!({"error": self.message, "code": self.code})),
-        )
-            .into_response()
-    }
-}
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        use StatusCode as S;
-        let (status, code) = match &e {
-            Error::WrongKey { .. } => (S::UNAUTHORIZED, "wrong_key"),
-            Error::InvalidKey(_) => (S::BAD_REQUEST, "invalid_key"),
-            Error::IndexNotFound(_) => (S::NOT_FOUND, "index_not_found"),
-            Error::IndexExists(_) => (S::CONFLICT, "index_exists"),
-            Error::KmsEnvelopeExists(_) => (S::CONFLICT, "kms_envelope_exists"),
-            Error::KmsEnvelopeNotFound(_) => (S::NOT_FOUND, "kms_envelope_not_found"),
-            Error::Conflict(_) => (S::CONFLICT, "conflict"),
-            Error::InvalidIndexName(_) => (S::BAD_REQUEST, "invalid_index_name"),
-            Error::InvalidConfig(_) => (S::BAD_REQUEST, "invalid_config"),
-            Error::DimensionMismatch { .. } => (S::BAD_REQUEST, "dimension_mismatch"),
-            Error::NonFiniteVector { .. } => (S::BAD_REQUEST, "non_finite_vector"),
-            Error::DuplicateId(_) => (S::BAD_REQUEST, "duplicate_id"),
-            Error::InvalidFilter(_) => (S::BAD_REQUEST, "invalid_filter"),
-            Error::NotEnoughVectors { .. } => (S::BAD_REQUEST, "not_enough_vectors"),
-            Error::PermissionDenied { .. } => (S::FORBIDDEN, "permission_denied"),
-            Error::InvalidEnvelope(_) => (S::BAD_REQUEST, "invalid_kms_envelope"),
-            Error::Kms(_) => (S::BAD_GATEWAY, "kms_error"),
-            Error::Corrupted(_) => (S::INTERNAL_SERVER_ERROR, "corrupted"),
-            Error::Storage(_) => (S::INTERNAL_SERVER_ERROR, "storage_error"),
-            _ => (S::BAD_REQUEST, "invalid_argument"),
-        };
-        Self::new(status, code, e.to_string())
-    }
-}
-
-type ApiResult<T> = Result<axum::Json<T>, ApiError>;
-
-/// `axum::Json` with rejections turned into [`ApiError`]s.
-struct Json<T>(T);
-
-impl<S, T> FromRequest<S> for Json<T>
-where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => {
-                let status = rejection.status();
-                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "payload_too_large"
-                } else {
-                    "invalid_json"
-                };
-                // JSON errors are reported as 400 (CyborgDB reports 422 for the same).
-                let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    status
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                Err(ApiError::new(status, code, rejection.body_text()))
-            }
-        }
-    }
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-}
-
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// The `X-API-Key` check: a service key, or a well-formed user key (whether it opens the
+/// index a request names is decided per request by the engine).
+async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get("x-api-key")
-        .map(|v| Sha256::digest(v.as_bytes()));
-    let ok = presented.is_some_and(|d| {
-        state
-            .api_key_digests
-            .iter()
-            .fold(subtle::Choice::from(0), |acc, k| {
-                acc | k.ct_eq(&<[u8; 32]>::from(d))
-            })
-            .into()
-    });
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::new(
+        .map(|v| v.as_bytes().to_vec());
+    let caller = match presented {
+        Some(p) if p.starts_with(USER_API_KEY_PREFIX.as_bytes()) => {
+            parse_user_api_key(&p[USER_API_KEY_PREFIX.len()..]).map(|k| Caller::User(Arc::new(k)))
+        }
+        Some(p) => {
+            let d: [u8; 32] = Sha256::digest(&p).into();
+            let ok: bool = state
+                .api_key_digests
+                .iter()
+                .fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d))
+                .into();
+            ok.then_some(Caller::Service)
+        }
+        None => None,
+    };
+    match caller {
+        Some(c) => {
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        }
+        None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or invalid X-API-Key header",
         )
-        .into_response()
+        .into_response(),
     }
 }
 
-/// Runs a blocking engine call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the request failed internally: {e}"),
-        )
-    })?
+/// The user key inside `cdbk_<base64url>`.
+fn parse_user_api_key(b64: &[u8]) -> Option<UserKey> {
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64)
+            .ok()?,
+    );
+    UserKey::from_bytes(&bytes).ok()
 }
 
-// ---------------------------------------------------------------------------------------
-// Keys and handles
+/// The API key handed to a user: `cdbk_` and the serialized user key, base64url.
+fn user_api_key(key: &UserKey) -> Zeroizing<String> {
+    Zeroizing::new(format!(
+        "{USER_API_KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.to_bytes().as_slice())
+    ))
+}
 
 fn parse_key(hex_key: &str) -> Result<IndexKey, ApiError> {
     let hex_key = hex_key.trim();
@@ -434,11 +493,15 @@ impl AppState {
         let envelope = match self.client.get_index_kms(name) {
             Ok(b) => b,
             Err(Error::KmsEnvelopeNotFound(_)) => {
+                // An unknown index is a 404, not a missing key.
+                if !self.client.contains_index(name)? {
+                    return Err(Error::IndexNotFound(name.to_owned()).into());
+                }
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "missing_key",
                     format!("index_key is required: index `{name}` has no KMS envelope"),
-                ))
+                ));
             }
             Err(e) => return Err(e.into()),
         };
@@ -455,9 +518,54 @@ impl AppState {
         Ok(self.client.index_key_from_kms(name, provider.as_ref())?)
     }
 
-    /// An open handle of `name`, checked against the request's key.
+    /// An open handle of `name` for `caller`: with the request's key (or KMS envelope) for
+    /// the service, with its own key for a user.
+    fn open(
+        &self,
+        caller: &Caller,
+        name: &str,
+        key: Option<&KeyHex>,
+    ) -> Result<Arc<Index>, ApiError> {
+        match caller {
+            Caller::Service => self.index(name, key),
+            Caller::User(uk) => {
+                if key.is_some() {
+                    return Err(ApiError::bad(
+                        "a request authenticated with a user key must not carry index_key: \
+                         the user key opens the index",
+                    ));
+                }
+                self.user_index(name, uk)
+            }
+        }
+    }
+
+    /// The KEK of an operation only the index's owner may do (delete the index, manage user
+    /// keys): refused for user keys.
+    fn admin_key(
+        &self,
+        caller: &Caller,
+        name: &str,
+        key: Option<&KeyHex>,
+        operation: &str,
+    ) -> Result<IndexKey, ApiError> {
+        match caller {
+            Caller::Service => self.request_key(name, key),
+            Caller::User(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                format!("{operation} needs a service API key and the index key, not a user key"),
+            )),
+        }
+    }
+
+    /// An open handle of `name` under its KEK, checked against the request's key.
     fn index(&self, name: &str, key: Option<&KeyHex>) -> Result<Arc<Index>, ApiError> {
         let key = self.request_key(name, key)?;
+        self.index_with(name, key)
+    }
+
+    fn index_with(&self, name: &str, key: IndexKey) -> Result<Arc<Index>, ApiError> {
         {
             let handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(c) = handles.get(name) {
@@ -483,363 +591,89 @@ impl AppState {
         Ok(Arc::clone(&entry.index))
     }
 
+    /// An open handle of `name` under a user key. The key is checked against storage on
+    /// every call (two small reads), so a revoked key is refused even where a handle is
+    /// cached.
+    fn user_index(&self, name: &str, key: &UserKey) -> Result<Arc<Index>, ApiError> {
+        // Anyone can make up a well-formed user key: it must not tell which indexes exist.
+        self.client.check_user_key(name, key).map_err(|e| match e {
+            Error::IndexNotFound(_) => Error::WrongKey {
+                index: name.to_owned(),
+            },
+            e => e,
+        })?;
+        let id = (name.to_owned(), key.key_id());
+        {
+            let handles = self
+                .user_handles
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = handles.get(&id) {
+                if bool::from(c.key.ct_eq(key)) {
+                    return Ok(Arc::clone(&c.index));
+                }
+            }
+        }
+        let index = Arc::new(self.client.load_index_with_user_key(name, key)?);
+        self.user_handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                id,
+                UserCached {
+                    key: key.clone(),
+                    index: Arc::clone(&index),
+                },
+            );
+        Ok(index)
+    }
+
+    /// Drops every cached handle of `name` (after its deletion).
     fn forget(&self, name: &str) {
         self.handles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
+        self.user_handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(n, _), _| n != name);
     }
-}
 
-fn include_of(list: Option<&[String]>, default: &[&str]) -> Result<(Include, bool), ApiError> {
-    let mut include = Include::default();
-    let mut distance = false;
-    let names: Vec<&str> = match list {
-        Some(l) => l.iter().map(String::as_str).collect(),
-        None => default.to_vec(),
-    };
-    for n in names {
-        match n {
-            "distance" => distance = true,
-            "metadata" => include.metadata = true,
-            "contents" => include.contents = true,
-            "vector" => include.vector = true,
-            other => {
-                return Err(ApiError::bad(format!(
-                    "unknown include field {other:?}: use distance, metadata, contents or vector"
-                )))
-            }
+    /// Drops the cached handle of one user key (after its revocation).
+    fn forget_user(&self, name: &str, key_id: &[u8; USER_KEY_ID_LEN]) {
+        self.user_handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(name.to_owned(), *key_id));
+    }
+
+    /// Whether `caller` may see that index `name` exists (a user key only sees the index it
+    /// opens).
+    fn visible(&self, caller: &Caller, name: &str) -> bool {
+        match caller {
+            Caller::Service => true,
+            Caller::User(uk) => self.client.check_user_key(name, uk).is_ok(),
         }
     }
-    Ok((include, distance))
 }
 
-// ---------------------------------------------------------------------------------------
-// Handlers
-
-async fn health() -> axum::Json<Value> {
-    axum::Json(json!({"status": "healthy"}))
+/// Runs a blocking engine call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the request failed internally: {e}"),
+        )
+    })?
 }
 
-async fn list_indexes(State(s): State<Arc<AppState>>) -> ApiResult<Value> {
-    let names = blocking(move || Ok(s.client.list_indexes()?)).await?;
-    Ok(axum::Json(json!({"indexes": names})))
-}
-
-fn build_config(req: &CreateIndexRequest) -> Result<IndexConfig, ApiError> {
-    if req.embedding_model.is_some() {
-        return Err(ApiError::bad(
-            "embedding_model is not supported: upsert vectors, not text",
-        ));
-    }
-    let cfg = req
-        .index_config
-        .as_ref()
-        .ok_or_else(|| ApiError::bad("index_config with a dimension is required"))?;
-    let dimension = cfg
-        .dimension
-        .ok_or_else(|| ApiError::bad("index_config.dimension is required"))?;
-    if let Some(t) = &cfg.index_type {
-        if !matches!(t.as_str(), "ivf" | "ivfflat" | "ivfpq" | "ivfsq8") {
-            return Err(ApiError::bad(format!(
-                "unknown index type {t:?}: use ivf, ivfflat, ivfpq or ivfsq8"
-            )));
-        }
-    }
-    let mut config = IndexConfig::new(dimension);
-    if let Some(m) = cfg.metric.as_deref().or(req.metric.as_deref()) {
-        config = config.with_metric(parse_metric(m).ok_or_else(|| {
-            ApiError::bad(format!(
-                "unknown metric {m:?}: use euclidean, cosine or dot_product"
-            ))
-        })?);
-    }
-    if let Some(n) = cfg.n_lists {
-        config = config.with_n_lists(n);
-    }
-    if let Some(n) = cfg.n_probes {
-        config = config.with_n_probes(n);
-    }
-    if let Some(n) = cfg.rerank_mult {
-        config = config.with_rerank_mult(n);
-    }
-    Ok(config)
-}
-
-async fn create_index(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<CreateIndexRequest>,
-) -> ApiResult<SuccessResponse> {
-    let config = build_config(&req)?;
-    blocking(move || {
-        let name = req.index_name.as_str();
-        match (&req.index_key, &req.kms) {
-            (Some(k), None) => {
-                let key = parse_key(&k.0)?;
-                let index = s.client.create_index(name, &key, config)?;
-                s.handles
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(
-                        name.to_owned(),
-                        Cached {
-                            key,
-                            index: Arc::new(index),
-                        },
-                    );
-            }
-            (None, Some(kms)) => {
-                let provider = s.providers.get(&kms.provider).ok_or_else(|| {
-                    ApiError::bad(format!(
-                        "KMS provider {:?} is not configured on this service",
-                        kms.provider
-                    ))
-                })?;
-                let kms_name = kms.kms_name.as_deref().unwrap_or(kms.provider.as_str());
-                s.client
-                    .create_index_with_kms(name, provider.as_ref(), kms_name, config)?;
-            }
-            (Some(_), Some(_)) => {
-                return Err(ApiError::bad("give either index_key or kms, not both"))
-            }
-            (None, None) => return Err(ApiError::bad("index_key (64 hex characters) is required")),
-        }
-        Ok(axum::Json(SuccessResponse::new(format!(
-            "Index '{name}' created successfully"
-        ))))
-    })
-    .await
-}
-
-async fn delete_index(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<IndexRequest>,
-) -> ApiResult<SuccessResponse> {
-    blocking(move || {
-        let key = s.request_key(&req.index_name, req.index_key.as_ref())?;
-        s.client.delete_index(&req.index_name, &key)?;
-        s.forget(&req.index_name);
-        Ok(axum::Json(SuccessResponse::new(format!(
-            "Index '{}' deleted successfully",
-            req.index_name
-        ))))
-    })
-    .await
-}
-
-async fn describe(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<IndexRequest>,
-) -> ApiResult<Value> {
-    blocking(move || {
-        let index = s.index(&req.index_name, req.index_key.as_ref())?;
-        let c = index.config();
-        Ok(axum::Json(json!({
-            "index_name": index.name(),
-            "index_type": "ivfsq8",
-            "is_trained": index.is_trained(),
-            "num_vectors": index.len(),
-            "index_config": {
-                "type": "ivfsq8",
-                "dimension": c.dimension,
-                "metric": metric_name(c.metric),
-                "n_lists": c.n_lists,
-                "n_probes": c.n_probes,
-                "rerank_mult": c.rerank_mult,
-            },
-        })))
-    })
-    .await
-}
-
-async fn train(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<TrainRequest>,
-) -> ApiResult<SuccessResponse> {
-    blocking(move || {
-        let index = s.index(&req.index_name, req.index_key.as_ref())?;
-        if let Some(n) = req.n_lists {
-            if n != index.config().n_lists {
-                return Err(ApiError::bad(format!(
-                    "n_lists is fixed when the index is created ({}); got {n}",
-                    index.config().n_lists
-                )));
-            }
-        }
-        let mut params = TrainParams::default();
-        if let Some(n) = req.max_iters {
-            params = params.max_iters(n);
-        }
-        if let Some(n) = req.sample_size {
-            params = params.sample_size(n);
-        }
-        index.train(&params)?;
-        Ok(axum::Json(SuccessResponse::new(format!(
-            "Index '{}' trained successfully",
-            req.index_name
-        ))))
-    })
-    .await
-}
-
-async fn upsert(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<UpsertRequest>,
-) -> ApiResult<SuccessResponse> {
-    blocking(move || {
-        let index = s.index(&req.index_name, req.index_key.as_ref())?;
-        let n = req.items.len();
-        let items = req
-            .items
-            .into_iter()
-            .map(|i| Item {
-                id: i.id,
-                vector: i.vector,
-                contents: i.contents.map(String::into_bytes),
-                metadata: i.metadata,
-            })
-            .collect();
-        index.upsert(items)?;
-        Ok(axum::Json(
-            SuccessResponse::new(format!("Upserted {n} vectors")).with_count(n),
-        ))
-    })
-    .await
-}
-
-fn result_item(r: crate::QueryResult, distance: bool) -> ResultItem {
-    ResultItem {
-        id: r.id,
-        distance: distance.then_some(r.distance),
-        metadata: r.metadata,
-        contents: r.contents.map(contents_json),
-        vector: r.vector,
-    }
-}
-
-async fn query(State(s): State<Arc<AppState>>, Json(req): Json<QueryRequest>) -> ApiResult<Value> {
-    if req.query_contents.is_some() {
-        return Err(ApiError::bad(
-            "query_contents is not supported (no embedding model): send query_vectors",
-        ));
-    }
-    let vectors = req
-        .query_vectors
-        .ok_or_else(|| ApiError::bad("query_vectors is required"))?;
-    let (include, distance) = include_of(req.include.as_deref(), &["distance", "metadata"])?;
-    let mut params = QueryParams::new(req.top_k.unwrap_or(DEFAULT_TOP_K)).include(include);
-    if let Some(n) = req.n_probes {
-        params = params.n_probes(n);
-    }
-    if let Some(m) = req.rerank_mult {
-        params = params.rerank_mult(m);
-    }
-    if let Some(f) = req
-        .filters
-        .filter(|f| f.as_object().is_none_or(|o| !o.is_empty()))
-    {
-        params = params.filter(f);
-    }
-    let index_name = req.index_name;
-    let index_key = req.index_key;
-    blocking(move || {
-        let index = s.index(&index_name, index_key.as_ref())?;
-        let results = match vectors {
-            QueryVectors::One(v) => json!(index
-                .query(&v, &params)?
-                .into_iter()
-                .map(|r| result_item(r, distance))
-                .collect::<Vec<_>>()),
-            QueryVectors::Many(vs) => json!(index
-                .query_batch(&vs, &params)?
-                .into_iter()
-                .map(|rs| rs
-                    .into_iter()
-                    .map(|r| result_item(r, distance))
-                    .collect::<Vec<_>>())
-                .collect::<Vec<_>>()),
-        };
-        Ok(axum::Json(json!({ "results": results })))
-    })
-    .await
-}
-
-async fn get_items(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<GetRequest>,
-) -> ApiResult<Value> {
-    let (include, distance) =
-        include_of(req.include.as_deref(), &["vector", "contents", "metadata"])?;
-    if distance {
-        return Err(ApiError::bad("get has no distance to include"));
-    }
-    blocking(move || {
-        let index = s.index(&req.index_name, req.index_key.as_ref())?;
-        let items = index.get(&req.ids)?;
-        let results: Vec<ResultItem> = items
-            .into_iter()
-            .map(|i| ResultItem {
-                id: i.id,
-                distance: None,
-                metadata: if include.metadata { i.metadata } else { None },
-                contents: if include.contents {
-                    i.contents.map(contents_json)
-                } else {
-                    None
-                },
-                vector: include.vector.then_some(i.vector),
-            })
-            .collect();
-        Ok(axum::Json(json!({ "results": results })))
-    })
-    .await
-}
-
-async fn delete_items(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<DeleteRequest>,
-) -> ApiResult<SuccessResponse> {
-    blocking(move || {
-        let index = s.index(&req.index_name, req.index_key.as_ref())?;
-        let n = index.delete(&req.ids)?;
-        Ok(axum::Json(
-            SuccessResponse::new(format!("Deleted {n} vectors")).with_count(n),
-        ))
-    })
-    .await
-}
-
-#[derive(Serialize)]
-struct ListIdsResponse {
-    ids: Vec<String>,
-    count: usize,
-}
-
-async fn list_ids(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<IndexRequest>,
-) -> ApiResult<ListIdsResponse> {
-    blocking(move || {
-        let index = s.index(&req.index_name, req.index_key.as_ref())?;
-        let ids = index.list_ids()?;
-        Ok(axum::Json(ListIdsResponse {
-            count: ids.len(),
-            ids,
-        }))
-    })
-    .await
-}
-
-async fn num_vectors(
-    State(s): State<Arc<AppState>>,
-    Json(req): Json<IndexRequest>,
-) -> ApiResult<SuccessResponse> {
-    blocking(move || {
-        let index = s.index(&req.index_name, req.index_key.as_ref())?;
-        let n = index.len();
-        Ok(axum::Json(
-            SuccessResponse::new(format!("{n} vectors")).with_count(n),
-        ))
-    })
-    .await
+/// [`blocking`] for a handler answering JSON.
+async fn blocking_json<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> ApiResult<T> {
+    blocking(f).await.map(axum::Json)
 }

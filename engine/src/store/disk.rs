@@ -1,5 +1,5 @@
-//! Disk [`Store`]: one redb file (single-file, copy-on-write B-tree, ACID; DESIGN §6
-//! "Storage"). Every batch is one redb write transaction committed with immediate
+//! Disk [`Store`]: one redb file (single-file, copy-on-write B-tree, ACID;
+//! docs/ARCHITECTURE.md §9). Every batch is one redb write transaction committed with immediate
 //! durability, so a crash leaves either all of a batch or none of it.
 
 use std::path::{Path, PathBuf};

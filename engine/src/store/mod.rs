@@ -1,13 +1,13 @@
-//! Storage backends behind one small key-value [`Store`] trait (DESIGN §4.4 "Storage
-//! backends: memory, disk, S3-compatible").
+//! Storage backends behind one small key-value [`Store`] trait (docs/ARCHITECTURE.md
+//! §4.4 "Storage backends: memory, disk, S3-compatible").
 //!
-//! The engine only ever hands a store opaque keys (derived tokens, random uids, index names)
-//! and AES-256-GCM ciphertexts; a backend never sees plaintext ids, vectors or metadata
-//! (seed 002 §1). Writes are grouped in a [`WriteBatch`] that a backend applies atomically,
-//! with optional preconditions so two handles cannot silently overwrite each other's index
-//! state. Backends here: [`MemoryStore`], [`DiskStore`] (one redb file) and [`S3Store`]
-//! (`object_store` over S3; batches there are crash-ordered with a conditional-put commit
-//! point, not atomic across keys: see [`s3`]).
+//! The engine only ever hands a store opaque keys (derived tokens, random uids, index names) and
+//! AES-256-GCM ciphertexts; a backend never sees plaintext ids, vectors or metadata
+//! (docs/PROTOCOL.md §13). Writes are grouped in a [`WriteBatch`] that a backend applies
+//! atomically, with optional preconditions so two handles cannot silently overwrite each other's
+//! index state. Backends here: [`MemoryStore`], [`DiskStore`] (one redb file) and [`S3Store`]
+//! (`object_store` over S3; batches there are crash-ordered with a conditional-put commit point,
+//! not atomic across keys: see [`s3`]).
 
 mod disk;
 mod memory;

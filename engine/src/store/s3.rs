@@ -1,4 +1,4 @@
-//! S3 [`Store`] over `object_store`'s `AmazonS3` client (DESIGN §4.4 "S3-compatible", §6).
+//! S3 [`Store`] over `object_store`'s `AmazonS3` client (docs/ARCHITECTURE.md §4.4, §9).
 //!
 //! Every key becomes one object `<prefix>/<hex(key)>` (hex keeps byte order and prefixes, so
 //! a key prefix is an object-name prefix and S3 lists in key order).

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)] // shared test helpers
 
 pub mod moto;
+pub mod process;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,7 +57,9 @@ impl Mixture {
 pub fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     match metric {
-        Metric::Euclidean => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        Metric::Euclidean | Metric::SquaredEuclidean => {
+            a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+        }
         Metric::DotProduct => -dot,
         Metric::Cosine => {
             let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();

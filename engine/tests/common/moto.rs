@@ -1,5 +1,7 @@
-//! A local `moto_server` (AWS S3 and KMS look-alike, `pip install "moto[server]"`) started by
-//! the test itself on a free port and killed on drop. The tests fail, never skip, without it.
+//! A local `moto_server` (AWS S3 and KMS look-alike, PyPI `moto[server]`, installed by
+//! `./test.sh` into the repository's `.venv`) started by the test itself on a free port and
+//! killed on drop. The tests fail, never skip, without it: with one line that says how to
+//! install it (`tkms_testkit::missing`).
 //!
 //! The port is found by binding port 0 and closing the listener, so it is free only at that
 //! instant: during moto's multi-second start another test of the same binary (or its moto)
@@ -16,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const INSTALL_HINT: &str =
-    "moto_server is needed for the S3 and KMS tests: pip install \"moto[server]\"";
+    "moto_server is needed for the S3 and KMS tests: run `./test.sh --setup` to install it";
 
 /// Starts tried before a test gives up.
 pub const ATTEMPTS: usize = 5;
@@ -98,28 +100,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The command that starts moto on `port`: `moto_server` from the repository's `.venv` (or
+/// `PATH`), or the same server through [`tkms_testkit::python`]. Fails the test with one line
+/// when moto is not installed.
 fn command(threading: Threading, port: u16) -> Command {
     let port_s = port.to_string();
-    let which = Command::new("which")
-        .arg("moto_server")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|p| !p.is_empty());
-    let mut c = match (threading, which) {
+    let moto_server = tkms_testkit::python_tool("moto_server");
+    if moto_server.is_none() || threading == Threading::Single {
+        tkms_testkit::require_python_module("moto.server", "moto[server]");
+    }
+    let mut c = match (threading, moto_server) {
         (Threading::Threaded, Some(exe)) => {
             let mut c = Command::new(exe);
             c.args(["-H", "127.0.0.1", "-p", &port_s]);
             c
         }
         (Threading::Threaded, None) => {
-            let mut c = Command::new("python3");
+            let mut c = Command::new(tkms_testkit::python());
             c.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port_s]);
             c
         }
         (Threading::Single, _) => {
-            let mut c = Command::new("python3");
+            let mut c = Command::new(tkms_testkit::python());
             c.args(["-c", SINGLE_THREADED, "127.0.0.1", &port_s]);
             c
         }
@@ -210,5 +212,24 @@ impl Moto {
     /// The endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a symmetric KMS key in this moto (credentials `test`/`test`, us-east-1) and
+    /// returns its id.
+    pub async fn create_kms_key(&self) -> String {
+        let conf = aws_sdk_kms::Config::builder()
+            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .region(aws_sdk_kms::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kms::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .endpoint_url(self.endpoint())
+            .build();
+        let out = aws_sdk_kms::Client::from_conf(conf)
+            .create_key()
+            .send()
+            .await
+            .unwrap();
+        out.key_metadata.unwrap().key_id
     }
 }

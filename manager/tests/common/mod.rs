@@ -11,7 +11,10 @@ use tkms_manager::{
     admin::{EpochNode, Served},
     cluster::{Cluster, NodeEndpoint},
 };
-use tkms_node::service::{ActiveShare, NodeService};
+use tkms_node::{
+    epochs::{ActiveShare, Epochs},
+    service::NodeService,
+};
 use tkms_proto::{
     node::v1::{
         self as pb,
@@ -19,7 +22,7 @@ use tkms_proto::{
     },
     tls,
 };
-use tokio::{net::TcpListener, sync::RwLock, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::{Request, Response, Status};
 
 pub type S = Secp256k1;
@@ -53,7 +56,7 @@ pub async fn start_with(t: u16, n: u16, liars: &[u16], old: &[u16], seed: u64) -
             share
         };
         let index = share.index();
-        let active = Arc::new(RwLock::new(Some(ActiveShare {
+        let active = Arc::new(Epochs::in_memory(Some(ActiveShare {
             epoch: 1,
             share,
             keys: keys.clone(),
@@ -173,6 +176,18 @@ impl Node for OldNode {
         r: Request<pb::StartCeremonyRequest>,
     ) -> Answer<pb::StartCeremonyResponse> {
         self.0.start_ceremony(r).await
+    }
+    async fn commit_epoch(
+        &self,
+        r: Request<pb::CommitEpochRequest>,
+    ) -> Answer<pb::CommitEpochResponse> {
+        self.0.commit_epoch(r).await
+    }
+    async fn abort_epoch(
+        &self,
+        r: Request<pb::AbortEpochRequest>,
+    ) -> Answer<pb::AbortEpochResponse> {
+        self.0.abort_epoch(r).await
     }
 }
 

@@ -5,21 +5,25 @@
 
 use std::{
     io::Write,
-    path::PathBuf,
     process::{Command, Output, Stdio},
 };
 
 fn tkms(args: &[&str], stdin: &[u8]) -> Output {
-    pipe(Command::new(env!("CARGO_BIN_EXE_tkms")).args(args), stdin)
+    pipe(tkms_e2e::tkms().args(args), stdin)
 }
 
+/// `reference.py` under the tests' Python (`tkms_testkit::python`: the repository's `.venv`
+/// that `./test.sh` sets up), which needs the `cryptography` package.
 fn reference(args: &[&str], stdin: &[u8]) -> Output {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crypto/tests/vectors/reference.py");
-    let output = pipe(Command::new("python3").arg(script).args(args), stdin);
+    tkms_testkit::require_python_module("cryptography", "cryptography");
+    let script = tkms_testkit::repo_root().join("crypto/tests/vectors/reference.py");
+    let output = pipe(
+        Command::new(tkms_testkit::python()).arg(script).args(args),
+        stdin,
+    );
     assert!(
         output.status.success(),
-        "reference.py failed (needs python3 with the `cryptography` package): {}",
+        "reference.py failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     output

@@ -11,17 +11,13 @@
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command},
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
 use k256::ecdsa::SigningKey;
 use rand_core::OsRng;
 use serde_json::{json, Value};
-use tkms_cli::testnet::Testnet;
 use tkms_crypto::{ecies, suite::Encoded, Secp256k1, SecretScalar};
+use tkms_e2e::{Cluster, Options, Testnet};
 use tkms_proto::{
     node::v1::{self as pb, node_client::NodeClient},
     tls::ManagerTls,
@@ -32,48 +28,7 @@ use tkms_sdk::{
     Client, ClientError,
 };
 
-mod common;
-use common::kill;
-
 type S = Secp256k1;
-
-struct Up {
-    testnet: Testnet,
-    extra: Vec<Child>,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let mut pids: Vec<u32> = self.testnet.nodes.iter().map(|n| n.pid).collect();
-        pids.push(self.testnet.manager_pid);
-        for pid in pids {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-        for child in &mut self.extra {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn up(dir: &Path, n: u16, t: u16) -> Up {
-    let out = dir.join("testnet.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
-        .args(["testnet", "up", "--detach", "--nodes", &n.to_string()])
-        .args(["--threshold", &t.to_string(), "--round-timeout-ms", "3000"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tkms testnet up failed");
-    let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
-    Up {
-        testnet,
-        extra: Vec::new(),
-    }
-}
 
 fn key(hex_text: &str) -> SigningKey {
     SigningKey::from_slice(&hex::decode(hex_text.trim_start_matches("0x")).unwrap()).unwrap()
@@ -113,8 +68,8 @@ fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_delegate_and_reencrypt_refusals_node_checks_and_reshare() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = up(dir.path(), 5, 3);
-    let t = up.testnet.clone();
+    let mut net = Cluster::start(dir.path(), &Options::new(5, 3));
+    let t = net.testnet().clone();
     let gateway = key(&t.gateway_private_key);
     let runner = key(&t.runner_private_key);
     let c = client(&t);
@@ -155,8 +110,8 @@ async fn v1_delegate_and_reencrypt_refusals_node_checks_and_reshare() {
 
     refusals(&t, &c, &cluster, &gateway, &runner).await;
     malformed(&t, &gateway).await;
-    nodes_recheck_the_requester(&t, dir.path(), &gateway).await;
-    reshare(&mut up, dir.path(), &cluster, &gateway, &ct).await;
+    nodes_recheck_the_requester(&t, &net.manager_dir(), &gateway).await;
+    reshare(&mut net, &cluster, &gateway, &ct).await;
 }
 
 /// Forged, unauthorized, replayed and expired requests: 401/403, nothing served.
@@ -354,9 +309,9 @@ async fn malformed(t: &Testnet, gateway: &SigningKey) {
 #[rustfmt::skip]
 const SPKI_1024: &str = "30819f300d06092a864886f70d010101050003818d0030818902818100acf6967e988df13ed9f13c00fbcc816f195e99482f97df971f38ddfe2b01e604ae5a1d67c8b2808b68341be7e6bd52e928068793564746fdbcbb75cd5ef76b198443ad54d4d5bcbf8a483f354be8a0cba26352b3634e46b62c19417ba055a1fe6d1f436178d8f991acbfee6c8f526f4c0965702345fa9022fd9597e837dc4ae50203010001";
 
-/// The manager's key towards the nodes, from the testnet's data directory.
-fn manager_node_key(dir: &Path) -> SecretScalar<S> {
-    let hex_key = std::fs::read_to_string(dir.join("data/manager/node-request.key")).unwrap();
+/// The manager's key towards the nodes, from the manager's directory.
+fn manager_node_key(manager_dir: &Path) -> SecretScalar<S> {
+    let hex_key = std::fs::read_to_string(manager_dir.join("node-request.key")).unwrap();
     SecretScalar::<S>::from_bytes(&hex::decode(hex_key.trim().trim_start_matches("0x")).unwrap())
         .unwrap()
 }
@@ -370,9 +325,9 @@ fn tls_client(key: &SecretScalar<S>, addr: &str) -> NodeClient<tonic::transport:
 /// A compromised manager (here: the test, holding the manager's node-request key, over the
 /// manager's TLS identity) sends node requests the requester never authorized; each node
 /// refuses them itself. Without that key, nothing is served at all.
-async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningKey) {
+async fn nodes_recheck_the_requester(t: &Testnet, manager_dir: &Path, gateway: &SigningKey) {
     // The manager's side of the TLS channel, with its key.
-    let mut node = tls_client(&manager_node_key(dir), &t.nodes[0].grpc_addr);
+    let mut node = tls_client(&manager_node_key(manager_dir), &t.nodes[0].grpc_addr);
     let status: pb::StatusResponse = node
         .status(pb::StatusRequest {})
         .await
@@ -474,79 +429,18 @@ async fn nodes_recheck_the_requester(t: &Testnet, dir: &Path, gateway: &SigningK
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 }
 
-/// Start a fresh node process like the testnet's, on free ports; its gRPC URL.
-fn start_node(up: &mut Up, dir: &Path, index: usize) -> String {
-    let template = up.testnet.nodes[0].command.clone();
-    let ndir = dir.join(format!("extra-node-{index}"));
-    std::fs::create_dir_all(&ndir).unwrap();
-    let password = ndir.join("password");
-    std::fs::write(&password, "extra node password 0123456789").unwrap();
-    let mut args: Vec<String> = Vec::new();
-    let mut it = template.into_iter().skip(1);
-    while let Some(a) = it.next() {
-        let replaced = match a.as_str() {
-            "--data-dir" => Some(ndir.display().to_string()),
-            "--grpc-listen" => Some("127.0.0.1:0".into()),
-            "--p2p-listen" => Some("/ip4/127.0.0.1/tcp/0".into()),
-            "--password-file" => Some(password.display().to_string()),
-            _ => None,
-        };
-        args.push(a);
-        if let Some(value) = replaced {
-            it.next();
-            args.push(value);
-        }
-    }
-    let log = std::fs::File::create(ndir.join("node.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tkms"))
-        .args(&args)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    up.extra.push(child);
-    let info: PathBuf = ndir.join("node.json");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(bytes) = std::fs::read(&info) {
-            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                return format!("http://{}", v["grpc_addr"].as_str().unwrap());
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "extra node {index} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Reshare 5/3 → 7/4: same public key, old ciphertexts open, 3 of 7 down still serves.
 async fn reshare(
-    up: &mut Up,
-    dir: &Path,
+    cluster: &mut Cluster,
     before: &tkms_sdk::ClusterKey,
     gateway: &SigningKey,
     old: &ecies::Ciphertext<S>,
 ) {
-    let mut urls: Vec<String> = up
-        .testnet
-        .nodes
-        .iter()
-        .map(|n| format!("http://{}", n.grpc_addr))
-        .collect();
-    urls.push(start_node(up, dir, 6));
-    urls.push(start_node(up, dir, 7));
-    let t = up.testnet.clone();
-    let response = reqwest::Client::new()
-        .post(format!("{}/admin/reshare", t.manager_url))
-        .bearer_auth(&t.admin_token)
-        .json(&json!({ "threshold": 4, "nodes": urls }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
+    let mut urls = cluster.node_urls();
+    urls.push(cluster.start_extra_node());
+    urls.push(cluster.start_extra_node());
+    let t = cluster.testnet().clone();
+    let (status, body) = cluster.reshare(4, &urls).await;
     assert!(status.is_success(), "{body}");
     assert_eq!(body["publicKey"], t.public_key, "{body}");
     assert_eq!(body["threshold"], 4, "{body}");
@@ -560,10 +454,9 @@ async fn reshare(
 
     // The old ciphertext still opens, through both APIs, with 3 of the 7 nodes down (two old
     // ones and a new one).
-    kill(t.nodes[0].pid);
-    kill(t.nodes[1].pid);
-    let _ = up.extra[0].kill();
-    let _ = up.extra[0].wait();
+    cluster.kill_node(0);
+    cluster.kill_node(1);
+    cluster.kill_extra_node(0);
     let plain = c.decrypt(gateway, t.chain_id, &after, old).await.unwrap();
     assert_eq!(&*plain, b"through /v1/delegate");
     let recipient = RsaRecipient::generate().unwrap();
@@ -582,7 +475,7 @@ async fn reshare(
         b"through /v1/delegate"
     );
     // One more down: fewer than t = 4, a clear 503.
-    kill(t.nodes[2].pid);
+    cluster.kill_node(2);
     let (status, code) = refused(c.decrypt(gateway, t.chain_id, &after, old).await);
     assert_eq!((status, code.as_str()), (503, "cluster_unavailable"));
 }

@@ -15,7 +15,6 @@
 
 use std::{
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -25,43 +24,10 @@ use aws_lc_rs::{
 };
 use k256::ecdsa::SigningKey;
 use rand_core::OsRng;
-use tkms_cli::testnet::Testnet;
 use tkms_crypto::{ecies, Secp256k1, SharedSecret, Suite};
+use tkms_e2e::{tkms, Cluster, Options, Testnet};
 use tkms_manager::nox;
 use tkms_registry::{Address, EpochPublication, PrivateKeySigner, RegistryClient, B256};
-
-/// The testnet's processes, anvil included, killed when the test ends.
-struct Up {
-    testnet: Testnet,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let mut pids: Vec<u32> = self.testnet.nodes.iter().map(|n| n.pid).collect();
-        pids.push(self.testnet.manager_pid);
-        pids.extend(self.testnet.anvil_pid);
-        for pid in pids {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-    }
-}
-
-fn up(dir: &Path, n: u16, t: u16) -> Up {
-    let out = dir.join("testnet.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
-        .args(["testnet", "up", "--chain", "--detach"])
-        .args(["--nodes", &n.to_string(), "--threshold", &t.to_string()])
-        .args(["--round-timeout-ms", "3000"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tkms testnet up --chain failed");
-    let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
-    Up { testnet }
-}
 
 fn key(hex_key: &str) -> SigningKey {
     SigningKey::from_slice(&hex::decode(hex_key.trim_start_matches("0x")).unwrap()).unwrap()
@@ -69,7 +35,7 @@ fn key(hex_key: &str) -> SigningKey {
 
 /// `tkms registry <args> --registry <address> --key-file <owner key>`, as an operator runs it.
 fn registry_command(t: &Testnet, args: &[&str], key_file: &Path) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_tkms"))
+    let output = tkms()
         .args(["registry", "--rpc-url", t.rpc_url.as_deref().unwrap()])
         .args(args)
         .args(["--registry", t.registry_address.as_deref().unwrap()])
@@ -207,8 +173,9 @@ async fn one_block_per_second(rpc_url: &str) {
 #[allow(clippy::too_many_lines)] // one end-to-end story, told in order
 async fn chain_testnet_publishes_the_key_follows_revocations_and_nodes_refuse_another_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let up = up(dir.path(), 5, 3);
-    let t = &up.testnet;
+    // The testnet's processes, anvil included, are stopped when the test ends.
+    let cluster = Cluster::start(dir.path(), &Options::new(5, 3).chain());
+    let t = cluster.testnet();
     let rpc_url = t.rpc_url.clone().unwrap();
     let address: Address = t.registry_address.as_deref().unwrap().parse().unwrap();
     let chain = RegistryClient::connect(&rpc_url, address, None).unwrap();
@@ -268,7 +235,7 @@ async fn chain_testnet_publishes_the_key_follows_revocations_and_nodes_refuse_an
     // The manager wallet publishes an epoch that is not the nodes' (same key, other public
     // shares): every node refuses to serve its share, and the manager answers a fast 503
     // within one block (one more tolerated); node 1 says why in its log.
-    let wallet = std::fs::read_to_string(dir.path().join("data/manager/wallet.key")).unwrap();
+    let wallet = std::fs::read_to_string(cluster.manager_dir().join("wallet.key")).unwrap();
     let manager = RegistryClient::connect(
         &rpc_url,
         address,

@@ -14,56 +14,15 @@
 use std::{
     io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Stdio,
 };
 
 use k256::ecdsa::SigningKey;
 use rand_core::OsRng;
 use serde_json::{json, Value};
-use tkms_cli::testnet::Testnet;
+use tkms_e2e::{tkms, Cluster, Options, Testnet};
 use tkms_engine::kms::{KeyProvider, TkmsConfig, TkmsProvider, PROVIDER_TKMS};
 use tkms_engine::{Client, Error, IndexConfig, Item, QueryParams, StorageConfig};
-
-mod common;
-use common::kill;
-
-struct Up {
-    testnet: Testnet,
-    extra: Vec<Child>,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let mut pids: Vec<u32> = self.testnet.nodes.iter().map(|n| n.pid).collect();
-        pids.push(self.testnet.manager_pid);
-        for pid in pids {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-        for child in &mut self.extra {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn up(dir: &Path, n: u16, t: u16) -> Up {
-    let out = dir.join("testnet.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
-        .args(["testnet", "up", "--detach", "--nodes", &n.to_string()])
-        .args(["--threshold", &t.to_string(), "--round-timeout-ms", "3000"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tkms testnet up failed");
-    let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
-    Up {
-        testnet,
-        extra: Vec::new(),
-    }
-}
 
 fn provider(t: &Testnet, requester: SigningKey, manager: &str) -> TkmsProvider {
     TkmsProvider::new(TkmsConfig {
@@ -96,11 +55,11 @@ fn kms_error(result: Result<impl std::fmt::Debug, Error>) -> String {
 }
 
 /// `tkms engine serve` over memory storage with the tkms provider; its base URL.
-fn serve(up: &mut Up, dir: &Path) -> String {
-    let t = &up.testnet;
+fn serve(cluster: &mut Cluster, dir: &Path) -> String {
+    let t = cluster.testnet();
     let key_file = dir.join("runner.key");
     std::fs::write(&key_file, format!("{}\n", t.runner_private_key)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tkms"))
+    let mut child = tkms()
         .args([
             "engine",
             "serve",
@@ -122,7 +81,7 @@ fn serve(up: &mut Up, dir: &Path) -> String {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    up.extra.push(child);
+    cluster.adopt(child);
     line.trim()
         .strip_prefix("tkms engine listening on ")
         .unwrap_or_else(|| panic!("unexpected serve output {line:?}"))
@@ -144,8 +103,8 @@ async fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_kek_wrapped_to_the_cluster_and_unwrapped_through_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = up(dir.path(), 3, 2);
-    let t = up.testnet.clone();
+    let mut cluster = Cluster::start(dir.path(), &Options::new(3, 2));
+    let t = cluster.testnet().clone();
     let runner = provider(&t, key(&t.runner_private_key), &t.manager_address);
     let storage = StorageConfig::disk(dir.path().join("engine"));
 
@@ -181,12 +140,12 @@ async fn index_kek_wrapped_to_the_cluster_and_unwrapped_through_it() {
     client.load_index_kms("docs", &gateway).unwrap();
 
     refusals(&client, &t, &runner);
-    let base = serve(&mut up, dir.path());
+    let base = serve(&mut cluster, dir.path());
     through_the_service(&base).await;
 
     // More than n - t = 1 nodes down: the cluster cannot unwrap; a clear error.
-    for node in &t.nodes[..2] {
-        kill(node.pid);
+    for i in 0..2 {
+        cluster.kill_node(i);
     }
     let message = kms_error(client.load_index_kms("docs", &runner));
     assert!(message.contains("too few nodes"), "{message}");
@@ -204,7 +163,7 @@ async fn index_kek_wrapped_to_the_cluster_and_unwrapped_through_it() {
     );
 
     // The manager gone: unreachable.
-    kill(t.manager_pid);
+    cluster.kill_manager();
     let message = kms_error(client.load_index_kms("docs", &runner));
     assert!(message.contains("cannot reach"), "{message}");
 }
@@ -250,8 +209,8 @@ async fn through_the_service(base: &str) {
     let r = post(
         base,
         "/v1/indexes/create",
-        &json!({"index_name": "vault", "index_config": {"dimension": 4},
-                "kms": {"provider": "tkms"}}),
+        // The body the cyborgdb SDK sends for create_index(name, kms_name="tkms", dimension=4).
+        &json!({"index_name": "vault", "dimension": 4, "kms_name": "tkms"}),
     )
     .await;
     assert_eq!(r.0, 200, "{}", r.1);
@@ -272,5 +231,6 @@ async fn through_the_service(base: &str) {
     )
     .await;
     assert_eq!(r.0, 200, "{}", r.1);
-    assert_eq!(r.1["results"][0]["id"], "v-9");
+    // One list of hits per query vector.
+    assert_eq!(r.1["results"][0][0]["id"], "v-9");
 }

@@ -19,7 +19,7 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -42,26 +42,17 @@ use tokio::{
     net::TcpSocket,
 };
 
-mod common;
-use common::kill;
+use tkms_e2e::{tkms as tkms_command, Cluster, Options};
 
 type S = Secp256k1;
 
-/// Processes started by a test, stopped when it ends.
-struct Procs {
-    pids: Vec<u32>,
-    children: Vec<Child>,
-}
+/// The engine process of a test, killed when it ends.
+struct KillOnDrop(Child);
 
-impl Drop for Procs {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        for pid in &self.pids {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -158,57 +149,6 @@ fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
-fn up(dir: &Path) -> (Procs, Testnet) {
-    let out = dir.join("testnet.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
-        .args([
-            "testnet",
-            "up",
-            "--detach",
-            "--nodes",
-            "3",
-            "--threshold",
-            "2",
-        ])
-        .args(["--round-timeout-ms", "3000"])
-        .args([
-            "--manager-arg=--header-timeout-ms=1500",
-            "--manager-arg=--quota-gateway=1:4",
-            "--manager-arg=--quota-admin=1:2",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tkms testnet up failed");
-    let t: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
-    let mut pids: Vec<u32> = t.nodes.iter().map(|n| n.pid).collect();
-    pids.push(t.manager_pid);
-    (
-        Procs {
-            pids,
-            children: Vec::new(),
-        },
-        t,
-    )
-}
-
-/// Start `command` (a testnet node's or the manager's), logging to `log`.
-fn restart(procs: &mut Procs, command: &[String], log: &Path) -> u32 {
-    let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(&command[0])
-        .args(&command[1..])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    procs.children.push(child);
-    pid
-}
-
 /// Wait until the manager answers `/health` with every node reachable.
 async fn wait_ready(url: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -269,10 +209,7 @@ fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (u16, String) 
 }
 
 fn tkms(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tkms"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = tkms_command().args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -298,7 +235,14 @@ fn find(haystack: &[u8], needle: &[u8]) -> bool {
 #[allow(clippy::too_many_lines)] // one testnet, used phase after phase
 async fn the_front_door_of_a_running_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut procs, mut t) = up(dir.path());
+    let mut net = Cluster::start(
+        dir.path(),
+        &Options::new(3, 2)
+            .arg("--manager-arg=--header-timeout-ms=1500")
+            .arg("--manager-arg=--quota-gateway=1:4")
+            .arg("--manager-arg=--quota-admin=1:2"),
+    );
+    let t = net.testnet().clone();
     let gateway = key(&t.gateway_private_key);
     let runner = key(&t.runner_private_key);
     let c = Client::new(&t.manager_url)
@@ -451,23 +395,23 @@ async fn the_front_door_of_a_running_cluster() {
     .unwrap();
     c.send_reencrypt(&request).await.unwrap();
     let mdir = dir.path().join("data").join("manager");
-    kill(t.manager_pid);
-    t.manager_pid = restart(&mut procs, &t.manager_command, &mdir.join("manager-2.log"));
+    net.kill_manager();
+    net.restart_manager();
     wait_ready(&t.manager_url, 3).await;
     assert_eq!(
         refused(c.send_reencrypt(&request).await),
         (401, "replayed".into())
     );
-    for node in &mut t.nodes {
-        kill(node.pid);
+    for (i, node) in t.nodes.iter().enumerate() {
+        net.kill_node(i);
         let _ = std::fs::remove_file(node.data_dir.join("node.json"));
-        node.pid = restart(&mut procs, &node.command, &node.data_dir.join("node-2.log"));
+        net.restart_node(i);
     }
-    kill(t.manager_pid);
+    net.kill_manager();
     for name in ["nonces.journal", "nonces.journal.prev"] {
         let _ = std::fs::remove_file(mdir.join(name));
     }
-    t.manager_pid = restart(&mut procs, &t.manager_command, &mdir.join("manager-3.log"));
+    net.restart_manager();
     wait_ready(&t.manager_url, 3).await;
     assert_eq!(
         refused(c.send_reencrypt(&request).await),
@@ -630,12 +574,12 @@ async fn the_front_door_of_a_running_cluster() {
             );
         }
     }
-    drop(procs);
+    drop(net);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_service_serves_through_a_flood() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tkms"))
+    let mut child = tkms_command()
         .args([
             "engine",
             "serve",
@@ -653,10 +597,7 @@ async fn the_engine_service_serves_through_a_flood() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let _procs = Procs {
-        pids: Vec::new(),
-        children: vec![child],
-    };
+    let _engine = KillOnDrop(child);
     let base = line
         .trim()
         .strip_prefix("tkms engine listening on ")

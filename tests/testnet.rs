@@ -7,11 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::{
     encoding::AsDer,
@@ -19,43 +15,10 @@ use aws_lc_rs::{
 };
 use k256::ecdsa::SigningKey;
 use rand_core::OsRng;
-use tkms_cli::testnet::{Testnet, TestnetNode};
 use tkms_crypto::{ecies, Secp256k1, SharedSecret, Suite};
+use tkms_e2e::{Cluster, Options, Testnet, TestnetNode};
 use tkms_manager::nox;
 use tkms_node::vault::{FilePassword, KdfParams, Vault};
-
-mod common;
-use common::kill;
-
-struct Up {
-    testnet: Testnet,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let mut pids: Vec<u32> = self.testnet.nodes.iter().map(|n| n.pid).collect();
-        pids.push(self.testnet.manager_pid);
-        for pid in pids {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-    }
-}
-
-fn up(dir: &Path, n: u16, t: u16) -> Up {
-    let out = dir.join("testnet.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_tkms"))
-        .args(["testnet", "up", "--detach", "--nodes", &n.to_string()])
-        .args(["--threshold", &t.to_string(), "--round-timeout-ms", "3000"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tkms testnet up failed");
-    let testnet: Testnet = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
-    Up { testnet }
-}
 
 /// A fresh RSA-2048 recipient key, as a Nox gateway makes per request. Generating one takes a
 /// random, long-tailed time, so timed requests get theirs before the stopwatch starts.
@@ -148,8 +111,8 @@ async fn delegate(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoins() {
     let dir = tempfile::tempdir().unwrap();
-    let up = up(dir.path(), 5, 3);
-    let t = &up.testnet;
+    let mut cluster = Cluster::start(dir.path(), &Options::new(5, 3));
+    let t = &cluster.testnet().clone();
     assert_eq!(t.threshold, 3);
     assert_eq!(t.nodes.len(), 5);
 
@@ -162,8 +125,8 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
     );
 
     // n - t = 2 nodes down: every request still succeeds.
-    kill(t.nodes[0].pid);
-    kill(t.nodes[3].pid);
+    cluster.kill_node(0);
+    cluster.kill_node(3);
     // The killed node's vault holds its share, but never in the clear.
     let node = &t.nodes[0];
     let vault = open_vault(node);
@@ -187,7 +150,7 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
     }
 
     // One more down: a clear 503, fast (the request alone is timed, not the RSA key).
-    kill(t.nodes[1].pid);
+    cluster.kill_node(1);
     let rsa = rsa_key();
     let started = Instant::now();
     let (status, _, json) = delegate(t, b"too few", rsa).await;
@@ -200,14 +163,7 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
     );
 
     // Node 2 restarts from its data dir with the recorded command and serves again.
-    let node = &t.nodes[1];
-    let log = std::fs::File::create(node.data_dir.join("restart.log")).unwrap();
-    let mut restarted = Command::new(&node.command[0])
-        .args(&node.command[1..])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    cluster.restart_node(1);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, plain, _) = delegate(t, b"after restart", rsa_key()).await;
@@ -221,6 +177,4 @@ async fn a_testnet_serves_survives_n_minus_t_failures_and_a_restarted_node_rejoi
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = restarted.kill();
-    let _ = restarted.wait();
 }

@@ -5,14 +5,13 @@
 //! acknowledged is there entirely or not at all, and the store opens cleanly and takes
 //! writes again.
 //!
-//! Needs the `tkms` binary next to this test's target directory (`cargo test --workspace`
-//! builds it first; after `cargo test -p tkms-engine` alone, run `cargo build -p tkms-cli`).
+//! Runs the `tkms` binary that cargo built (see [`tkms_e2e::tkms_bin`]).
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,22 +22,6 @@ const API_KEY: &str = "crash-test-api-key-0123456789";
 const KEY_HEX: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 const BATCH: usize = 40;
 const DIM: usize = 8;
-
-fn tkms_bin() -> PathBuf {
-    // target/<profile>/deps/crash-<hash> → target/<profile>/tkms
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join(format!("tkms{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p tkms-cli` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
 
 struct Service {
     child: Child,
@@ -53,7 +36,7 @@ impl Drop for Service {
 }
 
 fn start(dir: &Path, key_file: &Path) -> Service {
-    let mut child = Command::new(tkms_bin())
+    let mut child = tkms_e2e::tkms()
         .args([
             "engine",
             "serve",
@@ -258,7 +241,8 @@ async fn kill_9_during_upserts_loses_no_acknowledged_write() {
     )
     .await
     .unwrap();
-    assert_eq!(q["results"][0]["distance"], 0.0);
+    // One list of hits per query vector.
+    assert_eq!(q["results"][0][0]["distance"], 0.0);
     post(
         &http,
         &svc.url,
