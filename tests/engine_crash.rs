@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,15 +53,7 @@ fn start(dir: &Path, key_file: &Path) -> Service {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("tkms engine listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from the service: {line:?}"))
-        .to_owned();
+    let url = tkms_e2e::engine_url(&mut child);
     Service { child, url }
 }
 

@@ -11,11 +11,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::Stdio,
-};
+use std::{path::Path, process::Stdio};
 
 use k256::ecdsa::SigningKey;
 use rand_core::OsRng;
@@ -77,15 +73,9 @@ fn serve(cluster: &mut Cluster, dir: &Path) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let url = tkms_e2e::engine_url(&mut child);
     cluster.adopt(child);
-    line.trim()
-        .strip_prefix("tkms engine listening on ")
-        .unwrap_or_else(|| panic!("unexpected serve output {line:?}"))
-        .to_owned()
+    url
 }
 
 async fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {

@@ -16,10 +16,9 @@
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -42,19 +41,9 @@ use tokio::{
     net::TcpSocket,
 };
 
-use tkms_e2e::{tkms as tkms_command, Cluster, Options};
+use tkms_e2e::{tkms as tkms_command, Cluster, KillOnDrop, Options};
 
 type S = Secp256k1;
-
-/// The engine process of a test, killed when it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn key(hex_text: &str) -> SigningKey {
     SigningKey::from_slice(&hex::decode(hex_text.trim_start_matches("0x")).unwrap()).unwrap()
@@ -593,16 +582,8 @@ async fn the_engine_service_serves_through_a_flood() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let base = tkms_e2e::engine_url(&mut child);
     let _engine = KillOnDrop(child);
-    let base = line
-        .trim()
-        .strip_prefix("tkms engine listening on ")
-        .unwrap()
-        .to_owned();
     let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     let idle = Flood::start(addr, "127.0.0.2", 3000, 0).await;
     let slow = Flood::start(addr, "127.0.0.3", 0, 200).await;

@@ -3,7 +3,7 @@
 //! and it describes every route the service serves.
 //!
 //! After changing the service, regenerate the file with
-//! `TKMS_UPDATE_OPENAPI=1 cargo test -p tkms-engine --test openapi` (or
+//! `TKMS_UPDATE_OPENAPI=1 cargo test --workspace --test openapi` (or
 //! `tkms engine openapi > docs/openapi/engine.json`) and commit it.
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-const REGENERATE: &str = "TKMS_UPDATE_OPENAPI=1 cargo test -p tkms-engine --test openapi";
+const REGENERATE: &str = "TKMS_UPDATE_OPENAPI=1 cargo test --workspace --test openapi";
 
 fn committed_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi/engine.json")
@@ -19,17 +19,10 @@ fn committed_path() -> PathBuf {
 
 #[test]
 fn committed_document_is_the_generated_one() {
-    let generated = tkms_engine::service::openapi_json_text();
-    let path = committed_path();
-    if std::env::var_os("TKMS_UPDATE_OPENAPI").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "docs/openapi/engine.json is not the document the code generates: regenerate it with `{REGENERATE}`"
+    tkms_testkit::check_generated_file(
+        &committed_path(),
+        &tkms_engine::service::openapi_json_text(),
+        REGENERATE,
     );
 }
 

@@ -11,55 +11,17 @@
 //! rather than only its refusals. Bounded by `TKMS_FUZZ_EXAMPLES` generated cases per
 //! operation (default 40).
 //!
-//! Python: `TKMS_PYTHON`, else `<repo>/.venv/bin/python`, else `python3`, which must import
-//! schemathesis 4.32.5.
+//! Python and schemathesis as `tkms_testkit::schemathesis` finds them (`./test.sh --setup`
+//! installs them).
 #![allow(clippy::unwrap_used)]
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use tkms_engine::service::{bind, ServiceConfig};
 use tkms_engine::{Client, IndexConfig, IndexKey, Item, StorageConfig};
 use zeroize::Zeroizing;
 
 const API_KEY: &str = "fuzz-api-key-0123456789";
-const SCHEMATHESIS: &str = "4.32.5";
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("TKMS_PYTHON").filter(|p| !p.is_empty()) {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
-fn env_number(var: &str, default: u64) -> u64 {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_document() {
-    let python = python();
-    let check = format!(
-        "import importlib.metadata as m, schemathesis; assert m.version('schemathesis') == '{SCHEMATHESIS}'"
-    );
-    let ok = Command::new(&python)
-        .args(["-c", &check])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "schemathesis {SCHEMATHESIS} is not importable by {}: run `python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt`",
-        python.display()
-    );
-
     // The index the document's examples name.
     let dir = tempfile::tempdir().unwrap();
     let storage = StorageConfig::disk(dir.path());
@@ -98,50 +60,31 @@ async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_document() {
         let _ = stopped.await;
     }));
 
-    let examples = env_number("TKMS_FUZZ_EXAMPLES", 40).to_string();
-    let report = dir.path().join("report");
     let work = dir.path().to_path_buf();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
-            .args([
-                "-c",
-                "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
-                "run",
-            ])
-            .arg(format!("http://{addr}/openapi.json"))
-            .args(["--header", &format!("X-API-Key: {API_KEY}")])
-            .args(["--checks", "all"])
+    let (passed, report) = tokio::task::spawn_blocking(move || {
+        tkms_testkit::schemathesis(
+            &format!("http://{addr}/openapi.json"),
             // Need stateful links between operations (the document has none), or expect an
             // API without side effects to every valid body (a valid body can still name a
             // missing index: 404 is the right answer, not a 2xx).
-            .args([
-                "--exclude-checks",
-                "use_after_free,ensure_resource_availability,positive_data_acceptance",
-            ])
-            .args(["--phases", "examples,coverage,fuzzing"])
-            .args(["--max-examples", &examples])
-            // One worker: hypothesis describes strategies through a cache that two threads can
-            // corrupt ("AST constructor recursion depth mismatch", a runtime error, not a finding).
-            .args(["--seed", "16", "--workers", "1", "--no-shrink"])
-            .args(["--suppress-health-check", "all"])
-            .arg("--report-dir")
-            .arg(&report)
-            // schemathesis keeps a cache in its working directory: not in the repository.
-            .current_dir(&work)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
+            &[
+                "use_after_free",
+                "ensure_resource_availability",
+                "positive_data_acceptance",
+            ],
+            &[
+                "--header",
+                &format!("X-API-Key: {API_KEY}"),
+                "--phases",
+                "examples,coverage,fuzzing",
+            ],
+            &work,
+        )
     })
     .await
     .unwrap();
     let _ = stop.send(());
     task.await.unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "schemathesis found problems ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    println!("{report}");
+    assert!(passed, "schemathesis found problems:\n{report}");
 }

@@ -25,18 +25,7 @@ fn committed_path() -> PathBuf {
 
 #[test]
 fn committed_document_is_the_generated_one() {
-    let generated = openapi_json_text();
-    let path = committed_path();
-    if std::env::var_os("TKMS_UPDATE_OPENAPI").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "docs/openapi/manager.json is not the document the code generates: regenerate it with `{REGENERATE}`"
-    );
+    tkms_testkit::check_generated_file(&committed_path(), &openapi_json_text(), REGENERATE);
 }
 
 #[tokio::test]

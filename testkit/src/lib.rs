@@ -99,3 +99,87 @@ pub fn require_python_module(module: &str, package: &str) {
         ));
     }
 }
+
+/// The schemathesis version `requirements-test.txt` pins.
+pub const SCHEMATHESIS: &str = "4.32.5";
+
+/// Environment variable that makes [`check_generated_file`] write the file instead.
+pub const UPDATE_ENV: &str = "TKMS_UPDATE_OPENAPI";
+
+/// A committed generated file (an OpenAPI document) must be what the code generates now;
+/// with `$TKMS_UPDATE_OPENAPI` set it is written instead. `regenerate` is the command named
+/// in the failure.
+///
+/// # Panics
+/// If the file differs from `generated` (or cannot be written when updating).
+#[track_caller]
+pub fn check_generated_file(path: &Path, generated: &str, regenerate: &str) {
+    if std::env::var_os(UPDATE_ENV).is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("creating the file's folder");
+        }
+        std::fs::write(path, generated).expect("writing the generated file");
+        return;
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} is not what the code generates: regenerate it with `{regenerate}`",
+        path.display()
+    );
+}
+
+/// Run `schemathesis run` against the OpenAPI document at `schema_url`: every check but
+/// `excluded`, `$TKMS_FUZZ_EXAMPLES` cases per operation (default 40), a fixed seed, one
+/// worker (hypothesis describes strategies through a cache that two threads can corrupt:
+/// "AST constructor recursion depth mismatch", a runtime error, not a finding), no shrinking,
+/// plus `args` (e.g. `--phases`, `--header`). Its cache and report go to `work`. Whether it
+/// passed, and what it printed.
+///
+/// Fails the test through [`missing`] unless [`python`] imports schemathesis [`SCHEMATHESIS`].
+#[must_use]
+pub fn schemathesis(
+    schema_url: &str,
+    excluded: &[&str],
+    args: &[&str],
+    work: &Path,
+) -> (bool, String) {
+    let check = format!(
+        "import importlib.metadata as m; assert m.version('schemathesis') == '{SCHEMATHESIS}'"
+    );
+    let pinned = Command::new(python())
+        .args(["-c", &check])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pinned {
+        missing(&format!(
+            "schemathesis {SCHEMATHESIS} (for {})",
+            python().display()
+        ));
+    }
+    let examples = std::env::var("TKMS_FUZZ_EXAMPLES").unwrap_or_else(|_| "40".into());
+    let output = Command::new(python())
+        .args([
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
+            "run",
+            schema_url,
+            "--checks",
+            "all",
+        ])
+        .args(["--exclude-checks", &excluded.join(",")])
+        .args(["--max-examples", &examples])
+        .args(["--seed", "16", "--workers", "1", "--no-shrink"])
+        .args(["--suppress-health-check", "all"])
+        .args(args)
+        .arg("--report-dir")
+        .arg(work.join("report"))
+        // schemathesis keeps a cache in its working directory: not in the repository.
+        .current_dir(work)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running schemathesis");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}

@@ -29,6 +29,7 @@
 use std::{
     collections::BTreeMap,
     fs,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -114,6 +115,33 @@ fn terminate(pid: u32) {
 pub fn read_testnet(path: &Path) -> Testnet {
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// The base URL a just-started `tkms engine serve` (with `--listen ...:0` and piped stdout)
+/// prints as its first line, `tkms engine listening on <url>`.
+///
+/// # Panics
+/// If the process has no piped stdout or prints something else first.
+pub fn engine_url(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("the engine's stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reading the engine's first line");
+    line.trim()
+        .strip_prefix("tkms engine listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from tkms engine serve: {line:?}"))
+        .to_owned()
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// How to start a testnet: `tkms testnet up` flags.
