@@ -19,6 +19,7 @@ use k256::ecdsa::SigningKey;
 use rand::SeedableRng;
 use tkms_manager::{
     admin::Admin,
+    front::FrontDoor,
     http::{router, AppState, Metrics, StaticRegistry},
 };
 use zeroize::Zeroizing;
@@ -29,6 +30,8 @@ async fn schemathesis_finds_no_undocumented_answer() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(16);
     let gateway = SigningKey::random(&mut rng);
     let served = tc.served(Duration::from_millis(800));
+    // The front door as the daemon puts it in front of the router (its default quotas).
+    let front: Arc<FrontDoor> = Arc::default();
     // The admin API is on, with a token schemathesis is not given: every admin call is
     // refused (401) and no ceremony runs.
     let admin = Admin::new(
@@ -50,11 +53,12 @@ async fn schemathesis_finds_no_undocumented_answer() {
         ),
         metrics: Metrics::default(),
         nonces: tkms_sdk::v1::NonceCache::default(),
-        front: Arc::default(),
+        front: Arc::clone(&front),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router(Arc::new(state)).into_make_service_with_connect_info::<SocketAddr>();
+    let app = tkms_manager::front::layer(router(Arc::new(state)), front)
+        .into_make_service_with_connect_info::<SocketAddr>();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let work = tempfile::tempdir().unwrap();

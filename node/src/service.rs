@@ -324,29 +324,32 @@ impl NodeService {
                 "the registry cannot be read; this node does not serve until it can",
             )),
             Published::Epoch(published) if published.epoch > share.epoch => {
-                let same_key =
-                    published.public_key.as_ref() == share.keys.public_key_encoded().bytes();
-                if same_key && self.epochs.took_part_in(published.epoch) {
-                    Ok(())
-                } else if same_key {
-                    tracing::error!(
-                        epoch = share.epoch,
-                        published = published.epoch,
-                        "this node's share does not match the published epoch: it took no part in that epoch's ceremony; refusing to serve"
-                    );
-                    Err(Status::failed_precondition(format!(
-                        "the registry publishes epoch {}, which this node took no part in; it does not serve epoch {}",
-                        published.epoch, share.epoch
-                    )))
-                } else {
+                if published.public_key.as_ref() != share.keys.public_key_encoded().bytes() {
                     tracing::error!(
                         epoch = share.epoch,
                         published = published.epoch,
                         "the registry publishes another public key; refusing to serve"
                     );
-                    Err(Status::failed_precondition(
+                    return Err(Status::failed_precondition(
                         "the registry publishes another public key than this node's share's",
-                    ))
+                    ));
+                }
+                // The published epoch must be one this node knows: the share it holds of it
+                // matches the publication, or it took part in its ceremony (a leaver).
+                match self.epochs.get(published.epoch) {
+                    Ok(newer) => matches_publication(&newer, &published),
+                    Err(_) if self.epochs.took_part_in(published.epoch) => Ok(()),
+                    Err(_) => {
+                        tracing::error!(
+                            epoch = share.epoch,
+                            published = published.epoch,
+                            "this node's share does not match the published epoch: it took no part in that epoch's ceremony; refusing to serve"
+                        );
+                        Err(Status::failed_precondition(format!(
+                            "the registry publishes epoch {}, which this node took no part in; it does not serve epoch {}",
+                            published.epoch, share.epoch
+                        )))
+                    }
                 }
             }
             Published::Epoch(published) if published.epoch < share.epoch => {
@@ -355,24 +358,7 @@ impl NodeService {
                     share.epoch, published.epoch
                 )))
             }
-            Published::Epoch(published) => {
-                let shares: Vec<(u16, [u8; 33])> = share
-                    .keys
-                    .public_shares()
-                    .map(|(i, p)| (i.get(), ClusterSuite::encode_point(p)))
-                    .collect();
-                access::check_publication(
-                    &published,
-                    share.epoch,
-                    share.keys.threshold(),
-                    share.keys.public_key_encoded().bytes(),
-                    shares.iter().map(|(i, p)| (*i, p.as_slice())),
-                )
-                .map_err(|e| {
-                    tracing::error!(reason = %e, "this node's share does not match the published epoch; refusing to serve");
-                    Status::failed_precondition(format!("share does not match the registry: {e}"))
-                })
-            }
+            Published::Epoch(published) => matches_publication(share, &published),
         }
     }
 
@@ -436,6 +422,29 @@ impl NodeService {
             .verify_manager(&self.managers)
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
+}
+
+/// Whether `share` is the epoch `published` describes (number, threshold, key, public shares).
+fn matches_publication(
+    share: &ActiveShare,
+    published: &tkms_registry::EpochPublication,
+) -> Result<(), Status> {
+    let shares: Vec<(u16, [u8; 33])> = share
+        .keys
+        .public_shares()
+        .map(|(i, p)| (i.get(), ClusterSuite::encode_point(p)))
+        .collect();
+    access::check_publication(
+        published,
+        share.epoch,
+        share.keys.threshold(),
+        share.keys.public_key_encoded().bytes(),
+        shares.iter().map(|(i, p)| (*i, p.as_slice())),
+    )
+    .map_err(|e| {
+        tracing::error!(reason = %e, "this node's share does not match the published epoch; refusing to serve");
+        Status::failed_precondition(format!("share does not match the registry: {e}"))
+    })
 }
 
 /// `/v0/delegate`: the gateway's Nox `DelegateAuthorization` must be for this `K` and request

@@ -73,6 +73,8 @@ impl Registry for Fake {
 
 struct Fixture {
     service: NodeService,
+    epochs: Arc<Epochs>,
+    secret: SecretScalar<S>,
     registry: Arc<Fake>,
     manager: SecretScalar<S>,
     publication: EpochPublication,
@@ -101,13 +103,16 @@ fn fixture() -> Fixture {
     };
     let manager = SecretScalar::<S>::random(&mut OsRng);
     let registry = Arc::new(Fake::default());
+    let epochs = Arc::new(Epochs::in_memory(Some(active)));
     let service = NodeService::new(
-        Arc::new(Epochs::in_memory(Some(active))),
+        Arc::clone(&epochs),
         vec![Encoded::new(manager.public_point())],
     )
     .with_registry(Arc::clone(&registry) as Arc<dyn Registry>);
     Fixture {
         service,
+        epochs,
+        secret,
         registry,
         manager,
         publication,
@@ -191,10 +196,51 @@ async fn a_node_serves_only_the_published_epoch() {
             "{published:?}: {err:?}"
         );
     }
-    // A later epoch of the same key is published (a reshare committed on chain): this
-    // node's share of epoch 1 is still served until the manager's commit erases it, so that
-    // requests in flight across the switch succeed.
-    *f.registry.published.lock().unwrap() = Some(Published::Epoch(later));
+    // A later epoch of the same key is published that this node took no part in (not its
+    // committee's, e.g. a wrong publication by the manager's wallet): refused.
+    *f.registry.published.lock().unwrap() = Some(Published::Epoch(later.clone()));
+    let err = f
+        .service
+        .partial_reencryption(as_manager(&f, reencryption(&f)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("took no part"), "{err:?}");
+    // Once this node took part in the reshare to epoch 2 (a leaver that dealt, or a member
+    // whose new share is held beside): its share of epoch 1 is still served until the
+    // manager's commit erases it, so that requests in flight across the switch succeed.
+    f.epochs.begin_ceremony(2).unwrap();
+    let answer = f
+        .service
+        .partial_reencryption(as_manager(&f, reencryption(&f)))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().partials.len(), 1);
+    // This node holds its share of epoch 2 beside epoch 1: a publication of epoch 2 must be
+    // that share's (here its public shares differ from the published ones): refused, and
+    // served again once the publication is the held epoch's.
+    let (new_shares, new_keys) = shamir::deal(&f.secret, 2, 3, &mut OsRng).unwrap();
+    f.epochs
+        .adopt(ActiveShare {
+            epoch: 2,
+            share: new_shares[0].clone(),
+            keys: new_keys.clone(),
+            transcript_hash: [2; 32],
+        })
+        .unwrap();
+    let err = f
+        .service
+        .partial_reencryption(as_manager(&f, reencryption(&f)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let new_enc: Vec<(u16, [u8; 33])> = new_keys
+        .public_shares()
+        .map(|(i, p)| (i.get(), S::encode_point(p)))
+        .collect();
+    let mut held = later.clone();
+    held.public_shares_hash = public_shares_hash(new_enc.iter().map(|(i, p)| (*i, &p[..])));
+    *f.registry.published.lock().unwrap() = Some(Published::Epoch(held));
     let answer = f
         .service
         .partial_reencryption(as_manager(&f, reencryption(&f)))

@@ -124,6 +124,7 @@ fn ceremony_body(body: &[u8]) -> ApiResult<CeremonyBody> {
         (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
         (status = 404, description = "Admin API disabled", body = ErrorBody),
         (status = 409, description = "Another ceremony is running", body = ErrorBody),
+        (status = 500, description = "The state file cannot be written", body = ErrorBody),
         (status = 502, description = "The ceremony failed", body = ErrorBody),
         (status = 503, description = "A node needed is unreachable", body = ErrorBody),
     )
@@ -153,6 +154,7 @@ pub(super) async fn admin_dkg(
         (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
         (status = 404, description = "Admin API disabled", body = ErrorBody),
         (status = 409, description = "Another ceremony is running", body = ErrorBody),
+        (status = 500, description = "The state file cannot be written", body = ErrorBody),
         (status = 502, description = "The ceremony failed", body = ErrorBody),
         (status = 503, description = "A node needed is unreachable", body = ErrorBody),
     )

@@ -35,6 +35,8 @@ pub struct ApiError {
     pub message: String,
     /// `Retry-After`, in seconds.
     pub retry_after: Option<u64>,
+    /// The outcome label it is counted under in `/metrics` (its code unless said otherwise).
+    pub outcome: &'static str,
 }
 
 /// What a handler returns.
@@ -48,7 +50,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            outcome: code,
         }
+    }
+
+    /// The same answer, counted in `/metrics` under `outcome`.
+    #[must_use]
+    pub fn counted_as(self, outcome: &'static str) -> Self {
+        Self { outcome, ..self }
     }
 
     /// `400` with `code`.
@@ -74,6 +83,7 @@ impl ApiError {
                 "only {verified} of the {threshold} required key nodes answered; try again later"
             ),
         )
+        .counted_as("unavailable")
     }
 
     /// `401 replayed`: the key nodes have already served the request's nonce.

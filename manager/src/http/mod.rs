@@ -21,7 +21,7 @@ mod v1;
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
-    extract::{Query, State},
+    extract::{RawQuery, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     Json, Router,
@@ -131,7 +131,42 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = routes().split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    front_door_answers(&mut doc);
     doc
+}
+
+/// What the front door ([`crate::front::layer`]) may answer before a handler runs: `429` on
+/// every route (the per-client-address quota, and the admin quota), and `503
+/// audit_unavailable` on every audited route (key uses and admin actions).
+fn front_door_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in &mut doc.paths.paths {
+        let audited =
+            path.starts_with("/admin") || path.starts_with("/v1/") || path == "/v0/delegate";
+        let operations = [&mut item.get, &mut item.post].into_iter().flatten();
+        for operation in operations {
+            let responses = &mut operation.responses.responses;
+            responses
+                .entry("429".into())
+                .or_insert_with(|| error("Over a quota (`Retry-After`)").into());
+            if audited {
+                responses.entry("503".into()).or_insert_with(|| {
+                    error("The audit log cannot be written (`audit_unavailable`)").into()
+                });
+            }
+        }
+    }
 }
 
 /// [`openapi`] as pretty JSON with a final newline, as `docs/openapi/manager.json` holds it.
@@ -181,8 +216,10 @@ pub struct HealthResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<usize>,
     /// Nodes that answered the last survey.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reachable: Option<usize>,
     /// Reachable nodes holding the served epoch's share.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub holders: Option<usize>,
 }
 
@@ -250,7 +287,7 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// `GET /v0/public-key` query.
+/// `GET /v0/public-key` query (documentation: the handler reads `epoch=N` itself).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PublicKeyQuery {
@@ -271,13 +308,20 @@ pub struct PublicKeyQuery {
     ))]
 async fn public_key(
     State(state): State<Arc<AppState>>,
-    query: Result<Query<PublicKeyQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<Json<PublicKeyResponse>> {
     let cluster = state.served.cluster().ok_or_else(ApiError::no_key)?;
-    let Query(query) = query.map_err(|e| {
-        ApiError::bad_request("invalid_query", format!("epoch must be a number: {e}"))
-    })?;
-    let (epoch, keys) = match query.epoch {
+    // Only `epoch=N` is read; other parameters are ignored.
+    let asked = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("epoch=")))
+        .map(|n| {
+            n.parse::<u64>().map_err(|e| {
+                ApiError::bad_request("invalid_query", format!("epoch must be a number: {e}"))
+            })
+        })
+        .transpose()?;
+    let (epoch, keys) = match asked {
         None => (cluster.epoch(), cluster.keys().clone()),
         Some(epoch) if epoch == cluster.epoch() => (epoch, cluster.keys().clone()),
         Some(epoch) => {

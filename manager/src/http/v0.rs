@@ -18,6 +18,19 @@ use crate::{
     nox::{DelegateBody, DelegateRequest, DelegateResponse, NoxError},
 };
 
+/// The query of `POST /v0/delegate` (documentation: [`DelegateRequest::parse`] reads it, as
+/// Nox does).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read through the raw query string
+pub(super) struct DelegateQuery {
+    /// Chain whose registry authorizes the gateway.
+    chain_id: u64,
+    /// 32 bytes, `0x` hex, bound into the response proof (default: 32 zero bytes).
+    #[param(pattern = "^0[xX][0-9a-fA-F]{64}$")]
+    salt: Option<String>,
+}
+
 /// The Nox KMS delegation: `x(S)` for the ECIES ephemeral key `K`, RSA-OAEP-encrypted to
 /// the gateway's key, with the manager wallet's EIP-712 proof.
 #[utoipa::path(
@@ -25,9 +38,9 @@ use crate::{
     path = "/v0/delegate",
     tag = "v0",
     operation_id = "delegate_v0",
-    params(
-        ("chain_id" = u64, Query, description = "Chain whose registry authorizes the gateway"),
-        ("Authorization" = String, Header, description = "`EIP712 0x<65-byte signature>` by an authorized gateway over `(ephemeralPubKey, targetPubKey)`"),
+ params(
+        DelegateQuery,
+        ("Authorization" = String, Header, description = "`Bearer 0x<65-byte EIP-712 signature>` by an authorized gateway over `(ephemeralPubKey, targetPubKey)`"),
     ),
     request_body = DelegateBody,
     responses(
@@ -35,6 +48,7 @@ use crate::{
         (status = 400, description = "Malformed query, body or key", body = ErrorBody),
         (status = 401, description = "Missing, malformed or unauthorized signature", body = ErrorBody),
         (status = 429, description = "Over a quota (`Retry-After`)", body = ErrorBody),
+        (status = 500, description = "The shared secret could not be encrypted, or an internal failure", body = ErrorBody),
         (status = 503, description = "No key yet, or fewer than `t` nodes answered", body = ErrorBody),
     )
 )]

@@ -30,7 +30,7 @@ const REENCRYPT: &str = "/v1/reencrypt";
     path = "/v1/delegate",
     tag = "v1",
     operation_id = "delegate_v1",
-    params(("Authorization" = String, Header, description = "`EIP712 0x<65-byte signature>` over the typed request, by an authorized gateway")),
+    params(("Authorization" = String, Header, description = "`Bearer 0x<65-byte signature>` over the EIP-712 typed request, by an authorized gateway")),
     request_body = DelegateBody,
     responses(
         (status = 200, description = "At least `t` encrypted partials and the manager's proof", body = DelegateResponse),
@@ -38,6 +38,7 @@ const REENCRYPT: &str = "/v1/reencrypt";
         (status = 401, description = "Bad signature, expired, or replayed", body = ErrorBody),
         (status = 403, description = "The signer may not delegate on this chain", body = ErrorBody),
         (status = 429, description = "Over a quota (`Retry-After`)", body = ErrorBody),
+        (status = 500, description = "An internal failure", body = ErrorBody),
         (status = 503, description = "No key yet, or fewer than `t` nodes answered", body = ErrorBody),
     )
 )]
@@ -57,7 +58,7 @@ pub(super) async fn delegate_v1(
     path = "/v1/reencrypt",
     tag = "v1",
     operation_id = "reencrypt_v1",
-    params(("Authorization" = String, Header, description = "`EIP712 0x<65-byte signature>` over the typed request, by an authorized gateway or runner")),
+    params(("Authorization" = String, Header, description = "`Bearer 0x<65-byte signature>` over the EIP-712 typed request, by an authorized gateway or runner")),
     request_body = ReencryptBody,
     responses(
         (status = 200, description = "`K || R || C` per capsule, the partials they were combined from, and the manager's proof", body = ReencryptResponse),
@@ -65,6 +66,7 @@ pub(super) async fn delegate_v1(
         (status = 401, description = "Bad signature, expired, or replayed", body = ErrorBody),
         (status = 403, description = "The signer may not re-encrypt on this chain", body = ErrorBody),
         (status = 429, description = "Over a quota (`Retry-After`)", body = ErrorBody),
+        (status = 500, description = "An internal failure", body = ErrorBody),
         (status = 503, description = "No key yet, or fewer than `t` nodes answered", body = ErrorBody),
     )
 )]
@@ -85,7 +87,7 @@ fn count<T: IntoResponse>(state: &AppState, route: &'static str, result: ApiResu
             answer.into_response()
         }
         Err(e) => {
-            state.metrics.v1(route, e.code);
+            state.metrics.v1(route, e.outcome);
             if matches!(e.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
                 tracing::warn!(route, error = %e.message, "refused a /v1 request");
             }
@@ -230,11 +232,12 @@ fn failure_reports(
 /// already served its nonce (their journals remember what a restarted manager may not),
 /// `403` when they refused the requester, else `503` / `500`.
 fn cluster_refusal(state: &AppState, e: &ClusterError) -> ApiError {
-    if let ClusterError::Unavailable { failures, .. } = e {
-        failure_reports(state, failures);
-    }
+    // A replay is the requester's fault, not the nodes': their refusals are not counted.
     if crate::front::replayed_at_nodes(e) {
         return ApiError::replayed_at_nodes();
+    }
+    if let ClusterError::Unavailable { failures, .. } = e {
+        failure_reports(state, failures);
     }
     if e.requester_denied() {
         tracing::warn!(error = %e, "the nodes refused the requester");
@@ -242,7 +245,8 @@ fn cluster_refusal(state: &AppState, e: &ClusterError) -> ApiError {
             StatusCode::FORBIDDEN,
             "forbidden",
             "the key nodes refused the requester: it may not ask for this",
-        );
+        )
+        .counted_as("denied_by_nodes");
     }
     tracing::error!(error = %e, "cluster unavailable");
     ApiError::from(e)
