@@ -624,7 +624,8 @@ async fn the_engine_service_serves_through_a_flood() {
         .unwrap();
         assert_eq!(r.status(), 200);
         let hits: Value = r.json().await.unwrap();
-        assert_eq!(hits["results"][0]["id"], format!("id-{i}"));
+        // A single query is answered nested, as CyborgDB does: one list of hits per query.
+        assert_eq!(hits["results"][0][0]["id"], format!("id-{i}"), "{hits}");
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let slow_closed = slow.stop().await;
