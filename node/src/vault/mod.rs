@@ -71,12 +71,11 @@ pub use password::aws_kms::{AwsKmsPassword, AwsKmsPasswordConfig};
 pub use password::{EnvPassword, FilePassword, PasswordProvider, StaticPassword};
 pub use store::{EpochShare, Marker, NodeIdentity, Vault};
 
-/// Labels and tags of the vault formats, in one place. Changing one breaks existing files.
+/// Names in the vault formats (tables, keys, the backup magic), in one place; its
+/// domain-separation tags are with every other tag of tkms, in [`tkms_crypto::dst::vault`].
+/// Changing one breaks existing files.
 mod labels {
-    /// Prefix of every AAD of the vault.
-    pub const AAD_PREFIX: &[u8] = b"tkms/vault/v1";
-    /// Plaintext of the key-check value.
-    pub const KEY_CHECK_PLAINTEXT: &[u8] = b"tkms/vault/v1/key-check";
+    pub use tkms_crypto::dst::vault::{AAD_PREFIX, KEY_CHECK_PLAINTEXT};
     /// Magic of a backup file.
     pub const BACKUP_MAGIC: &[u8; 8] = b"TKMSBAK1";
     /// Table of the KDF header and key-check value.
