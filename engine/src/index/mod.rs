@@ -1,5 +1,5 @@
-//! An open encrypted index: IVF with an SQ8 first stage and exact re-rank over
-//! forward-private segment storage (docs/ARCHITECTURE.md §4.4).
+//! An open encrypted index: IVF lists searched by an SQ8 first stage and exact re-rank, or by
+//! an exact scan, over forward-private segment storage (docs/ARCHITECTURE.md §4.4).
 //!
 //! Items are assigned to IVF lists (k-means centroids, trained by [`Index::train`]; an
 //! untrained index has one list and searches it exhaustively). Every upsert writes, per list
