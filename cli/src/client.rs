@@ -21,7 +21,7 @@ use tkms_crypto::{
     ecies::{self, Ciphertext},
     pre::{ReencryptedCapsule, CAPSULE_LEN},
     suite::Encoded,
-    Secp256k1, SecretScalar,
+    ClusterSuite as S, SecretScalar,
 };
 use tkms_sdk::{
     v1::{self, RsaRecipient},
@@ -30,8 +30,6 @@ use tkms_sdk::{
 use zeroize::Zeroizing;
 
 use crate::decode_hex;
-
-type S = Secp256k1;
 
 /// Where the cluster is and who is asking.
 #[derive(Debug, Clone, Args)]

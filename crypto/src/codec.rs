@@ -1,7 +1,48 @@
-//! A minimal strict binary framing for ceremony messages: fixed-size fields back to back,
-//! variable lists prefixed by a u16 count. Decoding rejects trailing bytes.
+//! Strict decoding: [`EncodingError`], what every decoder of this crate returns (re-exported
+//! as [`crate::error::EncodingError`]), and a minimal binary framing for ceremony messages:
+//! fixed-size fields back to back, variable lists prefixed by a u16 count. Decoding rejects
+//! trailing bytes.
+//!
+//! This module depends on no other module of the crate, so that every module that decodes
+//! (the suites, node indices, secrets) can use it without an import circle.
 
-use crate::error::EncodingError;
+/// Why bytes could not be decoded into a protocol value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodingError {
+    /// The input has the wrong length.
+    #[error("expected {expected} bytes, got {actual}")]
+    Length {
+        /// The length the encoding must have.
+        expected: usize,
+        /// The length that was given.
+        actual: usize,
+    },
+    /// A point is not a 33-byte SEC1 compressed encoding (prefix 0x02 or 0x03).
+    #[error("point is not SEC1 compressed (prefix must be 0x02 or 0x03)")]
+    NotCompressed,
+    /// A point's x-coordinate is not canonical or not on the curve.
+    #[error("point is not on the curve or its encoding is not canonical")]
+    NotOnCurve,
+    /// The point at infinity, which no protocol value may be.
+    #[error("point is the identity")]
+    Identity,
+    /// A scalar is not canonical (its big-endian value is not below the group order).
+    #[error("scalar is not below the group order")]
+    ScalarOutOfRange,
+    /// A scalar that must be non-zero (a secret key, a share) is zero.
+    #[error("scalar is zero")]
+    ZeroScalar,
+    /// A node index is zero; indices are non-zero Shamir x-coordinates.
+    #[error("node index is zero")]
+    ZeroIndex,
+    /// Hex text could not be decoded.
+    #[error("invalid hex")]
+    Hex,
+    /// A message starts with a type tag this version does not know.
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+}
 
 pub(crate) struct Writer(Vec<u8>);
 

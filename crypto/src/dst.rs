@@ -1,6 +1,9 @@
 //! Every domain-separation tag and KDF label of tkms, in one place (as rust-umbral's
 //! `hashing_ds.rs`). A tag is the `DST` of RFC 9380 `hash_to_field`; changing one is a breaking
-//! change to the wire protocol.
+//! change to the wire protocol (or, for [`vault`], to the node's vault files).
+//!
+//! One family lives apart, in its own single home: the labels of the search engine's key
+//! hierarchy (docs/PROTOCOL.md §13), in `engine/src/labels.rs`, which only the engine uses.
 
 /// Chaum–Pedersen DLEQ challenges (delegation partials, DKG complaint reveals).
 pub const DLEQ: &[u8] = b"tkms/v1/dleq";
@@ -28,6 +31,32 @@ pub mod message {
     pub const COMPLAINTS: &[u8] = b"complaints";
     /// A recipient's confirmation of the transcript hash.
     pub const CONFIRMATION: &[u8] = b"confirmation";
+}
+
+/// The `/v0/delegate` request id, `SHA-256(tag ‖ chain id ‖ ephemeral key ‖ target key ‖
+/// signature)`, that every node's proof is bound to.
+pub const V0_DELEGATE: &[u8] = b"tkms/v0/delegate";
+/// The hash of a `/v1/delegate` answer that the manager's proof covers.
+pub const V1_DELEGATE_RESPONSE: &[u8] = b"tkms/v1/delegate-response";
+/// The hash of a `/v1/reencrypt` answer that the manager's proof covers.
+pub const V1_REENCRYPT_RESPONSE: &[u8] = b"tkms/v1/reencrypt-response";
+
+/// Kinds of the admin requests the manager signs for a node (under [`NODE_REQUEST`]).
+pub mod node_request {
+    /// Start a DKG or reshare ceremony.
+    pub const START_CEREMONY: &[u8] = b"tkms.node.v1.StartCeremony";
+    /// Commit an epoch.
+    pub const COMMIT_EPOCH: &[u8] = b"tkms.node.v1.CommitEpoch";
+    /// Abort an epoch.
+    pub const ABORT_EPOCH: &[u8] = b"tkms.node.v1.AbortEpoch";
+}
+
+/// The node's share vault (`tkms_node::vault`).
+pub mod vault {
+    /// Prefix of the AAD of every sealed vault value (`prefix ‖ len(table) ‖ table ‖ key`).
+    pub const AAD_PREFIX: &[u8] = b"tkms/vault/v1";
+    /// The plaintext of the key-check value, which tells a wrong password.
+    pub const KEY_CHECK_PLAINTEXT: &[u8] = b"tkms/vault/v1/key-check";
 }
 
 /// ECIES: HKDF-SHA256 `info`, as in the Nox KMS (`ECIES:AES_GCM:v1`).

@@ -3,45 +3,8 @@
 //! Protocol errors name the culprit node (as frost's `InvalidSecretShare { culprit }` does), so
 //! a driver can exclude it and ask another node.
 
-use crate::shamir::NodeIndex;
-
-/// Why bytes could not be decoded into a protocol value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum EncodingError {
-    /// The input has the wrong length.
-    #[error("expected {expected} bytes, got {actual}")]
-    Length {
-        /// The length the encoding must have.
-        expected: usize,
-        /// The length that was given.
-        actual: usize,
-    },
-    /// A point is not a 33-byte SEC1 compressed encoding (prefix 0x02 or 0x03).
-    #[error("point is not SEC1 compressed (prefix must be 0x02 or 0x03)")]
-    NotCompressed,
-    /// A point's x-coordinate is not canonical or not on the curve.
-    #[error("point is not on the curve or its encoding is not canonical")]
-    NotOnCurve,
-    /// The point at infinity, which no protocol value may be.
-    #[error("point is the identity")]
-    Identity,
-    /// A scalar is not canonical (its big-endian value is not below the group order).
-    #[error("scalar is not below the group order")]
-    ScalarOutOfRange,
-    /// A scalar that must be non-zero (a secret key, a share) is zero.
-    #[error("scalar is zero")]
-    ZeroScalar,
-    /// A node index is zero; indices are non-zero Shamir x-coordinates.
-    #[error("node index is zero")]
-    ZeroIndex,
-    /// Hex text could not be decoded.
-    #[error("invalid hex")]
-    Hex,
-    /// A message starts with a type tag this version does not know.
-    #[error("unknown message tag {0}")]
-    UnknownTag(u8),
-}
+pub use crate::codec::EncodingError;
+use crate::index::NodeIndex;
 
 /// Errors of the protocol functions in this crate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

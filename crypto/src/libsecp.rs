@@ -8,23 +8,25 @@
 //! rebuilt from the affine coordinates (an on-curve check, no square root). The secret is
 //! handed to libsecp256k1 as a `SecretKey`, which is erased after use (as best effort as
 //! k256's own zeroizing scalars).
+//!
+//! It speaks k256 types and SEC1 bytes only, so it depends on no other module of the crate;
+//! `crate::suite` wraps its results into [`Encoded`](crate::suite::Encoded) points.
 
 use k256::elliptic_curve::sec1::FromEncodedPoint;
 use secp256k1::{ecdh, PublicKey, SecretKey, SECP256K1};
 use zeroize::Zeroizing;
 
-use crate::{
-    secret::SecretScalar,
-    suite::{Encoded, Secp256k1, POINT_LEN},
-};
+/// Length of a SEC1 compressed point.
+const POINT_LEN: usize = 33;
 
-/// `s·P`; `None` only if libsecp256k1 refuses an input k256 accepted (never, for valid
-/// points and non-zero scalars), in which case the caller multiplies with k256.
-pub(crate) fn mul(
-    p: &Encoded<Secp256k1>,
-    s: &SecretScalar<Secp256k1>,
-) -> Option<Encoded<Secp256k1>> {
-    let base = parsed(p.bytes())?;
+/// A point and its SEC1 compressed encoding.
+pub(crate) type PointAndBytes = (k256::ProjectivePoint, [u8; POINT_LEN]);
+
+/// `s·P` for the point `P` encoded as `p`; `None` only if libsecp256k1 refuses an input k256
+/// accepted (never, for valid points and non-zero scalars), in which case the caller
+/// multiplies with k256.
+pub(crate) fn mul(p: &[u8; POINT_LEN], s: &k256::Scalar) -> Option<PointAndBytes> {
+    let base = parsed(p)?;
     let mut key = secret_key(s)?;
     let xy = Zeroizing::new(ecdh::shared_secret_point(&base, &key));
     key.non_secure_erase();
@@ -32,7 +34,7 @@ pub(crate) fn mul(
 }
 
 /// `s·G`.
-pub(crate) fn mul_generator(s: &SecretScalar<Secp256k1>) -> Option<Encoded<Secp256k1>> {
+pub(crate) fn mul_generator(s: &k256::Scalar) -> Option<PointAndBytes> {
     let mut key = secret_key(s)?;
     let public = PublicKey::from_secret_key(SECP256K1, &key);
     key.non_secure_erase();
@@ -72,12 +74,13 @@ fn parsed(bytes: &[u8; POINT_LEN]) -> Option<PublicKey> {
     Some(point)
 }
 
-fn secret_key(s: &SecretScalar<Secp256k1>) -> Option<SecretKey> {
-    SecretKey::from_byte_array(*s.to_bytes()).ok()
+fn secret_key(s: &k256::Scalar) -> Option<SecretKey> {
+    let bytes = Zeroizing::new(<[u8; 32]>::from(s.to_bytes()));
+    SecretKey::from_byte_array(*bytes).ok()
 }
 
-/// An affine point `x || y` (big-endian) as an [`Encoded`] point.
-fn from_affine(xy: &[u8; 64]) -> Option<Encoded<Secp256k1>> {
+/// An affine point `x || y` (big-endian) and its compressed encoding.
+fn from_affine(xy: &[u8; 64]) -> Option<PointAndBytes> {
     let (x, y) = xy.split_at(32);
     let uncompressed = k256::EncodedPoint::from_affine_coordinates(x.into(), y.into(), false);
     let affine =
@@ -85,10 +88,7 @@ fn from_affine(xy: &[u8; 64]) -> Option<Encoded<Secp256k1>> {
     let mut bytes = [0u8; POINT_LEN];
     bytes[0] = 0x02 | (y[31] & 1);
     bytes[1..].copy_from_slice(x);
-    Some(Encoded::from_parts(
-        k256::ProjectivePoint::from(affine),
-        bytes,
-    ))
+    Some((k256::ProjectivePoint::from(affine), bytes))
 }
 
 #[cfg(test)]
@@ -97,7 +97,7 @@ mod tests {
     use rand_core::OsRng;
 
     use super::*;
-    use crate::suite::Suite;
+    use crate::suite::{Encoded, Secp256k1, SecretScalar, Suite};
 
     /// The libsecp256k1 paths themselves answer (the suite falls back to k256 when they do
     /// not, which `suite::tests` alone could not tell apart).
@@ -108,10 +108,12 @@ mod tests {
             let base = Encoded::<Secp256k1>::new(Secp256k1::mul_by_generator(
                 &k256::Scalar::random(&mut OsRng),
             ));
-            let product = mul(&base, &s).expect("libsecp256k1 multiplies");
+            let product = mul(base.bytes(), s.expose()).expect("libsecp256k1 multiplies");
+            let product = Encoded::<Secp256k1>::from_parts(product.0, product.1);
             assert_eq!(*product.point(), *base.point() * s.expose());
             assert_eq!(product.bytes(), &Secp256k1::encode_point(product.point()));
-            let public = mul_generator(&s).expect("libsecp256k1 multiplies G");
+            let public = mul_generator(s.expose()).expect("libsecp256k1 multiplies G");
+            let public = Encoded::<Secp256k1>::from_parts(public.0, public.1);
             assert_eq!(*public.point(), s.public_point());
             assert_eq!(public.bytes(), &Secp256k1::encode_point(public.point()));
         }

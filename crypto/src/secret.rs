@@ -1,92 +1,18 @@
 //! Secret values: zeroized on drop, no value in `Debug`, constant-time equality
 //! (modelled on RustCrypto `elliptic-curve/src/secret_key.rs`).
+//!
+//! [`SecretScalar`] is defined beside the [`Suite`](crate::Suite) trait (`crate::suite`),
+//! whose constant-time multiplications take it, and re-exported here; [`SharedSecret`] is
+//! defined here.
 
 use core::fmt;
 
-use rand_core::CryptoRngCore;
 use subtle::{Choice, ConstantTimeEq};
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::{
-    error::EncodingError,
-    suite::{Encoded, Suite, SCALAR_LEN},
-};
-
-/// A non-zero secret scalar: a private key, a key share, a nonce.
-pub struct SecretScalar<S: Suite>(S::Scalar);
-
-impl<S: Suite> SecretScalar<S> {
-    /// A uniformly random non-zero scalar.
-    pub fn random(rng: &mut impl CryptoRngCore) -> Self {
-        loop {
-            let s = <S::Scalar as ff::Field>::random(&mut *rng);
-            if !bool::from(ff::Field::is_zero(&s)) {
-                return Self(s);
-            }
-        }
-    }
-
-    /// Wrap a scalar; `None` if it is zero.
-    pub fn new(value: S::Scalar) -> Option<Self> {
-        if bool::from(ff::Field::is_zero(&value)) {
-            None
-        } else {
-            Some(Self(value))
-        }
-    }
-
-    /// Strict decoding of 32 big-endian bytes (below the order, non-zero).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
-        let s = S::decode_scalar(bytes)?;
-        Self::new(s).ok_or(EncodingError::ZeroScalar)
-    }
-
-    /// The 32-byte big-endian encoding, zeroized when dropped.
-    pub fn to_bytes(&self) -> Zeroizing<[u8; SCALAR_LEN]> {
-        Zeroizing::new(S::encode_scalar(&self.0))
-    }
-
-    /// The public point `self·G`.
-    pub fn public_point(&self) -> S::Point {
-        S::mul_by_generator(&self.0)
-    }
-
-    /// The public point `self·G` with its encoding.
-    pub fn public_encoded(&self) -> Encoded<S> {
-        S::mul_generator_secret(self)
-    }
-
-    /// The scalar, for protocol arithmetic inside this crate and its drivers.
-    pub fn expose(&self) -> &S::Scalar {
-        &self.0
-    }
-}
-
-impl<S: Suite> Clone for SecretScalar<S> {
-    fn clone(&self) -> Self {
-        Self(self.0)
-    }
-}
-
-impl<S: Suite> Drop for SecretScalar<S> {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl<S: Suite> ZeroizeOnDrop for SecretScalar<S> {}
-
-impl<S: Suite> ConstantTimeEq for SecretScalar<S> {
-    fn ct_eq(&self, other: &Self) -> Choice {
-        self.0.ct_eq(&other.0)
-    }
-}
-
-impl<S: Suite> fmt::Debug for SecretScalar<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretScalar<{}>(..)", S::NAME)
-    }
-}
+use crate::codec::EncodingError;
+pub use crate::suite::SecretScalar;
+use crate::suite::SCALAR_LEN;
 
 /// The ECIES shared secret `x(S)`: the 32-byte x-coordinate of `S = K·sk`, which is what
 /// `/delegate` hands (RSA-encrypted) to the requester and what the AES key is derived from.

@@ -2,69 +2,18 @@
 //! §4 "Shares"): a degree `t-1` polynomial `f`, `share_i = f(i)`, commitments `A_k = a_k·G`,
 //! public share `PK_i = Σ_k i^k·A_k`, `PK = A_0`, `λ_i^T = Π_{j∈T, j≠i} j/(j-i)`.
 
-use core::{fmt, num::NonZeroU16};
+use core::fmt;
 use std::collections::BTreeMap;
 
 use ff::Field;
 use rand_core::CryptoRngCore;
 use zeroize::Zeroize;
 
+pub use crate::index::NodeIndex;
 use crate::{
     error::{EncodingError, Error},
-    secret::SecretScalar,
-    suite::{msm_vartime, Encoded, Suite, POINT_LEN},
+    suite::{msm_vartime, Encoded, SecretScalar, Suite, POINT_LEN},
 };
-
-/// A node's index in a committee: a non-zero u16, the Shamir x-coordinate of its share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeIndex(NonZeroU16);
-
-impl NodeIndex {
-    /// `None` for zero.
-    pub const fn new(index: u16) -> Option<Self> {
-        match NonZeroU16::new(index) {
-            Some(i) => Some(Self(i)),
-            None => None,
-        }
-    }
-
-    /// The index as a number.
-    pub const fn get(self) -> u16 {
-        self.0.get()
-    }
-
-    /// Big-endian bytes, as bound into hashes and messages.
-    pub const fn to_bytes(self) -> [u8; 2] {
-        self.0.get().to_be_bytes()
-    }
-
-    /// Decode two big-endian bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
-        let array: [u8; 2] = bytes.try_into().map_err(|_| EncodingError::Length {
-            expected: 2,
-            actual: bytes.len(),
-        })?;
-        Self::new(u16::from_be_bytes(array)).ok_or(EncodingError::ZeroIndex)
-    }
-
-    /// The index as a scalar (the x-coordinate).
-    pub fn to_scalar<S: Suite>(self) -> S::Scalar {
-        S::Scalar::from(u64::from(self.get()))
-    }
-}
-
-impl fmt::Display for NodeIndex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.get())
-    }
-}
-
-impl TryFrom<u16> for NodeIndex {
-    type Error = EncodingError;
-    fn try_from(value: u16) -> Result<Self, Self::Error> {
-        Self::new(value).ok_or(EncodingError::ZeroIndex)
-    }
-}
 
 /// A secret polynomial of degree `t-1`; coefficients are zeroized on drop.
 pub struct SecretPolynomial<S: Suite> {

@@ -4,8 +4,7 @@
 //! Encodings are strict (docs/PROTOCOL.md §1): points are 33-byte SEC1 compressed, never the
 //! identity; scalars are 32-byte big-endian below the group order.
 
-use core::fmt::Debug;
-
+use core::fmt::{self, Debug};
 use elliptic_curve::{
     group::{Group, GroupEncoding},
     hash2curve::{ExpandMsgXmd, GroupDigest},
@@ -15,10 +14,13 @@ use elliptic_curve::{
     zeroize::DefaultIsZeroes,
     Field, PrimeField,
 };
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
-use crate::{error::EncodingError, secret::SecretScalar};
+use rand_core::CryptoRngCore;
+use sha2::Sha256;
+use subtle::{Choice, ConstantTimeEq};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::{codec::EncodingError, libsecp};
 
 /// Length of an encoded point: SEC1 compressed.
 pub const POINT_LEN: usize = 33;
@@ -180,13 +182,18 @@ impl_suite!(
     "secp256k1",
     "secp256k1 (k256): the default suite, Ethereum- and Nox-compatible.",
     k256_lincomb,
-    crate::libsecp::decode,
+    libsecp::decode,
     fn mul_secret(p: &Encoded<Self>, s: &SecretScalar<Self>) -> Encoded<Self> {
-        crate::libsecp::mul(p, s).unwrap_or_else(|| Encoded::new(*p.point() * s.expose()))
+        libsecp::mul(p.bytes(), s.expose()).map_or_else(
+            || Encoded::new(*p.point() * s.expose()),
+            |(point, bytes)| Encoded::from_parts(point, bytes),
+        )
     },
     fn mul_generator_secret(s: &SecretScalar<Self>) -> Encoded<Self> {
-        crate::libsecp::mul_generator(s)
-            .unwrap_or_else(|| Encoded::new(Self::mul_by_generator(s.expose())))
+        libsecp::mul_generator(s.expose()).map_or_else(
+            || Encoded::new(Self::mul_by_generator(s.expose())),
+            |(point, bytes)| Encoded::from_parts(point, bytes),
+        )
     }
 );
 impl_suite!(
@@ -198,6 +205,11 @@ impl_suite!(
     straus::<p256::ProjectivePoint>,
     no_fast_decode
 );
+
+/// The suite the cluster runs: secp256k1, as Ethereum and the Nox KMS. The one definition
+/// every crate uses (the nodes, the manager, the SDK, the CLI, the simulator; this crate is
+/// the one they all depend on); `tkms_proto::ClusterSuite` re-exports it.
+pub type ClusterSuite = Secp256k1;
 
 /// P-256 has no faster decoder than p256's own.
 fn no_fast_decode(_: &[u8]) -> Option<p256::ProjectivePoint> {
@@ -295,6 +307,86 @@ impl<S: Suite> Encoded<S> {
     /// Its SEC1 compressed encoding.
     pub fn bytes(&self) -> &[u8; POINT_LEN] {
         &self.bytes
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secret scalars (re-exported as `crate::secret::SecretScalar`): here, beside the trait whose
+// constant-time multiplications take them, so that the two modules do not import each other.
+
+/// A non-zero secret scalar: a private key, a key share, a nonce.
+pub struct SecretScalar<S: Suite>(S::Scalar);
+
+impl<S: Suite> SecretScalar<S> {
+    /// A uniformly random non-zero scalar.
+    pub fn random(rng: &mut impl CryptoRngCore) -> Self {
+        loop {
+            let s = <S::Scalar as ff::Field>::random(&mut *rng);
+            if !bool::from(ff::Field::is_zero(&s)) {
+                return Self(s);
+            }
+        }
+    }
+
+    /// Wrap a scalar; `None` if it is zero.
+    pub fn new(value: S::Scalar) -> Option<Self> {
+        if bool::from(ff::Field::is_zero(&value)) {
+            None
+        } else {
+            Some(Self(value))
+        }
+    }
+
+    /// Strict decoding of 32 big-endian bytes (below the order, non-zero).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
+        let s = S::decode_scalar(bytes)?;
+        Self::new(s).ok_or(EncodingError::ZeroScalar)
+    }
+
+    /// The 32-byte big-endian encoding, zeroized when dropped.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; SCALAR_LEN]> {
+        Zeroizing::new(S::encode_scalar(&self.0))
+    }
+
+    /// The public point `self·G`.
+    pub fn public_point(&self) -> S::Point {
+        S::mul_by_generator(&self.0)
+    }
+
+    /// The public point `self·G` with its encoding.
+    pub fn public_encoded(&self) -> Encoded<S> {
+        S::mul_generator_secret(self)
+    }
+
+    /// The scalar, for protocol arithmetic inside this crate and its drivers.
+    pub fn expose(&self) -> &S::Scalar {
+        &self.0
+    }
+}
+
+impl<S: Suite> Clone for SecretScalar<S> {
+    fn clone(&self) -> Self {
+        Self(self.0)
+    }
+}
+
+impl<S: Suite> Drop for SecretScalar<S> {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl<S: Suite> ZeroizeOnDrop for SecretScalar<S> {}
+
+impl<S: Suite> ConstantTimeEq for SecretScalar<S> {
+    fn ct_eq(&self, other: &Self) -> Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
+
+impl<S: Suite> fmt::Debug for SecretScalar<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretScalar<{}>(..)", S::NAME)
     }
 }
 

@@ -9,9 +9,13 @@
 //!   AES-256-GCM ciphertexts with random nonces, under storage keys that are derived tokens;
 //!   the id → location map is itself encrypted. Backends: memory and one redb file.
 //! * **Index**: IVF lists from k-means, per-list forward-private segments
-//!   (`HMAC(seed key, list)` → per-counter SHA-3 lookup token and encryption key), an SQ8
-//!   first stage and an exact re-rank of `rerank_mult · top_k` decrypted vectors, metadata
-//!   [`Filter`]s, compaction.
+//!   (`HMAC(seed key, list)` → per-counter SHA-3 lookup token and encryption key), metadata
+//!   [`Filter`]s, compaction. A query searches its probed lists one of two ways: an SQ8
+//!   first stage and an exact re-rank of `rerank_mult · top_k` decrypted vectors (with a
+//!   filter, or a single query on a handle whose segment cache is off: the fewest bytes
+//!   read), or an exact scan of the lists' decrypted vector blocks (without a filter, for a
+//!   query served from the segment cache or a [`Index::query_batch`]: blocks decrypted once
+//!   serve many queries, and the ranking is exact).
 //! * **KMS envelopes** ([`kms`]): a `KMSBlob` FlatBuffer beside the keystore records how the
 //!   KEK is wrapped by an external KMS (`none`, `aws-kms`; `tkms` plugs in as a
 //!   [`kms::KeyProvider`]).

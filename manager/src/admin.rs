@@ -41,7 +41,8 @@ use tkms_registry::{
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::cluster::{Batching, Cluster, ClusterError, Fanout, NodeEndpoint, S};
+use crate::cluster::{Batching, Cluster, ClusterError, Fanout, NodeEndpoint};
+use tkms_proto::ClusterSuite as S;
 
 /// How often the manager reconciles its view with the nodes' (and the breakers learn that a
 /// node answers again).

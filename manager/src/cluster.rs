@@ -29,20 +29,18 @@ use tkms_crypto::{
     delegation::{self, DelegationRequest, PartialDelegation},
     pre::{self, PartialReencryption, ReencryptedCapsule, ReencryptionRequest},
     suite::Encoded,
-    NodeIndex, PublicKeySet, Secp256k1, SecretScalar, SharedSecret,
+    NodeIndex, PublicKeySet, SecretScalar, SharedSecret,
 };
 use tkms_proto::{
     node::v1::{self as pb, node_client::NodeClient},
     tls::ManagerTls,
+    ClusterSuite as S,
 };
 use tokio::{
     sync::{oneshot, Semaphore},
     task::JoinSet,
 };
 use tonic::transport::Channel;
-
-/// The cluster suite.
-pub type S = Secp256k1;
 
 /// Why one node did not contribute.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,7 +187,7 @@ pub struct NodeEndpoint {
     /// Its gRPC URL (`http://127.0.0.1:7001`).
     pub url: String,
     /// Its node key, when known: the manager then accepts only a TLS peer holding it.
-    pub key: Option<Encoded<Secp256k1>>,
+    pub key: Option<Encoded<S>>,
 }
 
 /// Most delegations sent to the nodes in one batch call, by default.

@@ -20,10 +20,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     ceremony::Ceremonies,
     epochs::{EpochError, Epochs},
-    kms_password::{AwsKmsPassword, AwsKmsPasswordConfig},
     p2p::P2p,
     service::NodeService,
-    vault::{EnvPassword, FilePassword, KdfParams, PasswordProvider, Vault, VaultError},
+    vault::{
+        AwsKmsPassword, AwsKmsPasswordConfig, EnvPassword, FilePassword, KdfParams,
+        PasswordProvider, Vault, VaultError,
+    },
 };
 
 /// Where the vault password comes from.
@@ -144,7 +146,7 @@ pub struct NodeStatusFile {
 }
 
 /// The vault password provider. Async because `aws-kms` decrypts here, once, before the vault
-/// opens (see [`crate::kms_password`]).
+/// opens (see [`AwsKmsPassword`]).
 async fn password_provider(config: &NodeConfig) -> Result<Box<dyn PasswordProvider>, NodeError> {
     match config.password {
         PasswordSource::Env => Ok(Box::new(EnvPassword::new(config.password_env.clone()))),

@@ -451,7 +451,7 @@ pub type Opened = (
 pub fn open(
     args: &NodeFrontArgs,
     dir: &Path,
-    managers: &[tkms_crypto::suite::Encoded<crate::service::ClusterSuite>],
+    managers: &[tkms_crypto::suite::Encoded<tkms_proto::ClusterSuite>],
 ) -> Result<Opened, String> {
     let journal = dir.join("nonces.journal");
     let nonces = tkms_daemon::nonces::NonceJournal::open_cache(&journal, tkms_sdk::v1::now_secs())

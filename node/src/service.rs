@@ -31,13 +31,12 @@ use tkms_sdk::{
 };
 
 use crate::ceremony::{self, Ceremonies, CeremonyError, Spec};
-pub use crate::epochs::ActiveShare;
+use crate::epochs::ActiveShare;
 use crate::epochs::{EpochError, Epochs};
 use tkms_crypto::handover::Refusal;
 use tonic::{Request, Response, Status};
 
-/// The suite the cluster runs (secp256k1, Nox-compatible).
-pub use tkms_proto::ClusterSuite;
+use tkms_proto::ClusterSuite;
 
 /// Largest number of capsules in one re-encryption request, or of delegations in one batch.
 pub use tkms_proto::MAX_BATCH;

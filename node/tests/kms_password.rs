@@ -20,9 +20,8 @@ use aws_sdk_kms::{
 };
 use base64::Engine as _;
 use tkms_crypto::{Secp256k1, Suite};
-use tkms_node::{
-    kms_password::{AwsKmsPassword, AwsKmsPasswordConfig},
-    vault::{KdfParams, PasswordProvider, Vault, VaultError},
+use tkms_node::vault::{
+    AwsKmsPassword, AwsKmsPasswordConfig, KdfParams, PasswordProvider, Vault, VaultError,
 };
 
 const PASSWORD: &[u8] = b"correct horse battery staple";

@@ -13,9 +13,10 @@ pub mod node {
 
 pub mod tls;
 
-/// The suite the cluster runs: secp256k1, as Ethereum and the Nox KMS (one definition for the
-/// nodes, the manager, the SDK and the tools).
-pub type ClusterSuite = tkms_crypto::Secp256k1;
+/// The suite the cluster runs (secp256k1), next to [`MAX_BATCH`]: defined once, in
+/// `tkms-crypto` (the one crate every other depends on; the SDK and the simulator depend on no
+/// other), and re-exported here for the crates that speak gRPC.
+pub use tkms_crypto::ClusterSuite;
 
 /// Most items in one batch call (`PartialDelegationBatch`'s requests,
 /// `PartialReencryptionBatch`'s capsules): a node refuses a larger batch.
@@ -118,7 +119,7 @@ pub trait SignedRequest: Message + Clone + Default {
 }
 
 impl SignedRequest for StartCeremonyRequest {
-    const KIND: &'static [u8] = b"tkms.node.v1.StartCeremony";
+    const KIND: &'static [u8] = dst::node_request::START_CEREMONY;
 
     fn manager(&self) -> Option<&ManagerSignature> {
         self.manager.as_ref()
@@ -130,7 +131,7 @@ impl SignedRequest for StartCeremonyRequest {
 }
 
 impl SignedRequest for CommitEpochRequest {
-    const KIND: &'static [u8] = b"tkms.node.v1.CommitEpoch";
+    const KIND: &'static [u8] = dst::node_request::COMMIT_EPOCH;
 
     fn manager(&self) -> Option<&ManagerSignature> {
         self.manager.as_ref()
@@ -142,7 +143,7 @@ impl SignedRequest for CommitEpochRequest {
 }
 
 impl SignedRequest for AbortEpochRequest {
-    const KIND: &'static [u8] = b"tkms.node.v1.AbortEpoch";
+    const KIND: &'static [u8] = dst::node_request::ABORT_EPOCH;
 
     fn manager(&self) -> Option<&ManagerSignature> {
         self.manager.as_ref()

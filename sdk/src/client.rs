@@ -4,7 +4,7 @@ use alloy_primitives::{Address, B256};
 use k256::ecdsa::SigningKey;
 use serde::de::DeserializeOwned;
 use tkms_crypto::{
-    ecies::Ciphertext, pre::ReencryptedCapsule, suite::Encoded, PublicKeySet, Secp256k1,
+    ecies::Ciphertext, pre::ReencryptedCapsule, suite::Encoded, ClusterSuite as S, PublicKeySet,
     SharedSecret,
 };
 use zeroize::Zeroizing;
@@ -13,8 +13,6 @@ use crate::{
     nox::{self, NoxError},
     v1::{self, Freshness, Opened, RsaRecipient, V1Error},
 };
-
-type S = Secp256k1;
 
 /// How long a request signed by the client stays valid.
 pub const DEFAULT_TTL_SECS: u64 = 60;

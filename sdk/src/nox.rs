@@ -51,7 +51,7 @@ use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_M
 use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tkms_crypto::{Secp256k1, SharedSecret, Suite};
+use tkms_crypto::{dst, Secp256k1, SharedSecret, Suite};
 
 /// EIP-712 domain name of both the authorization and the response proof (NC §1).
 pub const EIP712_DOMAIN_NAME: &str = "ProtocolDelegate";
@@ -289,7 +289,7 @@ impl DelegateRequest {
     /// authorized request.
     pub fn request_id(&self) -> Vec<u8> {
         let mut h = Sha256::new();
-        h.update(b"tkms/v0/delegate");
+        h.update(dst::V0_DELEGATE);
         h.update(self.chain_id.to_be_bytes());
         h.update(self.ephemeral_pub_key.as_bytes());
         h.update(self.target_pub_key.as_bytes());

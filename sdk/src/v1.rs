@@ -42,16 +42,14 @@ use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 use tkms_crypto::{
     delegation::{self, DelegationRequest, PartialDelegation},
+    dst,
     pre::{self, PartialReencryption, ReencryptedCapsule, ReencryptionRequest},
     suite::Encoded,
-    NodeIndex, PublicKeySet, Secp256k1, SecretScalar, SharedSecret,
+    ClusterSuite as S, NodeIndex, PublicKeySet, SecretScalar, SharedSecret,
 };
 use zeroize::Zeroizing;
 
 use crate::nox;
-
-/// The cluster suite.
-type S = Secp256k1;
 
 /// EIP-712 domain name of `/v1` requests and response proofs.
 pub const DOMAIN_NAME: &str = "tkms";
@@ -585,7 +583,7 @@ impl DelegateResponse {
     /// The hash the manager's proof covers: every `(node, ciphertext)` in order.
     pub fn response_hash(epoch: u64, partials: &[(u16, Vec<u8>)]) -> B256 {
         let mut buf = Vec::with_capacity(8 + partials.len() * 300);
-        buf.extend_from_slice(b"tkms/v1/delegate-response");
+        buf.extend_from_slice(dst::V1_DELEGATE_RESPONSE);
         buf.extend_from_slice(&epoch.to_be_bytes());
         for (node, ciphertext) in partials {
             buf.extend_from_slice(&node.to_be_bytes());
@@ -997,7 +995,7 @@ impl ReencryptResponse {
     /// The hash the manager's proof covers: epoch, capsules and partials.
     pub fn response_hash(&self) -> B256 {
         let mut buf = Vec::new();
-        buf.extend_from_slice(b"tkms/v1/reencrypt-response");
+        buf.extend_from_slice(dst::V1_REENCRYPT_RESPONSE);
         buf.extend_from_slice(&self.epoch.to_be_bytes());
         for c in &self.capsules {
             buf.extend_from_slice(c.as_bytes());

@@ -26,8 +26,8 @@ use tkms_crypto::{
     Error, KeyShare, NodeIndex, PublicKeySet, SecretScalar,
 };
 
-use crate::dkg_node::S;
 use crate::sim::Time;
+use tkms_crypto::ClusterSuite as S;
 
 /// Coefficients of the cost formulas, in µs (see the module docs for the shapes).
 #[derive(Clone, Copy, Debug, PartialEq)]

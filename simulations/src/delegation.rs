@@ -20,8 +20,8 @@ use tkms_crypto::{
 };
 
 use crate::cpu::CpuModel;
-use crate::dkg_node::S;
 use crate::sim::{Actor, Addr, Message, Outbox, Time};
+use tkms_crypto::ClusterSuite as S;
 
 /// The manager's address.
 pub const MANAGER: Addr = 0;

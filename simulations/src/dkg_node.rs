@@ -9,14 +9,11 @@ use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{
     ceremony::{Action, Body, Message, Participant, Timeouts},
     dkg::{CeremonyConfig, CeremonyOutput},
-    Error, KeyShare, NodeIndex, Secp256k1, SecretScalar,
+    ClusterSuite as S, Error, KeyShare, NodeIndex, SecretScalar,
 };
 
 use crate::cpu::CpuModel;
 use crate::sim::{self, Actor, Addr, Outbox, Time, MS, SECOND};
-
-/// The suite the simulator runs on.
-pub type S = Secp256k1;
 
 /// How a participant misbehaves.
 pub use tkms_crypto::ceremony::Behaviour as DkgBehaviour;

@@ -23,8 +23,8 @@ use tkms_crypto::{
     shamir, KeyShare, NodeIndex, PublicKeySet, SecretScalar,
 };
 
-use crate::dkg_node::S;
 use crate::sim::{Actor, Addr, Crash, Message, NetConfig, Outbox, Simulator, Time, MS, SECOND};
+use tkms_crypto::ClusterSuite as S;
 
 /// The manager's address.
 pub const MANAGER: Addr = 0;

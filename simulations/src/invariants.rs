@@ -5,8 +5,8 @@ use tkms_crypto::{
     ecies, shamir::lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet, SharedSecret, Suite,
 };
 
-use crate::dkg_node::S;
 use crate::scenario::{CeremonyRun, DelegationRun, ReshareRun};
+use tkms_crypto::ClusterSuite as S;
 
 /// A violated invariant.
 pub type Violation = String;

@@ -18,8 +18,9 @@ use crate::delegation::{
     DelegationActor, Manager, ManagerMode, NodeFault, PlannedRequest, RequestRecord, ShareNode,
     MANAGER,
 };
-use crate::dkg_node::{DkgBehaviour, DkgNode, DkgTimeouts, NodeEnv, Rounds, S};
+use crate::dkg_node::{DkgBehaviour, DkgNode, DkgTimeouts, NodeEnv, Rounds};
 use crate::sim::{Addr, Crash, NetConfig, NetStats, Simulator, Time, MS, SECOND};
+use tkms_crypto::ClusterSuite as S;
 
 /// Deliberately broken variants of the system, each there to show that the invariant meant to
 /// catch it does (a check that cannot fail proves nothing). Never the default.

@@ -36,7 +36,8 @@ use aws_sdk_kms::{
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
-use crate::vault::{PasswordProvider, VaultError};
+use super::PasswordProvider;
+use crate::vault::VaultError;
 
 /// The time [`AwsKmsPassword::decrypt`] may take by default, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -109,7 +110,7 @@ impl AwsKmsPassword {
     /// Read the ciphertext file and decrypt it with `kms:Decrypt`.
     ///
     /// One trailing newline (`\n` or `\r\n`) of the plaintext is removed, as
-    /// [`FilePassword`](crate::vault::FilePassword) does, so a password file encrypted as is
+    /// [`FilePassword`](super::FilePassword) does, so a password file encrypted as is
     /// (`--plaintext fileb://password`) gives the same password. Errors are
     /// [`VaultError::Password`]: an unreadable, empty or malformed file, `KMS Decrypt failed`
     /// (with the SDK's reason, including a timeout), or an empty plaintext.
