@@ -15,6 +15,7 @@ use k256::elliptic_curve::sec1::FromEncodedPoint;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{
+    aggregate,
     delegation::{self, DelegationRequest, PartialDelegation},
     dkg::{self, CeremonyConfig, Dealing},
     ecies, pre, shamir,
@@ -169,6 +170,79 @@ fn delegation_ops<S: Suite>(c: &mut Criterion) {
     group.finish();
 }
 
+/// A batch of `m` delegations answered by `t = 3` nodes: per node, `m` partials each with its
+/// proof against `m` partials under one aggregated proof (docs/PROTOCOL.md §5.1); per
+/// manager, the three nodes' answers checked per item (one MSM for the whole batch, as
+/// `delegation::verify_requests`) against one aggregate proof per node (one MSM).
+fn batch_ops(c: &mut Criterion) {
+    type S = Secp256k1;
+    let mut group = c.benchmark_group("delegation batch/secp256k1");
+    let mut rng = rng();
+    let (shares, keys, _) = setup::<S>(3, 5);
+    for m in [1usize, 8, 64] {
+        if m == 64 {
+            group.sample_size(20);
+        }
+        let requests: Vec<DelegationRequest<S>> = (0..m)
+            .map(|j| {
+                DelegationRequest::new(
+                    1,
+                    format!("request {j}").into_bytes(),
+                    SecretScalar::<S>::random(&mut rng).public_point(),
+                )
+            })
+            .collect();
+        let refs: Vec<&DelegationRequest<S>> = requests.iter().collect();
+        group.bench_function(BenchmarkId::new("node, per item: partials with proofs", m), |b| {
+            b.iter(|| {
+                requests
+                    .iter()
+                    .map(|r| PartialDelegation::create(&shares[0], r, &mut rng))
+                    .collect::<Vec<_>>()
+            })
+        });
+        group.bench_function(BenchmarkId::new("node, aggregated: partials, one proof", m), |b| {
+            b.iter(|| aggregate::BatchPartials::create(&shares[0], &refs, &mut rng).unwrap())
+        });
+        let per_item: Vec<Vec<PartialDelegation<S>>> = requests
+            .iter()
+            .map(|r| {
+                shares[..3]
+                    .iter()
+                    .map(|s| PartialDelegation::create(s, r, &mut rng))
+                    .collect()
+            })
+            .collect();
+        group.bench_function(BenchmarkId::new("manager, per item: verify 3 nodes", m), |b| {
+            b.iter_batched(
+                || per_item.clone(),
+                |partials| {
+                    let requests = requests.iter().zip(partials).collect();
+                    delegation::verify_requests(requests, &keys, &mut rng)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        let batches: Vec<_> = shares[..3]
+            .iter()
+            .map(|s| aggregate::BatchPartials::create(s, &refs, &mut rng).unwrap())
+            .collect();
+        group.bench_function(BenchmarkId::new("manager, aggregated: verify 3 nodes", m), |b| {
+            b.iter_batched(
+                || batches.clone(),
+                |batches| {
+                    let batches = batches.into_iter().map(|b| (b, refs.as_slice())).collect();
+                    let results = aggregate::verify_batches(batches, &keys, &mut rng);
+                    assert!(results.iter().all(Result::is_ok));
+                    results
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn reencryption_ops<S: Suite>(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("reencryption/{}", S::NAME));
     let mut rng = rng();
@@ -298,6 +372,7 @@ fn benches(c: &mut Criterion) {
     ecies_ops::<P256>(c);
     delegation_ops::<Secp256k1>(c);
     delegation_ops::<P256>(c);
+    batch_ops(c);
     reencryption_ops::<Secp256k1>(c);
     reencryption_ops::<P256>(c);
     dkg_ops(c);

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     secret::SecretScalar,
-    suite::{Encoded, Secp256k1, POINT_LEN},
+    suite::{Encoded, Secp256k1, POINT_LEN, UNCOMPRESSED_POINT_LEN},
 };
 
 /// `s·P`; `None` only if libsecp256k1 refuses an input k256 accepted (never, for valid
@@ -29,6 +29,22 @@ pub(crate) fn mul(
     let xy = Zeroizing::new(ecdh::shared_secret_point(&base, &key));
     key.non_secure_erase();
     from_affine(&xy)
+}
+
+/// `s·P`, with its SEC1 uncompressed encoding (from the same affine result).
+pub(crate) fn mul_uncompressed(
+    p: &Encoded<Secp256k1>,
+    s: &SecretScalar<Secp256k1>,
+) -> Option<(Encoded<Secp256k1>, [u8; UNCOMPRESSED_POINT_LEN])> {
+    let base = parsed(p.bytes())?;
+    let mut key = secret_key(s)?;
+    let xy = Zeroizing::new(ecdh::shared_secret_point(&base, &key));
+    key.non_secure_erase();
+    let encoded = from_affine(&xy)?;
+    let mut wide = [0u8; UNCOMPRESSED_POINT_LEN];
+    wide[0] = 0x04;
+    wide[1..].copy_from_slice(&*xy);
+    Some((encoded, wide))
 }
 
 /// `s·G`.

@@ -406,6 +406,96 @@ async fn nodes_without_batch_calls_are_asked_one_delegation_at_a_time() {
     assert!(cluster.delegation_batches().0 < 6);
 }
 
+/// A rolling upgrade: nodes of the version with one proof per batch item (which ignore the
+/// request's `aggregate_proof`), a node without batch calls at all, and current nodes sending
+/// one aggregated proof, in one cluster. Each kind is verified its own way, in the same
+/// batches; the liars among them (a per-item node and an aggregating node) are named per
+/// request and no request fails, with every node asked and with `t` asked at a time.
+#[tokio::test]
+async fn a_rolling_upgrade_verifies_per_item_and_aggregated_answers_together() {
+    use common::Version::{NoBatch, PerItemProofs};
+    let tc = common::start_versions(
+        3,
+        6,
+        &[2, 5],
+        &[(1, PerItemProofs), (2, PerItemProofs), (3, NoBatch)],
+        21,
+    )
+    .await;
+    for fanout in [Fanout::All, "t".parse().unwrap()] {
+        let cluster = tc.cluster(Duration::from_secs(5)).with_fanout(fanout);
+        let cts: Vec<_> = (0..24u8).map(|r| encrypt(&tc.keys, &[r; 5])).collect();
+        let calls = cts.iter().enumerate().map(|(r, ct)| {
+            cluster.delegate(
+                Encoded::new(*ct.ephemeral()),
+                vec![u8::try_from(r).unwrap()],
+                None,
+            )
+        });
+        for (r, (answer, ct)) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .zip(&cts)
+            .enumerate()
+        {
+            let served = answer.unwrap_or_else(|e| panic!("{fanout}, request {r}: {e:?}"));
+            assert_eq!(
+                &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+                &[u8::try_from(r).unwrap(); 5]
+            );
+            for (index, failure) in &served.failures {
+                assert!([2, 5].contains(&index.get()), "{fanout}: node {index} blamed");
+                assert_eq!(*failure, NodeFailure::InvalidProof);
+            }
+        }
+    }
+}
+
+/// A node whose batch answer has one wrong partial under an otherwise honest aggregate proof
+/// is refused for the whole batch and named in every request it answered; the collector asks
+/// another node, so every request is served with the right secret.
+#[tokio::test]
+async fn one_wrong_partial_under_an_aggregate_proof_names_its_node() {
+    use common::Version::OneWrongPartial;
+    let tc = common::start_versions(3, 5, &[], &[(3, OneWrongPartial(2))], 22).await;
+    for fanout in [Fanout::All, "t".parse().unwrap()] {
+        let cluster = tc.cluster(Duration::from_secs(5)).with_fanout(fanout);
+        let mut named = 0;
+        // Rounds of concurrent requests: a batch of one, then the rest together; with `t`,
+        // each batch starts at the next node, so node 3 answers several batches of seven.
+        for round in 0..5u8 {
+            let cts: Vec<_> = (0..8u8).map(|r| encrypt(&tc.keys, &[round, r])).collect();
+            let calls = cts.iter().enumerate().map(|(r, ct)| {
+                cluster.delegate(
+                    Encoded::new(*ct.ephemeral()),
+                    vec![round, u8::try_from(r).unwrap()],
+                    None,
+                )
+            });
+            for (r, (answer, ct)) in futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .zip(&cts)
+                .enumerate()
+            {
+                let served = answer.unwrap();
+                assert_eq!(
+                    &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+                    &[round, u8::try_from(r).unwrap()]
+                );
+                for (index, failure) in &served.failures {
+                    assert_eq!(index.get(), 3, "{fanout}: honest node {index} blamed");
+                    assert_eq!(*failure, NodeFailure::InvalidProof);
+                    named += 1;
+                }
+            }
+        }
+        if fanout != Fanout::All {
+            assert!(named >= 7, "node 3 named {named} times");
+        }
+    }
+}
+
 /// The operator's batch bounds hold: with at most 3 delegations per call and one batch in
 /// flight, 12 concurrent requests leave in at least 4 calls, each answered on its own.
 #[tokio::test]
