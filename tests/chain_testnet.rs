@@ -2,7 +2,7 @@
 //! the five nodes registered, the DKG run and its epoch published by the manager, so
 //! `kmsPublicKey()` on the contract equals the manager's `/v0/public-key`. The development
 //! gateway delegates; the owner revokes it with `tkms registry revoke` and its next
-//! `/v0/delegate` is refused with 403 within one block (one block per second from then on, as
+//! `/v0/delegate` is refused with 401 within one block (one block per second from then on, as
 //! on a real chain; one more block tolerated for polling on a loaded machine), while a second
 //! gateway still delegates. Finally the
 //! manager wallet publishes an epoch that does not match the nodes' shares: the nodes refuse to
@@ -212,7 +212,7 @@ async fn chain_testnet_publishes_the_key_follows_revocations_and_nodes_refuse_an
     assert_eq!(status, 200, "{json}");
 
     // From here, one block per second. The owner makes a second gateway the primary one and
-    // revokes the first with `tkms registry`; the first is refused with 403 within one block
+    // revokes the first with `tkms registry`; the first is refused with 401 within one block
     // (one more tolerated, see `first_answer_after`) and the second delegates.
     one_block_per_second(&rpc_url).await;
     let owner_key = dir.path().join("owner.key");
@@ -227,7 +227,7 @@ async fn chain_testnet_publishes_the_key_follows_revocations_and_nodes_refuse_an
     );
     let revoked = registry_command(t, &["revoke", "gateway", &gateway_address], &owner_key);
     let block = revoked["transactions"][0]["block"].as_u64().unwrap();
-    let (json, _) = first_answer_after(t, &chain, block, &gateway, 200, 403).await;
+    let (json, _) = first_answer_after(t, &chain, block, &gateway, 200, 401).await;
     assert_eq!(json["code"], "signer_not_authorized", "{json}");
     let (status, json) = delegate(t, &second, &to).await;
     assert_eq!(status, 200, "{json}");

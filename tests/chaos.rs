@@ -13,7 +13,6 @@
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
 use std::{
-    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,

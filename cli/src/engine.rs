@@ -104,6 +104,9 @@ struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Connection bounds and deadlines of the listener.
+    #[command(flatten)]
+    http: tkms_daemon::http::HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +260,10 @@ async fn serve(a: ServeArgs, output: &mut impl Write) -> Result<()> {
     };
     let mut config = ServiceConfig::new(a.listen, storage, api_keys(a.api_key_file.as_deref())?);
     config.max_body_bytes = a.max_body_bytes;
+    config.listener = a
+        .http
+        .limits(a.max_body_bytes)
+        .map_err(anyhow::Error::msg)?;
     if let Some(key_id) = a.aws_kms_key_id {
         let kms_config = AwsKmsConfig {
             key_id,
@@ -299,28 +306,8 @@ async fn serve(a: ServeArgs, output: &mut impl Write) -> Result<()> {
         server.local_addr()?
     )?;
     output.flush()?;
-    server.run(shutdown_signal()).await?;
+    server.run(tkms_daemon::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// A client of the service.

@@ -13,6 +13,7 @@ use rand_core::OsRng;
 use tkms_crypto::{ecies, Secp256k1, SecretScalar, Suite, P256};
 use zeroize::Zeroizing;
 
+mod audit;
 mod client;
 mod engine;
 
@@ -34,6 +35,8 @@ pub struct Cli {
 enum Command {
     /// The encrypted vector engine: its HTTP service and clients of it.
     Engine(engine::EngineArgs),
+    /// Audit logs of the manager and the nodes: check a log's hash chain, show its entries.
+    Audit(audit::AuditArgs),
     /// ECIES (HKDF-SHA256 + AES-256-GCM, byte-compatible with the Nox KMS).
     Ecies {
         /// Curve suite.
@@ -99,9 +102,9 @@ where
     F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    tkms_node::daemon::init_tracing();
+    tkms_daemon::init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(daemon(Box::pin(tkms_node::daemon::shutdown_signal())))
+    runtime.block_on(daemon(Box::pin(tkms_daemon::shutdown_signal())))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -132,6 +135,7 @@ enum EciesCommand {
 pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<()> {
     match cli.command {
         Command::Engine(args) => engine::run(args, output),
+        Command::Audit(args) => audit::run(args, output),
         Command::Ecies {
             curve: Curve::Secp256k1,
             command,

@@ -78,6 +78,14 @@ pub struct UpArgs {
     /// --delegation-batches-in-flight`).
     #[arg(long, default_value_t = tkms_manager::cluster::DELEGATION_BATCHES_IN_FLIGHT)]
     pub delegation_batches_in_flight: usize,
+    /// One more argument for `tkms manager run` (repeat; e.g. `--manager-arg=--quota-gateway
+    /// --manager-arg=5:5`). The manager writes its audit log and replay journal under
+    /// `<data-dir>/manager` in any case.
+    #[arg(long = "manager-arg", allow_hyphen_values = true)]
+    pub manager_args: Vec<String>,
+    /// One more argument for every `tkms node run` (repeat).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
 }
 
 /// One node in `testnet.json`.
@@ -375,6 +383,7 @@ fn start_nodes(
     ports: &mut Ports,
     manager_public: &str,
     registry_args: &[String],
+    extra_args: &[String],
     deadline: Instant,
 ) -> Result<Vec<(Proc, TestnetNode)>> {
     let n = u16::try_from(ports.grpc.len())?;
@@ -405,6 +414,7 @@ fn start_nodes(
             "insecure".into(),
         ];
         command.extend_from_slice(registry_args);
+        command.extend_from_slice(extra_args);
         ports.held.release(ports.grpc[usize::from(k)]);
         ports.held.release(ports.p2p[usize::from(k)]);
         let proc = Proc::spawn(format!("node {index}"), &command, &ndir.join("node.log"))?;
@@ -493,7 +503,8 @@ async fn ensure_key(
     Ok(key.json::<serde_json::Value>().await?)
 }
 
-/// Start the manager process in front of `nodes`.
+/// Start the manager process in front of `nodes`; the process and its command line.
+#[allow(clippy::too_many_arguments)]
 fn start_manager(
     mdir: &Path,
     registry_args: &[String],
@@ -501,6 +512,7 @@ fn start_manager(
     round_timeout_ms: u64,
     fanout: tkms_manager::cluster::Fanout,
     batching: tkms_manager::cluster::Batching,
+    extra_args: &[String],
     nodes: &[(Proc, TestnetNode)],
 ) -> Result<(Proc, Vec<String>)> {
     let mut margs: Vec<String> = vec![
@@ -527,7 +539,12 @@ fn start_manager(
         batching.max().to_string(),
         "--delegation-batches-in-flight".into(),
         batching.in_flight().to_string(),
+        "--audit-log".into(),
+        mdir.join("audit.jsonl").display().to_string(),
+        "--nonce-journal".into(),
+        mdir.join("nonces.journal").display().to_string(),
     ]);
+    margs.extend_from_slice(extra_args);
     for (_, node) in nodes {
         margs.push("--node".into());
         margs.push(format!("http://{}", node.grpc_addr));
@@ -670,7 +687,14 @@ pub fn up(args: &UpArgs) -> Result<()> {
         dir.display()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    let nodes = start_nodes(&dir, &mut ports, &manager_public, &registry_args, deadline)?;
+    let nodes = start_nodes(
+        &dir,
+        &mut ports,
+        &manager_public,
+        &registry_args,
+        &args.node_args,
+        deadline,
+    )?;
     if let Some(chain) = &chain {
         runtime.block_on(register_nodes(&chain.deployment, &nodes))?;
     }
@@ -684,6 +708,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         args.round_timeout_ms,
         args.fanout,
         batching,
+        &args.manager_args,
         &nodes,
     )?;
 

@@ -323,6 +323,13 @@ impl<F: Clone> Collector<F> {
         }
     }
 
+    /// `node`'s partial for `item` is usable as it arrived (checked on arrival, or checked by
+    /// the client only): [`Self::candidate`] and [`Self::verified`] in one.
+    pub fn accepted(&mut self, item: usize, node: NodeIndex) {
+        self.candidate(item, node);
+        self.verified(item, node);
+    }
+
     /// `node`'s partial for `item` passed its proof.
     pub fn verified(&mut self, item: usize, node: NodeIndex) {
         if let Some(i) = self.items.get_mut(item) {

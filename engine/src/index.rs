@@ -1,5 +1,5 @@
 //! An open encrypted index: IVF with an SQ8 first stage and exact re-rank over
-//! forward-private segment storage (seed 002 §2-§3, DESIGN §4.4).
+//! forward-private segment storage (docs/ARCHITECTURE.md §4.4).
 //!
 //! Items are assigned to IVF lists (k-means centroids, trained by [`Index::train`]; an
 //! untrained index has one list and searches it exhaustively). Every upsert writes, per list
@@ -1627,7 +1627,7 @@ impl Index {
         Ok(opened.into_iter().flatten().collect())
     }
 
-    /// Tokens of the segments of one probed list (seed 002 §3 "Minimal key generation").
+    /// Tokens of the segments of one probed list (docs/PROTOCOL.md §13: minimal key generation).
     fn list_segments<'s>(
         &self,
         state: &'s State,
@@ -1745,7 +1745,7 @@ impl Index {
         let pq = metric.prepare(query);
         let lists = Self::probed_lists(loaded, plan, &pq, &mut Vec::new());
 
-        // Tokens for the probed lists only (seed 002 §3 "Minimal key generation").
+        // Tokens for the probed lists only (docs/PROTOCOL.md §13: minimal key generation).
         let mut segs: Vec<(&SegmentState, SegmentKeys)> = Vec::new();
         let mut seg_lists = Vec::new();
         for list in lists {

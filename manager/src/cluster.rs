@@ -531,8 +531,9 @@ trait Gather {
         response: Self::Response,
     ) -> Result<(), NodeFailure>;
 
-    /// Verify the unverified partials of `items`, telling `collector` which passed.
-    fn verify(&mut self, collector: &mut Collector<NodeFailure>, items: Vec<usize>);
+    /// Verify the unverified partials of `items`, telling `collector` which passed (nothing
+    /// to do for answers accepted on arrival).
+    fn verify(&mut self, _collector: &mut Collector<NodeFailure>, _items: Vec<usize>) {}
 
     /// `item` is decided.
     fn decided(&mut self, collector: &Collector<NodeFailure>, item: usize, outcome: Outcome);
@@ -1086,12 +1087,9 @@ impl Gather for EncryptedPartials {
             return Err(NodeFailure::Malformed("no encrypted partial".into()));
         }
         self.partials.insert(node, response.encrypted_partial);
-        collector.candidate(0, node);
-        collector.verified(0, node);
+        collector.accepted(0, node);
         Ok(())
     }
-
-    fn verify(&mut self, _collector: &mut Collector<NodeFailure>, _items: Vec<usize>) {}
 
     fn decided(&mut self, collector: &Collector<NodeFailure>, _item: usize, _outcome: Outcome) {
         self.failures = collector.failures(0).to_vec();
@@ -1127,12 +1125,9 @@ impl Gather for Reencryptions<'_> {
         let verified = check_reencryption(node, &response.partials, self.keys, self.domains)?;
         self.verified.insert(node, verified);
         self.raw.insert(node, response.partials);
-        collector.candidate(0, node);
-        collector.verified(0, node);
+        collector.accepted(0, node);
         Ok(())
     }
-
-    fn verify(&mut self, _collector: &mut Collector<NodeFailure>, _items: Vec<usize>) {}
 
     fn decided(&mut self, collector: &Collector<NodeFailure>, _item: usize, _outcome: Outcome) {
         self.failures = collector.failures(0).to_vec();

@@ -75,6 +75,9 @@ pub struct ManagerConfig {
     /// Longest wait for one ceremony round, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub round_timeout_ms: u64,
+    /// Connection bounds, quotas, the audit log and the replay journal.
+    #[command(flatten)]
+    pub front: crate::front::FrontDoorArgs,
 }
 
 /// Why the manager could not start.
@@ -187,7 +190,13 @@ pub async fn run(
         }
         None => None,
     };
+    let (front, nonces, limits) =
+        crate::front::FrontDoor::open(&config.front).map_err(ManagerError::Config)?;
     let (registry, publisher, _watch) = open_registry(&config, &wallet).await?;
+    let _roles = AbortOnDrop(crate::front::watch_roles(
+        Arc::clone(&front),
+        Arc::clone(&registry),
+    ));
 
     let served = Arc::new(Served::new(None));
     let mut admin = Admin::new(
@@ -234,16 +243,24 @@ pub async fn run(
         wallet,
         registry: Box::new(registry),
         metrics: Metrics::default(),
-        nonces: tkms_sdk::v1::NonceCache::default(),
+        nonces,
+        front: Arc::clone(&front),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ManagerError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
     tracing::info!(addr = %listener.local_addr().map_err(|e| ManagerError::Io(e.to_string()))?, "manager serving");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    front
+        .event(
+            "manager_start",
+            serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
+        )
+        .await;
+    let app = crate::front::layer(router(state), Arc::clone(&front));
+    tkms_daemon::http::serve(listener, app, limits, front.connection_stats(), shutdown)
         .await
         .map_err(|e| ManagerError::Io(e.to_string()))?;
+    front.event("manager_stop", serde_json::json!({})).await;
     tracing::info!("manager stopped");
     Ok(())
 }

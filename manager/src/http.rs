@@ -52,14 +52,7 @@ pub struct Metrics {
 
 impl Metrics {
     fn node_failed(&self, node: u16, failure: &NodeFailure) {
-        let kind = match failure {
-            NodeFailure::Timeout => "timeout",
-            NodeFailure::Unreachable(_) => "unreachable",
-            NodeFailure::Refused(_) => "refused",
-            NodeFailure::Denied(_) => "denied",
-            NodeFailure::Malformed(_) => "malformed",
-            NodeFailure::InvalidProof => "invalid_proof",
-        };
+        let kind = crate::front::failure_kind(failure);
         if let Ok(mut map) = self.node_failures.lock() {
             *map.entry((node, kind)).or_default() += 1;
         }
@@ -132,6 +125,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// `(signer, nonce)` pairs of `/v1` requests not yet expired (replay protection).
     pub nonces: NonceCache,
+    /// Quotas and the audit log ([`crate::front`]).
+    pub front: Arc<crate::front::FrontDoor>,
 }
 
 /// The router, ready to serve.
@@ -201,7 +196,7 @@ fn no_key() -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render() + &state.front.render_metrics(),
     )
         .into_response()
 }
@@ -300,6 +295,7 @@ async fn delegate(
         Ok(s) => s,
         Err(e) => return nox_error(&state, &e),
     };
+    crate::front::note_signer(chain_id, signer);
     if !state.registry.is_gateway(chain_id, signer) {
         if state.registry.gateway(chain_id).is_none() {
             return nox_error(&state, &NoxError::UnknownChain(chain_id));
@@ -309,6 +305,14 @@ async fn delegate(
     }
     // The request id binds every node's proof to this exact authorized request.
     let request_id = request.request_id();
+    crate::front::note_digest(&request_id);
+    if let Err(refusal) =
+        state
+            .front
+            .admit_requester(state.registry.as_ref(), true, chain_id, signer)
+    {
+        return refusal;
+    }
     let authorization = pb::RequesterAuthorization {
         scheme: Some(pb::requester_authorization::Scheme::Eip712Delegate(
             pb::Eip712Delegate {
@@ -323,10 +327,11 @@ async fn delegate(
     let Some(cluster) = state.served.cluster() else {
         return no_key();
     };
-    match cluster
+    let result = cluster
         .delegate(ephemeral, request_id, Some(authorization))
-        .await
-    {
+        .await;
+    crate::front::note_cluster(cluster.epoch(), &result, |_| None);
+    match result {
         Ok(served) => {
             for (node, failure) in &served.failures {
                 state.metrics.node_failed(node.get(), failure);
@@ -403,6 +408,7 @@ fn admit<R: SignedV1>(
     let checked = request.and_then(|request| {
         let chain_id = request.chain_id();
         let signer = request.signer()?;
+        crate::front::note_signer(chain_id, signer);
         if !allowed(chain_id, signer) {
             return Err(V1Error::Forbidden {
                 signer,
@@ -410,16 +416,28 @@ fn admit<R: SignedV1>(
                 chain_id,
             });
         }
-        let now = v1::now_secs();
-        request.freshness().check(now)?;
-        state.nonces.use_once(signer, request.freshness(), now)?;
-        Ok(request)
+        Ok((request, signer))
     });
-    let request = checked.map_err(|e| v1_error(state, route, &e))?;
+    let (request, signer) = checked.map_err(|e| v1_error(state, route, &e))?;
+    let digest = request.digest();
+    crate::front::note_digest(digest.as_slice());
+    // Over its quota: refused before its nonce is spent, so it may be sent again.
+    state.front.admit_requester(
+        state.registry.as_ref(),
+        action == "delegate",
+        request.chain_id(),
+        signer,
+    )?;
+    let now = v1::now_secs();
+    request
+        .freshness()
+        .check(now)
+        .and_then(|()| state.nonces.use_once(signer, request.freshness(), now))
+        .map_err(|e| v1_error(state, route, &e))?;
     let cluster = state.served.cluster().ok_or_else(no_key)?;
     let authorization = eip712_authorization(
         request.chain_id(),
-        request.digest(),
+        digest,
         request.freshness(),
         request.signature(),
     );
@@ -462,6 +480,10 @@ fn failure_reports(
 }
 
 fn unavailable(state: &AppState, route: &'static str, e: ClusterError) -> Response {
+    if crate::front::replayed_at_nodes(&e) {
+        state.metrics.v1(route, "replayed");
+        return crate::front::replayed_response();
+    }
     if e.requester_denied() {
         if let ClusterError::Unavailable { failures, .. } = &e {
             failure_reports(state, failures);
@@ -513,15 +535,18 @@ async fn delegate_v1(
         Err(response) => return response,
     };
     let digest = request.digest();
-    match cluster
+    let result = cluster
         .delegate_encrypted(
             request.ephemeral,
             digest.to_vec(),
             request.target_spki.clone(),
             authorization,
         )
-        .await
-    {
+        .await;
+    crate::front::note_cluster(cluster.epoch(), &result, |partials| {
+        Some(partials.iter().map(|(node, _)| *node).collect())
+    });
+    match result {
         Ok(served) => {
             let failures = failure_reports(&state, &served.failures);
             state.metrics.v1(ROUTE, "ok");
@@ -561,10 +586,15 @@ async fn reencrypt_v1(
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
-    match cluster
-        .reencrypt(request.target, request.capsule_ids(), Some(authorization))
-        .await
-    {
+    let capsules = request.capsule_ids();
+    crate::front::note_items(capsules.iter().map(|(id, _)| id.as_slice()));
+    let result = cluster
+        .reencrypt(request.target, capsules, Some(authorization))
+        .await;
+    crate::front::note_cluster(cluster.epoch(), &result, |r| {
+        Some(r.partials.keys().copied().collect())
+    });
+    match result {
         Ok(served) => {
             let failures = failure_reports(&state, &served.failures);
             state.metrics.v1(ROUTE, "ok");

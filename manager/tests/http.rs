@@ -50,6 +50,7 @@ async fn fixture(liars: &[u16]) -> Fixture {
         ),
         metrics: Metrics::default(),
         nonces: tkms_sdk::v1::NonceCache::default(),
+        front: Arc::default(),
     };
     Fixture {
         app: router(Arc::new(state)),
@@ -239,9 +240,9 @@ async fn v0_delegate_refuses_bad_requests_with_json_errors() {
     ];
     for (query, body, auth, code) in cases {
         let (status, json) = post(&f.app, &query, &body, auth).await;
-        // A valid signature by a non-gateway is forbidden; everything else is malformed.
-        let expected = if code == "signer_not_authorized" {
-            StatusCode::FORBIDDEN
+        // Any authorization failure is a 401, as in nox-kms; everything else is malformed.
+        let expected = if matches!(code, "signer_not_authorized" | "unauthorized") {
+            StatusCode::UNAUTHORIZED
         } else {
             StatusCode::BAD_REQUEST
         };

@@ -724,11 +724,11 @@ fn error_codes_and_statuses_are_stable() {
         chain_id: CHAIN,
     };
     assert_eq!(signer.code(), "signer_not_authorized");
-    assert_eq!(signer.status(), tkms_manager::nox::FORBIDDEN_STATUS);
+    assert_eq!(signer.status(), UNAUTHORIZED_STATUS);
     assert!(signer.to_string().starts_with("Unauthorized: "));
     assert_eq!(NoxError::UnknownChain(5).to_string(), "Unknown Chain ID 5");
     assert_eq!(NoxError::UnknownChain(5).status(), MALFORMED_STATUS);
     assert_eq!(NoxError::Encryption.status(), 500);
-    // Nox answers 400 for authorization failures (NC §4.3).
-    assert_eq!(UNAUTHORIZED_STATUS, 400);
+    // Every authorization failure is a 401 (NC §4.3).
+    assert_eq!(UNAUTHORIZED_STATUS, 401);
 }

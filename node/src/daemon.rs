@@ -100,6 +100,9 @@ pub struct NodeConfig {
     /// Argon2id cost when the vault is created.
     #[arg(long, value_enum, default_value_t = KdfCost::Production)]
     pub kdf: KdfCost,
+    /// Connection bounds of the gRPC listener, and what to do if the audit log fails.
+    #[command(flatten)]
+    pub front: crate::front::NodeFrontArgs,
 }
 
 /// Why the node could not start.
@@ -196,6 +199,8 @@ pub async fn run(
     let managers = manager_keys(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
+    let (nonces, audit, listener_limits) =
+        crate::front::open(&config.front, &config.data_dir, &managers).map_err(NodeError::Io)?;
     let provider = password_provider(&config).await?;
     let params = match config.kdf {
         KdfCost::Production => KdfParams::production(),
@@ -255,7 +260,9 @@ pub async fn run(
     )?;
     tracing::info!(%grpc_addr, p2p = %p2p.address(), node_key = %hex::encode(node_key.bytes()), "node serving");
 
-    let mut service = NodeService::new(epochs, managers).with_ceremonies(ceremonies, node_key);
+    let mut service = NodeService::new(epochs, managers)
+        .with_ceremonies(ceremonies, node_key)
+        .with_nonces(nonces);
     let _registry_watch = if let Some(path) = &config.registry_file {
         let registry = FileRegistry::open(path).map_err(NodeError::Config)?;
         let watch = registry.watch(std::time::Duration::from_secs(1));
@@ -280,9 +287,11 @@ pub async fn run(
     // manager's key on the other (checked per request against the accepted managers).
     let tls = tkms_proto::tls::node_server_config(&identity.node_key)
         .map_err(|e| NodeError::Config(format!("TLS identity: {e}")))?;
-    let incoming = tkms_proto::tls::incoming(listener, tls);
+    let incoming = tkms_proto::tls::incoming_with(listener, tls, listener_limits, Arc::default());
     let result = tonic::transport::Server::builder()
-        .add_service(NodeServer::new(service))
+        .add_service(NodeServer::new(crate::front::AuditedNode::new(
+            service, audit,
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| NodeError::Server(e.to_string()));
@@ -297,37 +306,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Log to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

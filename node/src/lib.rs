@@ -9,6 +9,7 @@
 pub mod ceremony;
 pub mod daemon;
 pub mod epochs;
+pub mod front;
 pub mod kms_password;
 pub mod p2p;
 pub mod service;

@@ -15,9 +15,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tkms_node::daemon::init_tracing();
+    tkms_daemon::init_tracing();
     let cli = Cli::parse();
-    match tkms_node::daemon::run(cli.config, tkms_node::daemon::shutdown_signal()).await {
+    match tkms_node::daemon::run(cli.config, tkms_daemon::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tkms-node: error: {e}");

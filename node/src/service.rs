@@ -95,6 +95,14 @@ impl NodeService {
         }
     }
 
+    /// Remember used `/v1` nonces in `nonces` (the node's persistent replay journal,
+    /// [`crate::front`]) instead of in memory only.
+    #[must_use]
+    pub fn with_nonces(mut self, nonces: Arc<NonceCache>) -> Self {
+        self.nonces = nonces;
+        self
+    }
+
     /// Re-check every requester's authorization against `registry` (the node's own view of
     /// the gateways and runners), and serve only the epoch the registry publishes (when it
     /// publishes one). Without a registry the node trusts the manager's check.

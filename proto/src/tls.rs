@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use libp2p_identity::{secp256k1, Keypair, PeerId, PublicKey};
 use rustls::pki_types::ServerName;
 use tkms_crypto::{suite::Encoded, Secp256k1, SecretScalar};
+use tkms_daemon::conn::{Admitted, Closed, ConnectionGate, ConnectionLimits, ConnectionStats};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -36,6 +37,41 @@ use tonic::transport::{server::Connected, Channel, Endpoint, Uri};
 
 /// Longest TLS handshake a node waits for before dropping the connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on a node's open connections (its clients are a few managers).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default bound on a node's open connections from one address.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = 32;
+/// How long a connection whose key is not a trusted manager's may sit with nothing read
+/// before the node closes it.
+pub const UNTRUSTED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bounds of a node's gRPC listener (docs/ARCHITECTURE.md §4.6).
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    /// Bounds on open connections, total and per client address.
+    pub connections: ConnectionLimits,
+    /// Longest TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Idle deadline of connections whose key is not in `trusted`.
+    pub untrusted_idle_timeout: Duration,
+    /// Keys (compressed secp256k1) whose connections have no idle deadline: the managers
+    /// this node serves, whose channels stay open between requests.
+    pub trusted: Vec<[u8; 33]>,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            connections: ConnectionLimits {
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_per_address: DEFAULT_MAX_PER_ADDRESS,
+            },
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            untrusted_idle_timeout: UNTRUSTED_IDLE_TIMEOUT,
+            trusted: Vec::new(),
+        }
+    }
+}
 
 /// Why a TLS configuration could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -168,10 +204,19 @@ pub struct TlsPeer {
     pub remote_addr: Option<SocketAddr>,
 }
 
+/// Closes a connection on which nothing was read for a while.
+struct IdleDeadline {
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    stats: Arc<ConnectionStats>,
+}
+
 /// An accepted, authenticated connection.
 pub struct PeerStream {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     peer: TlsPeer,
+    idle: Option<IdleDeadline>,
+    slot: Option<Admitted>,
 }
 
 impl Connected for PeerStream {
@@ -188,7 +233,32 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if let Some(idle) = &mut this.idle {
+                    if buf.filled().len() > before {
+                        let next = tokio::time::Instant::now() + idle.timeout;
+                        idle.sleep.as_mut().reset(next);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some(idle) = &mut this.idle {
+                    if std::future::Future::poll(idle.sleep.as_mut(), cx).is_ready() {
+                        idle.stats.closed(Closed::IdleTimeout);
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "idle connection of an untrusted peer",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+            other @ Poll::Ready(Err(_)) => other,
+        }
     }
 }
 
@@ -234,15 +304,47 @@ pub fn node_server_config(
     Ok(Arc::new(config))
 }
 
-/// The authenticated connections arriving at `listener`. Each handshake runs in its own task
-/// (a slow or silent client delays nobody) with a [`HANDSHAKE_TIMEOUT`]; failed handshakes
-/// are logged and dropped.
+/// The authenticated connections arriving at `listener`, within the default
+/// [`ListenerLimits`] (see [`incoming_with`]).
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> impl Stream<Item = Result<PeerStream, io::Error>> + Send + 'static {
+    incoming_with(
+        listener,
+        config,
+        ListenerLimits::default(),
+        Arc::new(ConnectionStats::default()),
+    )
+}
+
+/// The authenticated connections arriving at `listener`. Each accepted socket must pass the
+/// connection bounds of `limits` (else it is closed at once); each handshake runs in its own
+/// task (a slow or silent client delays nobody) within `limits.handshake_timeout`; failed
+/// handshakes are logged (at most once a second) and dropped. A connection whose key is not
+/// `trusted` is closed after `untrusted_idle_timeout` with nothing read.
+pub fn incoming_with(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    limits: ListenerLimits,
+    stats: Arc<ConnectionStats>,
+) -> impl Stream<Item = Result<PeerStream, io::Error>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<PeerStream>(64);
     let acceptor = TlsAcceptor::from(config);
+    let gate = ConnectionGate::new(limits.connections, stats);
+    let limits = Arc::new(limits);
+    let last_log = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let log_due = move || {
+        let mut last = last_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    };
     tokio::spawn(async move {
         loop {
             // The listener closes as soon as the server stops taking connections.
@@ -253,19 +355,45 @@ pub fn incoming(
             let (tcp, addr) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if log_due() {
+                        tracing::warn!(error = %e, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            let slot = match gate.admit(addr) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    if log_due() {
+                        tracing::warn!(peer = %addr, ?why, "connection refused at its bound");
+                    }
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, limits) = (acceptor.clone(), tx.clone(), Arc::clone(&limits));
+            let stats = Arc::clone(gate.stats());
+            let log_due = log_due.clone();
             tokio::spawn(async move {
-                match handshake(&acceptor, tcp, addr).await {
-                    Ok(stream) => {
+                match handshake(&acceptor, tcp, addr, limits.handshake_timeout).await {
+                    Ok(mut stream) => {
+                        if !limits.trusted.contains(&stream.peer.key) {
+                            stream.idle = Some(IdleDeadline {
+                                timeout: limits.untrusted_idle_timeout,
+                                sleep: Box::pin(tokio::time::sleep(limits.untrusted_idle_timeout)),
+                                stats: Arc::clone(&stats),
+                            });
+                        }
+                        stream.slot = Some(slot);
                         let _ = tx.send(stream).await;
                     }
-                    Err(e) => tracing::warn!(peer = %addr, error = %e, "TLS handshake refused"),
+                    Err(e) => {
+                        stats.closed(Closed::Handshake);
+                        if log_due() {
+                            tracing::warn!(peer = %addr, error = %e, "TLS handshake refused");
+                        }
+                    }
                 }
             });
         }
@@ -277,8 +405,9 @@ async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     addr: SocketAddr,
+    timeout: Duration,
 ) -> Result<PeerStream, String> {
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
@@ -298,5 +427,7 @@ async fn handshake(
             key,
             remote_addr: Some(addr),
         },
+        idle: None,
+        slot: None,
     })
 }

@@ -61,6 +61,42 @@ pub trait Registry: Send + Sync + 'static {
     fn registered_node_key(&self, _index: u16) -> Registered {
         Registered::NotTracked
     }
+
+    /// Every role this registry grants now, for the audit log's record of role changes
+    /// (`None` when it cannot be read now).
+    fn roles(&self) -> Option<BTreeSet<RoleGrant>> {
+        None
+    }
+}
+
+/// A role a requester holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RoleKind {
+    /// May delegate (`/v0/delegate`, `/v1/delegate`) and re-encrypt.
+    Gateway,
+    /// May re-encrypt (`/v1/reencrypt`).
+    Runner,
+}
+
+impl RoleKind {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Runner => "runner",
+        }
+    }
+}
+
+/// `account` holds `role` on `chain_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoleGrant {
+    /// The chain.
+    pub chain_id: u64,
+    /// The requester.
+    pub account: Address,
+    /// The role.
+    pub role: RoleKind,
 }
 
 /// What a registry says about a node index.
@@ -120,6 +156,20 @@ impl Registry for StaticRegistry {
     fn is_runner(&self, chain_id: u64, account: Address) -> bool {
         self.runners.contains(&(chain_id, account))
     }
+
+    fn roles(&self) -> Option<BTreeSet<RoleGrant>> {
+        let gateways = self.gateways.iter().map(|(&chain_id, &account)| RoleGrant {
+            chain_id,
+            account,
+            role: RoleKind::Gateway,
+        });
+        let runners = self.runners.iter().map(|&(chain_id, account)| RoleGrant {
+            chain_id,
+            account,
+            role: RoleKind::Runner,
+        });
+        Some(gateways.chain(runners).collect())
+    }
 }
 
 impl<R: Registry + ?Sized> Registry for Arc<R> {
@@ -137,6 +187,9 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     fn registered_node_key(&self, index: u16) -> Registered {
         (**self).registered_node_key(index)
+    }
+    fn roles(&self) -> Option<BTreeSet<RoleGrant>> {
+        (**self).roles()
     }
 }
 
@@ -259,6 +312,31 @@ impl Registry for FileRegistry {
             .get(&chain_id.to_string())
             .is_some_and(|r| r.contains(&account))
     }
+
+    fn roles(&self) -> Option<BTreeSet<RoleGrant>> {
+        let current = self.read();
+        let file = &current.1;
+        let mut roles = BTreeSet::new();
+        for (chain, account) in &file.gateways {
+            if let Ok(chain_id) = chain.parse() {
+                roles.insert(RoleGrant {
+                    chain_id,
+                    account: *account,
+                    role: RoleKind::Gateway,
+                });
+            }
+        }
+        for (chain, accounts) in &file.runners {
+            if let Ok(chain_id) = chain.parse() {
+                roles.extend(accounts.iter().map(|&account| RoleGrant {
+                    chain_id,
+                    account,
+                    role: RoleKind::Runner,
+                }));
+            }
+        }
+        Some(roles)
+    }
 }
 
 /// How long the manager keeps trusting a cache that cannot reach the chain.
@@ -345,6 +423,22 @@ impl Registry for ChainRegistry {
             }),
             None => Registered::Unknown,
         }
+    }
+
+    fn roles(&self) -> Option<BTreeSet<RoleGrant>> {
+        let chain_id = self.cache.chain_id();
+        let state = self.current(chain_id)?;
+        let gateways = state.gateways.iter().map(|&account| RoleGrant {
+            chain_id,
+            account,
+            role: RoleKind::Gateway,
+        });
+        let runners = state.runners.iter().map(|&account| RoleGrant {
+            chain_id,
+            account,
+            role: RoleKind::Runner,
+        });
+        Some(gateways.chain(runners).collect())
     }
 
     fn published_epoch(&self) -> Published {

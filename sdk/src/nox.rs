@@ -22,11 +22,12 @@
 //!   `chain_id` is required, as in Nox.
 //! - **`chain_id` is a `u64`**; Nox parses a `u32` (NC §1.1). An id above `u32::MAX` is never
 //!   a configured chain, so the handler refuses it anyway (`UnknownChain`).
-//! - **Bad authorization is [`UNAUTHORIZED_STATUS`] = 400**, as in Nox (NC §4.3, §7.2);
-//!   docs/ARCHITECTURE.md §4.1 says 401. Flip the constant to change it. A well-formed signature by
-//!   an account that is not an authorized gateway is [`FORBIDDEN_STATUS`] = 403 (the registry issue
-//!   asks for it; Nox has a single gateway and answers 400). The gateway treats every non-2xx
-//!   alike.
+//! - **Every authorization failure is [`UNAUTHORIZED_STATUS`] = 401**: a missing or
+//!   malformed `Authorization`, a signature that does not recover, and a well-formed
+//!   signature by an account that is not an authorized gateway (docs/ARCHITECTURE.md §4.1, §4.6; NC
+//!   §4.3, §7.2 record what the Nox versions we could read answer). The code tells
+//!   the cases apart (`unauthorized`, `signer_not_authorized`). The gateway treats every
+//!   non-2xx alike.
 //! - **`v` must be 0, 1, 27 or 28.** Nox (alloy `normalize_v`) also takes EIP-155 values
 //!   35..=255 (NC §2); the gateway only sends 27/28, so the stricter rule is safe.
 //! - **High-`s` signatures are accepted**, as in Nox: alloy normalises `s` before recovery
@@ -59,13 +60,10 @@ pub const EIP712_DOMAIN_VERSION: &str = "1";
 
 /// HTTP status for malformed input.
 pub const MALFORMED_STATUS: u16 = 400;
-/// HTTP status for a missing, malformed or wrongly signed `Authorization`. Nox answers 400 (NC
-/// §4.3); docs/ARCHITECTURE.md §4.1 says 401. The gateway treats every non-2xx alike (NC §4.3), so
-/// this is a choice of taste: 400 keeps byte compatibility (and 401 would also owe a
-/// `WWW-Authenticate` header). Flip to 401 here if the architecture wins.
-pub const UNAUTHORIZED_STATUS: u16 = 400;
-/// HTTP status for a valid signature by an account that is not an authorized gateway.
-pub const FORBIDDEN_STATUS: u16 = 403;
+/// HTTP status for a missing, malformed or wrongly signed `Authorization`, and for a valid
+/// signature by an account that is not an authorized gateway (NC §4.3). The gateway treats
+/// every non-2xx alike (NC §4.3).
+pub const UNAUTHORIZED_STATUS: u16 = 401;
 
 /// Required `Authorization` prefix, exact and case-sensitive (NC §2, `strip_prefix`).
 pub const BEARER_PREFIX: &str = "Bearer 0x";
@@ -166,8 +164,7 @@ impl NoxError {
     /// The HTTP status the handler should answer with.
     pub fn status(&self) -> u16 {
         match self {
-            Self::Unauthorized(_) => UNAUTHORIZED_STATUS,
-            Self::SignerNotAuthorized { .. } => FORBIDDEN_STATUS,
+            Self::Unauthorized(_) | Self::SignerNotAuthorized { .. } => UNAUTHORIZED_STATUS,
             Self::Encryption => 500,
             // Only a client verifying an upstream answer sees this: the upstream was bad.
             Self::InvalidProof(_) => 502,

@@ -132,6 +132,10 @@ pub enum V1Error {
     /// Too many live nonces are remembered; try again shortly.
     #[error("too many requests in flight; try again shortly")]
     Busy,
+    /// The nonce could not be recorded durably ([`NonceStore`]), so the request is not
+    /// served: serving it would let it be replayed after a restart.
+    #[error("the replay journal cannot be written: {0}")]
+    ReplayStore(String),
     /// A response does not decode, its proofs fail, or it has fewer than `t` usable partials.
     #[error("invalid response: {0}")]
     InvalidResponse(String),
@@ -149,6 +153,7 @@ impl V1Error {
             Self::Replayed { .. } => "replayed",
             Self::Forbidden { .. } => "forbidden",
             Self::Busy => "busy",
+            Self::ReplayStore(_) => "replay_store_unavailable",
             Self::InvalidResponse(_) => "invalid_response",
         }
     }
@@ -159,10 +164,18 @@ impl V1Error {
             Self::InvalidBody(_) | Self::InvalidKey(_) | Self::BatchSize(_) => 400,
             Self::Unauthorized(_) | Self::Expired(_) | Self::Replayed { .. } => 401,
             Self::Forbidden { .. } => 403,
-            Self::Busy => 503,
+            Self::Busy | Self::ReplayStore(_) => 503,
             Self::InvalidResponse(_) => 502,
         }
     }
+}
+
+/// Whether a node's refusal message is a [`V1Error::Replayed`]: a node refuses a request
+/// whose nonce it saw already with its `Display`, which starts with `replayed: `. The manager
+/// answers such a refusal with 401 `replayed`, as if it had seen the nonce itself (after a
+/// manager-only restart, the nodes may remember a nonce the manager forgot).
+pub fn is_replay_refusal(message: &str) -> bool {
+    message.starts_with("replayed: ")
 }
 
 /// The EIP-712 domain of `/v1` requests and proofs on `chain_id`.
@@ -221,13 +234,48 @@ impl Freshness {
     }
 }
 
+/// Where a [`NonceCache`] records each first use, so that it is still refused after a
+/// restart (the manager's and nodes' journal: `tkms_daemon::nonces`). Sans-IO here: the
+/// cache only calls it.
+pub trait NonceStore: Send + Sync {
+    /// Record that `signer` used `nonce`, valid until `expires_at`; the use is refused if
+    /// this fails.
+    fn record(&self, signer: Address, nonce: B256, expires_at: u64) -> Result<(), String>;
+}
+
 /// Remembers every `(signer, nonce)` until its request expires, and refuses a second use.
-#[derive(Debug, Default)]
+/// With a [`NonceStore`], every first use is recorded there before it is accepted.
+#[derive(Default)]
 pub struct NonceCache {
     seen: Mutex<HashMap<(Address, B256), u64>>,
+    store: Option<Box<dyn NonceStore>>,
+}
+
+impl std::fmt::Debug for NonceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceCache")
+            .field("persistent", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NonceCache {
+    /// A cache that records first uses in `store`, starting with the uses `remembered`
+    /// there (`(signer, nonce, expires_at)`, read back at start).
+    pub fn with_store(
+        store: Box<dyn NonceStore>,
+        remembered: impl IntoIterator<Item = (Address, B256, u64)>,
+    ) -> Self {
+        let seen = remembered
+            .into_iter()
+            .map(|(signer, nonce, expires)| ((signer, nonce), expires))
+            .collect();
+        Self {
+            seen: Mutex::new(seen),
+            store: Some(store),
+        }
+    }
+
     /// Record a use at `now`; `Replayed` if the pair was seen and has not expired.
     pub fn use_once(&self, signer: Address, fresh: &Freshness, now: u64) -> Result<(), V1Error> {
         let mut seen = self
@@ -240,13 +288,20 @@ impl NonceCache {
                 return Err(V1Error::Busy);
             }
         }
-        match seen.insert((signer, fresh.nonce), fresh.expires_at) {
-            Some(expires) if expires >= now => Err(V1Error::Replayed {
+        let key = (signer, fresh.nonce);
+        if seen.get(&key).is_some_and(|expires| *expires >= now) {
+            return Err(V1Error::Replayed {
                 signer,
                 nonce: fresh.nonce,
-            }),
-            _ => Ok(()),
+            });
         }
+        if let Some(store) = &self.store {
+            store
+                .record(signer, fresh.nonce, fresh.expires_at)
+                .map_err(V1Error::ReplayStore)?;
+        }
+        seen.insert(key, fresh.expires_at);
+        Ok(())
     }
 
     /// Forget expired entries (call now and then).

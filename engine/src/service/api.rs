@@ -1,6 +1,6 @@
 //! Wire types of the engine's HTTP service: the JSON bodies of the CyborgDB service API 0.17
 //! (the `cyborgdb` 0.18 Python SDK) and of the older generation (service API 0.12,
-//! `index_config` bodies), with their OpenAPI schemas (DESIGN §4.4).
+//! `index_config` bodies), with their OpenAPI schemas (docs/ARCHITECTURE.md §4.4).
 //!
 //! Every request names its index (`index_name`) and, for an index created with a caller's
 //! key, carries the index KEK as 64 hex characters (`index_key`); an index whose KMS envelope

@@ -1,6 +1,6 @@
 //! The engine's HTTP service (`tkms engine serve`): the CyborgDB service API 0.17 (what the
 //! `cyborgdb` 0.18 Python SDK speaks), keeping the older `index_config` form (API 0.12)
-//! working, over one storage backend (DESIGN §4.4).
+//! working, over one storage backend (docs/ARCHITECTURE.md §4.4).
 //!
 //! * Auth: every route but `GET /v1/health` and `GET /openapi.json` needs an `X-API-Key`
 //!   header: one of the configured service keys (compared in constant time on their
@@ -11,8 +11,8 @@
 //! * Keys: each request carries its index KEK (`index_key`, 64 hex characters), checked by
 //!   the engine (wrong key → 401, nothing changed). An index with a KMS envelope whose
 //!   provider the service was started with ([`ServiceConfig::key_providers`]) may omit it:
-//!   the service unwraps the KEK through the KMS (seed 000 "A service layer can then read
-//!   the envelope at request time"). KEKs are zeroized after use and never logged.
+//!   the service unwraps the KEK through the KMS when the request arrives (docs/PROTOCOL.md
+//!   §13). KEKs are zeroized after use and never logged.
 //! * Errors: CyborgDB's body `{"status_code", "detail"}` plus a stable `code`: 400 (bad
 //!   input the engine refuses), 401 (API key or index key), 403 (scope), 404 (no such
 //!   index, user or route), 405, 409 (exists / concurrent change / training running), 413
@@ -55,6 +55,7 @@ use axum::Router;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tkms_daemon::http::HttpLimits;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -94,6 +95,9 @@ pub struct ServiceConfig {
     pub key_providers: Vec<Arc<dyn KeyProvider>>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Connection bounds and header, body and idle deadlines of the listener (its
+    /// `max_body_bytes` is replaced by the one above).
+    pub listener: HttpLimits,
 }
 
 impl std::fmt::Debug for ServiceConfig {
@@ -114,6 +118,7 @@ impl std::fmt::Debug for ServiceConfig {
                     .collect::<Vec<_>>(),
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("listener", &self.listener)
             .finish()
     }
 }
@@ -131,6 +136,7 @@ impl ServiceConfig {
             api_keys,
             key_providers: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            listener: HttpLimits::with_max_body(DEFAULT_MAX_BODY_BYTES),
         }
     }
 }
@@ -139,6 +145,7 @@ impl ServiceConfig {
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: HttpLimits,
 }
 
 impl std::fmt::Debug for Server {
@@ -198,6 +205,10 @@ pub async fn bind(config: ServiceConfig) -> crate::Result<Server> {
     Ok(Server {
         listener,
         router: router(state, config.max_body_bytes),
+        limits: HttpLimits {
+            max_body_bytes: config.max_body_bytes,
+            ..config.listener
+        },
     })
 }
 
@@ -209,15 +220,21 @@ impl Server {
             .map_err(|e| Error::Storage(format!("listener address: {e}")))
     }
 
-    /// Serves until `shutdown` completes, then finishes the requests in flight.
+    /// Serves until `shutdown` completes, then finishes the requests in flight. Connections
+    /// are bounded and timed as [`ServiceConfig::listener`] says ([`tkms_daemon::http`]).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> crate::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::Storage(format!("HTTP server failed: {e}")))
+        tkms_daemon::http::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            Arc::default(),
+            shutdown,
+        )
+        .await
+        .map_err(|e| Error::Storage(format!("HTTP server failed: {e}")))
     }
 }
 
