@@ -282,40 +282,7 @@ pub fn run(
             }
             ClusterCommand::Delegate { api } => {
                 let ct = read_ciphertext(input)?;
-                let recipient = RsaRecipient::generate()?;
-                let ephemeral = Encoded::new(*ct.ephemeral());
-                let secret = match api {
-                    Api::V0 => {
-                        resolved
-                            .client
-                            .delegate_v0(
-                                &resolved.requester,
-                                resolved.chain_id,
-                                alloy_primitives_zero(),
-                                &ephemeral,
-                                &recipient,
-                            )
-                            .await?
-                            .0
-                    }
-                    Api::V1 => {
-                        let key = resolved.key_set().await?;
-                        let opened = resolved
-                            .client
-                            .delegate(
-                                &resolved.requester,
-                                resolved.chain_id,
-                                &key,
-                                &ephemeral,
-                                &recipient,
-                            )
-                            .await?;
-                        for (node, why) in &opened.rejected {
-                            eprintln!("tkms: refused the partial of node {node}: {why}");
-                        }
-                        opened.value
-                    }
-                };
+                let secret = delegate(&resolved, api, &ct).await?;
                 let plaintext = ecies::open_with_shared_secret(&secret, &ct)?;
                 output.write_all(&plaintext)?;
             }
@@ -355,7 +322,9 @@ pub fn run(
                 duration,
             } => {
                 let key = match what {
-                    BenchWhat::Delegate { api: Api::V0 } => Key::Public(resolved.public_key().await?),
+                    BenchWhat::Delegate { api: Api::V0 } => {
+                        Key::Public(resolved.public_key().await?)
+                    }
                     _ => Key::Set(resolved.key_set().await?),
                 };
                 let report = bench(resolved, key, what, concurrency, duration).await?;
@@ -364,6 +333,49 @@ pub fn run(
         }
         output.flush()?;
         Ok(())
+    })
+}
+
+/// The shared secret of `ct`, delegated through `/v0` (no key needed) or `/v1` (every node's
+/// proof checked against the key set).
+async fn delegate(
+    resolved: &Resolved,
+    api: Api,
+    ct: &Ciphertext<S>,
+) -> Result<tkms_crypto::SharedSecret> {
+    let recipient = RsaRecipient::generate()?;
+    let ephemeral = Encoded::new(*ct.ephemeral());
+    Ok(match api {
+        Api::V0 => {
+            resolved
+                .client
+                .delegate_v0(
+                    &resolved.requester,
+                    resolved.chain_id,
+                    alloy_primitives_zero(),
+                    &ephemeral,
+                    &recipient,
+                )
+                .await?
+                .0
+        }
+        Api::V1 => {
+            let key = resolved.key_set().await?;
+            let opened = resolved
+                .client
+                .delegate(
+                    &resolved.requester,
+                    resolved.chain_id,
+                    &key,
+                    &ephemeral,
+                    &recipient,
+                )
+                .await?;
+            for (node, why) in &opened.rejected {
+                eprintln!("tkms: refused the partial of node {node}: {why}");
+            }
+            opened.value
+        }
     })
 }
 

@@ -75,7 +75,10 @@ impl Drop for Baseline {
 
 /// Start `tkms baseline serve` without `/v0/public-key` (as the single-key Nox KMS, whose key
 /// is published on chain), with `gateway` authorized on chain 31337.
-fn baseline_without_public_key(dir: &std::path::Path, gateway: &k256::ecdsa::SigningKey) -> Baseline {
+fn baseline_without_public_key(
+    dir: &std::path::Path,
+    gateway: &k256::ecdsa::SigningKey,
+) -> Baseline {
     use std::io::BufRead;
     let registry = dir.join("registry.json");
     let address = tkms_sdk::nox::wallet_address(gateway);
@@ -150,10 +153,18 @@ fn client_commands_work_against_a_kms_without_a_public_key_route() {
     }
 
     let out = run(&["encrypt", "--public-key", &kms.public_key], b"hello, nox");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ciphertext = out.stdout;
     let out = run(&["delegate", "--api", "v0"], &ciphertext);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"hello, nox");
 
     let out = run(
@@ -171,7 +182,11 @@ fn client_commands_work_against_a_kms_without_a_public_key_route() {
         ],
         b"",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["requests_ok"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], 0, "{report}");

@@ -193,17 +193,21 @@ fn batch_ops(c: &mut Criterion) {
             })
             .collect();
         let refs: Vec<&DelegationRequest<S>> = requests.iter().collect();
-        group.bench_function(BenchmarkId::new("node, per item: partials with proofs", m), |b| {
-            b.iter(|| {
-                requests
-                    .iter()
-                    .map(|r| PartialDelegation::create(&shares[0], r, &mut rng))
-                    .collect::<Vec<_>>()
-            })
-        });
-        group.bench_function(BenchmarkId::new("node, aggregated: partials, one proof", m), |b| {
-            b.iter(|| aggregate::BatchPartials::create(&shares[0], &refs, &mut rng).unwrap())
-        });
+        group.bench_function(
+            BenchmarkId::new("node, per item: partials with proofs", m),
+            |b| {
+                b.iter(|| {
+                    requests
+                        .iter()
+                        .map(|r| PartialDelegation::create(&shares[0], r, &mut rng))
+                        .collect::<Vec<_>>()
+                })
+            },
+        );
+        group.bench_function(
+            BenchmarkId::new("node, aggregated: partials, one proof", m),
+            |b| b.iter(|| aggregate::BatchPartials::create(&shares[0], &refs, &mut rng).unwrap()),
+        );
         let per_item: Vec<Vec<PartialDelegation<S>>> = requests
             .iter()
             .map(|r| {
@@ -213,32 +217,38 @@ fn batch_ops(c: &mut Criterion) {
                     .collect()
             })
             .collect();
-        group.bench_function(BenchmarkId::new("manager, per item: verify 3 nodes", m), |b| {
-            b.iter_batched(
-                || per_item.clone(),
-                |partials| {
-                    let requests = requests.iter().zip(partials).collect();
-                    delegation::verify_requests(requests, &keys, &mut rng)
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        group.bench_function(
+            BenchmarkId::new("manager, per item: verify 3 nodes", m),
+            |b| {
+                b.iter_batched(
+                    || per_item.clone(),
+                    |partials| {
+                        let requests = requests.iter().zip(partials).collect();
+                        delegation::verify_requests(requests, &keys, &mut rng)
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
         let batches: Vec<_> = shares[..3]
             .iter()
             .map(|s| aggregate::BatchPartials::create(s, &refs, &mut rng).unwrap())
             .collect();
-        group.bench_function(BenchmarkId::new("manager, aggregated: verify 3 nodes", m), |b| {
-            b.iter_batched(
-                || batches.clone(),
-                |batches| {
-                    let batches = batches.into_iter().map(|b| (b, refs.as_slice())).collect();
-                    let results = aggregate::verify_batches(batches, &keys, &mut rng);
-                    assert!(results.iter().all(Result::is_ok));
-                    results
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        group.bench_function(
+            BenchmarkId::new("manager, aggregated: verify 3 nodes", m),
+            |b| {
+                b.iter_batched(
+                    || batches.clone(),
+                    |batches| {
+                        let batches = batches.into_iter().map(|b| (b, refs.as_slice())).collect();
+                        let results = aggregate::verify_batches(batches, &keys, &mut rng);
+                        assert!(results.iter().all(Result::is_ok));
+                        results
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
     }
     group.finish();
 }

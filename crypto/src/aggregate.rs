@@ -397,7 +397,9 @@ fn verified<S: Suite>(p: Prepared<'_, S>) -> Vec<VerifiedPartialDelegation<S>> {
         .partials
         .into_iter()
         .zip(p.requests)
-        .map(|(partial, request)| VerifiedPartialDelegation::checked(index, *partial.point(), request))
+        .map(|(partial, request)| {
+            VerifiedPartialDelegation::checked(index, *partial.point(), request)
+        })
         .collect()
 }
 
@@ -406,7 +408,10 @@ mod tests {
     use rand_core::OsRng;
 
     use super::*;
-    use crate::{shamir::{self, Commitment}, Secp256k1, P256};
+    use crate::{
+        shamir::{self, Commitment},
+        Secp256k1, P256,
+    };
 
     fn roundtrip<S: Suite>() {
         let sk = SecretScalar::<S>::random(&mut OsRng);
@@ -485,7 +490,11 @@ mod tests {
         let batch = BatchPartials::create(&shares[0], &[&a], &mut OsRng).unwrap();
         assert_eq!(
             BatchPartials::new(*batch.proof(), Vec::new())
-                .verify(&PublicKeySet::new(Commitment::new(vec![k]).unwrap(), [shares[0].index()]), &[&a], &mut OsRng)
+                .verify(
+                    &PublicKeySet::new(Commitment::new(vec![k]).unwrap(), [shares[0].index()]),
+                    &[&a],
+                    &mut OsRng
+                )
                 .unwrap_err(),
             Error::BatchShape {
                 partials: 0,

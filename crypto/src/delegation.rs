@@ -98,7 +98,11 @@ pub struct VerifiedPartialDelegation<S: Suite> {
 
 impl<S: Suite> VerifiedPartialDelegation<S> {
     /// A partial whose proof (its own, or its batch's aggregate proof) was checked.
-    pub(crate) fn checked(index: NodeIndex, partial: S::Point, request: &DelegationRequest<S>) -> Self {
+    pub(crate) fn checked(
+        index: NodeIndex,
+        partial: S::Point,
+        request: &DelegationRequest<S>,
+    ) -> Self {
         Self {
             index,
             partial,

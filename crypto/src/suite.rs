@@ -546,7 +546,10 @@ mod tests {
             assert_eq!(S::decode_uncompressed(&off), Err(EncodingError::NotOnCurve));
             let mut prefix = wide;
             prefix[0] = 0x06;
-            assert_eq!(S::decode_uncompressed(&prefix), Err(EncodingError::NotUncompressed));
+            assert_eq!(
+                S::decode_uncompressed(&prefix),
+                Err(EncodingError::NotUncompressed)
+            );
             assert!(S::decode_uncompressed(&wide[..64]).is_err());
             assert!(S::decode_uncompressed(&[0u8; UNCOMPRESSED_POINT_LEN]).is_err());
             // A coordinate at or above the field prime is not canonical.

@@ -123,7 +123,9 @@ fn one_wrong_partial_is_refused<S: Suite>(m: usize, k: usize, how: Cheat, seed: 
     let liar = &s.shares[1];
     let bad = cheating_batch(liar, &requests, k % m, how, &mut rng);
     assert_eq!(
-        bad.clone().verify(&s.keys, &requests, &mut rng).unwrap_err(),
+        bad.clone()
+            .verify(&s.keys, &requests, &mut rng)
+            .unwrap_err(),
         Error::InvalidProof {
             culprit: liar.index()
         },
@@ -153,7 +155,12 @@ fn honest_batches_combine<S: Suite>(m: usize, seed: u64) {
     let requests: Vec<_> = s.requests.iter().collect();
     let batches: Vec<_> = s.shares[1..4]
         .iter()
-        .map(|share| (BatchPartials::create(share, &requests, &mut rng).unwrap(), requests.as_slice()))
+        .map(|share| {
+            (
+                BatchPartials::create(share, &requests, &mut rng).unwrap(),
+                requests.as_slice(),
+            )
+        })
         .collect();
     let verified: Vec<Vec<_>> = verify_batches(batches, &s.keys, &mut rng)
         .into_iter()

@@ -884,8 +884,8 @@ struct DelegationBatch<'a> {
 
 /// One item of a node's batch answer, decoded.
 enum Answered {
-    /// A partial with its own proof.
-    Proved(PartialDelegation<S>),
+    /// A partial with its own proof (boxed: the enum stays small for the aggregated kind).
+    Proved(Box<PartialDelegation<S>>),
     /// `D_i` alone, under the answer's aggregate proof.
     Aggregated(Encoded<S>),
     /// The node refused the item, or its partial does not decode.
@@ -925,7 +925,9 @@ impl Gather for DelegationBatch<'_> {
             .collect();
         if aggregated.is_empty() {
             if !response.aggregate_proof.is_empty() {
-                return Err(NodeFailure::Malformed("an aggregate proof of nothing".into()));
+                return Err(NodeFailure::Malformed(
+                    "an aggregate proof of nothing".into(),
+                ));
             }
         } else {
             let proof = AggregateProof::<S>::from_bytes(&response.aggregate_proof)
@@ -946,7 +948,7 @@ impl Gather for DelegationBatch<'_> {
             }
             match answered {
                 Answered::Proved(partial) => {
-                    self.pending[item].insert(node, partial);
+                    self.pending[item].insert(node, *partial);
                     collector.candidate(item, node);
                 }
                 Answered::Aggregated(_) => collector.candidate(item, node),
@@ -963,7 +965,11 @@ impl Gather for DelegationBatch<'_> {
             .aggregates
             .keys()
             .copied()
-            .filter(|node| items.iter().any(|&i| collector.candidates(i).any(|c| c == *node)))
+            .filter(|node| {
+                items
+                    .iter()
+                    .any(|&i| collector.candidates(i).any(|c| c == *node))
+            })
             .collect();
         if !nodes.is_empty() {
             let (answered, batches): (Vec<Vec<usize>>, Vec<BatchPartials<S>>) = nodes
@@ -1185,7 +1191,7 @@ fn decode_item(index: NodeIndex, result: pb::PartialDelegationResult) -> Answere
     use pb::partial_delegation_result::Outcome as Item;
     match result.outcome {
         Some(Item::Partial(bytes)) => match decode_delegation(index, &bytes) {
-            Ok(partial) => Answered::Proved(partial),
+            Ok(partial) => Answered::Proved(Box::new(partial)),
             Err(failure) => Answered::Failed(failure),
         },
         // On the curve by its equation: no square root.

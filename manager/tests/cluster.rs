@@ -444,7 +444,10 @@ async fn a_rolling_upgrade_verifies_per_item_and_aggregated_answers_together() {
                 &[u8::try_from(r).unwrap(); 5]
             );
             for (index, failure) in &served.failures {
-                assert!([2, 5].contains(&index.get()), "{fanout}: node {index} blamed");
+                assert!(
+                    [2, 5].contains(&index.get()),
+                    "{fanout}: node {index} blamed"
+                );
                 assert_eq!(*failure, NodeFailure::InvalidProof);
             }
         }

@@ -796,7 +796,9 @@ impl Node for NodeService {
         // its own.
         let share = self.share_for(requests[0].epoch)?;
         if aggregate_proof {
-            return aggregated_batch(self, share, requests).await.map(Response::new);
+            return aggregated_batch(self, share, requests)
+                .await
+                .map(Response::new);
         }
         if requests.len() == 1 {
             let results = self.delegation_results(&share, &requests);

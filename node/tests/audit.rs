@@ -177,6 +177,7 @@ async fn every_partial_asked_for_is_recorded_and_no_secret_is() {
                 target_rsa_spki: Vec::new(),
             })
             .collect(),
+        aggregate_proof: false,
     };
     let results = f
         .node

@@ -335,7 +335,10 @@ async fn a_delegation_batch_answers_each_item_on_its_own() {
     let call = |requests: Vec<pb::PartialDelegationRequest>| {
         f.service.partial_delegation_batch(as_manager(
             &f,
-            pb::PartialDelegationBatchRequest { requests },
+            pb::PartialDelegationBatchRequest {
+                requests,
+                aggregate_proof: false,
+            },
         ))
     };
     let mut encrypted = good();
@@ -373,6 +376,7 @@ async fn a_delegation_batch_answers_each_item_on_its_own() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let request = Request::new(pb::PartialDelegationBatchRequest {
         requests: vec![good()],
+        aggregate_proof: false,
     });
     let err = f
         .service
@@ -402,7 +406,10 @@ async fn a_delegation_batch_answers_each_item_on_its_own() {
     let results = plain
         .partial_delegation_batch(as_manager(
             &f,
-            pb::PartialDelegationBatchRequest { requests: batch },
+            pb::PartialDelegationBatchRequest {
+                requests: batch,
+                aggregate_proof: false,
+            },
         ))
         .await
         .unwrap()
