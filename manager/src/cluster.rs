@@ -422,6 +422,16 @@ impl Cluster {
         )
     }
 
+    /// How the delegation partials verified so far were proved: node answers under one
+    /// aggregate proof each (docs/PROTOCOL.md §5.1), and partials with their own proof (nodes
+    /// of an earlier version).
+    pub fn delegation_proofs(&self) -> (u64, u64) {
+        (
+            self.core.proofs.aggregated.load(Ordering::Relaxed),
+            self.core.proofs.per_item.load(Ordering::Relaxed),
+        )
+    }
+
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
         self.coalescer
             .queue
@@ -551,6 +561,17 @@ struct Core {
     keys: PublicKeySet<S>,
     epoch: u64,
     timeout: Duration,
+    proofs: ProofCounts,
+}
+
+/// How the nodes' delegation partials were proved, counted as they verify.
+#[derive(Debug, Default)]
+struct ProofCounts {
+    /// Node answers whose partials verified under one aggregate proof (docs/PROTOCOL.md §5.1).
+    aggregated: AtomicU64,
+    /// Partials verified with their own proof (a node of an earlier version, or one call per
+    /// request).
+    per_item: AtomicU64,
 }
 
 impl Core {
@@ -592,6 +613,7 @@ impl Core {
             keys,
             epoch,
             timeout,
+            proofs: ProofCounts::default(),
         })
     }
 
@@ -713,6 +735,7 @@ impl Core {
         let items = batch.len();
         let mut gather = DelegationBatch {
             keys: &self.keys,
+            proofs: &self.proofs,
             open: batch
                 .into_iter()
                 .map(|q| Open {
@@ -874,6 +897,7 @@ impl Core {
 /// one proof per partial; both kinds are verified together.
 struct DelegationBatch<'a> {
     keys: &'a PublicKeySet<S>,
+    proofs: &'a ProofCounts,
     open: Vec<Open>,
     /// Partials with their own proof, per item.
     pending: Vec<BTreeMap<NodeIndex, PartialDelegation<S>>>,
@@ -989,6 +1013,7 @@ impl Gather for DelegationBatch<'_> {
             for ((answered, &node), result) in answered.iter().zip(&nodes).zip(results) {
                 match result {
                     Ok(verified) => {
+                        self.proofs.aggregated.fetch_add(1, Ordering::Relaxed);
                         for (&item, v) in answered.iter().zip(verified) {
                             collector.verified(item, node);
                             self.verified[item].push(v);
@@ -1027,6 +1052,9 @@ impl Gather for DelegationBatch<'_> {
         let (items, requests): (Vec<usize>, Vec<_>) = requests.into_iter().unzip();
         let results = delegation::verify_requests(requests, self.keys, &mut OsRng);
         for (item, (ok, bad)) in items.into_iter().zip(results) {
+            self.proofs
+                .per_item
+                .fetch_add(ok.len() as u64, Ordering::Relaxed);
             for v in ok {
                 collector.verified(item, v.index());
                 self.verified[item].push(v);

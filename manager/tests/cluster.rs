@@ -341,6 +341,14 @@ async fn concurrent_delegations_are_batched_and_answered_each_on_its_own() {
     let (batches, batched) = cluster.delegation_batches();
     assert_eq!(batched, 40);
     assert!(batches <= 4, "{batches} batches for 40 concurrent requests");
+    // Every node is of the current version: each batch answer is proved by one aggregate
+    // proof (at least t of them verified per batch), no partial by its own.
+    let (aggregated, per_item) = cluster.delegation_proofs();
+    assert_eq!(per_item, 0);
+    assert!(
+        aggregated >= 3 * batches,
+        "{aggregated} aggregates, {batches} batches"
+    );
     for (r, (answer, ct)) in answers.into_iter().zip(&cts).enumerate() {
         if r == 17 {
             let Err(ClusterError::Unavailable {
@@ -451,6 +459,13 @@ async fn a_rolling_upgrade_verifies_per_item_and_aggregated_answers_together() {
                 assert_eq!(*failure, NodeFailure::InvalidProof);
             }
         }
+        // Every request needs one of the aggregating honest nodes (4, 6) and one of the
+        // earlier ones (1, 3): both kinds of proof were verified.
+        let (aggregated, per_item) = cluster.delegation_proofs();
+        assert!(
+            aggregated > 0 && per_item > 0,
+            "{fanout}: {aggregated}, {per_item}"
+        );
     }
 }
 
