@@ -120,6 +120,17 @@ impl<S: Suite> BatchPartials<S> {
         partials: Vec<Encoded<S>>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Self, Error> {
+        Self::prove_with_nonce(share, requests, partials, &SecretScalar::random(rng))
+    }
+
+    /// [`Self::prove`] with a caller-chosen nonce `r` (known-answer tests only; `r` must never
+    /// repeat).
+    pub fn prove_with_nonce(
+        share: &KeyShare<S>,
+        requests: &[&DelegationRequest<S>],
+        partials: Vec<Encoded<S>>,
+        nonce: &SecretScalar<S>,
+    ) -> Result<Self, Error> {
         let epoch = batch_epoch(requests, partials.len())?;
         let index = share.index();
         let public = share.public_share_encoded();
@@ -138,9 +149,8 @@ impl<S: Suite> BatchPartials<S> {
             return Err(Error::DegenerateBatch);
         }
         let base = Encoded::new(aggregate);
-        let nonce = SecretScalar::<S>::random(rng);
         let t1 = nonce.public_encoded();
-        let t2 = S::mul_secret(&base, &nonce);
+        let t2 = S::mul_secret(&base, nonce);
         let c = challenge::<S>(epoch, index, &tau, public, &t1, &t2);
         let z = *nonce.expose() + c * share.value().expose();
         Ok(Self {
