@@ -170,6 +170,19 @@ fn delegation_ops<S: Suite>(c: &mut Criterion) {
     group.finish();
 }
 
+/// `m` delegation requests of epoch 1 with random ephemeral keys.
+fn batch_requests<S: Suite>(m: usize, rng: &mut ChaCha20Rng) -> Vec<DelegationRequest<S>> {
+    (0..m)
+        .map(|j| {
+            DelegationRequest::new(
+                1,
+                format!("request {j}").into_bytes(),
+                SecretScalar::<S>::random(rng).public_point(),
+            )
+        })
+        .collect()
+}
+
 /// A batch of `m` delegations answered by `t = 3` nodes, from and to wire bytes as the node
 /// and the manager handle them: per node, `m` partials each with its proof against `m`
 /// partials (65-byte uncompressed) under one aggregated proof (docs/PROTOCOL.md §5.1); per
@@ -184,15 +197,7 @@ fn batch_ops(c: &mut Criterion) {
         if m == 64 {
             group.sample_size(20);
         }
-        let requests: Vec<DelegationRequest<S>> = (0..m)
-            .map(|j| {
-                DelegationRequest::new(
-                    1,
-                    format!("request {j}").into_bytes(),
-                    SecretScalar::<S>::random(&mut rng).public_point(),
-                )
-            })
-            .collect();
+        let requests = batch_requests::<S>(m, &mut rng);
         let refs: Vec<&DelegationRequest<S>> = requests.iter().collect();
         group.bench_function(
             BenchmarkId::new("node, per item: partials with proofs", m),

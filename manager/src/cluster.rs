@@ -213,6 +213,7 @@ pub const DELEGATION_BATCHES_IN_FLIGHT: usize = 1;
 pub struct Batching {
     max: usize,
     in_flight: usize,
+    proofs: DelegationProofs,
 }
 
 impl Default for Batching {
@@ -220,8 +221,22 @@ impl Default for Batching {
         Self {
             max: DELEGATION_BATCH,
             in_flight: DELEGATION_BATCHES_IN_FLIGHT,
+            proofs: DelegationProofs::Aggregate,
         }
     }
+}
+
+/// What the manager asks the nodes to prove a batch of `/v0` delegations with (the
+/// operator's `--delegation-proofs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DelegationProofs {
+    /// One aggregated proof per node per batch (docs/PROTOCOL.md §5.1); nodes of an earlier
+    /// version answer per item anyway.
+    #[default]
+    Aggregate,
+    /// One proof per partial, as before aggregated proofs (for comparison, or to rule the
+    /// aggregate out).
+    PerItem,
 }
 
 impl Batching {
@@ -243,7 +258,18 @@ impl Batching {
                 Self::MAX_IN_FLIGHT
             ));
         }
-        Ok(Self { max, in_flight })
+        Ok(Self {
+            max,
+            in_flight,
+            proofs: DelegationProofs::Aggregate,
+        })
+    }
+
+    /// Ask for `proofs` (default [`DelegationProofs::Aggregate`]).
+    #[must_use]
+    pub fn with_proofs(mut self, proofs: DelegationProofs) -> Self {
+        self.proofs = proofs;
+        self
     }
 
     /// Most delegations per batch call.
@@ -270,6 +296,8 @@ struct Coalescer {
     queue: Mutex<VecDeque<Queued>>,
     /// Most delegations per batch.
     max: usize,
+    /// Ask for one aggregated proof per node answer.
+    aggregate: bool,
     slots: Arc<Semaphore>,
     /// Batches sent, and the delegations they carried.
     batches: AtomicU64,
@@ -281,6 +309,7 @@ impl Coalescer {
         Self {
             queue: Mutex::default(),
             max: batching.max,
+            aggregate: batching.proofs == DelegationProofs::Aggregate,
             slots: Arc::new(Semaphore::new(batching.in_flight)),
             batches: AtomicU64::new(0),
             batched: AtomicU64::new(0),
@@ -407,8 +436,9 @@ impl Cluster {
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             // Its own task, so that the batch completes even if this caller goes away.
             let (core, fanout) = (Arc::clone(&self.core), self.fanout);
+            let aggregate = self.coalescer.aggregate;
             tokio::spawn(async move {
-                core.delegate_batch(fanout, batch).await;
+                core.delegate_batch(fanout, batch, aggregate).await;
                 drop(slot);
             });
         }
@@ -718,7 +748,7 @@ impl Core {
     /// Serve `batch`'s delegations with one call per node: per request, `t` verified
     /// partials combined. Every request gets its own answer; a node that fails the whole call
     /// is named in every request still open, one that refuses a single item only in that one.
-    async fn delegate_batch(&self, fanout: Fanout, batch: Vec<Queued>) {
+    async fn delegate_batch(&self, fanout: Fanout, batch: Vec<Queued>, aggregate: bool) {
         let request = Arc::new(pb::PartialDelegationBatchRequest {
             requests: batch
                 .iter()
@@ -730,7 +760,7 @@ impl Core {
                     target_rsa_spki: Vec::new(),
                 })
                 .collect(),
-            aggregate_proof: true,
+            aggregate_proof: aggregate,
         });
         let items = batch.len();
         let mut gather = DelegationBatch {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{ecies, shamir, suite::Encoded, NodeIndex, SecretScalar};
-use tkms_manager::cluster::{Batching, Cluster, ClusterError, Fanout, NodeEndpoint, NodeFailure};
+use tkms_manager::cluster::{
+    Batching, Cluster, ClusterError, DelegationProofs, Fanout, NodeEndpoint, NodeFailure,
+};
 
 mod common;
 
@@ -512,6 +514,45 @@ async fn one_wrong_partial_under_an_aggregate_proof_names_its_node() {
             assert!(named >= 7, "node 3 named {named} times");
         }
     }
+}
+
+/// With `--delegation-proofs per-item` the manager asks for one proof per partial, as before
+/// aggregated proofs: current nodes answer so, and a liar is still named.
+#[tokio::test]
+async fn per_item_proofs_can_be_asked_for() {
+    let tc = start(3, 5, &[2], 23).await;
+    let cluster = tc.cluster(Duration::from_secs(5)).with_batching(
+        Batching::new(64, 1)
+            .unwrap()
+            .with_proofs(DelegationProofs::PerItem),
+    );
+    let cts: Vec<_> = (0..10u8).map(|r| encrypt(&tc.keys, &[r; 2])).collect();
+    let calls = cts.iter().enumerate().map(|(r, ct)| {
+        cluster.delegate(
+            Encoded::new(*ct.ephemeral()),
+            vec![u8::try_from(r).unwrap()],
+            None,
+        )
+    });
+    for (r, (answer, ct)) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .zip(&cts)
+        .enumerate()
+    {
+        let served = answer.unwrap();
+        assert_eq!(
+            &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+            &[u8::try_from(r).unwrap(); 2]
+        );
+        assert!(served
+            .failures
+            .iter()
+            .all(|(i, f)| i.get() == 2 && *f == NodeFailure::InvalidProof));
+    }
+    let (aggregated, per_item) = cluster.delegation_proofs();
+    assert_eq!(aggregated, 0);
+    assert!(per_item >= 30, "{per_item}");
 }
 
 /// The operator's batch bounds hold: with at most 3 delegations per call and one batch in
