@@ -96,6 +96,7 @@ async fn a_flood_from_one_address_neither_holds_slots_nor_stops_others() {
             idle.push(s);
         }
     }
+    let loris_count = loris.len();
     let dripping = tokio::spawn(async move {
         for _ in 0..30 {
             for s in &mut loris {
@@ -121,8 +122,26 @@ async fn a_flood_from_one_address_neither_holds_slots_nor_stops_others() {
         served += 1;
     }
     assert!(served > 10, "{served}");
-    // At most 32 of the flood were ever admitted at once; the rest were closed on accept.
-    assert!(stats.refused() >= 1500 - 16, "{}", stats.render("t"));
+    // At most 32 of the flood are admitted at once; the rest are closed on accept. On a
+    // loaded machine the flood takes longer than the header deadline to open, so a slot freed
+    // by a timed-out connection admits a later one: every flood connection is either refused,
+    // closed by a deadline, or one of the 32 open.
+    let flood = (loris_count + idle.len()) as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settled = |stats: &ConnectionStats| {
+        let timed_out =
+            stats.closed_count(Closed::HeaderTimeout) + stats.closed_count(Closed::IdleTimeout);
+        stats.refused() + timed_out + 32 >= flood
+    };
+    while !settled(&stats) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled(&stats), "{flood} opened: {}", stats.render("t"));
+    assert!(
+        stats.refused() >= flood / 2,
+        "{flood} opened: {}",
+        stats.render("t")
+    );
     // Every idle and slow-loris connection is closed once its header deadline passes.
     let mut loris = dripping.await.unwrap();
     for s in idle.iter_mut().chain(loris.iter_mut()) {

@@ -120,7 +120,9 @@ async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_document() {
             ])
             .args(["--phases", "examples,coverage,fuzzing"])
             .args(["--max-examples", &examples])
-            .args(["--seed", "16", "--workers", "2", "--no-shrink"])
+            // One worker: hypothesis describes strategies through a cache that two threads can
+            // corrupt ("AST constructor recursion depth mismatch", a runtime error, not a finding).
+            .args(["--seed", "16", "--workers", "1", "--no-shrink"])
             .args(["--suppress-health-check", "all"])
             .arg("--report-dir")
             .arg(&report)

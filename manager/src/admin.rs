@@ -69,7 +69,7 @@ pub enum AdminError {
 }
 
 /// One served node of an epoch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct EpochNode {
     /// Its index.
     pub index: u16,
@@ -100,7 +100,7 @@ fn node_key(hex_key: &str) -> Result<Encoded<S>, String> {
 }
 
 /// A key epoch as the manager serves it (all public).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct EpochRecord {
     /// The epoch.
     pub epoch: u64,
@@ -122,7 +122,7 @@ pub struct EpochRecord {
 }
 
 /// A committee member without a share of the epoch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DroppedMember {
     /// Its index.
     pub index: u16,
@@ -240,7 +240,7 @@ impl ManagerState {
 }
 
 /// One epoch a node holds, as `/admin/nodes` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HeldView {
     /// The epoch.
     pub epoch: u64,
@@ -259,7 +259,7 @@ pub struct HeldView {
 }
 
 /// A node's self-description, from its `Status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// Its URL.
     pub url: String,
@@ -391,21 +391,6 @@ impl Served {
         Self {
             current: RwLock::new(initial.map(|(c, r)| (Arc::new(c), r))),
         }
-    }
-
-    /// Serving `cluster`, whose nodes are at `nodes`.
-    pub fn serving(cluster: Cluster, nodes: Vec<EpochNode>) -> Self {
-        let keys = cluster.keys();
-        let record = EpochRecord {
-            epoch: cluster.epoch(),
-            threshold: keys.threshold(),
-            commitment: hex::encode(keys.commitment().to_bytes()),
-            transcript_hash: String::new(),
-            nodes,
-            committee: Vec::new(),
-            dropped: Vec::new(),
-        };
-        Self::new(Some((cluster, record)))
     }
 
     /// The cluster of the current epoch, if there is one.

@@ -37,10 +37,10 @@ use alloy_primitives::Address;
 use axum::{
     body::{to_bytes, Body},
     extract::{ConnectInfo, Request, State},
-    http::{header, HeaderValue, Method, StatusCode},
+    http::Method,
     middleware::Next,
     response::{IntoResponse, Response},
-    Json, Router,
+    Router,
 };
 use serde_json::{json, Map, Value};
 use tkms_daemon::{
@@ -55,7 +55,8 @@ use tkms_sdk::v1::NonceCache;
 
 use crate::{
     cluster::{ClusterError, NodeFailure, Served},
-    quota::{retry_after_secs, QuotaArgs, Quotas, Role},
+    http::ApiError,
+    quota::{QuotaArgs, Quotas, Role},
 };
 
 /// Largest request body the manager reads (its largest, a full `/v1/reencrypt` batch, is
@@ -196,46 +197,6 @@ pub fn replayed_at_nodes(e: &ClusterError) -> bool {
         if failures.iter().any(|(_, f)| matches!(f, NodeFailure::Refused(m) if tkms_sdk::v1::is_replay_refusal(m))))
 }
 
-/// The `401 replayed` answer for [`replayed_at_nodes`].
-pub fn replayed_response() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({
-            "error": "replayed: the key nodes have already served this request's nonce",
-            "code": "replayed",
-        })),
-    )
-        .into_response()
-}
-
-/// `429` with `Retry-After` and the JSON error.
-fn too_many(wait: Duration, what: &str) -> Response {
-    let secs = retry_after_secs(wait);
-    let mut response = (
-        StatusCode::TOO_MANY_REQUESTS,
-        Json(json!({
-            "error": format!("{what}; retry after {secs} s"),
-            "code": "rate_limited",
-        })),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    response
-}
-
-fn audit_unavailable() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({
-            "error": "the audit log cannot be written; key uses are refused until it can",
-            "code": "audit_unavailable",
-        })),
-    )
-        .into_response()
-}
-
 /// The manager's quotas, audit log and listener counters.
 #[derive(Debug, Default)]
 pub struct FrontDoor {
@@ -300,14 +261,13 @@ impl FrontDoor {
     /// After the signer's role is checked and before any node is asked: take a token from
     /// the requester's bucket (`role` is the gateway role for delegations; for a
     /// re-encryption the gateway role if it holds it, else the runner role), or answer 429.
-    #[allow(clippy::result_large_err)] // the refusal is the HTTP response itself
     pub fn admit_requester(
         &self,
         registry: &dyn Registry,
         delegation: bool,
         chain_id: u64,
         signer: Address,
-    ) -> Result<(), Response> {
+    ) -> Result<(), ApiError> {
         let role = if delegation || registry.is_gateway(chain_id, signer) {
             Role::Gateway
         } else {
@@ -321,7 +281,7 @@ impl FrontDoor {
         self.quotas.requester(role, signer).map_err(|wait| {
             self.refused("requester", signer.to_string(), role.name());
             tracing::warn!(%signer, role = role.name(), "request over its quota refused");
-            too_many(wait, &format!("{signer} is over its {} quota", role.name()))
+            ApiError::rate_limited(wait, &format!("{signer} is over its {} quota", role.name()))
         })
     }
 
@@ -440,13 +400,13 @@ async fn front_door(State(front): State<Arc<FrontDoor>>, request: Request, next:
     if let Some(ip) = client {
         let mut refusal = front.quotas.client(ip).map_err(|wait| {
             front.refused("client_address", String::new(), "");
-            too_many(wait, &format!("{ip} is over its quota"))
+            ApiError::rate_limited(wait, &format!("{ip} is over its quota")).into_response()
         });
         if refusal.is_ok() && matches!(route, Route::Admin(_)) {
             refusal = front.quotas.admin(ip).map_err(|wait| {
                 front.refused("admin", String::new(), "");
                 tracing::warn!(%ip, "admin request over its quota refused");
-                too_many(wait, "too many admin requests")
+                ApiError::rate_limited(wait, "too many admin requests").into_response()
             });
         }
         if let Err(response) = refusal {
@@ -463,7 +423,7 @@ async fn front_door(State(front): State<Arc<FrontDoor>>, request: Request, next:
         return next.run(request).await;
     };
     if audited && !front.fail_open && !front.audit.as_ref().is_some_and(AuditLog::ready) {
-        return audit_unavailable();
+        return ApiError::audit_unavailable().into_response();
     }
     let response = FACTS.scope(Arc::clone(&facts), next.run(request)).await;
     if !audited {
@@ -488,7 +448,7 @@ async fn front_door(State(front): State<Arc<FrontDoor>>, request: Request, next:
     let entries = entries(route, client, &response, json.as_ref(), &facts);
     let served = response.status().is_success();
     match front.record(entries, served).await {
-        Err(()) if !front.fail_open => audit_unavailable(),
+        Err(()) if !front.fail_open => ApiError::audit_unavailable().into_response(),
         _ => response,
     }
 }

@@ -139,6 +139,14 @@ impl Epochs {
         self.read().get(epoch)
     }
 
+    /// Whether this node took part in the ceremony of `epoch` (it holds a share of it or of a
+    /// later epoch, or a ceremony for it or a later one started here): a publication of an
+    /// epoch it took no part in is not its committee's.
+    pub fn took_part_in(&self, epoch: u64) -> bool {
+        let holder = self.read();
+        holder.last_ceremony() >= epoch || holder.held().any(|(held, _)| held >= epoch)
+    }
+
     /// Everything held, for a status answer.
     pub fn snapshot(&self) -> Snapshot {
         let holder = self.read();

@@ -345,8 +345,10 @@ impl NodeService {
 
     /// With a registry that publishes epochs (the chain), serve a share only if it matches the
     /// published epoch, or belongs to an older epoch of the same key whose shares the
-    /// manager's commit has not erased yet (requests in flight across a switch); an epoch
-    /// newer than the published one is not served before its publication.
+    /// manager's commit has not erased yet (requests in flight across a switch) while this
+    /// node took part in the published epoch's ceremony (a publication it knows nothing of is
+    /// not its committee's: refused); an epoch newer than the published one is not served
+    /// before its publication.
     fn check_published(&self, share: &ActiveShare) -> Result<(), Status> {
         let Some(registry) = &self.registry else {
             return Ok(());
@@ -360,8 +362,20 @@ impl NodeService {
                 "the registry cannot be read; this node does not serve until it can",
             )),
             Published::Epoch(published) if published.epoch > share.epoch => {
-                if published.public_key.as_ref() == share.keys.public_key_encoded().bytes() {
+                let same_key =
+                    published.public_key.as_ref() == share.keys.public_key_encoded().bytes();
+                if same_key && self.epochs.took_part_in(published.epoch) {
                     Ok(())
+                } else if same_key {
+                    tracing::error!(
+                        epoch = share.epoch,
+                        published = published.epoch,
+                        "this node's share does not match the published epoch: it took no part in that epoch's ceremony; refusing to serve"
+                    );
+                    Err(Status::failed_precondition(format!(
+                        "the registry publishes epoch {}, which this node took no part in; it does not serve epoch {}",
+                        published.epoch, share.epoch
+                    )))
                 } else {
                     tracing::error!(
                         epoch = share.epoch,

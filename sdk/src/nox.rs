@@ -177,15 +177,20 @@ impl NoxError {
     }
 }
 
-/// The JSON body as Nox reads it: camelCase, unknown fields ignored (NC §4.1).
+/// The JSON body of `POST /v0/delegate` as Nox reads it: camelCase, unknown fields ignored
+/// (NC §4.1).
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
-struct DelegateBody {
-    ephemeral_pub_key: String,
-    target_pub_key: String,
+pub struct DelegateBody {
+    /// `K`, the ECIES ephemeral public key, compressed `0x` hex.
+    pub ephemeral_pub_key: String,
+    /// The requester's RSA SubjectPublicKeyInfo DER, `0x` hex.
+    pub target_pub_key: String,
 }
 
 /// The `200` body: `{"encryptedSharedSecret":"0x…","proof":"0x…"}`, in that order (NC §4.1).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DelegateResponse {

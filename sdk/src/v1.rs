@@ -422,6 +422,7 @@ signed_v1!(ReencryptV1);
 // ---------------------------------------------------------------------------------------------
 
 /// The JSON body of `POST /v1/delegate`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DelegateBody {
@@ -541,6 +542,7 @@ impl DelegateV1 {
 }
 
 /// One node's encrypted partial in a `/v1/delegate` answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EncryptedPartial {
@@ -551,6 +553,7 @@ pub struct EncryptedPartial {
 }
 
 /// A node that did not contribute, and why (as the manager saw it).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFailureReport {
     /// The node index.
@@ -560,6 +563,7 @@ pub struct NodeFailureReport {
 }
 
 /// The `200` body of `POST /v1/delegate`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DelegateResponse {
@@ -798,6 +802,7 @@ pub fn open_delegation(
 // ---------------------------------------------------------------------------------------------
 
 /// The JSON body of `POST /v1/reencrypt`: one `capsule` or a batch of `capsules`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReencryptBody {
@@ -958,6 +963,7 @@ impl ReencryptV1 {
 }
 
 /// One node's partials for the whole batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePartials {
     /// The node index.
@@ -967,6 +973,7 @@ pub struct NodePartials {
 }
 
 /// The `200` body of `POST /v1/reencrypt`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReencryptResponse {
@@ -1119,6 +1126,7 @@ pub fn open_reencryption(
 // ---------------------------------------------------------------------------------------------
 
 /// `GET /v0/public-key`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PublicKeyResponse {

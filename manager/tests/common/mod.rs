@@ -10,7 +10,7 @@ use tkms_crypto::{
     ecies, shamir, suite::Encoded, KeyShare, PublicKeySet, Secp256k1, SecretScalar, Suite,
 };
 use tkms_manager::{
-    admin::{EpochNode, Served},
+    admin::{EpochNode, EpochRecord, Served},
     cluster::{Cluster, NodeEndpoint},
 };
 use tkms_node::{
@@ -155,7 +155,19 @@ impl TestCluster {
                     .unwrap_or_default(),
             })
             .collect();
-        Arc::new(Served::serving(self.cluster(timeout), nodes))
+        let cluster = self.cluster(timeout);
+        let keys = cluster.keys();
+        let record = EpochRecord {
+            epoch: cluster.epoch(),
+            threshold: keys.threshold(),
+            commitment: hex::encode(keys.commitment().to_bytes()),
+            // The nodes' shares carry this transcript hash (see `start_with`).
+            transcript_hash: hex::encode([0u8; 32]),
+            nodes,
+            committee: Vec::new(),
+            dropped: Vec::new(),
+        };
+        Arc::new(Served::new(Some((cluster, record))))
     }
 
     pub fn kill(&self, index: u16) {
