@@ -50,6 +50,12 @@ pub struct Connection {
     /// Sign as the testnet's development runner instead of its gateway.
     #[arg(long, global = true)]
     as_runner: bool,
+    /// The KMS public key (compressed hex, `0x02..`/`0x03..`), for `encrypt` and `bench
+    /// delegate --api v0` against a Nox-compatible KMS that serves no `/v0/public-key` (the
+    /// single-key Nox KMS publishes its key on chain). Without it they ask `/v0/public-key`;
+    /// `delegate --api v0` needs no key.
+    #[arg(long, global = true)]
+    public_key: Option<String>,
 }
 
 /// Which delegation API.
@@ -123,6 +129,46 @@ struct Resolved {
     client: Client,
     chain_id: u64,
     requester: SigningKey,
+    public_key: Option<Encoded<S>>,
+}
+
+impl Resolved {
+    /// The KMS public key: `--public-key`, else `/v0/public-key`.
+    async fn public_key(&self) -> Result<Encoded<S>> {
+        match &self.public_key {
+            Some(key) => Ok(*key),
+            None => Ok(*self.key_set().await?.public_key()),
+        }
+    }
+
+    /// The cluster's key set (`/v0/public-key`: threshold, public shares), which the `/v1`
+    /// answers are verified against.
+    async fn key_set(&self) -> Result<ClusterKey> {
+        self.client.public_key().await.map_err(|e| match e {
+            tkms_sdk::ClientError::Refused { status: 404, .. } => anyhow::anyhow!(
+                "this KMS serves no /v0/public-key ({e}); give its key with --public-key 0x02.. \
+                 (/v0 delegation needs no key; /v1 and re-encryption need a tkms cluster)"
+            ),
+            other => anyhow::Error::new(other).context("fetching /v0/public-key"),
+        })
+    }
+}
+
+/// The key a command needs.
+enum Key {
+    /// The public key alone (`/v0` delegation, ECIES encryption).
+    Public(Encoded<S>),
+    /// The cluster's key set (`/v1`: every node's proof is checked).
+    Set(ClusterKey),
+}
+
+impl Key {
+    fn public_key(&self) -> &Encoded<S> {
+        match self {
+            Self::Public(key) => key,
+            Self::Set(key) => key.public_key(),
+        }
+    }
 }
 
 fn testnet_file(path: &Path) -> Result<Option<Value>> {
@@ -181,10 +227,19 @@ impl Connection {
         if let Some(Value::String(manager)) = field("manager_address") {
             client = client.with_manager(manager.parse().context("manager_address")?);
         }
+        let public_key = self
+            .public_key
+            .as_deref()
+            .map(|hex_text| {
+                Encoded::<S>::from_bytes(&decode_hex(hex_text)?)
+                    .context("--public-key is not a compressed secp256k1 point")
+            })
+            .transpose()?;
         Ok(Resolved {
             client,
             chain_id,
             requester,
+            public_key,
         })
     }
 }
@@ -215,49 +270,17 @@ pub fn run(
     let resolved = connection.resolve()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let key = resolved.client.public_key().await?;
         match command {
             ClusterCommand::Encrypt => {
+                let key = resolved.public_key().await?;
                 let mut plaintext = Zeroizing::new(Vec::new());
                 input.read_to_end(&mut plaintext)?;
-                let ct = ecies::encrypt::<S>(key.public_key().point(), &plaintext, &mut OsRng)?;
+                let ct = ecies::encrypt::<S>(key.point(), &plaintext, &mut OsRng)?;
                 writeln!(output, "0x{}", hex::encode(ct.to_bytes()))?;
             }
             ClusterCommand::Delegate { api } => {
                 let ct = read_ciphertext(input)?;
-                let recipient = RsaRecipient::generate()?;
-                let ephemeral = Encoded::new(*ct.ephemeral());
-                let secret = match api {
-                    Api::V0 => {
-                        resolved
-                            .client
-                            .delegate_v0(
-                                &resolved.requester,
-                                resolved.chain_id,
-                                alloy_primitives_zero(),
-                                &ephemeral,
-                                &recipient,
-                            )
-                            .await?
-                            .0
-                    }
-                    Api::V1 => {
-                        let opened = resolved
-                            .client
-                            .delegate(
-                                &resolved.requester,
-                                resolved.chain_id,
-                                &key,
-                                &ephemeral,
-                                &recipient,
-                            )
-                            .await?;
-                        for (node, why) in &opened.rejected {
-                            eprintln!("tkms: refused the partial of node {node}: {why}");
-                        }
-                        opened.value
-                    }
-                };
+                let secret = delegate(&resolved, api, &ct).await?;
                 let plaintext = ecies::open_with_shared_secret(&secret, &ct)?;
                 output.write_all(&plaintext)?;
             }
@@ -265,6 +288,7 @@ pub fn run(
                 let ct = read_ciphertext(input)?;
                 let target = Encoded::<S>::from_bytes(&decode_hex(&target_public_key)?)
                     .context("invalid target public key")?;
+                let key = resolved.key_set().await?;
                 let capsules = resolved
                     .client
                     .reencrypt(
@@ -283,6 +307,7 @@ pub fn run(
             }
             ClusterCommand::Decrypt { .. } => {
                 let ct = read_ciphertext(input)?;
+                let key = resolved.key_set().await?;
                 let plaintext = resolved
                     .client
                     .decrypt(&resolved.requester, resolved.chain_id, &key, &ct)
@@ -294,12 +319,61 @@ pub fn run(
                 concurrency,
                 duration,
             } => {
+                let key = match what {
+                    BenchWhat::Delegate { api: Api::V0 } => {
+                        Key::Public(resolved.public_key().await?)
+                    }
+                    _ => Key::Set(resolved.key_set().await?),
+                };
                 let report = bench(resolved, key, what, concurrency, duration).await?;
                 writeln!(output, "{}", serde_json::to_string_pretty(&report)?)?;
             }
         }
         output.flush()?;
         Ok(())
+    })
+}
+
+/// The shared secret of `ct`, delegated through `/v0` (no key needed) or `/v1` (every node's
+/// proof checked against the key set).
+async fn delegate(
+    resolved: &Resolved,
+    api: Api,
+    ct: &Ciphertext<S>,
+) -> Result<tkms_crypto::SharedSecret> {
+    let recipient = RsaRecipient::generate()?;
+    let ephemeral = Encoded::new(*ct.ephemeral());
+    Ok(match api {
+        Api::V0 => {
+            resolved
+                .client
+                .delegate_v0(
+                    &resolved.requester,
+                    resolved.chain_id,
+                    alloy_primitives_zero(),
+                    &ephemeral,
+                    &recipient,
+                )
+                .await?
+                .0
+        }
+        Api::V1 => {
+            let key = resolved.key_set().await?;
+            let opened = resolved
+                .client
+                .delegate(
+                    &resolved.requester,
+                    resolved.chain_id,
+                    &key,
+                    &ephemeral,
+                    &recipient,
+                )
+                .await?;
+            for (node, why) in &opened.rejected {
+                eprintln!("tkms: refused the partial of node {node}: {why}");
+            }
+            opened.value
+        }
     })
 }
 
@@ -335,10 +409,11 @@ fn open_local(path: &Path, input: &mut impl Read, output: &mut impl Write) -> Re
 }
 
 /// Run `concurrency` request loops for `duration` seconds; every answer is fully verified
-/// (proofs, combination) as a real client would.
+/// (proofs, combination) as a real client would, and a delegated secret is compared with the
+/// one the client knows (`K = k·G`, so `S = k·PK`).
 async fn bench(
     resolved: Resolved,
-    key: ClusterKey,
+    key: Key,
     what: BenchWhat,
     concurrency: usize,
     duration: f64,
@@ -428,52 +503,62 @@ async fn bench(
 
 async fn one_request(
     resolved: &Resolved,
-    key: &ClusterKey,
+    key: &Key,
     recipient: &RsaRecipient,
     what: BenchWhat,
 ) -> Result<()> {
-    let capsule = || {
+    // An ephemeral key K = k·G, and the secret a delegation of it must return: x(k·PK).
+    let ephemeral = || {
         let k = SecretScalar::<S>::random(&mut OsRng);
-        Encoded::new(*key.public_key().point() * k.expose())
+        let expected = ecies::diffie_hellman(&k, key.public_key());
+        (k.public_encoded(), expected)
     };
-    match what {
-        BenchWhat::Delegate { api: Api::V0 } => {
-            resolved
+    let check = |got: &tkms_crypto::SharedSecret, expected: &tkms_crypto::SharedSecret| {
+        if got.as_bytes() == expected.as_bytes() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("the delegated secret is not x(k·PK)"))
+        }
+    };
+    match (what, key) {
+        (BenchWhat::Delegate { api: Api::V0 }, _) => {
+            let (k, expected) = ephemeral();
+            let (secret, _) = resolved
                 .client
                 .delegate_v0(
                     &resolved.requester,
                     resolved.chain_id,
                     alloy_primitives_zero(),
-                    &capsule(),
+                    &k,
                     recipient,
                 )
                 .await?;
+            check(&secret, &expected)?;
         }
-        BenchWhat::Delegate { api: Api::V1 } => {
-            resolved
+        (BenchWhat::Delegate { api: Api::V1 }, Key::Set(keys)) => {
+            let (k, expected) = ephemeral();
+            let opened = resolved
                 .client
-                .delegate(
-                    &resolved.requester,
-                    resolved.chain_id,
-                    key,
-                    &capsule(),
-                    recipient,
-                )
+                .delegate(&resolved.requester, resolved.chain_id, keys, &k, recipient)
                 .await?;
+            check(&opened.value, &expected)?;
         }
-        BenchWhat::Reencrypt { batch } => {
+        (BenchWhat::Reencrypt { batch }, Key::Set(keys)) => {
             let (_, target) = v1::target_key();
             resolved
                 .client
                 .reencrypt(
                     &resolved.requester,
                     resolved.chain_id,
-                    key,
+                    keys,
                     target,
-                    (0..batch).map(|_| capsule()).collect(),
+                    (0..batch)
+                        .map(|_| SecretScalar::<S>::random(&mut OsRng).public_encoded())
+                        .collect(),
                 )
                 .await?;
         }
+        _ => bail!("/v1 requests need the cluster's key set from /v0/public-key"),
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use k256::elliptic_curve::sec1::FromEncodedPoint;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{
+    aggregate,
     delegation::{self, DelegationRequest, PartialDelegation},
     dkg::{self, CeremonyConfig, Dealing},
     ecies, pre, shamir,
@@ -169,6 +170,120 @@ fn delegation_ops<S: Suite>(c: &mut Criterion) {
     group.finish();
 }
 
+/// `m` delegation requests of epoch 1 with random ephemeral keys.
+fn batch_requests<S: Suite>(m: usize, rng: &mut ChaCha20Rng) -> Vec<DelegationRequest<S>> {
+    (0..m)
+        .map(|j| {
+            DelegationRequest::new(
+                1,
+                format!("request {j}").into_bytes(),
+                SecretScalar::<S>::random(rng).public_point(),
+            )
+        })
+        .collect()
+}
+
+/// A batch of `m` delegations answered by `t = 3` nodes, from and to wire bytes as the node
+/// and the manager handle them: per node, `m` partials each with its proof against `m`
+/// partials (65-byte uncompressed) under one aggregated proof (docs/PROTOCOL.md §5.1); per
+/// manager, the three nodes' answers decoded and checked per item (one MSM for the whole
+/// batch, as `delegation::verify_requests`) against one aggregate proof per node (one MSM).
+fn batch_ops(c: &mut Criterion) {
+    type S = Secp256k1;
+    let mut group = c.benchmark_group("delegation batch/secp256k1");
+    let mut rng = rng();
+    let (shares, keys, _) = setup::<S>(3, 5);
+    for m in [1usize, 8, 64] {
+        if m == 64 {
+            group.sample_size(20);
+        }
+        let requests = batch_requests::<S>(m, &mut rng);
+        let refs: Vec<&DelegationRequest<S>> = requests.iter().collect();
+        group.bench_function(
+            BenchmarkId::new("node, per item: partials with proofs", m),
+            |b| {
+                b.iter(|| {
+                    requests
+                        .iter()
+                        .map(|r| PartialDelegation::create(&shares[0], r, &mut rng).to_bytes())
+                        .collect::<Vec<_>>()
+                })
+            },
+        );
+        let aggregated = |share: &KeyShare<S>, rng: &mut ChaCha20Rng| {
+            let (partials, wire): (Vec<_>, Vec<_>) = requests
+                .iter()
+                .map(|r| aggregate::partial_uncompressed(share, r))
+                .unzip();
+            let batch = aggregate::BatchPartials::prove(share, &refs, partials, rng).unwrap();
+            (batch.proof().to_bytes(), wire)
+        };
+        group.bench_function(
+            BenchmarkId::new("node, aggregated: partials, one proof", m),
+            |b| b.iter(|| aggregated(&shares[0], &mut rng)),
+        );
+        let per_item: Vec<Vec<_>> = requests
+            .iter()
+            .map(|r| {
+                shares[..3]
+                    .iter()
+                    .map(|s| PartialDelegation::create(s, r, &mut rng).to_bytes())
+                    .collect()
+            })
+            .collect();
+        group.bench_function(
+            BenchmarkId::new("manager, per item: decode, verify 3 nodes", m),
+            |b| {
+                b.iter(|| {
+                    let requests = requests
+                        .iter()
+                        .zip(&per_item)
+                        .map(|(r, answers)| {
+                            let partials = answers
+                                .iter()
+                                .map(|a| PartialDelegation::<S>::from_bytes(a).unwrap())
+                                .collect();
+                            (r, partials)
+                        })
+                        .collect();
+                    let results = delegation::verify_requests(requests, &keys, &mut rng);
+                    assert!(results.iter().all(|(_, bad)| bad.is_empty()));
+                    results
+                })
+            },
+        );
+        let answers: Vec<_> = shares[..3]
+            .iter()
+            .map(|s| aggregated(s, &mut rng))
+            .collect();
+        group.bench_function(
+            BenchmarkId::new("manager, aggregated: decode, verify 3 nodes", m),
+            |b| {
+                b.iter(|| {
+                    let batches = answers
+                        .iter()
+                        .map(|(proof, wire)| {
+                            let proof = aggregate::AggregateProof::<S>::from_bytes(proof).unwrap();
+                            let partials = wire
+                                .iter()
+                                .map(|d| Encoded::<S>::from_uncompressed(d).unwrap())
+                                .collect();
+                            (
+                                aggregate::BatchPartials::new(proof, partials),
+                                refs.as_slice(),
+                            )
+                        })
+                        .collect();
+                    let results = aggregate::verify_batches(batches, &keys, &mut rng);
+                    assert!(results.iter().all(Result::is_ok));
+                    results
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
 fn reencryption_ops<S: Suite>(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("reencryption/{}", S::NAME));
     let mut rng = rng();
@@ -298,6 +413,7 @@ fn benches(c: &mut Criterion) {
     ecies_ops::<P256>(c);
     delegation_ops::<Secp256k1>(c);
     delegation_ops::<P256>(c);
+    batch_ops(c);
     reencryption_ops::<Secp256k1>(c);
     reencryption_ops::<P256>(c);
     dkg_ops(c);

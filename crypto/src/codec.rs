@@ -21,6 +21,10 @@ pub enum EncodingError {
     /// A point is not a 33-byte SEC1 compressed encoding (prefix 0x02 or 0x03).
     #[error("point is not SEC1 compressed (prefix must be 0x02 or 0x03)")]
     NotCompressed,
+    /// A point is not a 65-byte SEC1 uncompressed encoding (prefix 0x04) where one is
+    /// expected.
+    #[error("point is not SEC1 uncompressed (prefix must be 0x04)")]
+    NotUncompressed,
     /// A point's x-coordinate is not canonical or not on the curve.
     #[error("point is not on the curve or its encoding is not canonical")]
     NotOnCurve,

@@ -45,6 +45,11 @@ impl<S: Suite> DelegationRequest<S> {
         self.ephemeral.point()
     }
 
+    /// The ephemeral key `K` with its encoding.
+    pub fn ephemeral_encoded(&self) -> &Encoded<S> {
+        &self.ephemeral
+    }
+
     /// The key epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -82,7 +87,8 @@ pub struct PartialDelegation<S: Suite> {
 }
 
 /// A partial whose proof has been checked against the node's public share; only
-/// [`PartialDelegation::verify`] and [`verify_all`] make one, and it is never deserialized.
+/// [`PartialDelegation::verify`], [`verify_all`], [`verify_requests`] and the aggregate
+/// checks of [`crate::aggregate`] make one, and it is never deserialized.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedPartialDelegation<S: Suite> {
     index: NodeIndex,
@@ -91,6 +97,19 @@ pub struct VerifiedPartialDelegation<S: Suite> {
 }
 
 impl<S: Suite> VerifiedPartialDelegation<S> {
+    /// A partial whose proof (its own, or its batch's aggregate proof) was checked.
+    pub(crate) fn checked(
+        index: NodeIndex,
+        partial: S::Point,
+        request: &DelegationRequest<S>,
+    ) -> Self {
+        Self {
+            index,
+            partial,
+            request: request.clone(),
+        }
+    }
+
     /// The node that produced it.
     pub fn index(&self) -> NodeIndex {
         self.index
@@ -127,11 +146,7 @@ impl<S: Suite> PartialDelegation<S> {
     }
 
     fn verified(self, request: &DelegationRequest<S>) -> VerifiedPartialDelegation<S> {
-        VerifiedPartialDelegation {
-            index: self.index,
-            partial: *self.partial.point(),
-            request: request.clone(),
-        }
+        VerifiedPartialDelegation::checked(self.index, *self.partial.point(), request)
     }
 
     /// Check the proof against the node's public share in `keys`.

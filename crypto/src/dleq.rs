@@ -28,9 +28,9 @@ pub const PROOF_LEN: usize = 2 * POINT_LEN + SCALAR_LEN;
 /// A DLEQ proof.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DleqProof<S: Suite> {
-    t1: Encoded<S>,
-    t2: Encoded<S>,
-    z: S::Scalar,
+    pub(crate) t1: Encoded<S>,
+    pub(crate) t2: Encoded<S>,
+    pub(crate) z: S::Scalar,
 }
 
 /// The public statement a proof is about: `X = x·G`, `Y = x·H`, under context `ctx`.

@@ -20,6 +20,11 @@ pub const NODE_REQUEST: &[u8] = b"tkms/v1/node-request";
 pub const DKG_TRANSCRIPT: &[u8] = b"tkms/v1/dkg-transcript";
 /// Random weights for batch verification (derived from the batch, plus fresh randomness).
 pub const BATCH: &[u8] = b"tkms/v1/batch";
+/// One DLEQ proof for a node's batch of delegation partials (docs/PROTOCOL.md §5.1): the
+/// transcript digest over every `(request id, K_j, D_j)` of the batch, and the challenge.
+pub const DLEQ_BATCH: &[u8] = b"tkms/v1/dleq-batch";
+/// The weights `w_j` of an aggregated delegation proof, derived from its transcript digest.
+pub const DLEQ_BATCH_WEIGHT: &[u8] = b"tkms/v1/dleq-batch-weight";
 
 /// Message kinds signed by node keys during a ceremony.
 pub mod message {

@@ -38,9 +38,23 @@ pub enum Error {
         /// Partials required.
         threshold: u16,
     },
-    /// Partials for different requests were mixed in one combination.
+    /// Partials for different requests were mixed in one combination, or requests of
+    /// different epochs in one batch.
     #[error("partials belong to different requests")]
     MixedRequests,
+    /// A batch of partials does not match its requests: not one partial per request, or none.
+    #[error("a batch of {partials} partials for {requests} requests")]
+    BatchShape {
+        /// Partials in the batch.
+        partials: usize,
+        /// Requests they answer.
+        requests: usize,
+    },
+    /// The weighted sum of a batch's ephemeral keys is the identity (probability about
+    /// `2^-128` for keys nobody chose against the weights): its partials are proved one by
+    /// one instead.
+    #[error("degenerate batch: prove its partials one by one")]
+    DegenerateBatch,
     /// A node index is unknown to the key set or committee.
     #[error("unknown node {0}")]
     UnknownNode(NodeIndex),

@@ -9,6 +9,8 @@
 //! - [`shamir`]: Shamir sharing, Feldman commitments, Lagrange coefficients.
 //! - [`dleq`], [`schnorr`]: Chaum–Pedersen and Schnorr proofs.
 //! - [`delegation`]: partials `D_i = share_i·K` with proofs; verify; combine into `x(S)`.
+//! - [`aggregate`]: one proof for a node's whole batch of delegation partials; verify the
+//!   batches of several nodes at once.
 //! - [`pre`]: proxy re-encryption partials to a target key; verify; combine; open.
 //! - [`dkg`]: distributed key generation and resharing as round functions.
 //! - [`collect`]: the fan-out that collects `t` verified partials (whom to ask, when to ask
@@ -43,6 +45,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod ceremony;
 mod codec;
 pub mod collect;

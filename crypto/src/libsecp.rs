@@ -18,6 +18,8 @@ use zeroize::Zeroizing;
 
 /// Length of a SEC1 compressed point.
 const POINT_LEN: usize = 33;
+/// Length of a SEC1 uncompressed point.
+const UNCOMPRESSED_POINT_LEN: usize = 65;
 
 /// A point and its SEC1 compressed encoding.
 pub(crate) type PointAndBytes = (k256::ProjectivePoint, [u8; POINT_LEN]);
@@ -31,6 +33,22 @@ pub(crate) fn mul(p: &[u8; POINT_LEN], s: &k256::Scalar) -> Option<PointAndBytes
     let xy = Zeroizing::new(ecdh::shared_secret_point(&base, &key));
     key.non_secure_erase();
     from_affine(&xy)
+}
+
+/// `s·P`, with its SEC1 uncompressed encoding (from the same affine result).
+pub(crate) fn mul_uncompressed(
+    p: &[u8; POINT_LEN],
+    s: &k256::Scalar,
+) -> Option<(PointAndBytes, [u8; UNCOMPRESSED_POINT_LEN])> {
+    let base = parsed(p)?;
+    let mut key = secret_key(s)?;
+    let xy = Zeroizing::new(ecdh::shared_secret_point(&base, &key));
+    key.non_secure_erase();
+    let encoded = from_affine(&xy)?;
+    let mut wide = [0u8; UNCOMPRESSED_POINT_LEN];
+    wide[0] = 0x04;
+    wide[1..].copy_from_slice(&*xy);
+    Some((encoded, wide))
 }
 
 /// `s·G`.

@@ -24,6 +24,9 @@ use crate::{codec::EncodingError, libsecp};
 
 /// Length of an encoded point: SEC1 compressed.
 pub const POINT_LEN: usize = 33;
+/// Length of a SEC1 uncompressed point, `0x04 || x || y` (sent where the receiver should not
+/// pay a square root to decompress).
+pub const UNCOMPRESSED_POINT_LEN: usize = 65;
 /// Length of an encoded scalar or x-coordinate.
 pub const SCALAR_LEN: usize = 32;
 
@@ -50,6 +53,14 @@ pub trait Suite: Copy + Clone + Debug + Default + PartialEq + Eq + Send + Sync +
     /// Strict decoding: exactly 33 bytes, prefix 0x02/0x03, canonical x on the curve.
     fn decode_point(bytes: &[u8]) -> Result<Self::Point, EncodingError>;
 
+    /// SEC1 uncompressed encoding, `0x04 || x || y` (one field inversion). The identity
+    /// encodes as 65 zero bytes, which [`Suite::decode_uncompressed`] rejects.
+    fn encode_uncompressed(p: &Self::Point) -> [u8; UNCOMPRESSED_POINT_LEN];
+
+    /// Strict decoding of a SEC1 uncompressed point: exactly 65 bytes, prefix 0x04, canonical
+    /// coordinates on the curve (checked with the curve equation: no square root).
+    fn decode_uncompressed(bytes: &[u8]) -> Result<Self::Point, EncodingError>;
+
     /// The affine x-coordinate, big-endian; `None` for the identity.
     fn x_coordinate(p: &Self::Point) -> Option<[u8; SCALAR_LEN]>;
 
@@ -66,6 +77,17 @@ pub trait Suite: Copy + Clone + Debug + Default + PartialEq + Eq + Send + Sync +
     /// `s·P` for a secret `s`, encoded; constant-time in `s`. secp256k1 uses libsecp256k1.
     fn mul_secret(p: &Encoded<Self>, s: &SecretScalar<Self>) -> Encoded<Self> {
         Encoded::new(*p.point() * s.expose())
+    }
+
+    /// `s·P` for a secret `s`, encoded both ways (compressed, and SEC1 uncompressed for the
+    /// wire); constant-time in `s`. secp256k1 uses libsecp256k1, whose affine result needs
+    /// no inversion for either.
+    fn mul_secret_uncompressed(
+        p: &Encoded<Self>,
+        s: &SecretScalar<Self>,
+    ) -> (Encoded<Self>, [u8; UNCOMPRESSED_POINT_LEN]) {
+        let product = *p.point() * s.expose();
+        (Encoded::new(product), Self::encode_uncompressed(&product))
     }
 
     /// `s·G` for a secret `s`, encoded; constant-time in `s`. secp256k1 uses libsecp256k1.
@@ -135,6 +157,36 @@ macro_rules! impl_suite {
                 Ok(point)
             }
 
+            fn encode_uncompressed(p: &Self::Point) -> [u8; UNCOMPRESSED_POINT_LEN] {
+                let mut out = [0u8; UNCOMPRESSED_POINT_LEN];
+                let encoded = p.to_affine().to_encoded_point(false);
+                let bytes = encoded.as_bytes();
+                if bytes.len() == UNCOMPRESSED_POINT_LEN {
+                    out.copy_from_slice(bytes);
+                }
+                out
+            }
+
+            fn decode_uncompressed(bytes: &[u8]) -> Result<Self::Point, EncodingError> {
+                if bytes.len() != UNCOMPRESSED_POINT_LEN {
+                    return Err(EncodingError::Length {
+                        expected: UNCOMPRESSED_POINT_LEN,
+                        actual: bytes.len(),
+                    });
+                }
+                if bytes[0] != 0x04 {
+                    return Err(EncodingError::NotUncompressed);
+                }
+                let encoded = $crate_::EncodedPoint::from_bytes(bytes)
+                    .map_err(|_| EncodingError::NotUncompressed)?;
+                // The curve crate checks both coordinates are canonical and on the curve.
+                let affine: Option<$crate_::AffinePoint> =
+                    $crate_::AffinePoint::from_encoded_point(&encoded).into();
+                Ok($crate_::ProjectivePoint::from(
+                    affine.ok_or(EncodingError::NotOnCurve)?,
+                ))
+            }
+
             fn x_coordinate(p: &Self::Point) -> Option<[u8; SCALAR_LEN]> {
                 if bool::from(p.is_identity()) {
                     return None;
@@ -187,6 +239,18 @@ impl_suite!(
         libsecp::mul(p.bytes(), s.expose()).map_or_else(
             || Encoded::new(*p.point() * s.expose()),
             |(point, bytes)| Encoded::from_parts(point, bytes),
+        )
+    },
+    fn mul_secret_uncompressed(
+        p: &Encoded<Self>,
+        s: &SecretScalar<Self>,
+    ) -> (Encoded<Self>, [u8; UNCOMPRESSED_POINT_LEN]) {
+        libsecp::mul_uncompressed(p.bytes(), s.expose()).map_or_else(
+            || {
+                let product = *p.point() * s.expose();
+                (Encoded::new(product), Self::encode_uncompressed(&product))
+            },
+            |((point, bytes), wide)| (Encoded::from_parts(point, bytes), wide),
         )
     },
     fn mul_generator_secret(s: &SecretScalar<Self>) -> Encoded<Self> {
@@ -286,6 +350,19 @@ impl<S: Suite> Encoded<S> {
     /// A point and its encoding computed elsewhere (libsecp256k1's affine results).
     pub(crate) fn from_parts(point: S::Point, bytes: [u8; POINT_LEN]) -> Self {
         Self { point, bytes }
+    }
+
+    /// Strict decoding of a SEC1 uncompressed point ([`Suite::decode_uncompressed`]: the
+    /// curve equation, no square root), keeping its compressed encoding.
+    pub fn from_uncompressed(bytes: &[u8]) -> Result<Self, EncodingError> {
+        let point = S::decode_uncompressed(bytes)?;
+        let mut compressed = [0u8; POINT_LEN];
+        compressed[0] = 0x02 | (bytes[UNCOMPRESSED_POINT_LEN - 1] & 1);
+        compressed[1..].copy_from_slice(&bytes[1..POINT_LEN]);
+        Ok(Self {
+            point,
+            bytes: compressed,
+        })
     }
 
     /// Strict decoding, keeping the bytes.
@@ -525,6 +602,10 @@ mod tests {
             let public = S::mul_generator_secret(s);
             assert_eq!(*public.point(), s.public_point());
             assert_eq!(public.bytes(), &S::encode_point(public.point()));
+            let (same, wide) = S::mul_secret_uncompressed(base, s);
+            assert_eq!(same, product);
+            assert_eq!(wide, S::encode_uncompressed(product.point()));
+            assert_eq!(Encoded::<S>::from_uncompressed(&wide).unwrap(), product);
         }
         fn all<S: Suite>() {
             let generator = Encoded::<S>::new(S::Point::generator());
@@ -542,6 +623,34 @@ mod tests {
                     &Encoded::new(S::mul_by_generator(&S::Scalar::from(7u64))),
                 );
             }
+        }
+        all::<Secp256k1>();
+        all::<P256>();
+    }
+
+    /// Uncompressed points decode strictly: the curve equation, canonical coordinates, the
+    /// 0x04 prefix and the length are all checked.
+    #[test]
+    fn uncompressed_points_decode_strictly() {
+        fn all<S: Suite>() {
+            let p = S::mul_by_generator(&S::Scalar::random(&mut OsRng));
+            let wide = S::encode_uncompressed(&p);
+            assert_eq!(S::decode_uncompressed(&wide).unwrap(), p);
+            let mut off = wide;
+            off[64] ^= 1;
+            assert_eq!(S::decode_uncompressed(&off), Err(EncodingError::NotOnCurve));
+            let mut prefix = wide;
+            prefix[0] = 0x06;
+            assert_eq!(
+                S::decode_uncompressed(&prefix),
+                Err(EncodingError::NotUncompressed)
+            );
+            assert!(S::decode_uncompressed(&wide[..64]).is_err());
+            assert!(S::decode_uncompressed(&[0u8; UNCOMPRESSED_POINT_LEN]).is_err());
+            // A coordinate at or above the field prime is not canonical.
+            let mut big = wide;
+            big[1..33].fill(0xff);
+            assert!(S::decode_uncompressed(&big).is_err());
         }
         all::<Secp256k1>();
         all::<P256>();

@@ -5,12 +5,15 @@
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
+use group::Group;
 use serde_json::Value;
 use tkms_crypto::{
+    aggregate::{AggregateProof, BatchPartials},
+    delegation::DelegationRequest,
     dleq::{DleqProof, Statement},
     ecies::{self, Ciphertext},
     hash::hash_to_scalar,
-    shamir::{lagrange_coefficients, NodeIndex},
+    shamir::{lagrange_coefficients, Commitment, KeyShare, NodeIndex, PublicKeySet},
     suite::Encoded,
     Error, Secp256k1, SecretScalar, SharedSecret, Suite, P256,
 };
@@ -203,4 +206,77 @@ fn duplicate_indices_are_rejected() {
         lagrange_coefficients::<Secp256k1>(&[i, i]),
         Err(Error::DuplicateIndex(i))
     );
+}
+
+/// One proof for a node's batch (docs/PROTOCOL.md §5.1): Rust verifies the Python proof,
+/// makes the same bytes from the same nonce, and refuses it over one altered partial.
+fn aggregate_vector<S: Suite>(v: &Value) {
+    let index = NodeIndex::new(u16::try_from(v["index"].as_u64().unwrap()).unwrap()).unwrap();
+    let epoch = v["epoch"].as_u64().unwrap();
+    let share = KeyShare::new(
+        index,
+        SecretScalar::<S>::from_bytes(&bytes(v, "share")).unwrap(),
+    );
+    assert_eq!(
+        share.public_share_encoded().bytes().to_vec(),
+        bytes(v, "public_share")
+    );
+    // Threshold 1: every node's public share is the constant term.
+    let keys = PublicKeySet::new(
+        Commitment::new(vec![*share.public_share_encoded().point()]).unwrap(),
+        [index],
+    );
+    let items = v["requests"].as_array().unwrap();
+    let requests: Vec<DelegationRequest<S>> = items
+        .iter()
+        .map(|r| {
+            DelegationRequest::with_encoded(
+                epoch,
+                bytes(r, "id"),
+                Encoded::from_bytes(&bytes(r, "ephemeral")).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<_> = requests.iter().collect();
+    let partials: Vec<Encoded<S>> = items
+        .iter()
+        .map(|r| {
+            let wide = Encoded::<S>::from_uncompressed(&bytes(r, "partial_uncompressed")).unwrap();
+            assert_eq!(wide.bytes().to_vec(), bytes(r, "partial"));
+            wide
+        })
+        .collect();
+    for (request, partial) in refs.iter().zip(&partials) {
+        assert_eq!(tkms_crypto::aggregate::partial(&share, request), *partial);
+    }
+    // Python → Rust.
+    let proof = AggregateProof::<S>::from_bytes(&bytes(v, "proof")).unwrap();
+    let verified = BatchPartials::new(proof, partials.clone())
+        .verify(&keys, &refs, &mut rand_core::OsRng)
+        .unwrap();
+    assert_eq!(verified.len(), requests.len());
+    // Rust → same bytes as Python.
+    let nonce = SecretScalar::<S>::from_bytes(&bytes(v, "nonce")).unwrap();
+    let ours = BatchPartials::prove_with_nonce(&share, &refs, partials.clone(), &nonce).unwrap();
+    assert_eq!(ours.proof().to_bytes().to_vec(), bytes(v, "proof"));
+    // One altered partial under the same proof is refused, naming the node.
+    let mut altered = partials;
+    let last = altered.len() - 1;
+    altered[last] = Encoded::new(*altered[last].point() + S::Point::generator());
+    assert_eq!(
+        BatchPartials::new(proof, altered)
+            .verify(&keys, &refs, &mut rand_core::OsRng)
+            .unwrap_err(),
+        Error::InvalidProof { culprit: index }
+    );
+}
+
+#[test]
+fn aggregate_vectors() {
+    let doc = vectors("aggregate");
+    let all = doc["vectors"].as_array().unwrap();
+    assert!(all.len() >= 6);
+    for v in all {
+        per_suite!(v, aggregate_vector);
+    }
 }

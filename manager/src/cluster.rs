@@ -25,6 +25,7 @@ use std::{
 
 use rand_core::OsRng;
 use tkms_crypto::{
+    aggregate::{self, AggregateProof, BatchPartials},
     collect::{BreakerChange, Breakers, Collector, Liveness, Outcome, Plan},
     delegation::{self, DelegationRequest, PartialDelegation},
     pre::{self, PartialReencryption, ReencryptedCapsule, ReencryptionRequest},
@@ -210,6 +211,7 @@ pub const DELEGATION_BATCHES_IN_FLIGHT: usize = 1;
 pub struct Batching {
     max: usize,
     in_flight: usize,
+    proofs: DelegationProofs,
 }
 
 impl Default for Batching {
@@ -217,8 +219,22 @@ impl Default for Batching {
         Self {
             max: DELEGATION_BATCH,
             in_flight: DELEGATION_BATCHES_IN_FLIGHT,
+            proofs: DelegationProofs::Aggregate,
         }
     }
+}
+
+/// What the manager asks the nodes to prove a batch of `/v0` delegations with (the
+/// operator's `--delegation-proofs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DelegationProofs {
+    /// One aggregated proof per node per batch (docs/PROTOCOL.md §5.1); nodes of an earlier
+    /// version answer per item anyway.
+    #[default]
+    Aggregate,
+    /// One proof per partial, as before aggregated proofs (for comparison, or to rule the
+    /// aggregate out).
+    PerItem,
 }
 
 impl Batching {
@@ -240,7 +256,18 @@ impl Batching {
                 Self::MAX_IN_FLIGHT
             ));
         }
-        Ok(Self { max, in_flight })
+        Ok(Self {
+            max,
+            in_flight,
+            proofs: DelegationProofs::Aggregate,
+        })
+    }
+
+    /// Ask for `proofs` (default [`DelegationProofs::Aggregate`]).
+    #[must_use]
+    pub fn with_proofs(mut self, proofs: DelegationProofs) -> Self {
+        self.proofs = proofs;
+        self
     }
 
     /// Most delegations per batch call.
@@ -267,6 +294,8 @@ struct Coalescer {
     queue: Mutex<VecDeque<Queued>>,
     /// Most delegations per batch.
     max: usize,
+    /// Ask for one aggregated proof per node answer.
+    aggregate: bool,
     slots: Arc<Semaphore>,
     /// Batches sent, and the delegations they carried.
     batches: AtomicU64,
@@ -278,6 +307,7 @@ impl Coalescer {
         Self {
             queue: Mutex::default(),
             max: batching.max,
+            aggregate: batching.proofs == DelegationProofs::Aggregate,
             slots: Arc::new(Semaphore::new(batching.in_flight)),
             batches: AtomicU64::new(0),
             batched: AtomicU64::new(0),
@@ -404,8 +434,9 @@ impl Cluster {
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             // Its own task, so that the batch completes even if this caller goes away.
             let (core, fanout) = (Arc::clone(&self.core), self.fanout);
+            let aggregate = self.coalescer.aggregate;
             tokio::spawn(async move {
-                core.delegate_batch(fanout, batch).await;
+                core.delegate_batch(fanout, batch, aggregate).await;
                 drop(slot);
             });
         }
@@ -416,6 +447,16 @@ impl Cluster {
         (
             self.coalescer.batches.load(Ordering::Relaxed),
             self.coalescer.batched.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How the delegation partials verified so far were proved: node answers under one
+    /// aggregate proof each (docs/PROTOCOL.md §5.1), and partials with their own proof (nodes
+    /// of an earlier version).
+    pub fn delegation_proofs(&self) -> (u64, u64) {
+        (
+            self.core.proofs.aggregated.load(Ordering::Relaxed),
+            self.core.proofs.per_item.load(Ordering::Relaxed),
         )
     }
 
@@ -548,6 +589,17 @@ struct Core {
     keys: PublicKeySet<S>,
     epoch: u64,
     timeout: Duration,
+    proofs: ProofCounts,
+}
+
+/// How the nodes' delegation partials were proved, counted as they verify.
+#[derive(Debug, Default)]
+struct ProofCounts {
+    /// Node answers whose partials verified under one aggregate proof (docs/PROTOCOL.md §5.1).
+    aggregated: AtomicU64,
+    /// Partials verified with their own proof (a node of an earlier version, or one call per
+    /// request).
+    per_item: AtomicU64,
 }
 
 impl Core {
@@ -589,6 +641,7 @@ impl Core {
             keys,
             epoch,
             timeout,
+            proofs: ProofCounts::default(),
         })
     }
 
@@ -693,7 +746,7 @@ impl Core {
     /// Serve `batch`'s delegations with one call per node: per request, `t` verified
     /// partials combined. Every request gets its own answer; a node that fails the whole call
     /// is named in every request still open, one that refuses a single item only in that one.
-    async fn delegate_batch(&self, fanout: Fanout, batch: Vec<Queued>) {
+    async fn delegate_batch(&self, fanout: Fanout, batch: Vec<Queued>, aggregate: bool) {
         let request = Arc::new(pb::PartialDelegationBatchRequest {
             requests: batch
                 .iter()
@@ -705,10 +758,12 @@ impl Core {
                     target_rsa_spki: Vec::new(),
                 })
                 .collect(),
+            aggregate_proof: aggregate,
         });
         let items = batch.len();
         let mut gather = DelegationBatch {
             keys: &self.keys,
+            proofs: &self.proofs,
             open: batch
                 .into_iter()
                 .map(|q| Open {
@@ -717,6 +772,7 @@ impl Core {
                 })
                 .collect(),
             pending: vec![BTreeMap::new(); items],
+            aggregates: BTreeMap::new(),
             verified: vec![Vec::new(); items],
         };
         // Shared by the calls; each copies it once into its message.
@@ -864,12 +920,28 @@ impl Core {
 }
 
 /// A batch of `/v0` delegations: partials kept per item until verified in one batch, each
-/// item answered as soon as it is decided.
+/// item answered as soon as it is decided. A node's answer comes with one aggregated proof
+/// for all its partials (docs/PROTOCOL.md §5.1), or, from a node of an earlier version, with
+/// one proof per partial; both kinds are verified together.
 struct DelegationBatch<'a> {
     keys: &'a PublicKeySet<S>,
+    proofs: &'a ProofCounts,
     open: Vec<Open>,
+    /// Partials with their own proof, per item.
     pending: Vec<BTreeMap<NodeIndex, PartialDelegation<S>>>,
+    /// Partials under one aggregate proof, per node: the items they answer, in order.
+    aggregates: BTreeMap<NodeIndex, (Vec<usize>, BatchPartials<S>)>,
     verified: Vec<Vec<delegation::VerifiedPartialDelegation<S>>>,
+}
+
+/// One item of a node's batch answer, decoded.
+enum Answered {
+    /// A partial with its own proof (boxed: the enum stays small for the aggregated kind).
+    Proved(Box<PartialDelegation<S>>),
+    /// `D_i` alone, under the answer's aggregate proof.
+    Aggregated(Encoded<S>),
+    /// The node refused the item, or its partial does not decode.
+    Failed(NodeFailure),
 }
 
 impl Gather for DelegationBatch<'_> {
@@ -888,33 +960,129 @@ impl Gather for DelegationBatch<'_> {
                 self.open.len()
             )));
         }
-        for (item, result) in response.results.into_iter().enumerate() {
+        // The whole answer is decoded before anything is taken from it: a malformed
+        // aggregate fails the node as a whole.
+        let answered: Vec<Answered> = response
+            .results
+            .into_iter()
+            .map(|result| decode_item(node, result))
+            .collect();
+        let aggregated: Vec<(usize, Encoded<S>)> = answered
+            .iter()
+            .enumerate()
+            .filter_map(|(item, a)| match a {
+                Answered::Aggregated(d) => Some((item, *d)),
+                _ => None,
+            })
+            .collect();
+        if aggregated.is_empty() {
+            if !response.aggregate_proof.is_empty() {
+                return Err(NodeFailure::Malformed(
+                    "an aggregate proof of nothing".into(),
+                ));
+            }
+        } else {
+            let proof = AggregateProof::<S>::from_bytes(&response.aggregate_proof)
+                .map_err(|e| NodeFailure::Malformed(format!("aggregate proof: {e}")))?;
+            if proof.index() != node {
+                return Err(NodeFailure::Malformed(format!(
+                    "answered as node {}",
+                    proof.index()
+                )));
+            }
+            let (items, partials) = aggregated.into_iter().unzip();
+            self.aggregates
+                .insert(node, (items, BatchPartials::new(proof, partials)));
+        }
+        for (item, answered) in answered.into_iter().enumerate() {
             if collector.is_decided(item) {
                 continue;
             }
-            match decode_item(node, result) {
-                Ok(partial) => {
-                    self.pending[item].insert(node, partial);
+            match answered {
+                Answered::Proved(partial) => {
+                    self.pending[item].insert(node, *partial);
                     collector.candidate(item, node);
                 }
-                Err(failure) => collector.item_failed(item, node, failure),
+                Answered::Aggregated(_) => collector.candidate(item, node),
+                Answered::Failed(failure) => collector.item_failed(item, node, failure),
             }
         }
         Ok(())
     }
 
     fn verify(&mut self, collector: &mut Collector<NodeFailure>, items: Vec<usize>) {
-        let requests = items
-            .iter()
-            .map(|&item| {
-                let partials = std::mem::take(&mut self.pending[item])
-                    .into_values()
-                    .collect();
-                (&self.open[item].domain, partials)
+        // Every node that is a candidate of these items with an aggregate proof: its whole
+        // batch is checked at once (all of them in one multi-scalar multiplication).
+        let nodes: Vec<NodeIndex> = self
+            .aggregates
+            .keys()
+            .copied()
+            .filter(|node| {
+                items
+                    .iter()
+                    .any(|&i| collector.candidates(i).any(|c| c == *node))
             })
             .collect();
+        if !nodes.is_empty() {
+            let (answered, batches): (Vec<Vec<usize>>, Vec<BatchPartials<S>>) = nodes
+                .iter()
+                .filter_map(|node| self.aggregates.remove(node))
+                .unzip();
+            let domains: Vec<Vec<&DelegationRequest<S>>> = answered
+                .iter()
+                .map(|items| items.iter().map(|&i| &self.open[i].domain).collect())
+                .collect();
+            let batches = batches
+                .into_iter()
+                .zip(&domains)
+                .map(|(batch, domains)| (batch, domains.as_slice()))
+                .collect();
+            let results = aggregate::verify_batches(batches, self.keys, &mut OsRng);
+            for ((answered, &node), result) in answered.iter().zip(&nodes).zip(results) {
+                match result {
+                    Ok(verified) => {
+                        self.proofs.aggregated.fetch_add(1, Ordering::Relaxed);
+                        for (&item, v) in answered.iter().zip(verified) {
+                            collector.verified(item, node);
+                            self.verified[item].push(v);
+                        }
+                    }
+                    // A failed aggregate names the node in every item it answered: an honest
+                    // node's aggregate always holds, so the node is faulty, and the collector
+                    // asks another node for each of them.
+                    Err(e) => {
+                        let failure = match e {
+                            tkms_crypto::Error::InvalidProof { .. } => NodeFailure::InvalidProof,
+                            other => NodeFailure::Malformed(other.to_string()),
+                        };
+                        for &item in answered {
+                            collector.rejected(item, node, failure.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let items: Vec<usize> = items
+            .into_iter()
+            .filter(|&item| !self.pending[item].is_empty())
+            .collect();
+        let (open, pending) = (&self.open, &mut self.pending);
+        let requests: Vec<_> = items
+            .iter()
+            .map(|&item| {
+                let partials = std::mem::take(&mut pending[item]).into_values().collect();
+                (item, (&open[item].domain, partials))
+            })
+            .collect();
+        if requests.is_empty() {
+            return;
+        }
+        let (items, requests): (Vec<usize>, Vec<_>) = requests.into_iter().unzip();
         let results = delegation::verify_requests(requests, self.keys, &mut OsRng);
         for (item, (ok, bad)) in items.into_iter().zip(results) {
+            self.proofs
+                .per_item
+                .fetch_add(ok.len() as u64, Ordering::Relaxed);
             for v in ok {
                 collector.verified(item, v.index());
                 self.verified[item].push(v);
@@ -1059,6 +1227,7 @@ async fn one_by_one(
     }
     Ok(tonic::Response::new(pb::PartialDelegationBatchResponse {
         results,
+        aggregate_proof: Vec::new(),
     }))
 }
 
@@ -1072,17 +1241,22 @@ fn failure_of(status: &tonic::Status) -> NodeFailure {
     }
 }
 
-/// One item of a node's batch answer: its partial (decoded, index checked), or its refusal.
-fn decode_item(
-    index: NodeIndex,
-    result: pb::PartialDelegationResult,
-) -> Result<PartialDelegation<S>, NodeFailure> {
+/// One item of a node's batch answer: its partial (decoded, index checked), its `D_i` under
+/// the answer's aggregate proof, or its refusal.
+fn decode_item(index: NodeIndex, result: pb::PartialDelegationResult) -> Answered {
+    use pb::partial_delegation_result::Outcome as Item;
     match result.outcome {
-        Some(pb::partial_delegation_result::Outcome::Partial(bytes)) => {
-            decode_delegation(index, &bytes)
-        }
-        Some(pb::partial_delegation_result::Outcome::Error(e)) => Err(failure_of(&e.to_status())),
-        None => Err(NodeFailure::Malformed("an empty result".into())),
+        Some(Item::Partial(bytes)) => match decode_delegation(index, &bytes) {
+            Ok(partial) => Answered::Proved(Box::new(partial)),
+            Err(failure) => Answered::Failed(failure),
+        },
+        // On the curve by its equation: no square root.
+        Some(Item::Delegation(bytes)) => match Encoded::from_uncompressed(&bytes) {
+            Ok(partial) => Answered::Aggregated(partial),
+            Err(e) => Answered::Failed(NodeFailure::Malformed(e.to_string())),
+        },
+        Some(Item::Error(e)) => Answered::Failed(failure_of(&e.to_status())),
+        None => Answered::Failed(NodeFailure::Malformed("an empty result".into())),
     }
 }
 

@@ -72,6 +72,11 @@ pub struct ManagerConfig {
     /// the next batch (1..=1024). One measured the least CPU per request (docs/BENCHMARKS.md).
     #[arg(long, default_value_t = crate::cluster::DELEGATION_BATCHES_IN_FLIGHT)]
     pub delegation_batches_in_flight: usize,
+    /// How nodes prove a batch of `/v0` delegations: `aggregate` (one proof per node per
+    /// batch, docs/PROTOCOL.md §5.1; nodes of an earlier version answer per item anyway) or
+    /// `per-item`.
+    #[arg(long, value_enum, default_value = "aggregate")]
+    pub delegation_proofs: crate::cluster::DelegationProofs,
     /// Longest wait for one ceremony round, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub round_timeout_ms: u64,
@@ -213,7 +218,8 @@ pub async fn run(
             .with_chain(Arc::clone(&registry));
     }
     let batching = Batching::new(config.delegation_batch, config.delegation_batches_in_flight)
-        .map_err(ManagerError::Config)?;
+        .map_err(ManagerError::Config)?
+        .with_proofs(config.delegation_proofs);
     admin = admin
         .with_batching(batching)
         .with_fanout(match config.fanout {

@@ -36,6 +36,10 @@ pub struct BaselineConfig {
     /// clients that check the manager's address accept both).
     #[arg(long)]
     pub wallet_key_file: PathBuf,
+    /// Serve no `GET /v0/public-key`, as the single-key Nox KMS (whose key is published on
+    /// chain): clients must be given the key (`tkms encrypt --public-key`).
+    #[arg(long)]
+    pub no_public_key: bool,
 }
 
 struct Baseline {
@@ -44,7 +48,8 @@ struct Baseline {
     registry: FileRegistry,
 }
 
-/// Serve until `shutdown`; prints `baseline listening on http://ADDR` once bound.
+/// Serve until `shutdown`; prints `baseline listening on http://ADDR` once bound, then
+/// `baseline public key 0x..`.
 pub async fn run(
     config: BaselineConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -63,15 +68,21 @@ pub async fn run(
         wallet,
         registry,
     });
-    let app = Router::new()
-        .route("/v0/public-key", get(public_key))
-        .route("/v0/delegate", post(delegate))
-        .with_state(state);
+    let public = format!(
+        "0x{}",
+        hex::encode(Secp256k1::encode_point(&state.secret.public_point()))
+    );
+    let mut app = Router::new().route("/v0/delegate", post(delegate));
+    if !config.no_public_key {
+        app = app.route("/v0/public-key", get(public_key));
+    }
+    let app = app.with_state(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("baseline listening on http://{addr}");
+    println!("baseline public key {public}");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

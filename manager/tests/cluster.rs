@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{ecies, shamir, suite::Encoded, NodeIndex, SecretScalar};
-use tkms_manager::cluster::{Batching, Cluster, ClusterError, Fanout, NodeEndpoint, NodeFailure};
+use tkms_manager::cluster::{
+    Batching, Cluster, ClusterError, DelegationProofs, Fanout, NodeEndpoint, NodeFailure,
+};
 
 mod common;
 
@@ -341,6 +343,14 @@ async fn concurrent_delegations_are_batched_and_answered_each_on_its_own() {
     let (batches, batched) = cluster.delegation_batches();
     assert_eq!(batched, 40);
     assert!(batches <= 4, "{batches} batches for 40 concurrent requests");
+    // Every node is of the current version: each batch answer is proved by one aggregate
+    // proof (at least t of them verified per batch), no partial by its own.
+    let (aggregated, per_item) = cluster.delegation_proofs();
+    assert_eq!(per_item, 0);
+    assert!(
+        aggregated >= 3 * batches,
+        "{aggregated} aggregates, {batches} batches"
+    );
     for (r, (answer, ct)) in answers.into_iter().zip(&cts).enumerate() {
         if r == 17 {
             let Err(ClusterError::Unavailable {
@@ -404,6 +414,145 @@ async fn nodes_without_batch_calls_are_asked_one_delegation_at_a_time() {
         );
     }
     assert!(cluster.delegation_batches().0 < 6);
+}
+
+/// A rolling upgrade: nodes of the version with one proof per batch item (which ignore the
+/// request's `aggregate_proof`), a node without batch calls at all, and current nodes sending
+/// one aggregated proof, in one cluster. Each kind is verified its own way, in the same
+/// batches; the liars among them (a per-item node and an aggregating node) are named per
+/// request and no request fails, with every node asked and with `t` asked at a time.
+#[tokio::test]
+async fn a_rolling_upgrade_verifies_per_item_and_aggregated_answers_together() {
+    use common::Version::{NoBatch, PerItemProofs};
+    let tc = common::start_versions(
+        3,
+        6,
+        &[2, 5],
+        &[(1, PerItemProofs), (2, PerItemProofs), (3, NoBatch)],
+        21,
+    )
+    .await;
+    for fanout in [Fanout::All, "t".parse().unwrap()] {
+        let cluster = tc.cluster(Duration::from_secs(5)).with_fanout(fanout);
+        let cts: Vec<_> = (0..24u8).map(|r| encrypt(&tc.keys, &[r; 5])).collect();
+        let calls = cts.iter().enumerate().map(|(r, ct)| {
+            cluster.delegate(
+                Encoded::new(*ct.ephemeral()),
+                vec![u8::try_from(r).unwrap()],
+                None,
+            )
+        });
+        for (r, (answer, ct)) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .zip(&cts)
+            .enumerate()
+        {
+            let served = answer.unwrap_or_else(|e| panic!("{fanout}, request {r}: {e:?}"));
+            assert_eq!(
+                &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+                &[u8::try_from(r).unwrap(); 5]
+            );
+            for (index, failure) in &served.failures {
+                assert!(
+                    [2, 5].contains(&index.get()),
+                    "{fanout}: node {index} blamed"
+                );
+                assert_eq!(*failure, NodeFailure::InvalidProof);
+            }
+        }
+        // Every request needs one of the aggregating honest nodes (4, 6) and one of the
+        // earlier ones (1, 3): both kinds of proof were verified.
+        let (aggregated, per_item) = cluster.delegation_proofs();
+        assert!(
+            aggregated > 0 && per_item > 0,
+            "{fanout}: {aggregated}, {per_item}"
+        );
+    }
+}
+
+/// A node whose batch answer has one wrong partial under an otherwise honest aggregate proof
+/// is refused for the whole batch and named in every request it answered; the collector asks
+/// another node, so every request is served with the right secret.
+#[tokio::test]
+async fn one_wrong_partial_under_an_aggregate_proof_names_its_node() {
+    use common::Version::OneWrongPartial;
+    let tc = common::start_versions(3, 5, &[], &[(3, OneWrongPartial(2))], 22).await;
+    for fanout in [Fanout::All, "t".parse().unwrap()] {
+        let cluster = tc.cluster(Duration::from_secs(5)).with_fanout(fanout);
+        let mut named = 0;
+        // Rounds of concurrent requests: a batch of one, then the rest together; with `t`,
+        // each batch starts at the next node, so node 3 answers several batches of seven.
+        for round in 0..5u8 {
+            let cts: Vec<_> = (0..8u8).map(|r| encrypt(&tc.keys, &[round, r])).collect();
+            let calls = cts.iter().enumerate().map(|(r, ct)| {
+                cluster.delegate(
+                    Encoded::new(*ct.ephemeral()),
+                    vec![round, u8::try_from(r).unwrap()],
+                    None,
+                )
+            });
+            for (r, (answer, ct)) in futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .zip(&cts)
+                .enumerate()
+            {
+                let served = answer.unwrap();
+                assert_eq!(
+                    &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+                    &[round, u8::try_from(r).unwrap()]
+                );
+                for (index, failure) in &served.failures {
+                    assert_eq!(index.get(), 3, "{fanout}: honest node {index} blamed");
+                    assert_eq!(*failure, NodeFailure::InvalidProof);
+                    named += 1;
+                }
+            }
+        }
+        if fanout != Fanout::All {
+            assert!(named >= 7, "node 3 named {named} times");
+        }
+    }
+}
+
+/// With `--delegation-proofs per-item` the manager asks for one proof per partial, as before
+/// aggregated proofs: current nodes answer so, and a liar is still named.
+#[tokio::test]
+async fn per_item_proofs_can_be_asked_for() {
+    let tc = start(3, 5, &[2], 23).await;
+    let cluster = tc.cluster(Duration::from_secs(5)).with_batching(
+        Batching::new(64, 1)
+            .unwrap()
+            .with_proofs(DelegationProofs::PerItem),
+    );
+    let cts: Vec<_> = (0..10u8).map(|r| encrypt(&tc.keys, &[r; 2])).collect();
+    let calls = cts.iter().enumerate().map(|(r, ct)| {
+        cluster.delegate(
+            Encoded::new(*ct.ephemeral()),
+            vec![u8::try_from(r).unwrap()],
+            None,
+        )
+    });
+    for (r, (answer, ct)) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .zip(&cts)
+        .enumerate()
+    {
+        let served = answer.unwrap();
+        assert_eq!(
+            &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+            &[u8::try_from(r).unwrap(); 2]
+        );
+        assert!(served
+            .failures
+            .iter()
+            .all(|(i, f)| i.get() == 2 && *f == NodeFailure::InvalidProof));
+    }
+    let (aggregated, per_item) = cluster.delegation_proofs();
+    assert_eq!(aggregated, 0);
+    assert!(per_item >= 30, "{per_item}");
 }
 
 /// The operator's batch bounds hold: with at most 3 delegations per call and one batch in

@@ -289,6 +289,11 @@ impl Record {
                         Some(pb::partial_delegation_result::Outcome::Partial(_)) => {
                             result_fields(fields, Ok(()));
                         }
+                        // D_i under the batch's one aggregated proof (docs/PROTOCOL.md §5.1).
+                        Some(pb::partial_delegation_result::Outcome::Delegation(_)) => {
+                            result_fields(fields, Ok(()));
+                            fields.insert("proof".into(), Value::from("aggregate"));
+                        }
                         Some(pb::partial_delegation_result::Outcome::Error(e)) => {
                             result_fields(fields, Err(&e.to_status()));
                         }

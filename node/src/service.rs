@@ -14,9 +14,10 @@ use std::{sync::Arc, time::Duration};
 
 use rand_core::OsRng;
 use tkms_crypto::{
+    aggregate::{self, BatchPartials},
     delegation::{DelegationRequest, PartialDelegation},
     pre::{PartialReencryption, ReencryptionRequest},
-    suite::Encoded,
+    suite::{Encoded, UNCOMPRESSED_POINT_LEN},
     Suite,
 };
 use tkms_proto::{
@@ -221,6 +222,21 @@ impl NodeService {
         share: &ActiveShare,
         request: &pb::PartialDelegationRequest,
     ) -> Result<PartialDelegation<ClusterSuite>, Status> {
+        let delegation = self.delegation_domain(share, request)?;
+        Ok(PartialDelegation::create(
+            &share.share,
+            &delegation,
+            &mut OsRng,
+        ))
+    }
+
+    /// One delegation request, validated and its requester re-checked: what its partial is
+    /// bound to.
+    fn delegation_domain(
+        &self,
+        share: &ActiveShare,
+        request: &pb::PartialDelegationRequest,
+    ) -> Result<DelegationRequest<ClusterSuite>, Status> {
         epoch_matches(share.epoch, request.epoch)?;
         let ephemeral = point(&request.ephemeral, "ephemeral key")?;
         let id = request_id(&request.request_id)?;
@@ -232,12 +248,7 @@ impl NodeService {
                 target_rsa_spki: &request.target_rsa_spki,
             },
         )?;
-        let delegation = DelegationRequest::with_encoded(share.epoch, id, ephemeral);
-        Ok(PartialDelegation::create(
-            &share.share,
-            &delegation,
-            &mut OsRng,
-        ))
+        Ok(DelegationRequest::with_encoded(share.epoch, id, ephemeral))
     }
 
     /// Answer each of `requests` on its own: its partial, or why it is refused.
@@ -267,6 +278,33 @@ impl NodeService {
                 pb::PartialDelegationResult {
                     outcome: Some(outcome),
                 }
+            })
+            .collect()
+    }
+
+    /// Each of `requests` validated and its requester re-checked on its own, with its
+    /// `D_i = share_i·K` (no proof yet: the batch's aggregate proof covers it), or why it is
+    /// refused.
+    fn batch_partials(
+        &self,
+        share: &ActiveShare,
+        requests: &[pb::PartialDelegationRequest],
+    ) -> Vec<Result<BatchItem, Status>> {
+        requests
+            .iter()
+            .map(|request| {
+                if !request.target_rsa_spki.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "an encrypted (/v1) delegation is not batched",
+                    ));
+                }
+                let domain = self.delegation_domain(share, request)?;
+                let (partial, wire) = aggregate::partial_uncompressed(&share.share, &domain);
+                Ok(BatchItem {
+                    domain,
+                    partial,
+                    wire,
+                })
             })
             .collect()
     }
@@ -513,6 +551,98 @@ fn epoch_matches(served: u64, requested: u64) -> Result<(), Status> {
     }
 }
 
+/// One answered item of an aggregated batch: what it is bound to, `D_i`, and `D_i` as sent.
+struct BatchItem {
+    domain: DelegationRequest<ClusterSuite>,
+    partial: Encoded<ClusterSuite>,
+    wire: [u8; UNCOMPRESSED_POINT_LEN],
+}
+
+/// A batch answered with one aggregated proof (docs/PROTOCOL.md §5.1): every item is checked
+/// and its `D_i` computed on its own (split over the blocking pool, one part per core), then
+/// one proof covers every answered item. In the unlikely case the batch is degenerate
+/// ([`tkms_crypto::Error::DegenerateBatch`]), each answered item gets its own proof instead.
+async fn aggregated_batch(
+    service: &NodeService,
+    share: Arc<ActiveShare>,
+    requests: Vec<pb::PartialDelegationRequest>,
+) -> Result<pb::PartialDelegationBatchResponse, Status> {
+    let failed = |e: tokio::task::JoinError| Status::internal(format!("delegation task: {e}"));
+    let parts = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if requests.len() == 1 || parts == 1 {
+        let service = service.clone();
+        return tokio::task::spawn_blocking(move || {
+            let items = service.batch_partials(&share, &requests);
+            prove_batch(&share, &items)
+        })
+        .await
+        .map_err(failed);
+    }
+    let per_part = requests.len().div_ceil(parts);
+    let mut tasks = Vec::with_capacity(parts);
+    let mut requests = requests.into_iter();
+    loop {
+        let part: Vec<_> = requests.by_ref().take(per_part).collect();
+        if part.is_empty() {
+            break;
+        }
+        let (service, share) = (service.clone(), Arc::clone(&share));
+        tasks.push(tokio::task::spawn_blocking(move || {
+            service.batch_partials(&share, &part)
+        }));
+    }
+    let mut items = Vec::new();
+    for task in tasks {
+        items.extend(task.await.map_err(failed)?);
+    }
+    tokio::task::spawn_blocking(move || prove_batch(&share, &items))
+        .await
+        .map_err(failed)
+}
+
+/// The answer to an aggregated batch: every answered item's `D_i` under one proof (each with
+/// its own proof if the batch is degenerate), every refused one with its status.
+fn prove_batch(
+    share: &ActiveShare,
+    items: &[Result<BatchItem, Status>],
+) -> pb::PartialDelegationBatchResponse {
+    let answered: Vec<&BatchItem> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
+    let proof = if answered.is_empty() {
+        None
+    } else {
+        let domains: Vec<_> = answered.iter().map(|i| &i.domain).collect();
+        let partials = answered.iter().map(|i| i.partial).collect();
+        BatchPartials::prove(&share.share, &domains, partials, &mut OsRng).ok()
+    };
+    let results = items
+        .iter()
+        .map(|item| {
+            let outcome = match (item, &proof) {
+                (Ok(i), Some(_)) => {
+                    pb::partial_delegation_result::Outcome::Delegation(i.wire.to_vec())
+                }
+                (Ok(i), None) => pb::partial_delegation_result::Outcome::Partial(
+                    PartialDelegation::create(&share.share, &i.domain, &mut OsRng)
+                        .to_bytes()
+                        .to_vec(),
+                ),
+                (Err(status), _) => pb::partial_delegation_result::Outcome::Error(
+                    pb::ItemError::from_status(status),
+                ),
+            };
+            pb::PartialDelegationResult {
+                outcome: Some(outcome),
+            }
+        })
+        .collect();
+    pb::PartialDelegationBatchResponse {
+        results,
+        aggregate_proof: proof
+            .map(|p| p.proof().to_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
 /// Longest round timeout a request may ask for.
 const MAX_ROUND_TIMEOUT: Duration = Duration::from_secs(300);
 /// Round timeout when the request names none.
@@ -674,7 +804,10 @@ impl Node for NodeService {
         request: Request<pb::PartialDelegationBatchRequest>,
     ) -> Result<Response<pb::PartialDelegationBatchResponse>, Status> {
         self.authenticate_peer(&request)?;
-        let requests = request.into_inner().requests;
+        let pb::PartialDelegationBatchRequest {
+            requests,
+            aggregate_proof,
+        } = request.into_inner();
         if requests.is_empty() || requests.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
                 "a batch holds 1..={MAX_BATCH} delegations, got {}",
@@ -684,10 +817,16 @@ impl Node for NodeService {
         // Every item names the same epoch (the manager's); one that does not is refused on
         // its own.
         let share = self.share_for(requests[0].epoch)?;
+        if aggregate_proof {
+            return aggregated_batch(self, share, requests)
+                .await
+                .map(Response::new);
+        }
         if requests.len() == 1 {
             let results = self.delegation_results(&share, &requests);
             return Ok(Response::new(pb::PartialDelegationBatchResponse {
                 results,
+                aggregate_proof: Vec::new(),
             }));
         }
         // More than one: split over the blocking pool, one part per core, so a batch keeps
@@ -715,6 +854,7 @@ impl Node for NodeService {
         }
         Ok(Response::new(pb::PartialDelegationBatchResponse {
             results,
+            aggregate_proof: Vec::new(),
         }))
     }
 

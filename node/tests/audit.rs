@@ -177,6 +177,7 @@ async fn every_partial_asked_for_is_recorded_and_no_secret_is() {
                 target_rsa_spki: Vec::new(),
             })
             .collect(),
+        aggregate_proof: false,
     };
     let results = f
         .node
@@ -269,6 +270,85 @@ async fn a_partial_whose_entry_cannot_be_written_is_not_returned() {
                 assert_eq!(e.code(), Code::Unavailable);
                 assert!(e.message().contains("audit log"), "{e:?}");
             }
+        }
+    }
+}
+
+/// A batch answered under one aggregated proof (docs/PROTOCOL.md §5.1) passes the front door
+/// like any other: one entry per item, the served ones marked with the kind of proof that
+/// covers them, and no partial in the log.
+#[tokio::test]
+async fn an_aggregated_batch_is_recorded_item_by_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys();
+    // No registry: the node serves what its manager forwards.
+    let service = NodeService::new(
+        Arc::new(Epochs::in_memory(Some(ActiveShare {
+            epoch: 1,
+            share: k.share.clone(),
+            keys: k.key_set.clone(),
+            transcript_hash: [1; 32],
+        }))),
+        vec![k.manager],
+    );
+    let f = Fixture {
+        node: AuditedNode::new(
+            service,
+            Some(Arc::new(
+                NodeAudit::open(dir.path(), AuditFail::Closed).unwrap(),
+            )),
+        ),
+        share: k.share.clone(),
+        manager: k.manager.bytes().as_slice().try_into().unwrap(),
+        runner: k.runner.clone(),
+    };
+    let batch = pb::PartialDelegationBatchRequest {
+        requests: (0..3u8)
+            .map(|i| pb::PartialDelegationRequest {
+                epoch: if i == 1 { 7 } else { 1 },
+                request_id: vec![i; 32],
+                ephemeral: Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point())
+                    .bytes()
+                    .to_vec(),
+                authorization: None,
+                target_rsa_spki: Vec::new(),
+            })
+            .collect(),
+        aggregate_proof: true,
+    };
+    let response = f
+        .node
+        .partial_delegation_batch(as_manager(&f, batch))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!response.aggregate_proof.is_empty());
+    let path = dir.path().join("audit.jsonl");
+    assert_eq!(
+        audit::verify(std::fs::File::open(&path).unwrap())
+            .unwrap()
+            .entries,
+        3
+    );
+    let entries: Vec<_> = audit::entries(std::fs::File::open(&path).unwrap())
+        .map(Result::unwrap)
+        .collect();
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry["op"], "partial_delegation");
+        assert_eq!(entry["item"], i);
+        if i == 1 {
+            assert_eq!(entry["result"], "FailedPrecondition");
+            assert!(entry.get("proof").is_none());
+        } else {
+            assert_eq!(entry["result"], "ok");
+            assert_eq!(entry["proof"], "aggregate");
+        }
+    }
+    let raw = std::fs::read(&path).unwrap();
+    for result in &response.results {
+        if let Some(pb::partial_delegation_result::Outcome::Delegation(d)) = &result.outcome {
+            assert!(!find(&raw, hex::encode(d).as_bytes()));
+            assert!(!find(&raw, hex::encode(&d[1..33]).as_bytes()));
         }
     }
 }

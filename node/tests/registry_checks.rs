@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use alloy_primitives::{Address, Bytes, B256};
 use rand_core::OsRng;
 use tkms_crypto::{
+    aggregate::{AggregateProof, BatchPartials},
     delegation::{DelegationRequest, PartialDelegation},
     shamir,
     suite::Encoded,
@@ -381,7 +382,10 @@ async fn a_delegation_batch_answers_each_item_on_its_own() {
     let call = |requests: Vec<pb::PartialDelegationRequest>| {
         f.service.partial_delegation_batch(as_manager(
             &f,
-            pb::PartialDelegationBatchRequest { requests },
+            pb::PartialDelegationBatchRequest {
+                requests,
+                aggregate_proof: false,
+            },
         ))
     };
     let mut encrypted = good();
@@ -419,6 +423,7 @@ async fn a_delegation_batch_answers_each_item_on_its_own() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let request = Request::new(pb::PartialDelegationBatchRequest {
         requests: vec![good()],
+        aggregate_proof: false,
     });
     let err = f
         .service
@@ -448,7 +453,10 @@ async fn a_delegation_batch_answers_each_item_on_its_own() {
     let results = plain
         .partial_delegation_batch(as_manager(
             &f,
-            pb::PartialDelegationBatchRequest { requests: batch },
+            pb::PartialDelegationBatchRequest {
+                requests: batch,
+                aggregate_proof: false,
+            },
         ))
         .await
         .unwrap()
@@ -468,4 +476,82 @@ async fn a_delegation_batch_answers_each_item_on_its_own() {
         panic!("{:?}", results[1])
     };
     assert_eq!(Code::from(e.code), Code::FailedPrecondition, "{e:?}");
+}
+
+/// Asked for one aggregated proof (docs/PROTOCOL.md §5.1), the node answers every served item
+/// with its `D_i` alone and one proof that covers exactly those, in request order; a refused
+/// item takes no part. Not asked, it answers as the earlier version did (one proof per item).
+#[tokio::test]
+async fn a_delegation_batch_asked_for_an_aggregate_proves_its_answered_items_at_once() {
+    let f = fixture();
+    let secret = SecretScalar::<S>::random(&mut OsRng);
+    let (shares, keys) = shamir::deal(&secret, 2, 3, &mut OsRng).unwrap();
+    let plain = NodeService::new(
+        Arc::new(Epochs::in_memory(Some(ActiveShare {
+            epoch: 1,
+            share: shares[2].clone(),
+            keys: keys.clone(),
+            transcript_hash: [1; 32],
+        }))),
+        vec![Encoded::new(f.manager.public_point())],
+    );
+    let ks: Vec<_> = (0..5)
+        .map(|_| Encoded::<S>::new(SecretScalar::<S>::random(&mut OsRng).public_point()))
+        .collect();
+    let mut batch: Vec<_> = ks
+        .iter()
+        .enumerate()
+        .map(|(j, k)| delegation_item(1, &[u8::try_from(j).unwrap()], k.bytes().to_vec()))
+        .collect();
+    batch[1].epoch = 2;
+    batch[3].ephemeral = vec![5; 33];
+    let ask = |aggregate_proof| {
+        plain.partial_delegation_batch(as_manager(
+            &f,
+            pb::PartialDelegationBatchRequest {
+                requests: batch.clone(),
+                aggregate_proof,
+            },
+        ))
+    };
+    let response = ask(true).await.unwrap().into_inner();
+    let mut answered = Vec::new();
+    let mut partials = Vec::new();
+    for (j, result) in response.results.iter().enumerate() {
+        match &result.outcome {
+            Some(pb::partial_delegation_result::Outcome::Delegation(bytes)) => {
+                assert_eq!(bytes.len(), 65, "uncompressed");
+                partials.push(Encoded::<S>::from_uncompressed(bytes).unwrap());
+                answered.push(DelegationRequest::with_encoded(
+                    1,
+                    vec![u8::try_from(j).unwrap()],
+                    ks[j],
+                ));
+            }
+            Some(pb::partial_delegation_result::Outcome::Error(_)) => {
+                assert!(j == 1 || j == 3, "item {j} refused");
+            }
+            other => panic!("item {j}: {other:?}"),
+        }
+    }
+    assert_eq!(answered.len(), 3);
+    let proof = AggregateProof::<S>::from_bytes(&response.aggregate_proof).unwrap();
+    assert_eq!(proof.index(), shares[2].index());
+    let requests: Vec<_> = answered.iter().collect();
+    let verified = BatchPartials::new(proof, partials.clone())
+        .verify(&keys, &requests, &mut OsRng)
+        .unwrap();
+    assert_eq!(verified.len(), 3);
+    // The proof covers these requests only: not one left out, not another order.
+    assert!(BatchPartials::new(proof, partials[..2].to_vec())
+        .verify(&keys, &requests[..2], &mut OsRng)
+        .is_err());
+
+    // Not asked: per-item proofs, no aggregate.
+    let response = ask(false).await.unwrap().into_inner();
+    assert!(response.aggregate_proof.is_empty());
+    assert!(matches!(
+        response.results[0].outcome,
+        Some(pb::partial_delegation_result::Outcome::Partial(_))
+    ));
 }

@@ -2,7 +2,7 @@
 """Independent Python reference implementation for tkms-crypto known-answer tests.
 
 Subcommands:
-  gen                          write ecies.json, dleq.json, lagrange.json beside this script
+  gen                          write ecies.json, dleq.json, lagrange.json, aggregate.json beside this script
   selftest                     check expand_message_xmd (RFC 9380 K.1), point arithmetic, round trips
   encrypt <pk_hex> [--curve C] read plaintext on stdin, print 0x-hex ECIES container
   decrypt <sk_hex> [--curve C] read hex container on stdin, write plaintext to stdout
@@ -357,6 +357,109 @@ def gen_dleq():
                 vectors=vectors, hash_to_scalar=h2s)
 
 
+# ---- One DLEQ proof for a node's batch of delegation partials (docs/PROTOCOL.md §5.1). --
+
+DLEQ_BATCH_DST = "tkms/v1/dleq-batch"
+DLEQ_BATCH_WEIGHT_DST = b"tkms/v1/dleq-batch-weight"
+
+
+def frame(data):
+    return len(data).to_bytes(4, "big") + data
+
+
+def batch_transcript(curve, epoch, index, public, items):
+    """tau = SHA-256(frame(dst) || frame(suite) || epoch(8) || index(2) || PK_i || m(4) ||
+    concat(frame(id_j) || K_j || D_j)), points SEC1 compressed."""
+    enc = curve.compress
+    data = (frame(DLEQ_BATCH_DST.encode()) + frame(curve.name.encode()) + epoch.to_bytes(8, "big")
+            + index.to_bytes(2, "big") + enc(public) + len(items).to_bytes(4, "big"))
+    for rid, K, D in items:
+        data += frame(rid) + enc(K) + enc(D)
+    return sha256(data)
+
+
+def batch_weights(tau, m):
+    """w_1 = 1; w_j = first 16 bytes of SHA-256(dst || tau || j(4)), big-endian, for j >= 2."""
+    return [1] + [int.from_bytes(sha256(DLEQ_BATCH_WEIGHT_DST + tau + j.to_bytes(4, "big"))[:16], "big")
+                  for j in range(2, m + 1)]
+
+
+def batch_prove(curve, epoch, index, x, items, r):
+    enc = curve.compress
+    public = curve.base_mul(x)
+    tau = batch_transcript(curve, epoch, index, public, items)
+    w = batch_weights(tau, len(items))
+    K_star = None
+    for wj, (_, K, _) in zip(w, items):
+        K_star = curve.add(K_star, curve.mul(wj, K))
+    T1, T2 = curve.base_mul(r), curve.mul(r, K_star)
+    ctx = epoch.to_bytes(8, "big") + index.to_bytes(2, "big") + tau
+    _, c = hash_to_scalar(curve, DLEQ_BATCH_DST, [ctx, enc(public), enc(T1), enc(T2)])
+    z = (r + c * x) % curve.n
+    proof = index.to_bytes(2, "big") + enc(T1) + enc(T2) + z.to_bytes(32, "big")
+    return dict(tau=tau, weights=w, challenge=c, proof=proof, public=public)
+
+
+def batch_verify(curve, epoch, items, public, proof):
+    enc = curve.compress
+    index = int.from_bytes(proof[:2], "big")
+    T1, T2 = curve.decompress(proof[2:35]), curve.decompress(proof[35:68])
+    z = int.from_bytes(proof[68:], "big")
+    tau = batch_transcript(curve, epoch, index, public, items)
+    w = batch_weights(tau, len(items))
+    K_star = D_star = None
+    for wj, (_, K, D) in zip(w, items):
+        K_star = curve.add(K_star, curve.mul(wj, K))
+        D_star = curve.add(D_star, curve.mul(wj, D))
+    ctx = epoch.to_bytes(8, "big") + index.to_bytes(2, "big") + tau
+    _, c = hash_to_scalar(curve, DLEQ_BATCH_DST, [ctx, enc(public), enc(T1), enc(T2)])
+    return (curve.base_mul(z) == curve.add(T1, curve.mul(c, public))
+            and curve.mul(z, K_star) == curve.add(T2, curve.mul(c, D_star)))
+
+
+def uncompressed(curve, P):
+    return b"\x04" + P[0].to_bytes(32, "big") + P[1].to_bytes(32, "big")
+
+
+def gen_aggregate():
+    vectors = []
+    for curve in CURVES.values():
+        for i, m in enumerate([1, 2, 5]):
+            lab = f"tkms-kat/aggregate/{curve.name}/{i}"
+            epoch, index = 7 + i, 3 + i
+            x, r = label_scalar(curve, lab + "/share"), label_scalar(curve, lab + "/nonce")
+            items = []
+            for j in range(m):
+                rid = label_bytes(f"{lab}/id/{j}", 32 if j % 2 == 0 else 3)
+                K = curve.base_mul(label_scalar(curve, f"{lab}/ephemeral/{j}"))
+                items.append((rid, K, curve.mul(x, K)))
+            out = batch_prove(curve, epoch, index, x, items, r)
+            assert batch_verify(curve, epoch, items, out["public"], out["proof"])
+            # One wrong partial under the honest proof is refused.
+            bad = list(items)
+            bad[-1] = (bad[-1][0], bad[-1][1], curve.add(bad[-1][2], curve.G))
+            assert not batch_verify(curve, epoch, bad, out["public"], out["proof"])
+            vectors.append(dict(
+                curve=curve.name, epoch=epoch, index=index, share=s32(x),
+                public_share=curve.compress(out["public"]).hex(), nonce=s32(r),
+                requests=[dict(id=rid.hex(), ephemeral=curve.compress(K).hex(),
+                               partial=curve.compress(D).hex(),
+                               partial_uncompressed=uncompressed(curve, D).hex())
+                          for rid, K, D in items],
+                transcript=out["tau"].hex(), weights=[s32(w) for w in out["weights"]],
+                challenge=s32(out["challenge"]), proof=out["proof"].hex()))
+    return dict(generator=GENERATOR,
+                description="One DLEQ proof for a node's batch of delegation partials "
+                            "(docs/PROTOCOL.md 5.1). D_j = share*K_j; tau = SHA-256(frame("
+                            "'tkms/v1/dleq-batch') || frame(suite) || epoch(8) || index(2) || PK_i "
+                            "|| m(4) || concat(frame(id_j) || K_j || D_j)), frame(x) = I2OSP(len(x),4) "
+                            "|| x; w_1 = 1, w_j = OS2IP(SHA-256('tkms/v1/dleq-batch-weight' || tau || "
+                            "I2OSP(j,4))[:16]); K* = sum w_j*K_j; T1 = r*G, T2 = r*K*; c = "
+                            "hash_to_scalar(suite, 'tkms/v1/dleq-batch', [epoch(8)||index(2)||tau, "
+                            "PK_i, T1, T2]); z = r + c*share mod q; proof = index(2)||T1||T2||z.",
+                vectors=vectors)
+
+
 def gen_lagrange():
     vectors = []
     for curve in CURVES.values():
@@ -378,7 +481,8 @@ def gen_lagrange():
 
 
 def cmd_gen():
-    for name, fn in [("ecies.json", gen_ecies), ("dleq.json", gen_dleq), ("lagrange.json", gen_lagrange)]:
+    for name, fn in [("ecies.json", gen_ecies), ("dleq.json", gen_dleq), ("lagrange.json", gen_lagrange),
+                     ("aggregate.json", gen_aggregate)]:
         (HERE / name).write_text(json.dumps(fn(), indent=2) + "\n")
         print(f"wrote {HERE / name}")
 

@@ -6,7 +6,9 @@ use std::{sync::Arc, time::Duration};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tkms_crypto::{ecies, shamir, suite::Encoded, KeyShare, PublicKeySet, Secp256k1, SecretScalar};
+use tkms_crypto::{
+    ecies, shamir, suite::Encoded, KeyShare, PublicKeySet, Secp256k1, SecretScalar, Suite,
+};
 use tkms_manager::{
     admin::{EpochNode, EpochRecord, Served},
     cluster::{Cluster, NodeEndpoint},
@@ -42,6 +44,32 @@ pub async fn start(t: u16, n: u16, liars: &[u16], seed: u64) -> TestCluster {
 
 /// Like [`start`]; the nodes in `old` run a version without `PartialDelegationBatch`.
 pub async fn start_with(t: u16, n: u16, liars: &[u16], old: &[u16], seed: u64) -> TestCluster {
+    let versions: Vec<(u16, Version)> = old.iter().map(|i| (*i, Version::NoBatch)).collect();
+    start_versions(t, n, liars, &versions, seed).await
+}
+
+/// What a node of the test cluster runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// Before `PartialDelegationBatch`: the manager asks it one delegation at a time.
+    NoBatch,
+    /// `PartialDelegationBatch` with one proof per item: the version before aggregated
+    /// proofs, which ignores the request's `aggregate_proof` field.
+    PerItemProofs,
+    /// The current version, which changes the `delegation` result at this position of every
+    /// batch answer to another point (`2·D`) and keeps its honest aggregate proof: one wrong
+    /// partial in a batch.
+    OneWrongPartial(usize),
+}
+
+/// Like [`start`]; the nodes listed in `versions` run that version instead of the current one.
+pub async fn start_versions(
+    t: u16,
+    n: u16,
+    liars: &[u16],
+    versions: &[(u16, Version)],
+    seed: u64,
+) -> TestCluster {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let sk = SecretScalar::<S>::random(&mut rng);
     let (shares, keys) = shamir::deal(&sk, t, n, &mut rng).unwrap();
@@ -63,7 +91,10 @@ pub async fn start_with(t: u16, n: u16, liars: &[u16], old: &[u16], seed: u64) -
             transcript_hash: [0; 32],
         })));
         let service = NodeService::new(active, accepted.clone());
-        let old = old.contains(&index.get());
+        let version = versions
+            .iter()
+            .find(|(i, _)| *i == index.get())
+            .map(|(_, v)| *v);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         // Each node serves TLS as its own node key, like the daemon.
@@ -71,12 +102,11 @@ pub async fn start_with(t: u16, n: u16, liars: &[u16], old: &[u16], seed: u64) -
         let tls = tls::node_server_config(&node_key).unwrap();
         servers.push(tokio::spawn(async move {
             let builder = tonic::transport::Server::builder();
-            let router = if old {
-                builder
+            let router = match version {
+                None => builder.clone().add_service(NodeServer::new(service)),
+                Some(v) => builder
                     .clone()
-                    .add_service(NodeServer::new(OldNode(service)))
-            } else {
-                builder.clone().add_service(NodeServer::new(service))
+                    .add_service(NodeServer::new(OldNode(service, v))),
             };
             router
                 .serve_with_incoming(tls::incoming(listener, tls))
@@ -150,9 +180,8 @@ pub fn encrypt(keys: &PublicKeySet<S>, message: &[u8]) -> ecies::Ciphertext<S> {
     ecies::encrypt::<S>(&keys.public_key(), message, &mut rand::rngs::OsRng).unwrap()
 }
 
-/// A node of the version before `PartialDelegationBatch`: everything else as the node serves
-/// it.
-struct OldNode(NodeService);
+/// A node of another [`Version`]: everything else as the node serves it.
+struct OldNode(NodeService, Version);
 
 #[tonic::async_trait]
 impl Node for OldNode {
@@ -173,9 +202,26 @@ impl Node for OldNode {
     }
     async fn partial_delegation_batch(
         &self,
-        _: Request<pb::PartialDelegationBatchRequest>,
+        mut r: Request<pb::PartialDelegationBatchRequest>,
     ) -> Answer<pb::PartialDelegationBatchResponse> {
-        Err(Status::unimplemented("PartialDelegationBatch"))
+        match self.1 {
+            Version::NoBatch => Err(Status::unimplemented("PartialDelegationBatch")),
+            Version::PerItemProofs => {
+                r.get_mut().aggregate_proof = false;
+                self.0.partial_delegation_batch(r).await
+            }
+            Version::OneWrongPartial(k) => {
+                let mut answer = self.0.partial_delegation_batch(r).await?;
+                if let Some(pb::PartialDelegationResult {
+                    outcome: Some(pb::partial_delegation_result::Outcome::Delegation(bytes)),
+                }) = answer.get_mut().results.get_mut(k)
+                {
+                    let d = S::decode_uncompressed(bytes).unwrap();
+                    *bytes = S::encode_uncompressed(&(d + d)).to_vec();
+                }
+                Ok(answer)
+            }
+        }
     }
     async fn partial_reencryption(
         &self,
