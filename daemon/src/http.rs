@@ -11,7 +11,7 @@
 //! - a request head must arrive within `header_timeout` of its first byte, and the first one
 //!   within `header_timeout` of the connection;
 //! - a request body must arrive within `body_timeout` of its head, and be at most
-//!   `max_body_bytes` (else `408` / `413` with the JSON error `{"error", "code"}`);
+//!   `max_body_bytes` (else `408` / `413` with a JSON error in both services' shapes);
 //! - between requests, a connection on which nothing moves for `idle_timeout` is closed;
 //! - the handler sees the client address as axum's [`ConnectInfo<SocketAddr>`].
 //!
@@ -458,9 +458,17 @@ impl Connection {
     }
 }
 
-/// `{"error", "code"}` with `status`, closing the connection.
+/// The JSON error with `status`, closing the connection. The body carries both error shapes
+/// the services answer with: the manager's `{"error", "code"}` and the engine's CyborgDB
+/// `{"status_code", "detail"}` (plus `code`), so each service's clients read it as their own.
 fn refusal(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": message, "code": code }).to_string();
+    let body = serde_json::json!({
+        "error": message,
+        "code": code,
+        "status_code": status.as_u16(),
+        "detail": message,
+    })
+    .to_string();
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
