@@ -251,16 +251,6 @@ pub async fn run(
     let grpc_addr = listener
         .local_addr()
         .map_err(|e| NodeError::Io(e.to_string()))?;
-    write_status(
-        &config.data_dir,
-        &NodeStatusFile {
-            pid: std::process::id(),
-            grpc_addr: grpc_addr.to_string(),
-            p2p_addr: p2p.address().to_string(),
-            node_key: hex::encode(S::encode_point(node_key.point())),
-        },
-    )?;
-    tracing::info!(%grpc_addr, p2p = %p2p.address(), node_key = %hex::encode(node_key.bytes()), "node serving");
 
     let mut service = NodeService::new(epochs, managers)
         .with_ceremonies(ceremonies, node_key)
@@ -271,20 +261,24 @@ pub async fn run(
         service = service.with_registry(Arc::new(registry));
         Some(AbortOnDrop(watch))
     } else if let (Some(url), Some(address)) = (&config.rpc_url, config.registry_address) {
-        let registry = tkms_registry::access::ChainRegistry::connect(
-            url,
-            address,
-            tkms_registry::CacheConfig::default(),
-            tkms_registry::access::DEFAULT_MAX_STALENESS,
-        )
-        .await
-        .map_err(|e| NodeError::Config(format!("registry {address} at {url}: {e}")))?;
+        let registry = connect_chain_registry(url, address).await?;
         service = service.with_registry(Arc::new(registry));
         None
     } else {
         tracing::warn!("no registry configured: this node does not re-check requesters itself and trusts the manager's check");
         None
     };
+    // Ready: the status file tells `tkms testnet` and operators where this node serves.
+    write_status(
+        &config.data_dir,
+        &NodeStatusFile {
+            pid: std::process::id(),
+            grpc_addr: grpc_addr.to_string(),
+            p2p_addr: p2p.address().to_string(),
+            node_key: hex::encode(S::encode_point(node_key.point())),
+        },
+    )?;
+    tracing::info!(%grpc_addr, p2p = %p2p.address(), node_key = %hex::encode(node_key.bytes()), "node serving");
     // The gRPC channel is TLS 1.3, authenticated by the node key on this side and by the
     // manager's key on the other (checked per request against the accepted managers).
     let tls = tkms_proto::tls::node_server_config(&identity.node_key)
@@ -308,5 +302,36 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The chain registry at `url`, retried for up to 30 s while its first read fails (the chain's
+/// RPC may come up after the node, or be slow on a loaded machine): a node that gave up at
+/// once would exit after its operator started it.
+async fn connect_chain_registry(
+    url: &str,
+    address: alloy_primitives::Address,
+) -> Result<tkms_registry::access::ChainRegistry, NodeError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match tkms_registry::access::ChainRegistry::connect(
+            url,
+            address,
+            tkms_registry::CacheConfig::default(),
+            tkms_registry::access::DEFAULT_MAX_STALENESS,
+        )
+        .await
+        {
+            Ok(registry) => return Ok(registry),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(%address, %url, error = %e, "the registry cannot be read yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(NodeError::Config(format!(
+                    "registry {address} at {url}: {e}"
+                )))
+            }
+        }
     }
 }
