@@ -558,6 +558,35 @@ struct BatchItem {
     wire: [u8; UNCOMPRESSED_POINT_LEN],
 }
 
+/// `work` over `items` split into one part per core on the blocking pool, so a batch keeps
+/// every core busy and no runtime worker is held; the results in item order.
+async fn on_every_core<T, R>(
+    items: Vec<T>,
+    work: impl Fn(&[T]) -> Vec<R> + Clone + Send + 'static,
+) -> Result<Vec<R>, tokio::task::JoinError>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let parts = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let per_part = items.len().div_ceil(parts).max(1);
+    let mut tasks = Vec::with_capacity(parts);
+    let mut items = items.into_iter();
+    loop {
+        let part: Vec<T> = items.by_ref().take(per_part).collect();
+        if part.is_empty() {
+            break;
+        }
+        let work = work.clone();
+        tasks.push(tokio::task::spawn_blocking(move || work(&part)));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.extend(task.await?);
+    }
+    Ok(results)
+}
+
 /// A batch answered with one aggregated proof (docs/PROTOCOL.md §5.1): every item is checked
 /// and its `D_i` computed on its own (split over the blocking pool, one part per core), then
 /// one proof covers every answered item. In the unlikely case the batch is degenerate
@@ -578,23 +607,12 @@ async fn aggregated_batch(
         .await
         .map_err(failed);
     }
-    let per_part = requests.len().div_ceil(parts);
-    let mut tasks = Vec::with_capacity(parts);
-    let mut requests = requests.into_iter();
-    loop {
-        let part: Vec<_> = requests.by_ref().take(per_part).collect();
-        if part.is_empty() {
-            break;
-        }
+    let items = {
         let (service, share) = (service.clone(), Arc::clone(&share));
-        tasks.push(tokio::task::spawn_blocking(move || {
-            service.batch_partials(&share, &part)
-        }));
-    }
-    let mut items = Vec::new();
-    for task in tasks {
-        items.extend(task.await.map_err(failed)?);
-    }
+        on_every_core(requests, move |part| service.batch_partials(&share, part))
+            .await
+            .map_err(failed)?
+    };
     tokio::task::spawn_blocking(move || prove_batch(&share, &items))
         .await
         .map_err(failed)
@@ -831,27 +849,12 @@ impl Node for NodeService {
         }
         // More than one: split over the blocking pool, one part per core, so a batch keeps
         // every core busy and no runtime worker is held.
-        let parts = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let per_part = requests.len().div_ceil(parts);
-        let mut tasks = Vec::with_capacity(parts);
-        let mut requests = requests.into_iter();
-        loop {
-            let part: Vec<_> = requests.by_ref().take(per_part).collect();
-            if part.is_empty() {
-                break;
-            }
-            let (service, share) = (self.clone(), Arc::clone(&share));
-            tasks.push(tokio::task::spawn_blocking(move || {
-                service.delegation_results(&share, &part)
-            }));
-        }
-        let mut results = Vec::new();
-        for task in tasks {
-            results.extend(
-                task.await
-                    .map_err(|e| Status::internal(format!("delegation partials task: {e}")))?,
-            );
-        }
+        let service = self.clone();
+        let results = on_every_core(requests, move |part| {
+            service.delegation_results(&share, part)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("delegation partials task: {e}")))?;
         Ok(Response::new(pb::PartialDelegationBatchResponse {
             results,
             aggregate_proof: Vec::new(),
