@@ -20,6 +20,17 @@ mod engine;
 mod registry;
 pub mod testnet;
 
+/// The subcommands that run a daemon: their options also come from `TKMS_*` variables and a
+/// `--config` file (tkms_daemon::config, docs/DEPLOY.md).
+pub const DAEMON_COMMANDS: &[tkms_daemon::config::Layered<'static>] = {
+    use tkms_daemon::config::UnknownKeys::{Refuse, Skip};
+    &[
+        (&["node", "run"], Refuse),
+        (&["node", "init"], Skip),
+        (&["manager", "run"], Refuse),
+    ]
+};
+
 /// The tkms command-line tool.
 #[derive(Debug, Parser)]
 #[command(name = "tkms", version, about)]
@@ -76,12 +87,35 @@ enum Command {
 enum TestnetCommand {
     /// Start N nodes and a manager on loopback, run the DKG, write testnet.json; Ctrl-C stops.
     Up(testnet::UpArgs),
+    /// Stop a detached testnet and remove its network namespaces.
+    Down(testnet::DataDirArgs),
+    /// Cut a node of a `--netns` testnet off the network.
+    Partition {
+        #[command(flatten)]
+        dir: testnet::DataDirArgs,
+        /// The node's index.
+        #[arg(long)]
+        node: u16,
+    },
+    /// Join a partitioned node back.
+    Heal {
+        #[command(flatten)]
+        dir: testnet::DataDirArgs,
+        /// The node's index.
+        #[arg(long)]
+        node: u16,
+    },
+    /// The link shaper `up --netns` runs in each namespace (not for direct use).
+    #[command(hide = true)]
+    Shape(testnet::ShapeArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// Serve until SIGTERM or Ctrl-C.
     Run(tkms_node::daemon::NodeConfig),
+    /// Create the node's vault and identity; print the record to register (JSON).
+    Init(tkms_node::daemon::InitConfig),
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,9 +180,13 @@ pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<(
         } => ecies_command::<P256>(command, input, output),
         Command::Registry(args) => registry::run(args, output),
         Command::Cluster(command) => client::run(&cli.connection, command, input, output),
-        Command::Testnet {
-            command: TestnetCommand::Up(args),
-        } => testnet::up(&args),
+        Command::Testnet { command } => match command {
+            TestnetCommand::Up(args) => testnet::up(&args),
+            TestnetCommand::Down(args) => testnet::down(&args),
+            TestnetCommand::Partition { dir, node } => testnet::partition(&dir, node, true),
+            TestnetCommand::Heal { dir, node } => testnet::partition(&dir, node, false),
+            TestnetCommand::Shape(args) => testnet::netns::shape(&args),
+        },
         Command::Node {
             command: NodeCommand::Run(config),
         } => serve(|shutdown| async move {
@@ -156,6 +194,15 @@ pub fn run(cli: Cli, input: &mut impl Read, output: &mut impl Write) -> Result<(
                 .await
                 .map_err(anyhow::Error::from)
         }),
+        Command::Node {
+            command: NodeCommand::Init(config),
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let registration = runtime.block_on(tkms_node::daemon::init(&config))?;
+            serde_json::to_writer_pretty(&mut *output, &registration)?;
+            writeln!(output)?;
+            Ok(())
+        }
         Command::Baseline {
             command: BaselineCommand::Serve(config),
         } => serve(|shutdown| async move {

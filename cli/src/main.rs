@@ -3,10 +3,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = tkms_cli::Cli::parse();
+    // The daemons' options also come from `TKMS_*` variables and a `--config` file.
+    let cli: tkms_cli::Cli = tkms_daemon::config::parse(tkms_cli::DAEMON_COMMANDS);
     match tkms_cli::run(
         cli,
         &mut std::io::stdin().lock(),

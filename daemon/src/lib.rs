@@ -5,6 +5,7 @@
 //! links nothing of a node (no vault, no redb, no libp2p):
 //!
 //! - [`init_tracing`] and [`shutdown_signal`], the start and end of every daemon;
+//! - [`config`]: settings from a TOML file and `TKMS_*` variables beneath the command line;
 //! - [`conn`]: a bound on open connections, in total and per client address;
 //! - [`http`]: an HTTP/1.1 server for an axum router with header, idle and body deadlines,
 //!   over [`conn`] (axum's own `serve` has none of these);
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod config;
 pub mod conn;
 pub mod http;
 pub mod journal;

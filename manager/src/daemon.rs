@@ -23,11 +23,17 @@ use crate::{
 /// Manager configuration (command line of `tkms-manager` and `tkms manager run`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ManagerConfig {
+    /// A TOML file of settings: keys are the long options (`data-dir = "/var/lib/tkms"`);
+    /// the command line and `TKMS_*` variables override it (docs/DEPLOY.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// HTTP listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// A node's gRPC URL (`http://127.0.0.1:7001`); repeat for every node.
-    #[arg(long = "node", required = true)]
+    /// A node's gRPC URL (`http://127.0.0.1:7001`); repeat for every node, in index order.
+    /// Without it, the committee is the on-chain registry's node records (their gRPC
+    /// endpoints, by index).
+    #[arg(long = "node")]
     pub nodes: Vec<String>,
     /// File holding the manager's node-request signing key (32-byte hex scalar).
     #[arg(long)]
@@ -130,9 +136,15 @@ async fn open_registry(
         Arc<dyn Registry>,
         Option<RegistryClient>,
         Option<AbortOnDrop>,
+        Option<Vec<tkms_registry::NodeRecord>>,
     ),
     ManagerError,
 > {
+    if config.rpc_url.is_some() != config.registry_address.is_some() {
+        return Err(ManagerError::Config(
+            "--rpc-url and --registry-address go together".into(),
+        ));
+    }
     if let (Some(url), Some(address)) = (&config.rpc_url, config.registry_address) {
         let registry =
             ChainRegistry::connect(url, address, CacheConfig::default(), DEFAULT_MAX_STALENESS)
@@ -154,7 +166,8 @@ async fn open_registry(
         }
         let publisher = RegistryClient::connect(url, address, Some(signer))
             .map_err(|e| ManagerError::Config(format!("registry {address} at {url}: {e}")))?;
-        return Ok((Arc::new(registry), Some(publisher), None));
+        let nodes = registry.cache().state().nodes.values().cloned().collect();
+        return Ok((Arc::new(registry), Some(publisher), None, Some(nodes)));
     }
     let path = config
         .registry_file
@@ -162,7 +175,57 @@ async fn open_registry(
         .ok_or_else(|| ManagerError::Config("--registry-file or --rpc-url is required".into()))?;
     let registry = FileRegistry::open(path).map_err(ManagerError::Config)?;
     let watch = AbortOnDrop(registry.watch(Duration::from_secs(1)));
-    Ok((Arc::new(registry), None, Some(watch)))
+    Ok((Arc::new(registry), None, Some(watch), None))
+}
+
+/// The committee's gRPC URLs, in index order: `--node` as given, else the registry's node
+/// records. A URL given twice, or records whose indices are not 1..=n, are errors: the
+/// manager gives the k-th URL index k in a DKG.
+fn committee(
+    configured: &[String],
+    registered: Option<&[tkms_registry::NodeRecord]>,
+) -> Result<Vec<String>, ManagerError> {
+    let urls = if !configured.is_empty() {
+        configured.to_vec()
+    } else if let Some(records) = registered.filter(|r| !r.is_empty()) {
+        let mut urls = Vec::with_capacity(records.len());
+        for (k, record) in records.iter().enumerate() {
+            if usize::from(record.index) != k + 1 {
+                return Err(ManagerError::Config(format!(
+                    "the registry's node indices are not 1..={}: the manager numbers a \
+                     committee by its order (give --node URLs instead)",
+                    records.len()
+                )));
+            }
+            let url = record
+                .endpoints
+                .iter()
+                .find(|e| e.starts_with("http://") || e.starts_with("https://"))
+                .ok_or_else(|| {
+                    ManagerError::Config(format!(
+                        "the registry's node {} has no gRPC endpoint (http:// or https://) \
+                         among {:?}",
+                        record.index, record.endpoints
+                    ))
+                })?;
+            urls.push(url.clone());
+        }
+        urls
+    } else {
+        return Err(ManagerError::Config(
+            "no nodes: give --node URL for each node, or an on-chain registry \
+             (--rpc-url, --registry-address) with node records"
+                .into(),
+        ));
+    };
+    for (k, url) in urls.iter().enumerate() {
+        if urls[..k].contains(url) {
+            return Err(ManagerError::Config(format!(
+                "node {url} is given twice: each node has one index"
+            )));
+        }
+    }
+    Ok(urls)
 }
 
 /// Run the manager until `shutdown` resolves.
@@ -197,16 +260,18 @@ pub async fn run(
     };
     let (front, nonces, limits) =
         crate::front::FrontDoor::open(&config.front).map_err(ManagerError::Config)?;
-    let (registry, publisher, _watch) = open_registry(&config, &wallet).await?;
+    let (registry, publisher, _watch, registry_nodes) = open_registry(&config, &wallet).await?;
     let _roles = AbortOnDrop(crate::front::watch_roles(
         Arc::clone(&front),
         Arc::clone(&registry),
     ));
 
+    let nodes = committee(&config.nodes, registry_nodes.as_deref())?;
+    tracing::info!(nodes = ?nodes, "committee");
     let served = Arc::new(Served::new(None));
     let mut admin = Admin::new(
         node_key,
-        config.nodes.clone(),
+        nodes,
         Duration::from_millis(config.node_timeout_ms),
         Duration::from_millis(config.round_timeout_ms),
         config.state_file.clone(),

@@ -51,6 +51,10 @@ pub enum KdfCost {
 /// Node configuration (command line of `tkms-node` and `tkms node run`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeConfig {
+    /// A TOML file of settings: keys are the long options (`data-dir = "/var/lib/tkms"`);
+    /// the command line and `TKMS_*` variables override it (docs/DEPLOY.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Directory of the vault (`vault.redb`) and the node's status file (`node.json`).
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -60,6 +64,18 @@ pub struct NodeConfig {
     /// libp2p listen address for ceremonies with the other nodes.
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
     pub p2p_listen: Multiaddr,
+    /// The libp2p address the other nodes dial (default: the bound `--p2p-listen` address).
+    /// Needed when listening on every interface (`/ip4/0.0.0.0/...`) or behind NAT.
+    #[arg(long)]
+    pub p2p_advertise: Option<Multiaddr>,
+    /// The gRPC URL the manager dials (default: `http://` and the bound `--grpc-listen`
+    /// address); written to `node.json` and printed by `tkms node init` for registration.
+    #[arg(long)]
+    pub grpc_advertise: Option<String>,
+    /// Do not check at start that this host reaches its own advertised addresses (for a node
+    /// behind a NAT that does not hairpin).
+    #[arg(long)]
+    pub skip_advertise_check: bool,
     /// Manager public key (33-byte compressed secp256k1, hex) whose signed requests this node
     /// accepts; repeat for several.
     #[arg(long = "manager-key", required = true)]
@@ -77,6 +93,18 @@ pub struct NodeConfig {
     /// Address of the `TkmsRegistry` contract (with `--rpc-url`).
     #[arg(long, requires = "rpc_url")]
     pub registry_address: Option<tkms_registry::Address>,
+    /// The vault's password and cost.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Connection bounds of the gRPC listener, and what to do if the audit log fails.
+    #[command(flatten)]
+    pub front: crate::front::NodeFrontArgs,
+}
+
+/// Where a node's vault password comes from, and the cost of a new vault (`tkms node run`
+/// and `tkms node init`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VaultArgs {
     /// Where the vault password comes from.
     #[arg(long, value_enum, default_value_t = PasswordSource::File)]
     pub password: PasswordSource,
@@ -102,9 +130,47 @@ pub struct NodeConfig {
     /// Argon2id cost when the vault is created.
     #[arg(long, value_enum, default_value_t = KdfCost::Production)]
     pub kdf: KdfCost,
-    /// Connection bounds of the gRPC listener, and what to do if the audit log fails.
+}
+
+/// Configuration of `tkms node init`: create a node's vault and identity, and print what
+/// must be registered for it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitConfig {
+    /// A TOML file of settings: the same file as `tkms node run` reads (the settings `init`
+    /// has no use for are skipped).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of the vault (`vault.redb`); created if missing.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The vault's password and cost.
     #[command(flatten)]
-    pub front: crate::front::NodeFrontArgs,
+    pub vault: VaultArgs,
+    /// The libp2p address the other nodes will dial (`/ip4/203.0.113.5/tcp/7101`).
+    #[arg(long)]
+    pub p2p_advertise: Option<Multiaddr>,
+    /// The gRPC URL the manager will dial (`http://203.0.113.5:7001`).
+    #[arg(long)]
+    pub grpc_advertise: Option<String>,
+}
+
+/// What `tkms node init` prints: the node's public identity, and the registry record to
+/// register for it. Nothing in it is secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct Registration {
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// Whether the vault was created now (else it existed and was opened).
+    pub created: bool,
+    /// Node key (compressed secp256k1, hex): registered, and pinned by the manager's TLS.
+    pub node_key: String,
+    /// libp2p peer id (base58).
+    pub peer_id: String,
+    /// libp2p peer id as registered (binary, hex).
+    pub peer_id_hex: String,
+    /// The registry record's endpoints: the gRPC URL and the libp2p address with peer id
+    /// (empty where not given).
+    pub endpoints: Vec<String>,
 }
 
 /// Why the node could not start.
@@ -143,11 +209,13 @@ pub struct NodeStatusFile {
     pub p2p_addr: String,
     /// Node key, compressed hex.
     pub node_key: String,
+    /// The gRPC URL the manager dials (advertised, else `http://` and the bound address).
+    pub grpc_url: String,
 }
 
 /// The vault password provider. Async because `aws-kms` decrypts here, once, before the vault
 /// opens (see [`AwsKmsPassword`]).
-async fn password_provider(config: &NodeConfig) -> Result<Box<dyn PasswordProvider>, NodeError> {
+async fn password_provider(config: &VaultArgs) -> Result<Box<dyn PasswordProvider>, NodeError> {
     match config.password {
         PasswordSource::Env => Ok(Box::new(EnvPassword::new(config.password_env.clone()))),
         PasswordSource::File => {
@@ -173,7 +241,77 @@ async fn password_provider(config: &NodeConfig) -> Result<Box<dyn PasswordProvid
     }
 }
 
-fn manager_keys(config: &NodeConfig) -> Result<Vec<Encoded<S>>, NodeError> {
+/// Open the vault in `dir`, creating it (and the node's identity) if missing.
+async fn open_vault(dir: &Path, args: &VaultArgs) -> Result<Vault, NodeError> {
+    let provider = password_provider(args).await?;
+    let params = match args.kdf {
+        KdfCost::Production => KdfParams::production(),
+        KdfCost::Insecure => KdfParams::insecure_for_tests(),
+    };
+    let vault_path = dir.join("vault.redb");
+    tokio::task::spawn_blocking(move || Vault::open(vault_path, provider.as_ref(), params))
+        .await
+        .map_err(|e| NodeError::Io(e.to_string()))?
+        .map_err(NodeError::from)
+}
+
+/// `tkms node init`: create (or open) the vault in `--data-dir` with the node's identity,
+/// and return what the operator registers for it (docs/DEPLOY.md §3).
+pub async fn init(config: &InitConfig) -> Result<Registration, NodeError> {
+    let created = !config.data_dir.join("vault.redb").exists();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
+    let vault = open_vault(&config.data_dir, &config.vault).await?;
+    let identity = vault.identity()?;
+    let mut seed = *identity.p2p_seed;
+    let keypair = Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|e| NodeError::Config(format!("p2p identity: {e}")))?;
+    let peer_id = keypair.public().to_peer_id();
+    let mut endpoints = Vec::new();
+    if let Some(url) = &config.grpc_advertise {
+        grpc_endpoint(url)
+            .map_err(|e| NodeError::Config(format!("--grpc-advertise {url}: {e}")))?;
+        endpoints.push(url.clone());
+    }
+    if let Some(addr) = &config.p2p_advertise {
+        p2p_endpoint(addr)
+            .map_err(|e| NodeError::Config(format!("--p2p-advertise {addr}: {e}")))?;
+        endpoints.push(
+            addr.clone()
+                .with(libp2p::multiaddr::Protocol::P2p(peer_id))
+                .to_string(),
+        );
+    }
+    Ok(Registration {
+        data_dir: config.data_dir.clone(),
+        created,
+        node_key: hex::encode(S::encode_point(&identity.node_key.public_point())),
+        peer_id: peer_id.to_string(),
+        peer_id_hex: hex::encode(peer_id.to_bytes()),
+        endpoints,
+    })
+}
+
+/// The accepted manager keys, after the checks clap does not make (it does not see a config
+/// file's values for "required" and "requires").
+fn checked_manager_keys(config: &NodeConfig) -> Result<Vec<Encoded<S>>, NodeError> {
+    if config.p2p_advertise.is_none() && binds_every_interface(&config.p2p_listen) {
+        return Err(NodeError::Config(format!(
+            "--p2p-listen {} binds every interface, which peers cannot dial: give the address \
+             they reach this node at with --p2p-advertise",
+            config.p2p_listen
+        )));
+    }
+    if config.manager_keys.is_empty() {
+        return Err(NodeError::Config(
+            "no --manager-key: the node would accept no manager".into(),
+        ));
+    }
+    if config.rpc_url.is_some() != config.registry_address.is_some() {
+        return Err(NodeError::Config(
+            "--rpc-url and --registry-address go together".into(),
+        ));
+    }
     config
         .manager_keys
         .iter()
@@ -198,21 +336,12 @@ pub async fn run(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let managers = manager_keys(&config)?;
+    let managers = checked_manager_keys(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::Io(format!("{}: {e}", config.data_dir.display())))?;
     let (nonces, audit, listener_limits) =
         crate::front::open(&config.front, &config.data_dir, &managers).map_err(NodeError::Io)?;
-    let provider = password_provider(&config).await?;
-    let params = match config.kdf {
-        KdfCost::Production => KdfParams::production(),
-        KdfCost::Insecure => KdfParams::insecure_for_tests(),
-    };
-    let vault_path = config.data_dir.join("vault.redb");
-    let vault =
-        tokio::task::spawn_blocking(move || Vault::open(vault_path, provider.as_ref(), params))
-            .await
-            .map_err(|e| NodeError::Io(e.to_string()))??;
+    let vault = open_vault(&config.data_dir, &config.vault).await?;
     let identity = vault.identity()?;
     let vault = Arc::new(vault);
     let epochs = Arc::new(Epochs::load(Arc::clone(&vault))?);
@@ -236,7 +365,14 @@ pub async fn run(
         .map_err(|e| NodeError::Config(format!("p2p identity: {e}")))?;
     let (inbox_tx, inbox_rx) = mpsc::channel(4096);
     let (p2p_stop, p2p_stopped) = oneshot::channel();
-    let p2p = P2p::start(keypair, config.p2p_listen.clone(), inbox_tx, p2p_stopped).await?;
+    let p2p = P2p::start(
+        keypair,
+        config.p2p_listen.clone(),
+        config.p2p_advertise.clone(),
+        inbox_tx,
+        p2p_stopped,
+    )
+    .await?;
     let node_key = Encoded::new(identity.node_key.public_point());
     let ceremonies = Arc::new(Ceremonies::new(
         p2p.clone(),
@@ -251,6 +387,7 @@ pub async fn run(
     let grpc_addr = listener
         .local_addr()
         .map_err(|e| NodeError::Io(e.to_string()))?;
+    let grpc_url = advertised_grpc(&config, grpc_addr, &p2p).await?;
 
     let mut service = NodeService::new(epochs, managers)
         .with_ceremonies(ceremonies, node_key)
@@ -262,6 +399,11 @@ pub async fn run(
         Some(AbortOnDrop(watch))
     } else if let (Some(url), Some(address)) = (&config.rpc_url, config.registry_address) {
         let registry = connect_chain_registry(url, address).await?;
+        check_registered(
+            &registry.cache().state().nodes,
+            &S::encode_point(node_key.point()),
+            &p2p.peer_id(),
+        )?;
         service = service.with_registry(Arc::new(registry));
         None
     } else {
@@ -276,6 +418,7 @@ pub async fn run(
             grpc_addr: grpc_addr.to_string(),
             p2p_addr: p2p.address().to_string(),
             node_key: hex::encode(S::encode_point(node_key.point())),
+            grpc_url: grpc_url.clone(),
         },
     )?;
     tracing::info!(%grpc_addr, p2p = %p2p.address(), node_key = %hex::encode(node_key.bytes()), "node serving");
@@ -294,6 +437,139 @@ pub async fn run(
     let _ = p2p_stop.send(());
     tracing::info!("node stopped");
     result
+}
+
+/// Refuse to start when the registry lists this node (by its peer id or its node key) with
+/// the other half of its identity different: the vault is another node's, or the record is
+/// stale. Such a node would be refused by every ceremony; say so now.
+fn check_registered(
+    records: &std::collections::BTreeMap<u16, tkms_registry::NodeRecord>,
+    node_key: &[u8],
+    peer_id: &libp2p::PeerId,
+) -> Result<(), NodeError> {
+    let peer = peer_id.to_bytes();
+    for record in records.values() {
+        let same_key = record.public_key.as_ref() == node_key;
+        let same_peer = record.peer_id.as_ref() == peer.as_slice();
+        if same_key != same_peer {
+            return Err(NodeError::Config(format!(
+                "the registry's node {} has node key {} and peer id {}, but this node's vault \
+                 holds node key {} and peer id {peer_id}: this is another node's vault, or \
+                 the record must be registered again (tkms node init prints it)",
+                record.index,
+                hex::encode(&record.public_key),
+                libp2p::PeerId::from_bytes(&record.peer_id)
+                    .map_or_else(|_| hex::encode(&record.peer_id), |p| p.to_string()),
+                hex::encode(node_key),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The gRPC URL the manager dials, after checking that this host reaches what the node
+/// advertises (docs/DEPLOY.md §3).
+async fn advertised_grpc(
+    config: &NodeConfig,
+    grpc_addr: SocketAddr,
+    p2p: &P2p,
+) -> Result<String, NodeError> {
+    let grpc_url = match &config.grpc_advertise {
+        Some(url) => url.clone(),
+        None if grpc_addr.ip().is_unspecified() => {
+            return Err(NodeError::Config(format!(
+                "--grpc-listen {grpc_addr} binds every interface, which the manager cannot \
+                 dial: give the URL it reaches this node at with --grpc-advertise"
+            )))
+        }
+        None => format!("http://{grpc_addr}"),
+    };
+    // An address that was not advertised is the bound one: reachable by construction.
+    if !config.skip_advertise_check {
+        if config.grpc_advertise.is_some() {
+            check_reachable("--grpc-advertise", &grpc_url, grpc_endpoint(&grpc_url)).await?;
+        }
+        if config.p2p_advertise.is_some() {
+            let p2p_addr = p2p.address();
+            check_reachable(
+                "--p2p-advertise",
+                &p2p_addr.to_string(),
+                p2p_endpoint(&p2p_addr),
+            )
+            .await?;
+        }
+    }
+    Ok(grpc_url)
+}
+
+/// Whether `addr` is `/ip4/0.0.0.0/...` or `/ip6/::/...`.
+fn binds_every_interface(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// Host and port of a gRPC URL (`http://10.0.0.5:7001`).
+fn grpc_endpoint(url: &str) -> Result<(String, u16), String> {
+    let uri: tonic::codegen::http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let host = uri.host().ok_or("no host")?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// Host and TCP port of a libp2p address (`/ip4/10.0.0.5/tcp/7101/p2p/...`).
+fn p2p_endpoint(addr: &Multiaddr) -> Result<(String, u16), String> {
+    use libp2p::multiaddr::Protocol;
+    let mut host = None;
+    let mut port = None;
+    for p in addr {
+        match p {
+            Protocol::Ip4(ip) => host = Some(ip.to_string()),
+            Protocol::Ip6(ip) => host = Some(ip.to_string()),
+            Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h) => host = Some(h.to_string()),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    match (host, port) {
+        (Some(host), Some(port)) => Ok((host, port)),
+        _ => Err("not an /ip4, /ip6 or /dns address with /tcp".into()),
+    }
+}
+
+/// Fail at start, not at the first ceremony, when this host cannot reach an address it
+/// advertises: a typo, an address of another host, or a port not forwarded.
+async fn check_reachable(
+    option: &str,
+    shown: &str,
+    endpoint: Result<(String, u16), String>,
+) -> Result<(), NodeError> {
+    let unreachable = |why: String| {
+        NodeError::Config(format!(
+            "the advertised address {shown} ({option}) is not reachable from this host: \
+             {why}; advertise the address others reach this node at (behind a NAT that does \
+             not hairpin, --skip-advertise-check)"
+        ))
+    };
+    let (host, port) = endpoint.map_err(unreachable)?;
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable("no answer in 3 s".into())),
+    }
 }
 
 /// Stops a background task when dropped.

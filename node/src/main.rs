@@ -16,7 +16,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     tkms_daemon::init_tracing();
-    let cli = Cli::parse();
+    // The command line, over `TKMS_*` variables, over the `--config` file (docs/DEPLOY.md).
+    let cli: Cli = tkms_daemon::config::parse(&[(&[], tkms_daemon::config::UnknownKeys::Refuse)]);
     match tkms_node::daemon::run(cli.config, tkms_daemon::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

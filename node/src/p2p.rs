@@ -68,7 +68,8 @@ enum Command {
 pub struct P2p {
     commands: mpsc::UnboundedSender<Command>,
     peer_id: PeerId,
-    listen: Multiaddr,
+    /// What peers dial: the advertised address, else the bound one.
+    dialed: Multiaddr,
 }
 
 /// Why the channel could not start.
@@ -92,10 +93,13 @@ type Behaviour = cbor::Behaviour<Envelope, Ack>;
 
 impl P2p {
     /// Start the swarm with identity `keypair`, listening on `listen` (port 0 picks one), and
-    /// deliver what peers send to `incoming`. Runs until `shutdown` fires.
+    /// deliver what peers send to `incoming`. Peers are told to dial `advertise` (the address
+    /// they reach this node at, across NAT or a bind to every interface), else the bound
+    /// address. Runs until `shutdown` fires.
     pub async fn start(
         keypair: Keypair,
         listen: Multiaddr,
+        advertise: Option<Multiaddr>,
         incoming: mpsc::Sender<Incoming>,
         shutdown: oneshot::Receiver<()>,
     ) -> Result<Self, P2pError> {
@@ -150,7 +154,7 @@ impl P2p {
         Ok(Self {
             commands: tx,
             peer_id,
-            listen: bound,
+            dialed: advertise.unwrap_or(bound),
         })
     }
 
@@ -159,9 +163,9 @@ impl P2p {
         self.peer_id
     }
 
-    /// The bound listen address, with `/p2p/<peer id>`: what peers dial.
+    /// The address peers dial (advertised, else bound), with `/p2p/<peer id>`.
     pub fn address(&self) -> Multiaddr {
-        self.listen
+        self.dialed
             .clone()
             .with(libp2p::multiaddr::Protocol::P2p(self.peer_id))
     }
@@ -200,6 +204,19 @@ async fn run(
             _ = &mut shutdown => break,
             command = commands.recv() => {
                 let Some(Command::Send { peer, addr, envelope, attempt }) = command else { break };
+                if !swarm.is_connected(&peer) {
+                    // Dial from a new port: from the listening port (libp2p's default), two
+                    // nodes dialing each other at once over a link slower than their dials
+                    // make one TCP connection by simultaneous open, on which both run the
+                    // Noise initiator and fail; every DKG across a 50 ms link did.
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                        .addresses(vec![addr.clone()])
+                        .allocate_new_port()
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "dial not started");
+                    }
+                }
                 let id = swarm.behaviour_mut().send_request_with_addresses(
                     &peer,
                     envelope.clone(),
@@ -237,6 +254,9 @@ async fn run(
                             tracing::warn!(%peer, %error, "ceremony message given up after {MAX_ATTEMPTS} attempts");
                         }
                     }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    tracing::debug!(peer = ?peer_id, %error, "dial failed");
                 }
                 SwarmEvent::Behaviour(request_response::Event::InboundFailure { peer, error, .. }) => {
                     tracing::debug!(%peer, %error, "inbound ceremony message failed");
