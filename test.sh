@@ -58,8 +58,22 @@ setup_venv() {
   echo "$want" > "$stamp"
 }
 
+# tests/wan.rs runs a cluster across network namespaces: it needs iproute2 and iptables
+# (Debian packages; as root, which CI is). Installed only where missing.
+setup_network_tools() {
+  local missing=()
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} (tests/wan.rs)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+  fi
+}
+
 setup() {
   local started=$SECONDS
+  setup_network_tools
   for env in "${PYTHON_ENVS[@]}"; do
     # shellcheck disable=SC2086 # one line holds the directory and its requirements files
     setup_venv $env

@@ -37,6 +37,10 @@ use tkms_crypto::{Secp256k1, SecretScalar, Suite};
 use tkms_registry::{AnvilInstance, Bytes, Deployment, LocalSetup, NodeRecord, B256};
 use zeroize::Zeroizing;
 
+pub mod netns;
+
+pub use netns::{NetnsArgs, Network, ShapeArgs};
+
 /// Arguments of `tkms testnet up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -86,6 +90,96 @@ pub struct UpArgs {
     /// One more argument for every `tkms node run` (repeat).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+    /// Network namespaces and emulated wide-area links.
+    #[command(flatten)]
+    pub network: NetnsArgs,
+}
+
+/// Arguments of `tkms testnet down`, `partition` and `heal`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArgs {
+    /// The testnet's directory.
+    #[arg(long, default_value = "tkms-testnet")]
+    pub data_dir: PathBuf,
+    /// Its `testnet.json`.
+    #[arg(long, default_value = "testnet.json")]
+    pub out: PathBuf,
+}
+
+/// Where each process of the testnet listens, and in which namespace.
+struct Layout {
+    manager_listen: String,
+    manager_ns: Option<String>,
+    nodes: Vec<NodeAddrs>,
+}
+
+struct NodeAddrs {
+    grpc_listen: String,
+    p2p_listen: String,
+    ns: Option<String>,
+}
+
+impl Layout {
+    fn loopback(ports: &Ports) -> Self {
+        Self {
+            manager_listen: format!("127.0.0.1:{}", ports.manager),
+            manager_ns: None,
+            nodes: ports
+                .grpc
+                .iter()
+                .zip(&ports.p2p)
+                .map(|(g, p)| NodeAddrs {
+                    grpc_listen: format!("127.0.0.1:{g}"),
+                    p2p_listen: format!("/ip4/127.0.0.1/tcp/{p}"),
+                    ns: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn namespaces(network: &Network) -> Self {
+        Self {
+            manager_listen: format!("{}:{}", network.manager.addr, netns::MANAGER_PORT),
+            manager_ns: Some(network.manager.name.clone()),
+            nodes: network
+                .nodes
+                .iter()
+                .map(|ns| NodeAddrs {
+                    grpc_listen: format!("{}:{}", ns.addr, netns::GRPC_PORT),
+                    p2p_listen: format!("/ip4/{}/tcp/{}", ns.addr, netns::P2P_PORT),
+                    ns: Some(ns.name.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Write the `--option value` pairs of `args` as the TOML settings file that `--config`
+/// reads (a repeated option becomes an array, a bare flag `true`): the testnet starts its
+/// daemons through the same file an operator writes (docs/DEPLOY.md).
+fn write_config(path: &Path, args: &[String]) -> Result<()> {
+    let mut table = toml::Table::new();
+    let mut k = 0;
+    while k < args.len() {
+        let key = args[k]
+            .strip_prefix("--")
+            .with_context(|| format!("{:?} is not an option", args[k]))?;
+        let value = args.get(k + 1).filter(|v| !v.starts_with("--"));
+        k += if value.is_some() { 2 } else { 1 };
+        let value = value.map_or(toml::Value::Boolean(true), |v| {
+            toml::Value::String(v.clone())
+        });
+        match table.remove(key) {
+            None => table.insert(key.to_string(), value),
+            Some(toml::Value::Array(mut values)) => {
+                values.push(value);
+                table.insert(key.to_string(), toml::Value::Array(values))
+            }
+            Some(first) => table.insert(key.to_string(), toml::Value::Array(vec![first, value])),
+        };
+    }
+    let text = format!("# Written by `tkms testnet up`; see docs/DEPLOY.md.\n{table}");
+    write_private(path, text.as_bytes())
 }
 
 /// One node in `testnet.json`.
@@ -237,6 +331,20 @@ fn random_hex(bytes: usize) -> Zeroizing<String> {
     Zeroizing::new(hex::encode(&*b))
 }
 
+/// The compressed public key of the hex secret scalar `secret`, as hex.
+fn public_hex(secret: &str) -> Result<String> {
+    let bytes = Zeroizing::new(hex::decode(secret)?);
+    let key = SecretScalar::<Secp256k1>::from_bytes(&bytes)?;
+    Ok(hex::encode(Secp256k1::encode_point(&key.public_point())))
+}
+
+/// The ECDSA key of the hex secret `secret`.
+fn signing_key(secret: &str) -> Result<SigningKey> {
+    Ok(SigningKey::from_slice(&Zeroizing::new(hex::decode(
+        secret,
+    )?))?)
+}
+
 fn scalar_hex() -> Zeroizing<String> {
     let s = SecretScalar::<Secp256k1>::random(&mut OsRng);
     Zeroizing::new(hex::encode(s.to_bytes().as_ref()))
@@ -249,11 +357,21 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: String, args: &[String], log: &Path) -> Result<Self> {
+    /// Start this binary with `args`, in network namespace `ns` if given, logging to `log`.
+    fn spawn(name: String, args: &[String], log: &Path, ns: Option<&str>) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the tkms binary")?;
         let log_file =
             fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(exe)
+        let mut command = match ns {
+            // `ip netns exec` enters the namespace and execs: the pid is the daemon's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -377,33 +495,31 @@ fn ports(dir: &Path, n: u16) -> Result<Ports> {
 }
 
 /// Start the node processes and wait until each has written its status file. Each node's
-/// ports are released just before it starts.
+/// ports (loopback) are released just before it starts.
 fn start_nodes(
     dir: &Path,
-    ports: &mut Ports,
+    layout: &Layout,
+    mut ports: Option<&mut Ports>,
     manager_public: &str,
     registry_args: &[String],
     extra_args: &[String],
     deadline: Instant,
 ) -> Result<Vec<(Proc, TestnetNode)>> {
-    let n = u16::try_from(ports.grpc.len())?;
     let mut nodes: Vec<(Proc, TestnetNode)> = Vec::new();
-    for k in 0..n {
-        let index = k + 1;
+    for (k, addrs) in layout.nodes.iter().enumerate() {
+        let index = u16::try_from(k + 1)?;
         let ndir = dir.join(format!("node-{index}"));
         fs::create_dir_all(&ndir)?;
         let password = ndir.join("password");
         secret_file(&password, || random_hex(32))?;
         let _ = fs::remove_file(ndir.join("node.json"));
-        let mut command: Vec<String> = vec![
-            "node".into(),
-            "run".into(),
+        let mut settings: Vec<String> = vec![
             "--data-dir".into(),
             ndir.display().to_string(),
             "--grpc-listen".into(),
-            format!("127.0.0.1:{}", ports.grpc[usize::from(k)]),
+            addrs.grpc_listen.clone(),
             "--p2p-listen".into(),
-            format!("/ip4/127.0.0.1/tcp/{}", ports.p2p[usize::from(k)]),
+            addrs.p2p_listen.clone(),
             "--manager-key".into(),
             manager_public.to_string(),
             "--password".into(),
@@ -413,12 +529,31 @@ fn start_nodes(
             "--kdf".into(),
             "insecure".into(),
         ];
-        command.extend_from_slice(registry_args);
+        settings.extend_from_slice(registry_args);
+        let config = ndir.join("node.toml");
+        write_config(&config, &settings)?;
+        let mut command: Vec<String> = vec![
+            "node".into(),
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
         command.extend_from_slice(extra_args);
-        ports.held.release(ports.grpc[usize::from(k)]);
-        ports.held.release(ports.p2p[usize::from(k)]);
-        let proc = Proc::spawn(format!("node {index}"), &command, &ndir.join("node.log"))?;
-        let mut full = vec![std::env::current_exe()?.display().to_string()];
+        if let Some(ports) = ports.as_deref_mut() {
+            ports.held.release(ports.grpc[k]);
+            ports.held.release(ports.p2p[k]);
+        }
+        let proc = Proc::spawn(
+            format!("node {index}"),
+            &command,
+            &ndir.join("node.log"),
+            addrs.ns.as_deref(),
+        )?;
+        let mut full = Vec::new();
+        if let Some(ns) = &addrs.ns {
+            full.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
+        }
+        full.push(std::env::current_exe()?.display().to_string());
         full.extend(command);
         nodes.push((
             proc,
@@ -508,25 +643,23 @@ async fn ensure_key(
 fn start_manager(
     mdir: &Path,
     registry_args: &[String],
-    port: u16,
+    layout: &Layout,
     round_timeout_ms: u64,
     fanout: tkms_manager::cluster::Fanout,
     batching: tkms_manager::cluster::Batching,
     extra_args: &[String],
     nodes: &[(Proc, TestnetNode)],
 ) -> Result<(Proc, Vec<String>)> {
-    let mut margs: Vec<String> = vec![
-        "manager".into(),
-        "run".into(),
+    let mut settings: Vec<String> = vec![
         "--listen".into(),
-        format!("127.0.0.1:{port}"),
+        layout.manager_listen.clone(),
         "--node-key-file".into(),
         mdir.join("node-request.key").display().to_string(),
         "--wallet-key-file".into(),
         mdir.join("wallet.key").display().to_string(),
     ];
-    margs.extend_from_slice(registry_args);
-    margs.extend([
+    settings.extend_from_slice(registry_args);
+    settings.extend([
         "--admin-token-file".into(),
         mdir.join("admin.token").display().to_string(),
         "--state-file".into(),
@@ -544,13 +677,30 @@ fn start_manager(
         "--nonce-journal".into(),
         mdir.join("nonces.journal").display().to_string(),
     ]);
-    margs.extend_from_slice(extra_args);
     for (_, node) in nodes {
-        margs.push("--node".into());
-        margs.push(format!("http://{}", node.grpc_addr));
+        settings.push("--node".into());
+        settings.push(format!("http://{}", node.grpc_addr));
     }
-    let proc = Proc::spawn("manager".into(), &margs, &mdir.join("manager.log"))?;
-    let mut command = vec![std::env::current_exe()?.display().to_string()];
+    let config = mdir.join("manager.toml");
+    write_config(&config, &settings)?;
+    let mut margs: Vec<String> = vec![
+        "manager".into(),
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    margs.extend_from_slice(extra_args);
+    let proc = Proc::spawn(
+        "manager".into(),
+        &margs,
+        &mdir.join("manager.log"),
+        layout.manager_ns.as_deref(),
+    )?;
+    let mut command = Vec::new();
+    if let Some(ns) = &layout.manager_ns {
+        command.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
+    }
+    command.push(std::env::current_exe()?.display().to_string());
     command.extend(margs);
     Ok((proc, command))
 }
@@ -644,6 +794,24 @@ fn checked(args: &UpArgs) -> Result<(u16, u16, tkms_manager::cluster::Batching)>
     Ok((n, t, batching))
 }
 
+/// Where the processes of the testnet in `dir` listen. With `--netns` every process has an
+/// address of its own (the namespaces are made here); else the ports are picked (or read
+/// back) and held before anything else starts, anvil included, and each is released just
+/// before the process that listens on it.
+fn place(args: &UpArgs, dir: &Path, n: u16) -> Result<(Option<Network>, Option<Ports>, Layout)> {
+    if args.network.netns {
+        if args.chain {
+            bail!("--netns runs with the registry file; --chain is not supported with it yet");
+        }
+        let network = Network::create(dir, n, &args.network)?;
+        let layout = Layout::namespaces(&network);
+        return Ok((Some(network), None, layout));
+    }
+    let ports = ports(dir, n)?;
+    let layout = Layout::loopback(&ports);
+    Ok((None, Some(ports), layout))
+}
+
 /// Start the testnet; with `detach`, return once `testnet.json` is written.
 pub fn up(args: &UpArgs) -> Result<()> {
     let (n, t, batching) = checked(args)?;
@@ -652,9 +820,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
 
-    // Picked (or read back) and held before anything else starts, anvil included; each is
-    // released just before the process that listens on it.
-    let mut ports = ports(&dir, n)?;
+    let (network, mut ports, layout) = place(args, &dir, n)?;
+    // Whatever fails from here on removes the namespaces again (unless detached and up).
+    let network_guard = NetworkGuard(network, dir.clone());
 
     let mdir = dir.join("manager");
     let node_key = secret_file(&mdir.join("node-request.key"), scalar_hex)?;
@@ -662,14 +830,12 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let gateway_hex = secret_file(&mdir.join("gateway.key"), scalar_hex)?;
     let runner_hex = secret_file(&mdir.join("runner.key"), scalar_hex)?;
     let admin_token = secret_file(&mdir.join("admin.token"), || random_hex(24))?;
-    let manager_public = {
-        let bytes = Zeroizing::new(hex::decode(node_key.as_str())?);
-        let key = SecretScalar::<Secp256k1>::from_bytes(&bytes)?;
-        hex::encode(Secp256k1::encode_point(&key.public_point()))
-    };
-    let wallet = SigningKey::from_slice(&Zeroizing::new(hex::decode(wallet_hex.as_str())?))?;
-    let gateway = SigningKey::from_slice(&Zeroizing::new(hex::decode(gateway_hex.as_str())?))?;
-    let runner = SigningKey::from_slice(&Zeroizing::new(hex::decode(runner_hex.as_str())?))?;
+    let manager_public = public_hex(&node_key)?;
+    let (wallet, gateway, runner) = (
+        signing_key(&wallet_hex)?,
+        signing_key(&gateway_hex)?,
+        signing_key(&runner_hex)?,
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -689,7 +855,8 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let nodes = start_nodes(
         &dir,
-        &mut ports,
+        &layout,
+        ports.as_mut(),
         &manager_public,
         &registry_args,
         &args.node_args,
@@ -699,12 +866,14 @@ pub fn up(args: &UpArgs) -> Result<()> {
         runtime.block_on(register_nodes(&chain.deployment, &nodes))?;
     }
 
-    let manager_url = format!("http://127.0.0.1:{}", ports.manager);
-    ports.held.release(ports.manager);
+    let manager_url = format!("http://{}", layout.manager_listen);
+    if let Some(ports) = ports.as_mut() {
+        ports.held.release(ports.manager);
+    }
     let (mut manager, manager_command) = start_manager(
         &mdir,
         &registry_args,
-        ports.manager,
+        &layout,
         args.round_timeout_ms,
         args.fanout,
         batching,
@@ -751,8 +920,57 @@ pub fn up(args: &UpArgs) -> Result<()> {
     fs::rename(&tmp, out)?;
 
     print_summary(&testnet, out, manager.pid(), t, n);
-    wait_and_stop(args.detach, &runtime, manager, nodes, chain);
+    wait_and_stop(args.detach, &runtime, manager, nodes, chain, network_guard);
     Ok(())
+}
+
+/// Removes a testnet's namespaces when dropped (an `up` that failed, or stopped by Ctrl-C).
+struct NetworkGuard(Option<Network>, PathBuf);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        if let Some(network) = self.0.take() {
+            network.destroy();
+            let _ = fs::remove_file(Network::file(&self.1));
+        }
+    }
+}
+
+/// `tkms testnet down`: stop the processes of a detached testnet (the pids in its
+/// `testnet.json`) and remove its namespaces.
+pub fn down(args: &DataDirArgs) -> Result<()> {
+    if let Ok(bytes) = fs::read(&args.out) {
+        let testnet: Testnet = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", args.out.display()))?;
+        let pids = std::iter::once(testnet.manager_pid)
+            .chain(testnet.nodes.iter().map(|n| n.pid))
+            .chain(testnet.anvil_pid);
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    if let Some(network) = Network::load(&args.data_dir)? {
+        // The daemons get a moment to stop before their namespaces go.
+        std::thread::sleep(Duration::from_millis(500));
+        network.destroy();
+        fs::remove_file(Network::file(&args.data_dir))?;
+    }
+    Ok(())
+}
+
+/// `tkms testnet partition|heal --node I`: cut node `I` of a `--netns` testnet off the
+/// network, or join it back.
+pub fn partition(args: &DataDirArgs, node: u16, cut: bool) -> Result<()> {
+    let network = Network::load(&args.data_dir)?.with_context(|| {
+        format!(
+            "{} has no network namespaces (start it with --netns)",
+            args.data_dir.display()
+        )
+    })?;
+    Network::partition(network.node(node)?, cut)
 }
 
 /// With `detach`, leave every process running; else wait for Ctrl-C and stop the manager,
@@ -763,8 +981,11 @@ fn wait_and_stop(
     mut manager: Proc,
     mut nodes: Vec<(Proc, TestnetNode)>,
     chain: Option<Chain>,
+    mut network: NetworkGuard,
 ) {
     if detach {
+        // `tkms testnet down` removes the namespaces.
+        network.0 = None;
         // Leave the processes running: forget the handles so Drop does not stop them.
         for (proc, _) in nodes {
             std::mem::forget(proc);
@@ -782,8 +1003,9 @@ fn wait_and_stop(
     for (proc, _) in &mut nodes {
         proc.stop();
     }
-    // Dropping the anvil instance stops the chain.
+    // Dropping the anvil instance stops the chain; the network guard removes the namespaces.
     drop(chain);
+    drop(network);
 }
 
 /// The local chain of a `--chain` testnet. Dropping it stops anvil.
