@@ -22,13 +22,14 @@ use tkms_crypto::{
 };
 use tkms_proto::{
     node::v1::{self as pb, node_server::Node},
+    requester::{Action, AuthorizationError, RequesterAuthorization},
     tls::TlsPeer,
     SignedRequest,
 };
 use tkms_registry::access::{self, Published, Registered, Registry};
 use tkms_sdk::{
     nox,
-    v1::{self, Freshness, NonceCache},
+    v1::{self, NonceCache, SignedV1, V1Error},
 };
 
 use crate::ceremony::{self, Ceremonies, CeremonyError, Spec};
@@ -112,7 +113,9 @@ impl NodeService {
     }
 
     /// The end requester's authorization, checked by this node itself: the signature covers
-    /// exactly what the node is asked to compute, and its signer holds the needed role.
+    /// exactly what the node is asked to compute, and its signer holds the needed role
+    /// ([`V1Authorization::admit`], the manager's check). The digests are compared before the
+    /// signature is recovered.
     fn check_requester(
         &self,
         authorization: Option<&pb::RequesterAuthorization>,
@@ -121,90 +124,97 @@ impl NodeService {
         let Some(registry) = &self.registry else {
             return Ok(());
         };
-        let scheme = authorization
-            .and_then(|a| a.scheme.as_ref())
-            .ok_or_else(|| denied("the request carries no requester authorization"))?;
-        match (scheme, operation) {
+        let authorization = authorization
+            .ok_or(AuthorizationError::Missing)
+            .and_then(RequesterAuthorization::try_from)
+            .map_err(|e| match e {
+                AuthorizationError::Nox(e) => unauthenticated(e),
+                AuthorizationError::Nonce(_) => Status::invalid_argument(e.to_string()),
+                e => denied(e),
+            })?;
+        let a = match (authorization, operation) {
             (
-                pb::requester_authorization::Scheme::Eip712Delegate(a),
+                RequesterAuthorization::Nox(request),
                 Operation::Delegate {
                     ephemeral,
                     request_id,
                     target_rsa_spki,
                 },
-            ) => check_v0(registry.as_ref(), a, ephemeral, request_id, target_rsa_spki),
-            (pb::requester_authorization::Scheme::Eip712Request(a), operation) => {
-                let freshness = Freshness {
-                    nonce: v1_nonce(&a.nonce)?,
-                    expires_at: a.expires_at,
-                };
-                let (digest, signer, may) = match operation {
-                    Operation::Delegate {
-                        ephemeral,
-                        request_id,
-                        target_rsa_spki,
-                    } => {
-                        let request = v1::DelegateV1::from_parts(
-                            a.chain_id,
-                            **ephemeral,
-                            target_rsa_spki.to_vec(),
-                            freshness,
-                            a.signature.clone(),
-                        )
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                        let digest = request.digest();
-                        if digest.as_slice() != *request_id {
-                            return Err(denied("the request id is not the request's digest"));
-                        }
-                        let signer = request.signer().map_err(unauthenticated)?;
-                        (digest, signer, registry.is_gateway(a.chain_id, signer))
-                    }
-                    Operation::Reencrypt { target, capsules } => {
-                        let request = v1::ReencryptV1::from_parts(
-                            a.chain_id,
-                            **target,
-                            capsules.iter().map(|(_, k)| *k).collect(),
-                            freshness,
-                            a.signature.clone(),
-                        )
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                        let digest = request.digest();
-                        let ids_match = capsules
-                            .iter()
-                            .enumerate()
-                            .all(|(k, (id, _))| *id == v1::ReencryptV1::request_id(&digest, k));
-                        if !ids_match {
-                            return Err(denied("the capsule ids do not derive from the request"));
-                        }
-                        let signer = request.signer().map_err(unauthenticated)?;
-                        let may = registry.is_gateway(a.chain_id, signer)
-                            || registry.is_runner(a.chain_id, signer);
-                        (digest, signer, may)
-                    }
-                };
-                if digest.as_slice() != a.request_digest.as_slice() {
-                    return Err(denied("the request digest differs from the node's"));
-                }
-                if !may {
-                    return Err(denied(format!(
-                        "{signer} may not ask for this on chain {}",
-                        a.chain_id
-                    )));
-                }
-                let now = v1::now_secs();
-                freshness.check(now).map_err(unauthenticated)?;
-                self.nonces
-                    .use_once(signer, &freshness, now)
-                    .map_err(unauthenticated)?;
-                Ok(())
+            ) => {
+                return check_v0(
+                    registry.as_ref(),
+                    &request,
+                    ephemeral,
+                    request_id,
+                    target_rsa_spki,
+                )
             }
-            (
-                pb::requester_authorization::Scheme::Eip712Delegate(_),
-                Operation::Reencrypt { .. },
-            ) => Err(denied(
-                "a delegation authorization does not authorize a re-encryption",
-            )),
+            (RequesterAuthorization::Nox(_), Operation::Reencrypt { .. }) => {
+                return Err(denied(
+                    "a delegation authorization does not authorize a re-encryption",
+                ))
+            }
+            (RequesterAuthorization::V1(a), _) => a,
+        };
+        let (digest, action) = match operation {
+            Operation::Delegate {
+                ephemeral,
+                request_id,
+                target_rsa_spki,
+            } => {
+                let request = v1::DelegateV1::from_parts(
+                    a.chain_id,
+                    **ephemeral,
+                    target_rsa_spki.to_vec(),
+                    a.freshness,
+                    a.signature.clone(),
+                )
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let digest = request.digest();
+                if digest.as_slice() != *request_id {
+                    return Err(denied("the request id is not the request's digest"));
+                }
+                (digest, Action::Delegate)
+            }
+            Operation::Reencrypt { target, capsules } => {
+                let request = v1::ReencryptV1::from_parts(
+                    a.chain_id,
+                    **target,
+                    capsules.iter().map(|(_, k)| *k).collect(),
+                    a.freshness,
+                    a.signature.clone(),
+                )
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let digest = request.digest();
+                let ids_match = capsules
+                    .iter()
+                    .enumerate()
+                    .all(|(k, (id, _))| *id == v1::ReencryptV1::request_id(&digest, k));
+                if !ids_match {
+                    return Err(denied("the capsule ids do not derive from the request"));
+                }
+                (digest, Action::Reencrypt)
+            }
+        };
+        if digest != a.request_digest {
+            return Err(denied("the request digest differs from the node's"));
         }
+        let signer = a.signer().map_err(unauthenticated)?;
+        a.admit(
+            signer,
+            action,
+            registry.as_ref(),
+            &self.nonces,
+            v1::now_secs(),
+            |_| Ok(()),
+        )
+        .map_err(|e| match e {
+            V1Error::Forbidden {
+                signer, chain_id, ..
+            } => denied(format!("{signer} may not ask for this on chain {chain_id}")),
+            e => unauthenticated(e),
+        })?;
+        Ok(())
     }
 
     /// The share of `epoch`, if this node serves it: it holds it and, with a registry that
@@ -488,7 +498,7 @@ fn matches_publication(
 /// id, and its signer a gateway.
 fn check_v0(
     registry: &dyn Registry,
-    a: &pb::Eip712Delegate,
+    request: &nox::DelegateRequest,
     ephemeral: &Encoded<ClusterSuite>,
     request_id: &[u8],
     target_rsa_spki: &[u8],
@@ -496,13 +506,6 @@ fn check_v0(
     if !target_rsa_spki.is_empty() {
         return Err(denied("a /v1 delegation needs a /v1 authorization"));
     }
-    let request = nox::DelegateRequest::from_authorization(
-        a.chain_id,
-        &a.ephemeral_pub_key,
-        &a.target_pub_key,
-        &a.signature,
-    )
-    .map_err(unauthenticated)?;
     if request.ephemeral() != ephemeral.point() {
         return Err(denied("the authorization is for another ephemeral key"));
     }
@@ -512,19 +515,13 @@ fn check_v0(
         ));
     }
     let signer = request.signer().map_err(unauthenticated)?;
-    if !registry.is_gateway(a.chain_id, signer) {
+    let chain_id = request.chain_id();
+    if Action::Delegate.role(registry, chain_id, signer).is_none() {
         return Err(denied(format!(
-            "{signer} is not a gateway on chain {}",
-            a.chain_id
+            "{signer} is not a gateway on chain {chain_id}"
         )));
     }
     Ok(())
-}
-
-fn v1_nonce(bytes: &[u8]) -> Result<alloy_primitives::B256, Status> {
-    alloy_primitives::B256::try_from(bytes).map_err(|_| {
-        Status::invalid_argument(format!("nonce must be 32 bytes, got {}", bytes.len()))
-    })
 }
 
 fn point(bytes: &[u8], what: &str) -> Result<Encoded<ClusterSuite>, Status> {
