@@ -223,9 +223,38 @@ pub enum Action<S: Suite> {
     SetTimer {
         /// Delay.
         after: Duration,
-        /// An opaque id.
-        timer: u64,
+        /// Which round of which attempt it ends.
+        timer: Timer,
     },
+}
+
+/// A timer the participant armed ([`Action::SetTimer`]): the end of one round of one attempt.
+/// The runtime hands it back to [`Participant::on_timer`] as it got it; a timer of an earlier
+/// attempt or relay, or of a round the participant has left, does nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timer {
+    attempt: u32,
+    round: Round,
+}
+
+impl Timer {
+    /// The attempt whose round it ends.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// The rounds a participant times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Round {
+    /// Round 1: waiting for dealings.
+    Dealing,
+    /// Round 2: waiting for responses.
+    Responses,
+    /// Waiting for the dealings asked for in the attempt's `n`th relay request.
+    Relay(u32),
+    /// Round 3: waiting for confirmations.
+    Confirmations,
 }
 
 /// Where the participant is.
@@ -242,10 +271,6 @@ enum Phase<S: Suite> {
     Done,
 }
 
-const ROUND1: u64 = 1;
-const ROUND2: u64 = 2;
-const RELAY: u64 = 3;
-const ROUND3: u64 = 4;
 /// Extra round timeouts one attempt may wait for missing dealings or responses.
 const MAX_EXTENSIONS: u32 = 4;
 
@@ -404,34 +429,38 @@ impl<S: Suite> Participant<S> {
     pub fn on_timer(
         &mut self,
         now: Duration,
-        timer: u64,
+        timer: Timer,
         rng: &mut impl CryptoRngCore,
         out: &mut Vec<Action<S>>,
     ) {
-        let expected = |round| self.timer_id(round);
-        let low = timer & 0xff_ffff_ffff;
+        if timer.attempt != self.config.attempt() {
+            return;
+        }
         let threshold = usize::from(self.config.threshold());
-        if low == expected(ROUND1) && matches!(self.phase, Phase::Dealing) {
-            // With fewer dealings than the ceremony needs, proceeding can only fail: wait
-            // another round (bounded) for slow dealers instead.
-            if self.dealings.len() < self.config.required_dealers() && self.extend(ROUND1, out) {
-                return;
+        match (timer.round, &self.phase) {
+            (Round::Dealing, Phase::Dealing) => {
+                // With fewer dealings than the ceremony needs, proceeding can only fail: wait
+                // another round (bounded) for slow dealers instead.
+                if self.dealings.len() < self.config.required_dealers()
+                    && self.extend(Round::Dealing, out)
+                {
+                    return;
+                }
+                self.round2(now, rng, out);
             }
-            self.round2(now, rng, out);
-        } else if low == expected(ROUND2) && matches!(self.phase, Phase::Responding) {
-            // Likewise, finalizing with fewer than t responses cannot produce a key that the
-            // others agree on; a slow node waits for them rather than failing alone.
-            if self.responses.len() < threshold && self.extend(ROUND2, out) {
-                return;
+            (Round::Responses, Phase::Responding) => {
+                // Likewise, finalizing with fewer than t responses cannot produce a key that
+                // the others agree on; a slow node waits for them rather than failing alone.
+                if self.responses.len() < threshold && self.extend(Round::Responses, out) {
+                    return;
+                }
+                self.end_round2(now, rng, out);
             }
-            self.end_round2(now, rng, out);
-        } else if low == expected(RELAY)
-            && timer >> 40 == u64::from(self.relays)
-            && matches!(self.phase, Phase::AwaitingRelay(_))
-        {
-            self.try_finalize(now, rng, out);
-        } else if low == expected(ROUND3) && matches!(self.phase, Phase::Confirming(_)) {
-            self.end_round3(now, rng, out);
+            (Round::Relay(relay), Phase::AwaitingRelay(_)) if relay == self.relays => {
+                self.try_finalize(now, rng, out);
+            }
+            (Round::Confirmations, Phase::Confirming(_)) => self.end_round3(now, rng, out),
+            _ => {}
         }
     }
 
@@ -444,32 +473,36 @@ impl<S: Suite> Participant<S> {
         let msg = Message::new(self.config.attempt(), Body::SyncRequest);
         self.send_to_peers(&msg, out);
         let round = match self.phase {
-            Phase::Dealing => ROUND1,
-            Phase::Responding => ROUND2,
-            Phase::AwaitingRelay(_) => RELAY | (u64::from(self.relays) << 40),
-            Phase::Confirming(_) | Phase::Done => ROUND3,
+            Phase::Dealing => Round::Dealing,
+            Phase::Responding => Round::Responses,
+            Phase::AwaitingRelay(_) => Round::Relay(self.relays),
+            Phase::Confirming(_) | Phase::Done => Round::Confirmations,
         };
         out.push(Action::SetTimer {
             after: self.timeouts.round,
-            timer: self.timer_id(round & 0xff) | (round & !0xff),
+            timer: self.timer(round),
         });
     }
 
     /// Re-arm `round`'s timer once more, if this attempt has extensions left.
-    fn extend(&mut self, round: u64, out: &mut Vec<Action<S>>) -> bool {
+    fn extend(&mut self, round: Round, out: &mut Vec<Action<S>>) -> bool {
         if self.extensions >= MAX_EXTENSIONS {
             return false;
         }
         self.extensions += 1;
         out.push(Action::SetTimer {
             after: self.timeouts.round,
-            timer: self.timer_id(round),
+            timer: self.timer(round),
         });
         true
     }
 
-    fn timer_id(&self, round: u64) -> u64 {
-        (u64::from(self.config.attempt()) << 8) | round
+    /// The timer of `round` in the current attempt.
+    fn timer(&self, round: Round) -> Timer {
+        Timer {
+            attempt: self.config.attempt(),
+            round,
+        }
     }
 
     fn is_dealer(&self) -> bool {
@@ -518,7 +551,7 @@ impl<S: Suite> Participant<S> {
         }
         out.push(Action::SetTimer {
             after: self.timeouts.round,
-            timer: self.timer_id(ROUND1),
+            timer: self.timer(Round::Dealing),
         });
         let attempt = self.config.attempt();
         let (now_msgs, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future)
@@ -721,7 +754,7 @@ impl<S: Suite> Participant<S> {
         self.phase = Phase::Responding;
         out.push(Action::SetTimer {
             after: self.timeouts.round,
-            timer: self.timer_id(ROUND2),
+            timer: self.timer(Round::Responses),
         });
         // Every response may be in already (this node was the last to get its dealings): do
         // not wait for a timeout that nothing else will cut short.
@@ -801,7 +834,7 @@ impl<S: Suite> Participant<S> {
                 self.phase = Phase::Confirming(Box::new(output));
                 out.push(Action::SetTimer {
                     after: self.timeouts.round,
-                    timer: self.timer_id(ROUND3),
+                    timer: self.timer(Round::Confirmations),
                 });
                 if self.confirmations.len() == self.config.recipients().len() {
                     self.end_round3(now, rng, out);
@@ -826,10 +859,9 @@ impl<S: Suite> Participant<S> {
                     let msg = Message::new(self.config.attempt(), Body::RelayRequest(d));
                     self.send_to_peers(&msg, out);
                 }
-                let timer = self.timer_id(RELAY) | (u64::from(self.relays) << 40);
                 out.push(Action::SetTimer {
                     after: self.timeouts.relay,
-                    timer,
+                    timer: self.timer(Round::Relay(self.relays)),
                 });
             }
             Err(e) => self.finish(now, Err(e)),
