@@ -11,7 +11,7 @@
 use tkms_registry::access::{Registry, RoleKind};
 use tkms_sdk::{
     nox::{self, NoxError},
-    v1::{Freshness, NonceCache, SignedV1, V1Error},
+    v1::{self, Freshness, NonceCache, SignedV1, V1Error},
 };
 
 use crate::node::v1 as pb;
@@ -84,6 +84,11 @@ impl V1Authorization {
         }
     }
 
+    /// The signer of [`Self::request_digest`]: a node asks only once that digest is its own.
+    pub fn signer(&self) -> Result<Address, V1Error> {
+        v1::recover(&self.signature, &self.request_digest)
+    }
+
     /// The checks every signed `/v1` request passes once its `signer` is recovered, at the
     /// manager and again at every node: the signer holds a role that may ask for `action`,
     /// `quota` (the manager's, in that role) admits it, the request has not expired, and its
@@ -114,23 +119,6 @@ impl V1Authorization {
         self.freshness.check(now)?;
         nonces.use_once(signer, &self.freshness, now)?;
         Ok(role)
-    }
-}
-
-/// The signer recovers from [`V1Authorization::request_digest`]: a node calls
-/// [`SignedV1::signer`] only once that digest is its own.
-impl SignedV1 for V1Authorization {
-    fn chain_id(&self) -> u64 {
-        self.chain_id
-    }
-    fn freshness(&self) -> &Freshness {
-        &self.freshness
-    }
-    fn signature(&self) -> &[u8] {
-        &self.signature
-    }
-    fn digest(&self) -> B256 {
-        self.request_digest
     }
 }
 

@@ -10,7 +10,7 @@ use tkms_proto::{
 use tkms_registry::access::Registry;
 use tkms_sdk::{
     nox,
-    v1::{self, SignedV1, V1Error},
+    v1::{self, V1Error},
 };
 
 use tonic::Status;

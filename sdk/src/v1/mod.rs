@@ -318,7 +318,8 @@ fn sign(key: &SigningKey, digest: &B256) -> [u8; nox::SIGNATURE_LEN] {
     nox::sign_digest(key, digest)
 }
 
-fn recover(signature: &[u8], digest: &B256) -> Result<Address, V1Error> {
+/// The address whose 65-byte `signature` (`r || s || v`) signed `digest`.
+pub fn recover(signature: &[u8], digest: &B256) -> Result<Address, V1Error> {
     let signature = nox::signature_from_bytes(signature).map_err(V1Error::Unauthorized)?;
     crate::ecrecover::recover_address(&signature, digest)
         .map_err(|e| V1Error::Unauthorized(format!("signature does not recover: {e}")))
