@@ -259,20 +259,14 @@ impl FrontDoor {
     }
 
     /// After the signer's role is checked and before any node is asked: take a token from
-    /// the requester's bucket (`role` is the gateway role for delegations; for a
-    /// re-encryption the gateway role if it holds it, else the runner role), or answer 429.
+    /// the requester's bucket in the `role` it asks in
+    /// ([`tkms_proto::requester::Action::role`]), or answer 429.
     pub fn admit_requester(
         &self,
-        registry: &dyn Registry,
-        delegation: bool,
+        role: Role,
         chain_id: u64,
         signer: Address,
     ) -> Result<(), ApiError> {
-        let role = if delegation || registry.is_gateway(chain_id, signer) {
-            Role::Gateway
-        } else {
-            Role::Runner
-        };
         note(|f| {
             f.chain_id = Some(chain_id);
             f.requester = Some(signer);

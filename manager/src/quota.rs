@@ -141,24 +141,9 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
     }
 }
 
-/// Which quota a requester's request counts against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    /// A gateway (`/v0/delegate`, `/v1/delegate`, `/v1/reencrypt`).
-    Gateway,
-    /// A runner (`/v1/reencrypt`).
-    Runner,
-}
-
-impl Role {
-    /// The role's name in metrics and the audit log.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Gateway => "gateway",
-            Self::Runner => "runner",
-        }
-    }
-}
+/// Which quota a requester's request counts against: the role it asks in
+/// ([`tkms_proto::requester::Action::role`]).
+pub use tkms_registry::access::RoleKind as Role;
 
 /// The quota settings, as `tkms manager run` flags.
 #[derive(Debug, Clone, clap::Args)]

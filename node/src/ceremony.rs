@@ -18,7 +18,7 @@ use std::{
 use libp2p::{Multiaddr, PeerId};
 use rand_core::OsRng;
 use tkms_crypto::{
-    ceremony::{Action, Message, Participant, Timeouts},
+    ceremony::{Action, Message, Participant, Timeouts, Timer},
     dkg::{CeremonyConfig, CeremonyOutput},
     shamir::Commitment,
     suite::Encoded,
@@ -115,7 +115,7 @@ fn carry_out(
     addrs: &HashMap<NodeIndex, (PeerId, Multiaddr)>,
     epoch: u64,
     actions: &mut Vec<Action<S>>,
-) -> Vec<(Instant, u64)> {
+) -> Vec<(Instant, Timer)> {
     let mut timers = Vec::new();
     for action in actions.drain(..) {
         match action {
@@ -367,7 +367,7 @@ impl Ceremonies {
         // A ceremony that makes no progress for this long is abandoned.
         let deadline =
             started + timeouts.round * 4 * timeouts.max_attempts + Duration::from_secs(5);
-        let mut timers: Vec<(Instant, u64)> = Vec::new();
+        let mut timers: Vec<(Instant, Timer)> = Vec::new();
         let mut actions = Vec::new();
         participant.start(Duration::ZERO, &mut OsRng, &mut actions);
         let result = loop {

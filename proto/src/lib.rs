@@ -1,6 +1,8 @@
 //! Wire types of tkms: the gRPC schema between the manager and the nodes
 //! (`proto/tkms/node/v1/node.proto`), generated with tonic and prost. Conversions to the
-//! domain types of `tkms-crypto` are explicit and validating, in the crates that use them.
+//! domain types of `tkms-crypto` are explicit and validating, in the crates that use them;
+//! the requester authorization, which the manager and the nodes both check, is defined here
+//! once with its wire form ([`requester`]).
 
 /// `tkms.node.v1`: the node service.
 pub mod node {
@@ -11,6 +13,7 @@ pub mod node {
     }
 }
 
+pub mod requester;
 pub mod tls;
 
 /// The suite the cluster runs (secp256k1), next to [`MAX_BATCH`]: defined once, in

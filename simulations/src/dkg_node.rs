@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
 use tkms_crypto::{
-    ceremony::{Action, Body, Message, Participant, Timeouts},
+    ceremony::{Action, Body, Message, Participant, Timeouts, Timer},
     dkg::{CeremonyConfig, CeremonyOutput},
     ClusterSuite as S, Error, KeyShare, NodeIndex, SecretScalar,
 };
@@ -140,9 +140,14 @@ pub struct DkgNode {
     late: u64,
     /// [`Rounds::FixedPhases`]: messages held until their phase ends, by deadline.
     held: BTreeMap<Time, Vec<(NodeIndex, Message<S>)>>,
+    /// The participant's armed timers, by the simulator timer id each was armed under.
+    timers: BTreeMap<u64, Timer>,
+    /// The simulator timer id the participant's next timer is armed under.
+    next_timer: u64,
 }
 
-/// Timer ids of phase ends (the participant's own ids stay below 2^48).
+/// Flag of the simulator timer ids of phase ends (the participant's timers are numbered
+/// from 0 below it).
 const PHASE_END: u64 = 1 << 63;
 
 fn micros(d: Duration) -> Time {
@@ -169,6 +174,8 @@ impl DkgNode {
             finished_at: None,
             late: 0,
             held: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            next_timer: 0,
         }
     }
 
@@ -354,7 +361,12 @@ impl DkgNode {
                     last = Some((msg.clone(), size));
                     out.send(to.get(), DkgMsg { msg, size });
                 }
-                Action::SetTimer { after, timer } => out.timer(micros(after), timer),
+                Action::SetTimer { after, timer } => {
+                    let id = self.next_timer;
+                    self.next_timer += 1;
+                    self.timers.insert(id, timer);
+                    out.timer(micros(after), id);
+                }
             }
         }
     }
@@ -405,6 +417,9 @@ impl Actor for DkgNode {
             }
             return self.flush(cost, out);
         }
+        let Some(timer) = self.timers.remove(&timer) else {
+            return;
+        };
         let (attempt, done) = (self.inner.attempt(), self.inner.is_done());
         self.inner
             .on_timer(Duration::from_micros(now), timer, rng, &mut self.actions);
@@ -413,6 +428,8 @@ impl Actor for DkgNode {
     }
 
     fn on_restart(&mut self, now: Time, _rng: &mut ChaCha20Rng, out: &mut Outbox<DkgMsg>) {
+        // The participant's timers died with the crash; it re-arms the one it waits on.
+        self.timers.clear();
         self.inner.on_restart(&mut self.actions);
         // Phase-end timers died with the crash (what was held is kept: it models the inbox of
         // a node that persisted it; the participant's own state survives the same way).

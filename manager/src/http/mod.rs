@@ -29,8 +29,7 @@ use axum::{
 use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 use tkms_crypto::{Secp256k1, Suite};
-use tkms_proto::node::v1 as pb;
-use tkms_sdk::v1::{Freshness, NonceCache, PublicKeyResponse};
+use tkms_sdk::v1::{NonceCache, PublicKeyResponse};
 use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
     OpenApi,
@@ -42,7 +41,7 @@ pub use self::{
     error::{ApiError, ApiResult, ErrorBody},
     metrics::Metrics,
 };
-use crate::{admin::Admin, admin::Served, nox::DelegateRequest};
+use crate::{admin::Admin, admin::Served};
 pub use tkms_registry::access::{Registry, StaticRegistry};
 
 /// Shared state of the HTTP handlers.
@@ -352,43 +351,4 @@ async fn public_key(
         public_shares,
         commitment: keys.commitment().points().iter().map(hex_point).collect(),
     }))
-}
-
-// ---------------------------------------------------------------------------------------------
-// What the nodes are given to check the requester themselves
-// ---------------------------------------------------------------------------------------------
-
-/// The gateway's `/v0/delegate` authorization, as every node checks it.
-fn delegate_authorization(request: &DelegateRequest) -> pb::RequesterAuthorization {
-    pb::RequesterAuthorization {
-        scheme: Some(pb::requester_authorization::Scheme::Eip712Delegate(
-            pb::Eip712Delegate {
-                chain_id: request.chain_id(),
-                ephemeral_pub_key: request.ephemeral_pub_key().to_string(),
-                target_pub_key: request.target_pub_key().to_string(),
-                signature: request.signature().as_bytes().to_vec(),
-            },
-        )),
-    }
-}
-
-/// A signed `/v1` request's authorization (its EIP-712 digest, nonce, expiry and signature),
-/// as every node checks it.
-fn request_authorization(
-    chain_id: u64,
-    digest: alloy_primitives::B256,
-    freshness: &Freshness,
-    signature: &[u8],
-) -> pb::RequesterAuthorization {
-    pb::RequesterAuthorization {
-        scheme: Some(pb::requester_authorization::Scheme::Eip712Request(
-            pb::Eip712Request {
-                chain_id,
-                request_digest: digest.to_vec(),
-                nonce: freshness.nonce.to_vec(),
-                expires_at: freshness.expires_at,
-                signature: signature.to_vec(),
-            },
-        )),
-    }
 }

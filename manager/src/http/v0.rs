@@ -11,6 +11,7 @@ use axum::{
     Json,
 };
 use tkms_crypto::suite::Encoded;
+use tkms_proto::requester::{Action, RequesterAuthorization};
 
 use super::{error::ErrorBody, ApiError, ApiResult, AppState};
 use crate::{
@@ -90,21 +91,19 @@ async fn serve(
     let chain_id = request.chain_id();
     let signer = request.signer()?;
     crate::front::note_signer(chain_id, signer);
-    if !state.registry.is_gateway(chain_id, signer) {
+    let Some(role) = Action::Delegate.role(state.registry.as_ref(), chain_id, signer) else {
         if state.registry.gateway(chain_id).is_none() {
             return Err(NoxError::UnknownChain(chain_id).into());
         }
         tracing::warn!(%signer, chain_id, "refused /v0/delegate from a signer that is not a gateway");
         return Err(NoxError::SignerNotAuthorized { signer, chain_id }.into());
-    }
+    };
     // The request id binds every node's proof to this exact authorized request.
     let request_id = request.request_id();
     crate::front::note_digest(&request_id);
-    state
-        .front
-        .admit_requester(state.registry.as_ref(), true, chain_id, signer)?;
+    state.front.admit_requester(role, chain_id, signer)?;
     let cluster = state.served.cluster().ok_or_else(ApiError::no_key)?;
-    let authorization = super::delegate_authorization(&request);
+    let authorization = (&RequesterAuthorization::Nox(Box::new(request.clone()))).into();
     let result = cluster
         .delegate(
             Encoded::new(*request.ephemeral()),

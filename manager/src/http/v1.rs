@@ -18,7 +18,10 @@ use tkms_sdk::v1::{
 
 use super::{error::ErrorBody, ApiError, ApiResult, AppState};
 use crate::cluster::{Cluster, ClusterError, NodeFailure};
-use tkms_proto::node::v1 as pb;
+use tkms_proto::{
+    node::v1 as pb,
+    requester::{Action, RequesterAuthorization, V1Authorization},
+};
 
 const DELEGATE: &str = "/v1/delegate";
 const REENCRYPT: &str = "/v1/reencrypt";
@@ -104,8 +107,7 @@ async fn serve_delegate(
     let (request, cluster, authorization) = admit(
         state,
         v1::DelegateV1::parse(body, authorization_header(headers)),
-        "delegate",
-        |chain_id, signer| state.registry.is_gateway(chain_id, signer),
+        Action::Delegate,
     )?;
     let digest = request.digest();
     let result = cluster
@@ -139,11 +141,7 @@ async fn serve_reencrypt(
     let (request, cluster, authorization) = admit(
         state,
         v1::ReencryptV1::parse(body, authorization_header(headers)),
-        "reencrypt",
-        |chain_id, signer| {
-            state.registry.is_gateway(chain_id, signer)
-                || state.registry.is_runner(chain_id, signer)
-        },
+        Action::Reencrypt,
     )?;
     let capsules = request.capsule_ids();
     crate::front::note_items(capsules.iter().map(|(id, _)| id.as_slice()));
@@ -172,43 +170,35 @@ fn authorization_header(headers: &HeaderMap) -> Option<&[u8]> {
         .map(axum::http::HeaderValue::as_bytes)
 }
 
-/// Parse a `/v1` request and pass the checks every one passes before any node is asked: the
-/// signer's role, the quota, the expiry and the nonce (in that order, so a refused request
-/// does not burn its nonce). The request, the served cluster and the authorization to
-/// forward to the nodes.
+/// Parse a `/v1` request and pass the checks every one passes before any node is asked
+/// ([`V1Authorization::admit`], which the nodes run again): the signer's role, the quota, the
+/// expiry and the nonce (in that order, so a refused request does not burn its nonce). The
+/// request, the served cluster and the authorization to forward to the nodes.
 fn admit<R: SignedV1>(
     state: &AppState,
     request: Result<R, V1Error>,
-    action: &'static str,
-    allowed: impl Fn(u64, alloy_primitives::Address) -> bool,
+    action: Action,
 ) -> ApiResult<(R, Arc<Cluster>, pb::RequesterAuthorization)> {
     let request = request?;
-    let chain_id = request.chain_id();
     let signer = request.signer()?;
-    crate::front::note_signer(chain_id, signer);
-    if !allowed(chain_id, signer) {
-        return Err(V1Error::Forbidden {
-            signer,
-            action,
-            chain_id,
-        }
-        .into());
-    }
-    let digest = request.digest();
-    crate::front::note_digest(digest.as_slice());
-    // Over its quota: refused before its nonce is spent, so it may be sent again.
-    state.front.admit_requester(
-        state.registry.as_ref(),
-        action == "delegate",
-        chain_id,
+    crate::front::note_signer(request.chain_id(), signer);
+    let authorization = V1Authorization::of(&request);
+    authorization.admit(
         signer,
+        action,
+        state.registry.as_ref(),
+        &state.nonces,
+        v1::now_secs(),
+        |role| {
+            crate::front::note_digest(authorization.request_digest.as_slice());
+            // Over its quota: refused before its nonce is spent, so it may be sent again.
+            state
+                .front
+                .admit_requester(role, authorization.chain_id, signer)
+        },
     )?;
-    let now = v1::now_secs();
-    request.freshness().check(now)?;
-    state.nonces.use_once(signer, request.freshness(), now)?;
     let cluster = state.served.cluster().ok_or_else(ApiError::no_key)?;
-    let authorization =
-        super::request_authorization(chain_id, digest, request.freshness(), request.signature());
+    let authorization = (&RequesterAuthorization::V1(authorization)).into();
     Ok((request, cluster, authorization))
 }
 

@@ -1,19 +1,4 @@
-//! A DKG/reshare participant as a sans-IO state machine over the round functions of [`crate::dkg`]
-//! (docs/PROTOCOL.md §7 "DKG", §8 "Resharing"): it reacts to messages and timers and emits
-//! [`Action`]s for its runtime to carry out. The real node (libp2p, wall-clock timers) and the
-//! simulator (virtual network, virtual time) drive this same type, as openraft's engine is driven
-//! by its runtime.
-//!
-//! A round ends when every expected message is in, or when its timeout fires; the participant
-//! then proceeds with what it has (the round functions treat absent dealers as silent). On
-//! `MissingDealing` it asks its peers to relay that dealing (dealings are signed, so anyone
-//! may relay them); on `TranscriptMismatch` it restarts with [`CeremonyConfig::restart`],
-//! excluding the dealers it saw equivocate.
-//!
-//! Messages are bound to the sender the transport authenticated: a response or confirmation
-//! is accepted only from the node that signed it, and a dealing only from its dealer unless it
-//! arrives as a relay (a relayed dealing still has to pass [`Dealing::validate`] in the round
-//! functions).
+//! [`Participant`]: the state machine of one ceremony member.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -24,209 +9,10 @@ use crate::{
         self, CeremonyConfig, CeremonyOutput, Confirmation, Dealing, Fault, ReceivedShares,
         Response,
     },
-    EncodingError, Error, KeyShare, NodeIndex, SecretScalar, Suite,
+    Error, KeyShare, NodeIndex, SecretScalar, Suite,
 };
 
-/// How a participant misbehaves (fault injection for tests and simulations).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Behaviour {
-    /// Follows the protocol.
-    Honest,
-    /// Sends nothing at all.
-    Silent,
-    /// Deals shares that do not match its commitments to two recipients.
-    BadShares,
-    /// Deals undecodable share plaintext to one recipient.
-    GarbageShares,
-    /// Deals with an invalid proof of possession.
-    BadProofOfPossession,
-    /// Sends one dealing to even recipients and another to odd ones.
-    Equivocate,
-    /// Deals honestly but falsely accuses the lowest other dealer.
-    FalseAccuser,
-}
-
-impl Behaviour {
-    /// Every behaviour.
-    pub const ALL: [Self; 7] = [
-        Self::Honest,
-        Self::Silent,
-        Self::BadShares,
-        Self::GarbageShares,
-        Self::BadProofOfPossession,
-        Self::Equivocate,
-        Self::FalseAccuser,
-    ];
-
-    /// A short name (command lines, CSV).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Honest => "honest",
-            Self::Silent => "silent",
-            Self::BadShares => "bad-shares",
-            Self::GarbageShares => "garbage-shares",
-            Self::BadProofOfPossession => "bad-pop",
-            Self::Equivocate => "equivocate",
-            Self::FalseAccuser => "false-accuser",
-        }
-    }
-}
-
-/// Round timeouts and retry limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// How long each round waits for missing messages.
-    pub round: Duration,
-    /// How long to wait for a relayed dealing before retrying.
-    pub relay: Duration,
-    /// Relay requests per attempt before giving up.
-    pub max_relays: u32,
-    /// Ceremony attempts (restarts after a transcript mismatch) before giving up.
-    pub max_attempts: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            round: Duration::from_secs(2),
-            relay: Duration::from_millis(500),
-            max_relays: 4,
-            max_attempts: 3,
-        }
-    }
-}
-
-/// The payload of a ceremony message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Body<S: Suite> {
-    /// Round 1: a dealer's signed dealing.
-    Dealing(Dealing<S>),
-    /// Round 2: a recipient's signed acknowledgements and complaints.
-    Response(Response<S>),
-    /// Round 3 output, checked in round 4.
-    Confirmation(Confirmation<S>),
-    /// "Send me dealer i's dealing."
-    RelayRequest(NodeIndex),
-    /// A relayed dealing.
-    Relay(Dealing<S>),
-    /// "I restarted: resend what you sent in this attempt."
-    SyncRequest,
-}
-
-/// A ceremony message: the sender's attempt and the payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message<S: Suite> {
-    /// [`CeremonyConfig::attempt`] of the sender.
-    pub attempt: u32,
-    /// The payload.
-    pub body: Body<S>,
-}
-
-const TAG_DEALING: u8 = 1;
-const TAG_RESPONSE: u8 = 2;
-const TAG_CONFIRMATION: u8 = 3;
-const TAG_RELAY_REQUEST: u8 = 4;
-const TAG_RELAY: u8 = 5;
-const TAG_SYNC_REQUEST: u8 = 6;
-
-impl<S: Suite> Message<S> {
-    /// A message of `attempt`.
-    pub fn new(attempt: u32, body: Body<S>) -> Self {
-        Self { attempt, body }
-    }
-
-    /// `attempt (u32 BE) || tag (u8) || the payload's own encoding`.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = self.attempt.to_be_bytes().to_vec();
-        match &self.body {
-            Body::Dealing(d) => {
-                out.push(TAG_DEALING);
-                out.extend_from_slice(&d.to_bytes());
-            }
-            Body::Response(r) => {
-                out.push(TAG_RESPONSE);
-                out.extend_from_slice(&r.to_bytes());
-            }
-            Body::Confirmation(c) => {
-                out.push(TAG_CONFIRMATION);
-                out.extend_from_slice(&c.to_bytes());
-            }
-            Body::RelayRequest(i) => {
-                out.push(TAG_RELAY_REQUEST);
-                out.extend_from_slice(&i.to_bytes());
-            }
-            Body::Relay(d) => {
-                out.push(TAG_RELAY);
-                out.extend_from_slice(&d.to_bytes());
-            }
-            Body::SyncRequest => out.push(TAG_SYNC_REQUEST),
-        }
-        out
-    }
-
-    /// Decode untrusted bytes; the inverse of [`Self::to_bytes`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let (Some(attempt), Some(tag)) = (bytes.get(..4), bytes.get(4)) else {
-            return Err(EncodingError::Length {
-                expected: 5,
-                actual: bytes.len(),
-            }
-            .into());
-        };
-        let mut a = [0u8; 4];
-        a.copy_from_slice(attempt);
-        let attempt = u32::from_be_bytes(a);
-        let rest = &bytes[5..];
-        let body = match *tag {
-            TAG_DEALING => Body::Dealing(Dealing::from_bytes(rest)?),
-            TAG_RESPONSE => Body::Response(Response::from_bytes(rest)?),
-            TAG_CONFIRMATION => Body::Confirmation(Confirmation::from_bytes(rest)?),
-            TAG_RELAY_REQUEST => Body::RelayRequest(NodeIndex::from_bytes(rest)?),
-            TAG_RELAY => Body::Relay(Dealing::from_bytes(rest)?),
-            TAG_SYNC_REQUEST if rest.is_empty() => Body::SyncRequest,
-            TAG_SYNC_REQUEST => {
-                return Err(EncodingError::Length {
-                    expected: 5,
-                    actual: bytes.len(),
-                }
-                .into())
-            }
-            tag => return Err(EncodingError::UnknownTag(tag).into()),
-        };
-        Ok(Self { attempt, body })
-    }
-
-    /// A short label for per-kind statistics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self.body {
-            Body::Dealing(_) => "dealing",
-            Body::Response(_) => "response",
-            Body::Confirmation(_) => "confirmation",
-            Body::RelayRequest(_) => "relay-request",
-            Body::Relay(_) => "relay",
-            Body::SyncRequest => "sync-request",
-        }
-    }
-}
-
-/// What the runtime must do for the participant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action<S: Suite> {
-    /// Send `msg` to node `to`.
-    Send {
-        /// Destination.
-        to: NodeIndex,
-        /// The message.
-        msg: Message<S>,
-    },
-    /// Call [`Participant::on_timer`] with `timer` after `after`.
-    SetTimer {
-        /// Delay.
-        after: Duration,
-        /// An opaque id.
-        timer: u64,
-    },
-}
+use super::{Action, Behaviour, Body, Message, Round, Timeouts, Timer};
 
 /// Where the participant is.
 enum Phase<S: Suite> {
@@ -242,10 +28,6 @@ enum Phase<S: Suite> {
     Done,
 }
 
-const ROUND1: u64 = 1;
-const ROUND2: u64 = 2;
-const RELAY: u64 = 3;
-const ROUND3: u64 = 4;
 /// Extra round timeouts one attempt may wait for missing dealings or responses.
 const MAX_EXTENSIONS: u32 = 4;
 
@@ -404,34 +186,38 @@ impl<S: Suite> Participant<S> {
     pub fn on_timer(
         &mut self,
         now: Duration,
-        timer: u64,
+        timer: Timer,
         rng: &mut impl CryptoRngCore,
         out: &mut Vec<Action<S>>,
     ) {
-        let expected = |round| self.timer_id(round);
-        let low = timer & 0xff_ffff_ffff;
+        if timer.attempt != self.config.attempt() {
+            return;
+        }
         let threshold = usize::from(self.config.threshold());
-        if low == expected(ROUND1) && matches!(self.phase, Phase::Dealing) {
-            // With fewer dealings than the ceremony needs, proceeding can only fail: wait
-            // another round (bounded) for slow dealers instead.
-            if self.dealings.len() < self.config.required_dealers() && self.extend(ROUND1, out) {
-                return;
+        match (timer.round, &self.phase) {
+            (Round::Dealing, Phase::Dealing) => {
+                // With fewer dealings than the ceremony needs, proceeding can only fail: wait
+                // another round (bounded) for slow dealers instead.
+                if self.dealings.len() < self.config.required_dealers()
+                    && self.extend(Round::Dealing, out)
+                {
+                    return;
+                }
+                self.round2(now, rng, out);
             }
-            self.round2(now, rng, out);
-        } else if low == expected(ROUND2) && matches!(self.phase, Phase::Responding) {
-            // Likewise, finalizing with fewer than t responses cannot produce a key that the
-            // others agree on; a slow node waits for them rather than failing alone.
-            if self.responses.len() < threshold && self.extend(ROUND2, out) {
-                return;
+            (Round::Responses, Phase::Responding) => {
+                // Likewise, finalizing with fewer than t responses cannot produce a key that
+                // the others agree on; a slow node waits for them rather than failing alone.
+                if self.responses.len() < threshold && self.extend(Round::Responses, out) {
+                    return;
+                }
+                self.end_round2(now, rng, out);
             }
-            self.end_round2(now, rng, out);
-        } else if low == expected(RELAY)
-            && timer >> 40 == u64::from(self.relays)
-            && matches!(self.phase, Phase::AwaitingRelay(_))
-        {
-            self.try_finalize(now, rng, out);
-        } else if low == expected(ROUND3) && matches!(self.phase, Phase::Confirming(_)) {
-            self.end_round3(now, rng, out);
+            (Round::Relay(relay), Phase::AwaitingRelay(_)) if relay == self.relays => {
+                self.try_finalize(now, rng, out);
+            }
+            (Round::Confirmations, Phase::Confirming(_)) => self.end_round3(now, rng, out),
+            _ => {}
         }
     }
 
@@ -444,32 +230,36 @@ impl<S: Suite> Participant<S> {
         let msg = Message::new(self.config.attempt(), Body::SyncRequest);
         self.send_to_peers(&msg, out);
         let round = match self.phase {
-            Phase::Dealing => ROUND1,
-            Phase::Responding => ROUND2,
-            Phase::AwaitingRelay(_) => RELAY | (u64::from(self.relays) << 40),
-            Phase::Confirming(_) | Phase::Done => ROUND3,
+            Phase::Dealing => Round::Dealing,
+            Phase::Responding => Round::Responses,
+            Phase::AwaitingRelay(_) => Round::Relay(self.relays),
+            Phase::Confirming(_) | Phase::Done => Round::Confirmations,
         };
         out.push(Action::SetTimer {
             after: self.timeouts.round,
-            timer: self.timer_id(round & 0xff) | (round & !0xff),
+            timer: self.timer(round),
         });
     }
 
     /// Re-arm `round`'s timer once more, if this attempt has extensions left.
-    fn extend(&mut self, round: u64, out: &mut Vec<Action<S>>) -> bool {
+    fn extend(&mut self, round: Round, out: &mut Vec<Action<S>>) -> bool {
         if self.extensions >= MAX_EXTENSIONS {
             return false;
         }
         self.extensions += 1;
         out.push(Action::SetTimer {
             after: self.timeouts.round,
-            timer: self.timer_id(round),
+            timer: self.timer(round),
         });
         true
     }
 
-    fn timer_id(&self, round: u64) -> u64 {
-        (u64::from(self.config.attempt()) << 8) | round
+    /// The timer of `round` in the current attempt.
+    fn timer(&self, round: Round) -> Timer {
+        Timer {
+            attempt: self.config.attempt(),
+            round,
+        }
     }
 
     fn is_dealer(&self) -> bool {
@@ -518,7 +308,7 @@ impl<S: Suite> Participant<S> {
         }
         out.push(Action::SetTimer {
             after: self.timeouts.round,
-            timer: self.timer_id(ROUND1),
+            timer: self.timer(Round::Dealing),
         });
         let attempt = self.config.attempt();
         let (now_msgs, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future)
@@ -721,7 +511,7 @@ impl<S: Suite> Participant<S> {
         self.phase = Phase::Responding;
         out.push(Action::SetTimer {
             after: self.timeouts.round,
-            timer: self.timer_id(ROUND2),
+            timer: self.timer(Round::Responses),
         });
         // Every response may be in already (this node was the last to get its dealings): do
         // not wait for a timeout that nothing else will cut short.
@@ -801,7 +591,7 @@ impl<S: Suite> Participant<S> {
                 self.phase = Phase::Confirming(Box::new(output));
                 out.push(Action::SetTimer {
                     after: self.timeouts.round,
-                    timer: self.timer_id(ROUND3),
+                    timer: self.timer(Round::Confirmations),
                 });
                 if self.confirmations.len() == self.config.recipients().len() {
                     self.end_round3(now, rng, out);
@@ -826,10 +616,9 @@ impl<S: Suite> Participant<S> {
                     let msg = Message::new(self.config.attempt(), Body::RelayRequest(d));
                     self.send_to_peers(&msg, out);
                 }
-                let timer = self.timer_id(RELAY) | (u64::from(self.relays) << 40);
                 out.push(Action::SetTimer {
                     after: self.timeouts.relay,
-                    timer,
+                    timer: self.timer(Round::Relay(self.relays)),
                 });
             }
             Err(e) => self.finish(now, Err(e)),

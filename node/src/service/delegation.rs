@@ -1,0 +1,236 @@
+//! Partial delegations: each request validated (the epoch first, then the fields and the
+//! requester), answered with `D_i = share_i·K` and its proof, alone or in a batch under one
+//! aggregated proof, split over the blocking pool.
+
+use std::sync::Arc;
+
+use rand_core::OsRng;
+use tkms_crypto::{
+    aggregate::{self, BatchPartials},
+    delegation::{DelegationRequest, PartialDelegation},
+    suite::{Encoded, UNCOMPRESSED_POINT_LEN},
+};
+use tkms_proto::node::v1 as pb;
+
+use crate::epochs::ActiveShare;
+use tonic::Status;
+
+use tkms_proto::ClusterSuite;
+
+use super::{point, request_id, NodeService, Operation};
+
+impl NodeService {
+    /// One delegation request, validated and its requester re-checked, answered with
+    /// `D_i = share_i·K` and its proof.
+    pub(super) fn delegation_item(
+        &self,
+        share: &ActiveShare,
+        request: &pb::PartialDelegationRequest,
+    ) -> Result<PartialDelegation<ClusterSuite>, Status> {
+        let delegation = self.delegation_domain(share, request)?;
+        Ok(PartialDelegation::create(
+            &share.share,
+            &delegation,
+            &mut OsRng,
+        ))
+    }
+
+    /// One delegation request, validated and its requester re-checked: what its partial is
+    /// bound to.
+    fn delegation_domain(
+        &self,
+        share: &ActiveShare,
+        request: &pb::PartialDelegationRequest,
+    ) -> Result<DelegationRequest<ClusterSuite>, Status> {
+        epoch_matches(share.epoch, request.epoch)?;
+        let ephemeral = point(&request.ephemeral, "ephemeral key")?;
+        let id = request_id(&request.request_id)?;
+        self.check_requester(
+            request.authorization.as_ref(),
+            &Operation::Delegate {
+                ephemeral: &ephemeral,
+                request_id: &id,
+                target_rsa_spki: &request.target_rsa_spki,
+            },
+        )?;
+        Ok(DelegationRequest::with_encoded(share.epoch, id, ephemeral))
+    }
+
+    /// Answer each of `requests` on its own: its partial, or why it is refused.
+    pub(super) fn delegation_results(
+        &self,
+        share: &ActiveShare,
+        requests: &[pb::PartialDelegationRequest],
+    ) -> Vec<pb::PartialDelegationResult> {
+        requests
+            .iter()
+            .map(|request| {
+                let outcome = if request.target_rsa_spki.is_empty() {
+                    self.delegation_item(share, request)
+                } else {
+                    Err(Status::invalid_argument(
+                        "an encrypted (/v1) delegation is not batched",
+                    ))
+                };
+                let outcome = match outcome {
+                    Ok(partial) => {
+                        pb::partial_delegation_result::Outcome::Partial(partial.to_bytes().to_vec())
+                    }
+                    Err(status) => pb::partial_delegation_result::Outcome::Error(
+                        pb::ItemError::from_status(&status),
+                    ),
+                };
+                pb::PartialDelegationResult {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect()
+    }
+
+    /// Each of `requests` validated and its requester re-checked on its own, with its
+    /// `D_i = share_i·K` (no proof yet: the batch's aggregate proof covers it), or why it is
+    /// refused.
+    fn batch_partials(
+        &self,
+        share: &ActiveShare,
+        requests: &[pb::PartialDelegationRequest],
+    ) -> Vec<Result<BatchItem, Status>> {
+        requests
+            .iter()
+            .map(|request| {
+                if !request.target_rsa_spki.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "an encrypted (/v1) delegation is not batched",
+                    ));
+                }
+                let domain = self.delegation_domain(share, request)?;
+                let (partial, wire) = aggregate::partial_uncompressed(&share.share, &domain);
+                Ok(BatchItem {
+                    domain,
+                    partial,
+                    wire,
+                })
+            })
+            .collect()
+    }
+}
+
+fn epoch_matches(served: u64, requested: u64) -> Result<(), Status> {
+    if requested == served {
+        Ok(())
+    } else {
+        Err(Status::failed_precondition(format!(
+            "this node serves epoch {served}, not {requested}"
+        )))
+    }
+}
+
+/// One answered item of an aggregated batch: what it is bound to, `D_i`, and `D_i` as sent.
+struct BatchItem {
+    domain: DelegationRequest<ClusterSuite>,
+    partial: Encoded<ClusterSuite>,
+    wire: [u8; UNCOMPRESSED_POINT_LEN],
+}
+
+/// `work` over `items` split into one part per core on the blocking pool, so a batch keeps
+/// every core busy and no runtime worker is held; the results in item order.
+pub(super) async fn on_every_core<T, R>(
+    items: Vec<T>,
+    work: impl Fn(&[T]) -> Vec<R> + Clone + Send + 'static,
+) -> Result<Vec<R>, tokio::task::JoinError>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let parts = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let per_part = items.len().div_ceil(parts).max(1);
+    let mut tasks = Vec::with_capacity(parts);
+    let mut items = items.into_iter();
+    loop {
+        let part: Vec<T> = items.by_ref().take(per_part).collect();
+        if part.is_empty() {
+            break;
+        }
+        let work = work.clone();
+        tasks.push(tokio::task::spawn_blocking(move || work(&part)));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.extend(task.await?);
+    }
+    Ok(results)
+}
+
+/// A batch answered with one aggregated proof (docs/PROTOCOL.md §5.1): every item is checked
+/// and its `D_i` computed on its own (split over the blocking pool, one part per core), then
+/// one proof covers every answered item. In the unlikely case the batch is degenerate
+/// ([`tkms_crypto::Error::DegenerateBatch`]), each answered item gets its own proof instead.
+pub(super) async fn aggregated_batch(
+    service: &NodeService,
+    share: Arc<ActiveShare>,
+    requests: Vec<pb::PartialDelegationRequest>,
+) -> Result<pb::PartialDelegationBatchResponse, Status> {
+    let failed = |e: tokio::task::JoinError| Status::internal(format!("delegation task: {e}"));
+    let parts = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if requests.len() == 1 || parts == 1 {
+        let service = service.clone();
+        return tokio::task::spawn_blocking(move || {
+            let items = service.batch_partials(&share, &requests);
+            prove_batch(&share, &items)
+        })
+        .await
+        .map_err(failed);
+    }
+    let items = {
+        let (service, share) = (service.clone(), Arc::clone(&share));
+        on_every_core(requests, move |part| service.batch_partials(&share, part))
+            .await
+            .map_err(failed)?
+    };
+    tokio::task::spawn_blocking(move || prove_batch(&share, &items))
+        .await
+        .map_err(failed)
+}
+
+/// The answer to an aggregated batch: every answered item's `D_i` under one proof (each with
+/// its own proof if the batch is degenerate), every refused one with its status.
+fn prove_batch(
+    share: &ActiveShare,
+    items: &[Result<BatchItem, Status>],
+) -> pb::PartialDelegationBatchResponse {
+    let answered: Vec<&BatchItem> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
+    let proof = if answered.is_empty() {
+        None
+    } else {
+        let domains: Vec<_> = answered.iter().map(|i| &i.domain).collect();
+        let partials = answered.iter().map(|i| i.partial).collect();
+        BatchPartials::prove(&share.share, &domains, partials, &mut OsRng).ok()
+    };
+    let results = items
+        .iter()
+        .map(|item| {
+            let outcome = match (item, &proof) {
+                (Ok(i), Some(_)) => {
+                    pb::partial_delegation_result::Outcome::Delegation(i.wire.to_vec())
+                }
+                (Ok(i), None) => pb::partial_delegation_result::Outcome::Partial(
+                    PartialDelegation::create(&share.share, &i.domain, &mut OsRng)
+                        .to_bytes()
+                        .to_vec(),
+                ),
+                (Err(status), _) => pb::partial_delegation_result::Outcome::Error(
+                    pb::ItemError::from_status(status),
+                ),
+            };
+            pb::PartialDelegationResult {
+                outcome: Some(outcome),
+            }
+        })
+        .collect();
+    pb::PartialDelegationBatchResponse {
+        results,
+        aggregate_proof: proof
+            .map(|p| p.proof().to_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
