@@ -30,6 +30,13 @@ for a in t["manager_command"]:
         skip = 1
         continue
     cmd.append(a)
+# The testnet starts the manager with --config FILE: the same file without the two settings.
+if "--config" in cmd:
+    k = cmd.index("--config") + 1
+    lines = open(cmd[k]).read().splitlines()
+    off = cmd[k].replace(".toml", ".off.toml")
+    open(off, "w").write("\n".join(l for l in lines if not l.startswith(("audit-log", "nonce-journal"))) + "\n")
+    cmd[k] = off
 cmd += ["--quota-gateway", "off", "--quota-runner", "off", "--quota-client-address", "off", "--quota-admin", "off"]
 p = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 t["manager_pid"] = p.pid

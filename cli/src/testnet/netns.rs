@@ -356,7 +356,6 @@ pub fn shape(args: &ShapeArgs) -> Result<()> {
     // Only the verdict matters: copy no payload to user space.
     queue.set_copy_range(QUEUE, 0)?;
     queue.set_queue_max_len(QUEUE, 1 << 16)?;
-    queue.set_nonblocking(true);
     eprintln!(
         "shaping: delay {} ms, jitter {} ms, loss {} %",
         args.delay_ms, args.jitter_ms, args.loss_pct
@@ -366,6 +365,8 @@ pub fn shape(args: &ShapeArgs) -> Result<()> {
     let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
     let mut last = Instant::now();
     loop {
+        // Nothing held: sleep in the kernel until a packet comes (an idle link costs no CPU).
+        queue.set_nonblocking(!held.is_empty());
         loop {
             match queue.recv() {
                 Ok(mut msg) => {
@@ -384,6 +385,7 @@ pub fn shape(args: &ShapeArgs) -> Result<()> {
                     last = due;
                     msg.set_verdict(nfq::Verdict::Accept);
                     held.push_back((due, msg));
+                    queue.set_nonblocking(true);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e).context("reading NFQUEUE"),
