@@ -67,6 +67,25 @@ fn closed_port() -> u16 {
         .port()
 }
 
+/// `tkms node run` on the vault in `data_dir` with the password in `password`, the cheap KDF
+/// and one accepted manager key.
+fn node_run(data_dir: &Path, password: &Path) -> Command {
+    let mut c = tkms();
+    c.args([
+        "node",
+        "run",
+        "--kdf",
+        "insecure",
+        "--manager-key",
+        MANAGER_KEY,
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .arg("--password-file")
+    .arg(password);
+    c
+}
+
 /// A manager key a node accepts (any valid point).
 const MANAGER_KEY: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
 
@@ -137,39 +156,15 @@ fn bad_node_configuration_stops_the_node_at_start_with_a_clear_message() {
     let password = dir.path().join("password");
     write(&password, "a vault password for the node tests");
     let node = |name: &str| {
-        let mut c = tkms();
-        c.args([
-            "node",
-            "run",
-            "--kdf",
-            "insecure",
-            "--manager-key",
-            MANAGER_KEY,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join(name))
-        .arg("--password-file")
-        .arg(&password)
-        .args(["--grpc-listen", "127.0.0.1:0"]);
+        let mut c = node_run(&dir.path().join(name), &password);
+        c.args(["--grpc-listen", "127.0.0.1:0"]);
         c
     };
 
     // An unreadable password file.
     let missing = dir.path().join("no-such-password");
     fails_saying(
-        tkms()
-            .args([
-                "node",
-                "run",
-                "--kdf",
-                "insecure",
-                "--manager-key",
-                MANAGER_KEY,
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("a"))
-            .arg("--password-file")
-            .arg(&missing),
+        &mut node_run(&dir.path().join("a"), &missing),
         &["no-such-password"],
     );
 
@@ -203,20 +198,7 @@ fn bad_node_configuration_stops_the_node_at_start_with_a_clear_message() {
     );
     // The same from the environment, where the command line leaves the option out.
     fails_saying(
-        tkms()
-            .args([
-                "node",
-                "run",
-                "--kdf",
-                "insecure",
-                "--manager-key",
-                MANAGER_KEY,
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("d"))
-            .arg("--password-file")
-            .arg(&password)
-            .env("TKMS_GRPC_LISTEN", "0.0.0.0:0"),
+        node_run(&dir.path().join("d"), &password).env("TKMS_GRPC_LISTEN", "0.0.0.0:0"),
         &[
             "--grpc-listen 0.0.0.0:",
             "binds every interface",
@@ -297,20 +279,8 @@ async fn a_vault_the_registry_lists_with_another_node_key_stops_the_node_at_star
     deployment.owner.register_node(&record).await.unwrap();
 
     fails_saying(
-        tkms()
-            .args([
-                "node",
-                "run",
-                "--kdf",
-                "insecure",
-                "--manager-key",
-                MANAGER_KEY,
-            ])
+        node_run(&data_dir, &password)
             .args(["--grpc-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--password-file")
-            .arg(&password)
             .args(["--rpc-url", &deployment.rpc_url])
             .args(["--registry-address", &deployment.address.to_string()]),
         &["the registry's node 1 has node key", "another node's vault"],

@@ -395,6 +395,19 @@ impl Cluster {
                 command.push(value);
             }
         }
+        if command.iter().any(|a| a == "--config") {
+            // The testnet starts its nodes from a config file: the command line overrides it.
+            command.extend([
+                "--data-dir".into(),
+                ndir.display().to_string(),
+                "--grpc-listen".into(),
+                "127.0.0.1:0".into(),
+                "--p2p-listen".into(),
+                "/ip4/127.0.0.1/tcp/0".into(),
+                "--password-file".into(),
+                password.display().to_string(),
+            ]);
+        }
         let pid = self.spawn(&command, &ndir.join("node.log"));
         let info = ndir.join("node.json");
         let deadline = Instant::now() + Duration::from_secs(20);
