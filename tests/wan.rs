@@ -214,24 +214,10 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     let epoch = body["epoch"].as_u64().unwrap();
     epochs_agree(&cluster, epoch, 4, Duration::from_secs(30)).await;
 
-    // Healed and reshared back in: all five on one epoch, the key unchanged. The operator
-    // reshares once the manager sees the node again.
+    // Healed and reshared back in at once: all five on one epoch, the key unchanged. (The
+    // manager's channel to node 5 died during the partition; HTTP/2 keep-alive dropped it
+    // then, so the reshare's first call dials anew instead of waiting out TCP's backoff.)
     partition("heal");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = cluster.admin_get("/admin/nodes").await;
-        let reachable = body["nodes"]
-            .as_array()
-            .map_or(0, |ns| ns.iter().filter(|n| n["reachable"] == true).count());
-        if reachable == 5 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 5 unreachable 30 s after the heal: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     let started = Instant::now();
     let (status, body) = cluster.reshare(3, &all).await;
     assert_eq!(status, 200, "reshare back to five after the heal: {body}");
