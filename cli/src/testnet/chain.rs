@@ -1,0 +1,102 @@
+//! The local chain of `tkms testnet up --chain`: anvil, the registry deployed on it, the nodes
+//! registered, and the published epoch checked.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use k256::ecdsa::SigningKey;
+use tkms_registry::{AnvilInstance, Bytes, Deployment, LocalSetup, NodeRecord, B256};
+
+use super::{local::Proc, TestnetNode};
+
+/// The local chain of a `--chain` testnet. Dropping it stops anvil.
+pub(super) struct Chain {
+    pub(super) anvil: AnvilInstance,
+    pub(super) deployment: Deployment,
+}
+
+/// Start anvil serving `chain_id` and deploy the registry: anvil's first development account
+/// owns it, the manager wallet publishes epochs, the development gateway and runner hold
+/// their roles.
+pub(super) async fn start_chain(
+    chain_id: u64,
+    wallet: &SigningKey,
+    gateway: &SigningKey,
+    runner: &SigningKey,
+) -> Result<Chain> {
+    let anvil = tkms_registry::anvil::spawn_with(|a| a.chain_id(chain_id))
+        .context("starting the local chain for --chain")?;
+    let address = tkms_manager::nox::wallet_address;
+    let deployment = tkms_registry::deploy_local(
+        &anvil,
+        &LocalSetup {
+            manager: Some(address(wallet)),
+            gateways: vec![address(gateway)],
+            runners: vec![address(runner)],
+            nodes: Vec::new(),
+        },
+    )
+    .await
+    .context("deploying the registry")?;
+    eprintln!(
+        "tkms testnet: registry {} deployed on the local chain {} (chain id {chain_id})",
+        deployment.address, deployment.rpc_url
+    );
+    Ok(Chain { anvil, deployment })
+}
+
+/// Register every node (index, libp2p peer id, gRPC URL and libp2p address, node key), then
+/// give the nodes' registry caches time to see it: a node joins a ceremony only with members
+/// the registry lists.
+pub(super) async fn register_nodes(d: &Deployment, nodes: &[(Proc, TestnetNode)]) -> Result<()> {
+    for (_, node) in nodes {
+        let addr: libp2p::Multiaddr = node
+            .p2p_addr
+            .parse()
+            .with_context(|| format!("node {}: p2p address {:?}", node.index, node.p2p_addr))?;
+        let (peer, _) = tkms_node::p2p::split_peer(&addr)
+            .with_context(|| format!("node {}: no peer id in {addr}", node.index))?;
+        let record = NodeRecord {
+            index: node.index,
+            peer_id: Bytes::from(peer.to_bytes()),
+            endpoints: vec![format!("http://{}", node.grpc_addr), node.p2p_addr.clone()],
+            public_key: Bytes::from(
+                hex::decode(&node.node_key)
+                    .with_context(|| format!("node {}: node key", node.index))?,
+            ),
+            attestation_digest: B256::ZERO,
+        };
+        d.owner
+            .register_node(&record)
+            .await
+            .with_context(|| format!("registering node {}", node.index))?;
+    }
+    tokio::time::sleep(CACHE_CATCH_UP).await;
+    Ok(())
+}
+
+/// How long the nodes' registry caches (polling every 250 ms) get to see a change.
+pub(super) const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// The registry must publish the key the manager serves; then the nodes get time to see it.
+pub(super) async fn check_published(
+    d: &Deployment,
+    public: &serde_json::Value,
+    mdir: &Path,
+) -> Result<()> {
+    let served = public["publicKey"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("0x")
+        .to_lowercase();
+    match d.owner.kms_public_key().await? {
+        Some(key) if hex::encode(&key) == served => {}
+        published => bail!(
+            "the registry publishes {}, but the manager serves 0x{served}; see {}",
+            published.map_or_else(|| "no key".to_string(), |k| k.to_string()),
+            mdir.join("manager.log").display()
+        ),
+    }
+    tokio::time::sleep(CACHE_CATCH_UP).await;
+    Ok(())
+}
