@@ -196,6 +196,22 @@ fn bad_node_configuration_stops_the_node_at_start_with_a_clear_message() {
         node("c").args(["--p2p-listen", "/ip4/0.0.0.0/tcp/0"]),
         &["binds every interface", "--p2p-advertise"],
     );
+    // Advertised addresses nobody can dial, or in the wrong form.
+    fails_saying(
+        node("c").args(["--p2p-advertise", "/ip4/0.0.0.0/tcp/7101"]),
+        &["--p2p-advertise", "every interface"],
+    );
+    fails_saying(
+        node("c").args(["--grpc-advertise", "127.0.0.1:7001"]),
+        &["--grpc-advertise", "not an http:// or https:// URL"],
+    );
+    fails_saying(
+        node("c").args([
+            "--p2p-advertise",
+            "/ip4/127.0.0.1/tcp/7101/p2p/12D3KooWCyKbAd3tRcA2VefUKozjKjMnZwdT8We13rSaZ6npy675",
+        ]),
+        &["without /p2p/"],
+    );
     // The same from the environment, where the command line leaves the option out.
     fails_saying(
         node_run(&dir.path().join("d"), &password).env("TKMS_GRPC_LISTEN", "0.0.0.0:0"),
@@ -236,6 +252,43 @@ fn a_node_given_twice_or_no_node_at_all_stops_the_manager_at_start() {
     fails_saying(
         tkms().args(["manager", "run", "--config"]).arg(&config),
         &["no nodes"],
+    );
+    // A registry file in the file and a chain in the environment: refused, not one of them
+    // picked in silence.
+    fails_saying(
+        tkms()
+            .args(["manager", "run", "--config"])
+            .arg(&config)
+            .args(["--node", "http://127.0.0.1:7001"])
+            .env("TKMS_RPC_URL", "http://127.0.0.1:8545")
+            .env(
+                "TKMS_REGISTRY_ADDRESS",
+                "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            ),
+        &["both name a registry"],
+    );
+    // Both in the file: refused, not one of them picked in silence.
+    let both = dir.path().join("both.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("rpc-url = \"http://127.0.0.1:8545\"\nregistry-address = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n");
+    write(&both, &text);
+    fails_saying(
+        tkms()
+            .args(["manager", "run", "--config"])
+            .arg(&both)
+            .args(["--node", "http://127.0.0.1:7001"]),
+        &["both name a registry"],
+    );
+    // An empty list variable does not hide the file's list (here a list with a duplicate).
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("node = [\"http://127.0.0.1:7002\", \"http://127.0.0.1:7002\"]\n");
+    write(&config, &text);
+    fails_saying(
+        tkms()
+            .args(["manager", "run", "--config"])
+            .arg(&config)
+            .env("TKMS_NODE", ""),
+        &["http://127.0.0.1:7002 is given twice"],
     );
 }
 

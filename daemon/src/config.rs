@@ -170,14 +170,27 @@ pub fn layer(
     for (id, long, repeated) in options {
         let var = env_name(&long);
         let from_file = file.and_then(|f| f.values.get(&long)).cloned();
+        if let (Some(file), Some(values)) = (file, &from_file) {
+            // clap checks the number of values only on the command line.
+            if !repeated && values.len() > 1 {
+                return Err(ConfigError::Invalid {
+                    path: file.path.clone(),
+                    reason: format!("{long} takes one value, not a list"),
+                });
+            }
+        }
         cmd = if repeated {
             // clap reads one value from a variable; a repeated option takes a list.
-            let from_env = std::env::var(&var).ok().map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-            });
+            // An empty (or blank) variable is unset: it does not hide the file's list.
+            let from_env = std::env::var(&var)
+                .ok()
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                })
+                .filter(|values| !values.is_empty());
             match from_env.or(from_file) {
                 Some(values) if !values.is_empty() => cmd.mut_arg(id, |a| {
                     a.required(false)
@@ -343,6 +356,8 @@ mod tests {
         assert!(e.contains("a table is not a setting"), "{e}");
         let e = parse("data-dir = ", &[]).unwrap_err();
         assert!(e.contains("t.toml"), "{e}");
+        let e = parse("data-dir = [\"/a\", \"/b\"]", &[]).unwrap_err();
+        assert!(e.contains("data-dir takes one value, not a list"), "{e}");
         let e = parse("config = \"other.toml\"\ndata-dir = \"/d\"", &[]).unwrap_err();
         assert!(e.contains("\"config\" is not a setting"), "{e}");
         // Required options stay required when the file leaves them out.

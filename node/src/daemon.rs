@@ -274,8 +274,7 @@ pub async fn init(config: &InitConfig) -> Result<Registration, NodeError> {
         endpoints.push(url.clone());
     }
     if let Some(addr) = &config.p2p_advertise {
-        p2p_endpoint(addr)
-            .map_err(|e| NodeError::Config(format!("--p2p-advertise {addr}: {e}")))?;
+        check_p2p_advertise(addr)?;
         endpoints.push(
             addr.clone()
                 .with(libp2p::multiaddr::Protocol::P2p(peer_id))
@@ -311,6 +310,20 @@ fn checked_manager_keys(config: &NodeConfig) -> Result<Vec<Encoded<S>>, NodeErro
         return Err(NodeError::Config(
             "--rpc-url and --registry-address go together".into(),
         ));
+    }
+    if config.rpc_url.is_some() && config.registry_file.is_some() {
+        return Err(NodeError::Config(
+            "--registry-file and --rpc-url both name a registry (from the command line, \
+             TKMS_* variables or the config file): give one"
+                .into(),
+        ));
+    }
+    if let Some(addr) = &config.p2p_advertise {
+        check_p2p_advertise(addr)?;
+    }
+    if let Some(url) = &config.grpc_advertise {
+        grpc_endpoint(url)
+            .map_err(|e| NodeError::Config(format!("--grpc-advertise {url}: {e}")))?;
     }
     config
         .manager_keys
@@ -511,10 +524,21 @@ fn binds_every_interface(addr: &Multiaddr) -> bool {
     })
 }
 
-/// Host and port of a gRPC URL (`http://10.0.0.5:7001`).
+/// Host and port of an advertised gRPC URL (`http://10.0.0.5:7001`): a scheme, and a host
+/// others can dial (not 0.0.0.0).
 fn grpc_endpoint(url: &str) -> Result<(String, u16), String> {
     let uri: tonic::codegen::http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("not an http:// or https:// URL".into());
+    }
     let host = uri.host().ok_or("no host")?;
+    if host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err("an address of every interface, which nobody can dial".into());
+    }
     let port = uri
         .port_u16()
         .unwrap_or(if uri.scheme_str() == Some("https") {
@@ -525,9 +549,27 @@ fn grpc_endpoint(url: &str) -> Result<(String, u16), String> {
     Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
+/// An advertised libp2p address: dialable, and without `/p2p/` (the node adds its peer id).
+fn check_p2p_advertise(addr: &Multiaddr) -> Result<(), NodeError> {
+    if addr
+        .iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+    {
+        return Err(NodeError::Config(format!(
+            "--p2p-advertise {addr}: give the address without /p2p/; the node adds its peer id"
+        )));
+    }
+    p2p_endpoint(addr)
+        .map(|_| ())
+        .map_err(|e| NodeError::Config(format!("--p2p-advertise {addr}: {e}")))
+}
+
 /// Host and TCP port of a libp2p address (`/ip4/10.0.0.5/tcp/7101/p2p/...`).
 fn p2p_endpoint(addr: &Multiaddr) -> Result<(String, u16), String> {
     use libp2p::multiaddr::Protocol;
+    if binds_every_interface(addr) {
+        return Err("an address of every interface, which nobody can dial".into());
+    }
     let mut host = None;
     let mut port = None;
     for p in addr {

@@ -151,6 +151,16 @@ impl Proc {
             }
             None => Command::new(exe),
         };
+        // The daemons read their settings from the files the testnet wrote; a TKMS_*
+        // variable of the caller's shell would override them (tkms_daemon::config).
+        for (name, _) in std::env::vars_os() {
+            if name
+                .to_string_lossy()
+                .starts_with(tkms_daemon::config::ENV_PREFIX)
+            {
+                command.env_remove(&name);
+            }
+        }
         let child = command
             .args(args)
             .stdin(Stdio::null())

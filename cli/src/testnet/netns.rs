@@ -254,8 +254,15 @@ impl Network {
     /// stop the shapers.
     pub fn destroy(&self) {
         for ns in std::iter::once(&self.manager).chain(&self.nodes) {
-            if let Some(pid) = ns.shaper_pid {
-                let _ = run("kill", &["-KILL", &pid.to_string()]);
+            // Whatever still runs in the namespace (its shaper, a daemon): asked of the
+            // namespace, not by a recorded pid that may belong to another process by now.
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", &ns.name])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = run("kill", &["-KILL", pid]);
+                }
             }
             // Deleting the namespace deletes its veth end, and with it the pair.
             let _ = run("ip", &["netns", "delete", &ns.name]);
@@ -275,25 +282,27 @@ impl Network {
     /// Cut `ns` off the network (every packet in and out of `eth0` dropped), or join it
     /// back.
     pub fn partition(ns: &Namespace, cut: bool) -> Result<()> {
-        let op = if cut { "-I" } else { "-D" };
-        in_ns(
-            &ns.name,
-            "iptables",
-            &[op, "INPUT", "-i", "eth0", "-j", "DROP"],
-        )?;
-        in_ns(
-            &ns.name,
-            "iptables",
-            &[op, "OUTPUT", "-o", "eth0", "-j", "DROP"],
-        )
+        for [chain, dir] in [["INPUT", "-i"], ["OUTPUT", "-o"]] {
+            let args = |op: &'static str| [op, chain, dir, "eth0", "-j", "DROP"];
+            // Idempotent: cut twice and healed once is healed.
+            let present = || in_ns(&ns.name, "iptables", &args("-C")).is_ok();
+            if cut && !present() {
+                in_ns(&ns.name, "iptables", &args("-I"))?;
+            }
+            while !cut && present() {
+                in_ns(&ns.name, "iptables", &args("-D"))?;
+            }
+        }
+        Ok(())
     }
 }
 
 /// Start the shaper of `ns` and send `eth0`'s outgoing packets through it.
 fn start_shaper(dir: &Path, ns: &Namespace, (delay, jitter, loss): (f64, f64, f64)) -> Result<u32> {
     let exe = std::env::current_exe().context("locating the tkms binary")?;
-    let log = fs::File::create(dir.join(format!("shaper-{}.log", ns.name)))?;
-    let child = Command::new("ip")
+    let log_path = dir.join(format!("shaper-{}.log", ns.name));
+    let log = fs::File::create(&log_path)?;
+    let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(exe)
         .args([
@@ -312,9 +321,26 @@ fn start_shaper(dir: &Path, ns: &Namespace, (delay, jitter, loss): (f64, f64, f6
         .spawn()
         .context("starting the link shaper")?;
     let pid = child.id();
-    // The shaper binds the queue before the rule sends packets to it: a queued packet
-    // without a listener is dropped. It says so on its log; give it a moment.
-    std::thread::sleep(Duration::from_millis(200));
+    // The rule goes in only once the shaper has bound the queue (it says so on its log): a
+    // packet queued with no listener is dropped, and the namespace would be cut off.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if fs::read_to_string(&log_path).is_ok_and(|l| l.contains("shaping:")) {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the link shaper of {} exited ({status}): {}",
+                ns.name,
+                fs::read_to_string(&log_path).unwrap_or_default().trim()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the link shaper of {} did not start within 10 s", ns.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     in_ns(
         &ns.name,
         "iptables",
