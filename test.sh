@@ -12,7 +12,9 @@
 # The tests find these by themselves (tkms_testkit: $TKMS_PYTHON, else .venv/bin/python, else
 # python3; tkms_registry::anvil: $TKMS_ANVIL, else contracts/node_modules).
 #
-# Needs: cargo, python3 (with venv), node and npm (>= 20), on a machine that reaches crates.io,
+# Needs: root on Linux (tests/wan.rs makes network namespaces; iproute2 and iptables are
+# installed with apt-get where missing), cargo, python3 (with venv), node and npm (>= 20), on a
+# machine that reaches crates.io,
 # PyPI and the npm registry the first time.
 set -euo pipefail
 cd "$(dirname "$0")"
