@@ -259,6 +259,27 @@ fn layer_path(
     failed.map_or(Ok(cmd), Err)
 }
 
+/// The registry settings of a daemon (`--registry-file`, `--rpc-url`, `--registry-address`),
+/// checked as clap cannot when they come from different sources: the chain's two go
+/// together, and a file and a chain are not both given.
+pub fn check_registry(
+    registry_file: bool,
+    rpc_url: bool,
+    registry_address: bool,
+) -> Result<(), String> {
+    if rpc_url != registry_address {
+        return Err("--rpc-url and --registry-address go together".into());
+    }
+    if rpc_url && registry_file {
+        return Err(
+            "--registry-file and --rpc-url both name a registry (from the command \
+                    line, TKMS_* variables or the config file): give one"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Parse this process's command line as `P`, with the environment and the config file layered
 /// beneath the options of whichever of the `layered` subcommands the command line runs. Exits
 /// with a message on an error, as clap's `parse` does.

@@ -140,18 +140,12 @@ async fn open_registry(
     ),
     ManagerError,
 > {
-    if config.rpc_url.is_some() != config.registry_address.is_some() {
-        return Err(ManagerError::Config(
-            "--rpc-url and --registry-address go together".into(),
-        ));
-    }
-    if config.rpc_url.is_some() && config.registry_file.is_some() {
-        return Err(ManagerError::Config(
-            "--registry-file and --rpc-url both name a registry (from the command line, \
-             TKMS_* variables or the config file): give one"
-                .into(),
-        ));
-    }
+    tkms_daemon::config::check_registry(
+        config.registry_file.is_some(),
+        config.rpc_url.is_some(),
+        config.registry_address.is_some(),
+    )
+    .map_err(ManagerError::Config)?;
     if let (Some(url), Some(address)) = (&config.rpc_url, config.registry_address) {
         let registry =
             ChainRegistry::connect(url, address, CacheConfig::default(), DEFAULT_MAX_STALENESS)

@@ -306,18 +306,12 @@ fn checked_manager_keys(config: &NodeConfig) -> Result<Vec<Encoded<S>>, NodeErro
             "no --manager-key: the node would accept no manager".into(),
         ));
     }
-    if config.rpc_url.is_some() != config.registry_address.is_some() {
-        return Err(NodeError::Config(
-            "--rpc-url and --registry-address go together".into(),
-        ));
-    }
-    if config.rpc_url.is_some() && config.registry_file.is_some() {
-        return Err(NodeError::Config(
-            "--registry-file and --rpc-url both name a registry (from the command line, \
-             TKMS_* variables or the config file): give one"
-                .into(),
-        ));
-    }
+    tkms_daemon::config::check_registry(
+        config.registry_file.is_some(),
+        config.rpc_url.is_some(),
+        config.registry_address.is_some(),
+    )
+    .map_err(NodeError::Config)?;
     if let Some(addr) = &config.p2p_advertise {
         check_p2p_advertise(addr)?;
     }
