@@ -125,6 +125,18 @@ pub(super) fn scalar_hex() -> Zeroizing<String> {
     Zeroizing::new(hex::encode(s.to_bytes().as_ref()))
 }
 
+/// The whole command line that [`Proc::spawn`] runs for `args` in namespace `ns`: what
+/// `testnet.json` records to restart a process.
+pub(super) fn command_line(ns: Option<&str>, args: &[String]) -> Result<Vec<String>> {
+    let mut full = Vec::new();
+    if let Some(ns) = ns {
+        full.extend(["ip".into(), "netns".into(), "exec".into(), ns.to_string()]);
+    }
+    full.push(std::env::current_exe()?.display().to_string());
+    full.extend_from_slice(args);
+    Ok(full)
+}
+
 /// A running child process that is stopped (SIGTERM, then SIGKILL) when dropped.
 pub(super) struct Proc {
     name: String,

@@ -37,8 +37,8 @@ pub mod netns;
 
 use chain::{check_published, register_nodes, start_chain, Chain};
 use local::{
-    http, ports, public_hex, random_hex, scalar_hex, secret_file, signing_key, wait_for_node,
-    write_private, Ports, Proc,
+    command_line, http, ports, public_hex, random_hex, scalar_hex, secret_file, signing_key,
+    wait_for_node, write_private, Ports, Proc,
 };
 
 pub use netns::{NetnsArgs, Network, ShapeArgs};
@@ -304,12 +304,7 @@ fn start_nodes(
             &ndir.join("node.log"),
             addrs.ns.as_deref(),
         )?;
-        let mut full = Vec::new();
-        if let Some(ns) = &addrs.ns {
-            full.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
-        }
-        full.push(std::env::current_exe()?.display().to_string());
-        full.extend(command);
+        let full = command_line(addrs.ns.as_deref(), &command)?;
         nodes.push((
             proc,
             TestnetNode {
@@ -451,13 +446,7 @@ fn start_manager(
         &mdir.join("manager.log"),
         layout.manager_ns.as_deref(),
     )?;
-    let mut command = Vec::new();
-    if let Some(ns) = &layout.manager_ns {
-        command.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
-    }
-    command.push(std::env::current_exe()?.display().to_string());
-    command.extend(margs);
-    Ok((proc, command))
+    Ok((proc, command_line(layout.manager_ns.as_deref(), &margs)?))
 }
 
 fn print_summary(testnet: &Testnet, out: &Path, manager_pid: u32, t: u16, n: u16) {
