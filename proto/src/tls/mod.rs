@@ -2,7 +2,7 @@
 //! keys (docs/ARCHITECTURE.md §4.2, "mutual authentication with the manager").
 //!
 //! Each side presents a self-signed certificate carrying the libp2p TLS extension
-//! (`libp2p-tls`): the certificate's TLS key is signed by the side's secp256k1 identity key
+//! ([`cert`]): the certificate's TLS key is signed by the side's secp256k1 identity key
 //! (the manager's node-request key; the node's key registered on the registry), and the TLS
 //! handshake proves possession of the TLS key. So a finished handshake authenticates the
 //! peer's secp256k1 key, which each side then checks against the keys it pins. The channel is
@@ -23,9 +23,10 @@ use std::{
 
 use futures::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
-use libp2p_identity::{secp256k1, Keypair, PeerId, PublicKey};
 use rustls::pki_types::ServerName;
 use tkms_crypto::{suite::Encoded, Secp256k1, SecretScalar};
+
+pub mod cert;
 use tkms_daemon::conn::{Admitted, Closed, ConnectionGate, ConnectionLimits, ConnectionStats};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -88,37 +89,6 @@ pub enum TlsError {
     Url(String, String),
 }
 
-/// The libp2p identity of a secp256k1 secret key.
-fn keypair(key: &SecretScalar<Secp256k1>) -> Result<Keypair, TlsError> {
-    let mut bytes = key.to_bytes();
-    // `try_from_bytes` zeroizes the buffer it is given; `bytes` is zeroized on drop too.
-    let secret = secp256k1::SecretKey::try_from_bytes(&mut bytes[..])
-        .map_err(|e| TlsError::Key(e.to_string()))?;
-    Ok(secp256k1::Keypair::from(secret).into())
-}
-
-/// The peer id a secp256k1 public key (SEC1, compressed) authenticates as.
-pub fn peer_id(key: &Encoded<Secp256k1>) -> Result<PeerId, TlsError> {
-    let public = secp256k1::PublicKey::try_from_bytes(key.bytes())
-        .map_err(|e| TlsError::Key(e.to_string()))?;
-    Ok(PublicKey::from(public).to_peer_id())
-}
-
-/// The secp256k1 key (compressed SEC1) a peer id stands for, if it is one: secp256k1 peer ids
-/// embed the key itself (identity multihash).
-pub fn peer_key(peer: &PeerId) -> Option<[u8; 33]> {
-    // Identity multihash: code 0, one-byte length (the key's protobuf is 37 bytes), digest.
-    let bytes = peer.to_bytes();
-    let (&[0, len], digest) = bytes.split_first_chunk::<2>()? else {
-        return None;
-    };
-    if usize::from(len) != digest.len() {
-        return None;
-    }
-    let key = PublicKey::try_decode_protobuf(digest).ok()?;
-    Some(key.try_into_secp256k1().ok()?.to_bytes())
-}
-
 /// How often the manager pings an idle or busy node connection (HTTP/2 PING).
 pub const KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a ping may go unanswered before the connection is dropped and redialed.
@@ -148,14 +118,17 @@ impl ManagerTls {
         manager_key: &SecretScalar<Secp256k1>,
         node_key: &Encoded<Secp256k1>,
     ) -> Result<Self, TlsError> {
-        Self::build(manager_key, Some(peer_id(node_key)?))
+        Self::build(manager_key, Some(*node_key.bytes()))
     }
 
-    fn build(key: &SecretScalar<Secp256k1>, remote: Option<PeerId>) -> Result<Self, TlsError> {
-        let mut config = libp2p_tls::make_client_config(&keypair(key)?, remote)
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
-        // gRPC is HTTP/2; session keys are never written anywhere (libp2p-tls would honour
-        // SSLKEYLOGFILE).
+    fn build(key: &SecretScalar<Secp256k1>, expected: Option<[u8; 33]>) -> Result<Self, TlsError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(cert::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Certificate(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(cert::PeerVerifier { expected }))
+            .with_client_cert_resolver(Arc::new(cert::Presents(cert::certified_key(key)?)));
+        // gRPC is HTTP/2; session keys are never written anywhere.
         config.alpn_protocols = vec![b"h2".to_vec()];
         config.key_log = Arc::new(rustls::NoKeyLog);
         Ok(Self {
@@ -312,8 +285,11 @@ impl AsyncWrite for PeerStream {
 pub fn node_server_config(
     node_key: &SecretScalar<Secp256k1>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = libp2p_tls::make_server_config(&keypair(node_key)?)
-        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(cert::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Certificate(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(cert::PeerVerifier { expected: None }))
+        .with_cert_resolver(Arc::new(cert::Presents(cert::certified_key(node_key)?)));
     config.alpn_protocols = vec![b"h2".to_vec()];
     config.key_log = Arc::new(rustls::NoKeyLog);
     Ok(Arc::new(config))
@@ -432,10 +408,8 @@ async fn handshake(
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or("no client certificate")?;
-    let peer = libp2p_tls::certificate::parse(certificate)
-        .map_err(|e| e.to_string())?
-        .peer_id();
-    let key = peer_key(&peer).ok_or("the client's key is not a secp256k1 key")?;
+    // Verified in the handshake; read again for its key.
+    let key = cert::verify_certificate(certificate).map_err(|e| e.to_string())?;
     Ok(PeerStream {
         inner: tls,
         peer: TlsPeer {
