@@ -55,20 +55,12 @@ impl<S: Suite> AggregateProof<S> {
 
     /// `index || T1 || T2 || z`.
     pub fn to_bytes(&self) -> [u8; AGGREGATE_PROOF_LEN] {
-        let mut out = [0u8; AGGREGATE_PROOF_LEN];
-        out[..2].copy_from_slice(&self.index.to_bytes());
-        out[2..].copy_from_slice(&self.proof.to_bytes());
-        out
+        crate::codec::concat(&[&self.index.to_bytes(), &self.proof.to_bytes()])
     }
 
     /// Strict decoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
-        if bytes.len() != AGGREGATE_PROOF_LEN {
-            return Err(EncodingError::Length {
-                expected: AGGREGATE_PROOF_LEN,
-                actual: bytes.len(),
-            });
-        }
+        let bytes = crate::codec::exact::<AGGREGATE_PROOF_LEN>(bytes)?;
         Ok(Self {
             index: NodeIndex::from_bytes(&bytes[..2])?,
             proof: DleqProof::from_bytes(&bytes[2..])?,

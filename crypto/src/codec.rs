@@ -48,6 +48,27 @@ pub enum EncodingError {
     UnknownTag(u8),
 }
 
+/// `bytes`, if it is exactly `N` long: the length check of every fixed-size decoding.
+pub(crate) fn exact<const N: usize>(bytes: &[u8]) -> Result<&[u8; N], EncodingError> {
+    bytes.try_into().map_err(|_| EncodingError::Length {
+        expected: N,
+        actual: bytes.len(),
+    })
+}
+
+/// `parts` back to back in `N` bytes: every fixed-size encoding (the parts' lengths add up
+/// to `N`, which each caller's length constant states).
+pub(crate) fn concat<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut at = 0;
+    for part in parts {
+        out[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    debug_assert_eq!(at, N, "the parts fill the encoding");
+    out
+}
+
 pub(crate) struct Writer(Vec<u8>);
 
 impl Writer {

@@ -10,7 +10,7 @@ use rand_core::CryptoRngCore;
 use crate::{
     dleq::{self, DleqProof, Statement, PROOF_LEN},
     ecies,
-    error::{EncodingError, Error},
+    error::Error,
     secret::SharedSecret,
     shamir::{lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet},
     suite::{msm_vartime, Encoded, Suite, POINT_LEN},
@@ -174,22 +174,16 @@ impl<S: Suite> PartialDelegation<S> {
 
     /// `index || D_i || proof`.
     pub fn to_bytes(&self) -> [u8; PARTIAL_LEN] {
-        let mut out = [0u8; PARTIAL_LEN];
-        out[..2].copy_from_slice(&self.index.to_bytes());
-        out[2..2 + POINT_LEN].copy_from_slice(self.partial.bytes());
-        out[2 + POINT_LEN..].copy_from_slice(&self.proof.to_bytes());
-        out
+        crate::codec::concat(&[
+            &self.index.to_bytes(),
+            self.partial.bytes(),
+            &self.proof.to_bytes(),
+        ])
     }
 
     /// Strict decoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        if bytes.len() != PARTIAL_LEN {
-            return Err(EncodingError::Length {
-                expected: PARTIAL_LEN,
-                actual: bytes.len(),
-            }
-            .into());
-        }
+        let bytes = crate::codec::exact::<PARTIAL_LEN>(bytes)?;
         Ok(Self {
             index: NodeIndex::from_bytes(&bytes[..2])?,
             partial: Encoded::from_bytes(&bytes[2..2 + POINT_LEN])?,

@@ -103,21 +103,12 @@ impl<S: Suite> DleqProof<S> {
 
     /// `T1 || T2 || z`.
     pub fn to_bytes(&self) -> [u8; PROOF_LEN] {
-        let mut out = [0u8; PROOF_LEN];
-        out[..POINT_LEN].copy_from_slice(self.t1.bytes());
-        out[POINT_LEN..2 * POINT_LEN].copy_from_slice(self.t2.bytes());
-        out[2 * POINT_LEN..].copy_from_slice(&S::encode_scalar(&self.z));
-        out
+        crate::codec::concat(&[self.t1.bytes(), self.t2.bytes(), &S::encode_scalar(&self.z)])
     }
 
     /// Strict decoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
-        if bytes.len() != PROOF_LEN {
-            return Err(EncodingError::Length {
-                expected: PROOF_LEN,
-                actual: bytes.len(),
-            });
-        }
+        let bytes = crate::codec::exact::<PROOF_LEN>(bytes)?;
         Ok(Self {
             t1: Encoded::from_bytes(&bytes[..POINT_LEN])?,
             t2: Encoded::from_bytes(&bytes[POINT_LEN..2 * POINT_LEN])?,

@@ -34,10 +34,7 @@ impl NodeIndex {
 
     /// Decode two big-endian bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
-        let array: [u8; 2] = bytes.try_into().map_err(|_| EncodingError::Length {
-            expected: 2,
-            actual: bytes.len(),
-        })?;
+        let array = *crate::codec::exact::<2>(bytes)?;
         Self::new(u16::from_be_bytes(array)).ok_or(EncodingError::ZeroIndex)
     }
 

@@ -16,7 +16,7 @@ use crate::{
     dleq::random_weight,
     dst,
     ecies::{self, Ciphertext},
-    error::{EncodingError, Error},
+    error::Error,
     hash::hash_to_scalar,
     secret::{SecretScalar, SharedSecret},
     shamir::{lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet},
@@ -242,33 +242,21 @@ impl<S: Suite> PartialReencryption<S> {
 
     /// `index || R_i || C_i || T1 || T2 || T3 || z1 || z2`.
     pub fn to_bytes(&self) -> [u8; PARTIAL_LEN] {
-        let mut out = [0u8; PARTIAL_LEN];
-        out[..2].copy_from_slice(&self.index.to_bytes());
-        let points = [
-            &self.r,
-            &self.c,
-            &self.proof.t1,
-            &self.proof.t2,
-            &self.proof.t3,
-        ];
-        for (k, p) in points.into_iter().enumerate() {
-            out[2 + k * POINT_LEN..2 + (k + 1) * POINT_LEN].copy_from_slice(p.bytes());
-        }
-        let scalars = 2 + 5 * POINT_LEN;
-        out[scalars..scalars + SCALAR_LEN].copy_from_slice(&S::encode_scalar(&self.proof.z1));
-        out[scalars + SCALAR_LEN..].copy_from_slice(&S::encode_scalar(&self.proof.z2));
-        out
+        crate::codec::concat(&[
+            &self.index.to_bytes(),
+            self.r.bytes(),
+            self.c.bytes(),
+            self.proof.t1.bytes(),
+            self.proof.t2.bytes(),
+            self.proof.t3.bytes(),
+            &S::encode_scalar(&self.proof.z1),
+            &S::encode_scalar(&self.proof.z2),
+        ])
     }
 
     /// Strict decoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        if bytes.len() != PARTIAL_LEN {
-            return Err(EncodingError::Length {
-                expected: PARTIAL_LEN,
-                actual: bytes.len(),
-            }
-            .into());
-        }
+        let bytes = crate::codec::exact::<PARTIAL_LEN>(bytes)?;
         let point =
             |k: usize| Encoded::from_bytes(&bytes[2 + k * POINT_LEN..2 + (k + 1) * POINT_LEN]);
         let scalars = 2 + 5 * POINT_LEN;
@@ -341,22 +329,16 @@ impl<S: Suite> ReencryptedCapsule<S> {
 
     /// `K || R || C`.
     pub fn to_bytes(&self) -> [u8; CAPSULE_LEN] {
-        let mut out = [0u8; CAPSULE_LEN];
-        for (k, p) in [&self.ephemeral, &self.r, &self.c].into_iter().enumerate() {
-            out[k * POINT_LEN..(k + 1) * POINT_LEN].copy_from_slice(&S::encode_point(p));
-        }
-        out
+        crate::codec::concat(&[
+            &S::encode_point(&self.ephemeral),
+            &S::encode_point(&self.r),
+            &S::encode_point(&self.c),
+        ])
     }
 
     /// Strict decoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        if bytes.len() != CAPSULE_LEN {
-            return Err(EncodingError::Length {
-                expected: CAPSULE_LEN,
-                actual: bytes.len(),
-            }
-            .into());
-        }
+        let bytes = crate::codec::exact::<CAPSULE_LEN>(bytes)?;
         Ok(Self {
             ephemeral: S::decode_point(&bytes[..POINT_LEN])?,
             r: S::decode_point(&bytes[POINT_LEN..2 * POINT_LEN])?,

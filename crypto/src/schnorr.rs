@@ -49,20 +49,12 @@ impl<S: Suite> Signature<S> {
 
     /// `R || z`.
     pub fn to_bytes(&self) -> [u8; SIGNATURE_LEN] {
-        let mut out = [0u8; SIGNATURE_LEN];
-        out[..POINT_LEN].copy_from_slice(&S::encode_point(&self.r));
-        out[POINT_LEN..].copy_from_slice(&S::encode_scalar(&self.z));
-        out
+        crate::codec::concat(&[&S::encode_point(&self.r), &S::encode_scalar(&self.z)])
     }
 
     /// Strict decoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EncodingError> {
-        if bytes.len() != SIGNATURE_LEN {
-            return Err(EncodingError::Length {
-                expected: SIGNATURE_LEN,
-                actual: bytes.len(),
-            });
-        }
+        let bytes = crate::codec::exact::<SIGNATURE_LEN>(bytes)?;
         Ok(Self {
             r: S::decode_point(&bytes[..POINT_LEN])?,
             z: S::decode_scalar(&bytes[POINT_LEN..])?,

@@ -27,11 +27,7 @@ impl SharedSecret {
 
     /// Decode from a slice of exactly 32 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, EncodingError> {
-        let array: [u8; SCALAR_LEN] = bytes.try_into().map_err(|_| EncodingError::Length {
-            expected: SCALAR_LEN,
-            actual: bytes.len(),
-        })?;
-        Ok(Self(array))
+        Ok(Self(*crate::codec::exact::<SCALAR_LEN>(bytes)?))
     }
 
     /// The x-coordinate, to encrypt to a requester or derive the AES key from.

@@ -97,12 +97,7 @@ pub trait Suite: Copy + Clone + Debug + Default + PartialEq + Eq + Send + Sync +
 }
 
 fn check_compressed(bytes: &[u8]) -> Result<(), EncodingError> {
-    if bytes.len() != POINT_LEN {
-        return Err(EncodingError::Length {
-            expected: POINT_LEN,
-            actual: bytes.len(),
-        });
-    }
+    let bytes = crate::codec::exact::<POINT_LEN>(bytes)?;
     match bytes[0] {
         0x02 | 0x03 => Ok(()),
         0x00 if bytes.iter().all(|b| *b == 0) => Err(EncodingError::Identity),
@@ -168,12 +163,7 @@ macro_rules! impl_suite {
             }
 
             fn decode_uncompressed(bytes: &[u8]) -> Result<Self::Point, EncodingError> {
-                if bytes.len() != UNCOMPRESSED_POINT_LEN {
-                    return Err(EncodingError::Length {
-                        expected: UNCOMPRESSED_POINT_LEN,
-                        actual: bytes.len(),
-                    });
-                }
+                let bytes = crate::codec::exact::<UNCOMPRESSED_POINT_LEN>(bytes)?;
                 if bytes[0] != 0x04 {
                     return Err(EncodingError::NotUncompressed);
                 }
@@ -199,17 +189,7 @@ macro_rules! impl_suite {
             }
 
             fn decode_scalar(bytes: &[u8]) -> Result<Self::Scalar, EncodingError> {
-                if bytes.len() != SCALAR_LEN {
-                    return Err(EncodingError::Length {
-                        expected: SCALAR_LEN,
-                        actual: bytes.len(),
-                    });
-                }
-                let array: [u8; SCALAR_LEN] =
-                    bytes.try_into().map_err(|_| EncodingError::Length {
-                        expected: SCALAR_LEN,
-                        actual: bytes.len(),
-                    })?;
+                let array = *crate::codec::exact::<SCALAR_LEN>(bytes)?;
                 let repr = $crate_::FieldBytes::from(array);
                 Option::from($crate_::Scalar::from_repr(repr))
                     .ok_or(EncodingError::ScalarOutOfRange)

@@ -12,6 +12,18 @@ use tkms_crypto::{suite::Encoded, Secp256k1, SecretScalar};
 use tkms_proto::tls::{self, ManagerTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A listener on a loopback port serving TLS with `config`: its port and its connections.
+async fn listening(
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> (
+    u16,
+    std::pin::Pin<Box<impl futures::Stream<Item = std::io::Result<tls::PeerStream>>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (port, Box::pin(tls::incoming(listener, config)))
+}
+
 /// The libp2p identity of a tkms key.
 fn libp2p_keypair(key: &SecretScalar<Secp256k1>) -> libp2p_identity::Keypair {
     let mut bytes = *key.to_bytes();
@@ -104,11 +116,9 @@ async fn managers_and_nodes_built_on_libp2p_tls_interoperate() {
     let manager_public = Encoded::<Secp256k1>::new(manager.public_point());
 
     // A node of an older build (libp2p-tls) and this build's manager, pinned to it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let mut old_node = libp2p_tls::make_server_config(&libp2p_keypair(&node)).unwrap();
     old_node.alpn_protocols = vec![b"h2".to_vec()];
-    let mut incoming = Box::pin(tls::incoming(listener, std::sync::Arc::new(old_node)));
+    let (port, mut incoming) = listening(std::sync::Arc::new(old_node)).await;
     let client = ManagerTls::pinned(&manager, &node_public).unwrap();
     let (connected, accepted) = tokio::join!(client.connect("127.0.0.1", port), incoming.next());
     connected.unwrap();
@@ -117,12 +127,7 @@ async fn managers_and_nodes_built_on_libp2p_tls_interoperate() {
     assert_eq!(peer.key.as_slice(), manager_public.bytes());
 
     // This build's node and a manager of an older build (libp2p-tls), pinned to it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut incoming = Box::pin(tls::incoming(
-        listener,
-        tls::node_server_config(&node).unwrap(),
-    ));
+    let (port, mut incoming) = listening(tls::node_server_config(&node).unwrap()).await;
     let node_id = libp2p_identity::PublicKey::from(
         libp2p_identity::secp256k1::PublicKey::try_from_bytes(node_public.bytes()).unwrap(),
     )
@@ -157,12 +162,7 @@ async fn managers_and_nodes_built_on_libp2p_tls_interoperate() {
 async fn both_sides_authenticate_by_key_and_pinning_refuses_another_node() {
     let node = SecretScalar::<Secp256k1>::random(&mut OsRng);
     let manager = SecretScalar::<Secp256k1>::random(&mut OsRng);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut incoming = Box::pin(tls::incoming(
-        listener,
-        tls::node_server_config(&node).unwrap(),
-    ));
+    let (port, mut incoming) = listening(tls::node_server_config(&node).unwrap()).await;
 
     // Pinned to the right node: the handshake completes and the node sees the manager's key.
     let client = ManagerTls::pinned(&manager, &Encoded::new(node.public_point())).unwrap();
@@ -189,12 +189,7 @@ async fn both_sides_authenticate_by_key_and_pinning_refuses_another_node() {
 #[tokio::test]
 async fn a_plaintext_client_gets_nothing() {
     let node = SecretScalar::<Secp256k1>::random(&mut OsRng);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut incoming = Box::pin(tls::incoming(
-        listener,
-        tls::node_server_config(&node).unwrap(),
-    ));
+    let (port, mut incoming) = listening(tls::node_server_config(&node).unwrap()).await;
     let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();

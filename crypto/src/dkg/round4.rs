@@ -9,7 +9,7 @@ use rand_core::CryptoRngCore;
 use super::{signed_message, CeremonyConfig, CeremonyOutput, Digest32};
 use crate::{
     dst,
-    error::{EncodingError, Error},
+    error::Error,
     schnorr::{Signature, SIGNATURE_LEN},
     secret::SecretScalar,
     shamir::NodeIndex,
@@ -64,27 +64,19 @@ impl<S: Suite> Confirmation<S> {
 
     /// Wire encoding.
     pub fn to_bytes(&self) -> [u8; CONFIRMATION_LEN] {
-        let mut out = [0u8; CONFIRMATION_LEN];
-        out[..2].copy_from_slice(&self.node.to_bytes());
-        out[2..34].copy_from_slice(&self.transcript_hash);
-        out[34..].copy_from_slice(&self.signature.to_bytes());
-        out
+        crate::codec::concat(&[
+            &self.node.to_bytes(),
+            &self.transcript_hash,
+            &self.signature.to_bytes(),
+        ])
     }
 
     /// Strict decoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        if bytes.len() != CONFIRMATION_LEN {
-            return Err(EncodingError::Length {
-                expected: CONFIRMATION_LEN,
-                actual: bytes.len(),
-            }
-            .into());
-        }
-        let mut transcript_hash = [0u8; 32];
-        transcript_hash.copy_from_slice(&bytes[2..34]);
+        let bytes = crate::codec::exact::<CONFIRMATION_LEN>(bytes)?;
         Ok(Self {
             node: NodeIndex::from_bytes(&bytes[..2])?,
-            transcript_hash,
+            transcript_hash: *crate::codec::exact::<32>(&bytes[2..34])?,
             signature: Signature::from_bytes(&bytes[34..])?,
         })
     }
