@@ -65,7 +65,7 @@ pub(crate) fn concat<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
         out[at..at + part.len()].copy_from_slice(part);
         at += part.len();
     }
-    debug_assert_eq!(at, N, "the parts fill the encoding");
+    assert_eq!(at, N, "the parts fill the encoding");
     out
 }
 

@@ -48,14 +48,18 @@ const SCHEME: SignatureScheme = SignatureScheme::ECDSA_NISTP256_SHA256;
 enum CertRefused {
     #[error("not a DER X.509 certificate")]
     Encoding,
-    #[error("outside its validity period")]
+    #[error("expired")]
     Expired,
+    #[error("not valid yet")]
+    NotYetValid,
     #[error("not an ECDSA P-256 / SHA-256 certificate")]
     Algorithm,
     #[error("the self-signature does not verify")]
     SelfSignature,
-    #[error("no libp2p key extension, or more than one")]
+    #[error("no libp2p key extension")]
     MissingExtension,
+    #[error("the libp2p key extension twice")]
+    DuplicateExtension,
     #[error("an unknown critical extension")]
     CriticalExtension,
     #[error("the key extension is malformed")]
@@ -71,6 +75,7 @@ impl From<CertRefused> for rustls::Error {
         rustls::Error::InvalidCertificate(match e {
             CertRefused::Encoding => CertificateError::BadEncoding,
             CertRefused::Expired => CertificateError::Expired,
+            CertRefused::NotYetValid => CertificateError::NotValidYet,
             CertRefused::SelfSignature | CertRefused::IdentitySignature => {
                 CertificateError::BadSignature
             }
@@ -138,7 +143,11 @@ fn parse(der: &[u8]) -> Result<Parsed, CertRefused> {
     if !rest.is_empty() {
         return Err(CertRefused::Encoding);
     }
-    if !x509.validity().is_valid() {
+    let (validity, now) = (x509.validity(), x509_parser::time::ASN1Time::now());
+    if now < validity.not_before {
+        return Err(CertRefused::NotYetValid);
+    }
+    if now > validity.not_after {
         return Err(CertRefused::Expired);
     }
     let spki = x509.public_key();
@@ -166,7 +175,7 @@ fn parse(der: &[u8]) -> Result<Parsed, CertRefused> {
     for extension in x509.extensions() {
         if extension.oid == oid {
             if signed_key.is_some() {
-                return Err(CertRefused::MissingExtension);
+                return Err(CertRefused::DuplicateExtension);
             }
             signed_key = Some(extension.value);
         } else if extension.critical {
