@@ -43,6 +43,7 @@ impl Best {
     }
 
     /// Empty, for a query whose best `k` rank no worse than `worst`.
+    #[inline]
     pub(super) fn reset(&mut self, worst: f32) {
         self.hits.clear();
         self.worst = worst;
@@ -105,6 +106,7 @@ impl Best {
     }
 
     /// The `k`-th best rank, once `k` hits are held (after [`Best::cut`]).
+    #[inline]
     pub(super) fn kth(&self) -> Option<f32> {
         (self.k > 0 && self.hits.len() >= self.k).then_some(self.worst)
     }
@@ -133,6 +135,7 @@ impl Threshold {
     }
 
     /// `f32` ordered as `total_cmp` orders it, as a `u32`.
+    #[inline]
     fn key(r: f32) -> u32 {
         let b = r.to_bits();
         if b >> 31 == 1 {
@@ -142,6 +145,7 @@ impl Threshold {
         }
     }
 
+    #[inline]
     fn rank(key: u32) -> f32 {
         f32::from_bits(if key >> 31 == 1 {
             key & !(1 << 31)
@@ -150,12 +154,14 @@ impl Threshold {
         })
     }
 
+    #[inline]
     pub(super) fn get(&self, q: u32) -> f32 {
         self.0
             .get(q as usize)
             .map_or(f32::INFINITY, |a| Self::rank(a.load(Ordering::Relaxed)))
     }
 
+    #[inline]
     pub(super) fn lower(&self, q: u32, r: f32) {
         if let Some(a) = self.0.get(q as usize) {
             a.fetch_min(Self::key(r), Ordering::Relaxed);
