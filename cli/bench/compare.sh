@@ -1,0 +1,35 @@
+#!/bin/bash
+# /v0/delegate throughput of two builds of tkms, side by side in one run: a release 5/3
+# testnet (--fanout t) started by each binary, measured in turn at concurrency 16, 32 and 64,
+# ROUNDS rounds, with the same load generator (binary B's `tkms bench`), every answer checked.
+# Extra arguments for each side's manager go in A_MANAGER_ARGS / B_MANAGER_ARGS (e.g.
+# B_MANAGER_ARGS=--delegation-proofs=per-item to compare a build before the aggregated proofs
+# on the same proof path).
+# usage: bash cli/bench/compare.sh A_BINARY B_BINARY   (DUR=s, ROUNDS=n, LEVELS="16 32 64")
+set -eu
+A=$1; B=$2
+D=${D:-/tmp/tkms-bench/compare}; DUR=${DUR:-6}; ROUNDS=${ROUNDS:-3}; LEVELS=${LEVELS:-16 32 64}
+rm -rf "$D"; mkdir -p "$D"
+up() {
+  local side=$1 bin=$2 extra=$3 args=()
+  for a in $extra; do args+=("--manager-arg=$a"); done
+  "$bin" testnet up --nodes 5 --threshold 3 --data-dir "$D/$side" --out "$D/$side.json" --detach --fanout t "${args[@]}" > "$D/$side.up.log" 2>&1 || { cat "$D/$side.up.log"; exit 1; }
+}
+up a "$A" "${A_MANAGER_ARGS:-}"
+up b "$B" "${B_MANAGER_ARGS:-}"
+pids() { python3 -c "import json;t=json.load(open('$1'));print(' '.join(str(x) for x in [t['manager_pid']]+[n['pid'] for n in t['nodes']]))"; }
+stop() { for p in $(pids "$D/a.json") $(pids "$D/b.json"); do kill "$p" 2>/dev/null || true; done; }
+trap stop EXIT
+fmt='import json,sys; d=json.load(sys.stdin); print("%5.0f req/s  p50 %5.1f ms  p99 %5.1f ms  errors %s" % (d["requests_per_second"], d["p50_ms"], d["p99_ms"], d.get("errors")))'
+for side in a b; do "$B" bench delegate --api v0 --concurrency 8 --duration 2 --testnet "$D/$side.json" > /dev/null; done
+for round in $(seq "$ROUNDS"); do
+  echo "round $round ($(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  for c in $LEVELS; do
+    # Alternate which side goes first, so neither always runs on a warmer machine.
+    order="a b"; [ $((round % 2)) = 0 ] && order="b a"
+    for side in $order; do
+      echo -n "c=$c $side: "
+      "$B" bench delegate --api v0 --concurrency "$c" --duration "$DUR" --testnet "$D/$side.json" | python3 -c "$fmt"
+    done
+  done
+done
