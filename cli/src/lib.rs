@@ -138,7 +138,12 @@ where
 {
     tkms_daemon::init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(daemon(Box::pin(tkms_daemon::shutdown_signal())))
+    // The signal handlers go in now, before the daemon starts (they need the runtime).
+    let shutdown = {
+        let _entered = runtime.enter();
+        Box::pin(tkms_daemon::shutdown_signal())
+    };
+    runtime.block_on(daemon(shutdown))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

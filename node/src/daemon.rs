@@ -417,6 +417,10 @@ pub async fn run(
         tracing::warn!("no registry configured: this node does not re-check requesters itself and trusts the manager's check");
         None
     };
+    // The gRPC channel is TLS 1.3, authenticated by the node key on this side and by the
+    // manager's key on the other (checked per request against the accepted managers).
+    let tls = tkms_proto::tls::node_server_config(&identity.node_key)
+        .map_err(|e| NodeError::Config(format!("TLS identity: {e}")))?;
     // Ready: the status file tells `tkms testnet` and operators where this node serves.
     write_status(
         &config.data_dir,
@@ -429,10 +433,6 @@ pub async fn run(
         },
     )?;
     tracing::info!(%grpc_addr, p2p = %p2p.address(), node_key = %hex::encode(node_key.bytes()), "node serving");
-    // The gRPC channel is TLS 1.3, authenticated by the node key on this side and by the
-    // manager's key on the other (checked per request against the accepted managers).
-    let tls = tkms_proto::tls::node_server_config(&identity.node_key)
-        .map_err(|e| NodeError::Config(format!("TLS identity: {e}")))?;
     let incoming = tkms_proto::tls::incoming_with(listener, tls, listener_limits, Arc::default());
     let result = tonic::transport::Server::builder()
         .add_service(NodeServer::new(crate::front::AuditedNode::new(
