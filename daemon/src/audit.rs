@@ -105,12 +105,14 @@ impl AuditLog {
         (head.seq, head.hash.clone())
     }
 
-    /// Whether the last append, if it failed, failed more than a second ago (a service in
-    /// fail-closed mode refuses work up front while this is false).
+    /// Whether the log can be trusted with the next entry: the last append, if it failed,
+    /// failed more than a second ago, and no sync of the log has ever failed (a service in
+    /// fail-closed mode refuses work while this is false; after a failed sync, until it is
+    /// restarted on a sound disk).
     pub fn ready(&self) -> bool {
         let failed = self.failed_at.0.load(Ordering::Relaxed);
         let memory = u64::try_from(FAILURE_MEMORY.as_millis()).unwrap_or(u64::MAX);
-        failed == 0 || now_ms().saturating_sub(failed) > memory
+        (failed == 0 || now_ms().saturating_sub(failed) > memory) && !self.journal.sync_failed()
     }
 
     /// Append one entry.

@@ -12,6 +12,11 @@
 //!
 //! A write that fails (disk full, I/O error) is undone (the file is cut back to its length
 //! before it), so a later write never follows half an entry.
+//!
+//! A failed `fdatasync` is remembered until the process ends ([`Journal::sync_failed`]): after
+//! a writeback error Linux may drop the dirty pages and report a later sync as successful, so
+//! no later success proves the earlier writes durable. Every [`Journal::durable`] fails from
+//! then on, and a service that serves only while its journal is sound stops serving.
 
 use std::{
     fs::{File, OpenOptions},
@@ -33,6 +38,9 @@ pub enum SyncPolicy {
     Every(Duration),
 }
 
+/// How the sync thread makes the file durable (`File::sync_data`; a failing one in tests).
+type Syncer = fn(&File) -> io::Result<()>;
+
 /// The position of a write in a journal, to wait for its durability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(u64);
@@ -48,7 +56,7 @@ struct Shared {
     path: PathBuf,
     writer: Mutex<Writer>,
     wake: Condvar,
-    /// `(writes made durable, the last fdatasync failed)`.
+    /// `(writes made durable, an fdatasync has failed)`; the second is never cleared.
     synced: watch::Sender<(u64, bool)>,
 }
 
@@ -96,6 +104,15 @@ impl Journal {
     /// Open (or create) `path` for appending, first cutting it to `len` bytes if it is
     /// longer (a torn tail the caller found).
     pub fn open(path: &Path, keep_len: Option<u64>, policy: SyncPolicy) -> io::Result<Self> {
+        Self::open_syncing(path, keep_len, policy, File::sync_data)
+    }
+
+    fn open_syncing(
+        path: &Path,
+        keep_len: Option<u64>,
+        policy: SyncPolicy,
+        sync: Syncer,
+    ) -> io::Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -126,7 +143,7 @@ impl Journal {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("tkms-journal-sync".into())
-                .spawn(move || sync_loop(&shared, &syncer, policy))?
+                .spawn(move || sync_loop(&shared, &syncer, policy, sync))?
         };
         Ok(Self {
             _stopper: Arc::new(Stopper {
@@ -186,20 +203,22 @@ impl Journal {
         Ok(ticket)
     }
 
-    /// Wait until the write of `ticket` is durable (`fdatasync` returned).
+    /// Wait until the write of `ticket` is durable (`fdatasync` returned); an error once any
+    /// sync has failed.
     pub async fn durable(&self, ticket: Ticket) -> io::Result<()> {
         let mut rx = self.shared.synced.subscribe();
         let state = rx
             .wait_for(|(synced, failed)| *synced >= ticket.0 || *failed)
             .await
             .map_err(|_| io::Error::other("the journal is closed"))?;
-        if state.0 >= ticket.0 {
-            Ok(())
-        } else {
+        // Once a sync has failed nothing counts as durable (see the module docs).
+        if state.1 {
             Err(io::Error::other(format!(
                 "{}: fdatasync failed",
                 self.shared.path.display()
             )))
+        } else {
+            Ok(())
         }
     }
 
@@ -207,13 +226,21 @@ impl Journal {
     pub fn sync_now(&self) -> io::Result<()> {
         let writer = self.lock();
         let written = writer.written;
-        writer.file.sync_data()?;
+        if let Err(e) = writer.file.sync_data() {
+            self.shared.synced.send_modify(|s| s.1 = true);
+            return Err(e);
+        }
         drop(writer);
-        self.shared.synced.send_modify(|(synced, failed)| {
+        self.shared.synced.send_modify(|(synced, _)| {
             *synced = (*synced).max(written);
-            *failed = false;
         });
         Ok(())
+    }
+
+    /// Whether an `fdatasync` of this journal has failed since it was opened (then some
+    /// acknowledged write may not be on disk, whatever later syncs report).
+    pub fn sync_failed(&self) -> bool {
+        self.shared.synced.borrow().1
     }
 }
 
@@ -228,7 +255,7 @@ fn append_locked(writer: &mut Writer, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn sync_loop(shared: &Shared, file: &File, policy: SyncPolicy) {
+fn sync_loop(shared: &Shared, file: &File, policy: SyncPolicy, sync: Syncer) {
     let mut synced = 0u64;
     loop {
         let (target, stop) = {
@@ -255,10 +282,10 @@ fn sync_loop(shared: &Shared, file: &File, policy: SyncPolicy) {
             (writer.written, writer.stop)
         };
         if target > synced {
-            match file.sync_data() {
+            match sync(file) {
                 Ok(()) => {
                     synced = target;
-                    shared.synced.send_replace((synced, false));
+                    shared.synced.send_modify(|s| s.0 = synced);
                 }
                 Err(e) => {
                     tracing::error!(path = %shared.path.display(), error = %e, "fdatasync failed");
@@ -278,6 +305,35 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_sync_is_remembered_and_fails_every_later_wait() {
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        // The first sync fails, every later one succeeds (as Linux may report after it
+        // dropped the pages of a failed writeback).
+        fn flaky(file: &File) -> io::Result<()> {
+            if CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                Err(io::Error::other("injected EIO"))
+            } else {
+                file.sync_data()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let policy = SyncPolicy::Every(Duration::from_millis(5));
+        let journal = Journal::open_syncing(&path, None, policy, flaky).unwrap();
+        assert!(!journal.sync_failed());
+        let first = journal.append(b"a").unwrap();
+        assert!(journal.durable(first).await.is_err());
+        assert!(journal.sync_failed());
+        // Later syncs succeed; the failure stays, and no later write counts as durable.
+        let second = journal.append(b"b").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(CALLS.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        assert!(journal.sync_failed());
+        assert!(journal.durable(second).await.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab");
+    }
 
     #[tokio::test]
     async fn appends_in_order_and_waits_for_durability() {

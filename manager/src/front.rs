@@ -13,9 +13,10 @@
 //! 3. appends one audit entry per key use (one per batch item) or admin action, with the
 //!    answer's status and error code; if the entry cannot be written the answer is replaced
 //!    by `503 audit_unavailable` (`--audit-fail closed`, the default). An entry is in the
-//!    kernel before the answer leaves (a killed manager loses none) and on disk within
-//!    `--audit-sync` ms (50 by default, as at the nodes); with `--audit-sync always` a served
-//!    key use is answered only once its entry is on disk.
+//!    kernel before the answer leaves (a killed manager loses none) and synced about
+//!    `--audit-sync` ms later (50 by default, as at the nodes); with `--audit-sync always` a
+//!    served key use is answered only once its entry is on disk. After a failed sync, key uses
+//!    are refused until a restart (fail closed).
 //!
 //! The per-requester quota is taken in the handlers by [`FrontDoor::admit_requester`], after
 //! the signer's role is checked and before any node is asked.
@@ -323,6 +324,11 @@ impl FrontDoor {
         };
         let written = match audit.append_all(entries) {
             Ok(ticket) if wait && self.wait_durable => audit.durable(ticket).await,
+            // Written, synced later: refused once a sync has failed (entries answered since
+            // may never reach the disk).
+            Ok(_) if !audit.ready() => Err(std::io::Error::other(
+                "an fdatasync of the audit log failed",
+            )),
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };

@@ -101,8 +101,17 @@ impl NodeAudit {
     }
 
     fn write(&self, entries: Vec<Fields>) -> Result<(), Status> {
-        match self.log.append_all(entries) {
-            Ok(_) => Ok(()),
+        let written = self.log.append_all(entries).and_then(|_| {
+            if self.log.ready() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(
+                    "an fdatasync of the audit log failed",
+                ))
+            }
+        });
+        match written {
+            Ok(()) => Ok(()),
             Err(_) if self.fail_open => Ok(()),
             Err(e) => Err(Status::unavailable(format!(
                 "this node's audit log cannot be written ({e}); it returns no partial until it can"
