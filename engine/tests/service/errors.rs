@@ -8,13 +8,11 @@ async fn bad_requests_are_clear_errors_and_change_nothing() {
     let mut c = config(StorageConfig::memory());
     c.max_body_bytes = 64 * 1024;
     let s = Running::start(c).await;
-    let r = s
-        .post(
-            "/v1/indexes/create",
-            &json!({"index_name": "docs", "index_key": KEY_HEX, "index_config": {"dimension": 2}}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/indexes/create",
+        &json!({"index_name": "docs", "index_key": KEY_HEX, "index_config": {"dimension": 2}}),
+    )
+    .await;
     let ok_upsert = json!({"index_name": "docs", "index_key": KEY_HEX,
                            "items": [{"id": "a", "vector": [1.0, 2.0]}]});
     assert_eq!(s.post("/v1/vectors/upsert", &ok_upsert).await.0, 200);

@@ -9,13 +9,11 @@ use super::*;
 async fn current_api_form_binary_routes_and_metadata_queries() {
     let s = Running::memory().await;
     let key = json!({"index_name": "auto", "index_key": KEY_HEX});
-    let r = s
-        .post(
-            "/v1/indexes/create",
-            &json!({"index_name": "auto", "index_key": KEY_HEX, "metric": "squared_euclidean"}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/indexes/create",
+        &json!({"index_name": "auto", "index_key": KEY_HEX, "metric": "squared_euclidean"}),
+    )
+    .await;
     let d = s.post("/v1/indexes/describe", &key).await.1;
     assert_eq!(
         (&d["dimension"], &d["n_lists"], &d["metric"]),
@@ -73,26 +71,22 @@ async fn current_api_form_binary_routes_and_metadata_queries() {
         "dimension_mismatch",
     );
     // Training without n_lists picks it from the item count: min(√400, 400 / 39) = 10.
-    let r = s
-        .post(
-            "/v1/indexes/train",
-            &json!({"index_name": "auto", "index_key": KEY_HEX}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/indexes/train",
+        &json!({"index_name": "auto", "index_key": KEY_HEX}),
+    )
+    .await;
     assert_eq!(
         s.post("/v1/indexes/describe", &key).await.1["n_lists"],
         tkms_engine::auto_n_lists(n, 4)
     );
     assert_eq!(tkms_engine::auto_n_lists(n, 4), 10);
     // Retraining with another count is allowed.
-    let r = s
-        .post(
-            "/v1/indexes/train",
-            &json!({"index_name": "auto", "index_key": KEY_HEX, "n_lists": 6}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/indexes/train",
+        &json!({"index_name": "auto", "index_key": KEY_HEX, "n_lists": 6}),
+    )
+    .await;
     assert_eq!(s.post("/v1/indexes/describe", &key).await.1["n_lists"], 6);
 
     // Binary query: one list per row, squared distances.
@@ -134,12 +128,11 @@ async fn current_api_form_binary_routes_and_metadata_queries() {
         b
     };
     let r = s
-        .post(
+        .post_ok(
             "/v1/vectors/query_metadata",
             &mq(json!({"filters": {"kind": "x", "rank": {"$gt": 390}}})),
         )
         .await;
-    assert_eq!(r.0, 200, "{}", r.1);
     // kind x: i % 3 == 0 and i % 10 != 0; rank > 390: i < 10 → i in {3, 6, 9}.
     assert_eq!(r.1["ids"], json!(["b-3", "b-6", "b-9"]));
     assert_eq!(r.1["count"], 3);

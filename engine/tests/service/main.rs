@@ -75,6 +75,13 @@ impl Running {
         (status, r.json().await.unwrap())
     }
 
+    /// POST that must succeed (200); returns it as [`Running::post`] does.
+    async fn post_ok(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.post(path, body).await;
+        assert_eq!(r.0, 200, "{path}: {}", r.1);
+        r
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
@@ -207,8 +214,7 @@ async fn index_and_vector_life_cycle() {
         "index_key": KEY_HEX,
         "index_config": {"type": "ivfflat", "dimension": 4, "n_lists": 4, "metric": "euclidean"},
     });
-    let r = s.post("/v1/indexes/create", &create).await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    let r = s.post_ok("/v1/indexes/create", &create).await;
     assert_eq!(r.1["status"], "success");
     assert_error(
         &s.post("/v1/indexes/create", &create).await,
@@ -231,12 +237,11 @@ async fn index_and_vector_life_cycle() {
         })
         .collect();
     let r = s
-        .post(
+        .post_ok(
             "/v1/vectors/upsert",
             &json!({"index_name": "docs", "index_key": KEY_HEX, "items": items}),
         )
         .await;
-    assert_eq!(r.0, 200, "{}", r.1);
     assert_eq!(r.1["count"], 200);
     let key = json!({"index_name": "docs", "index_key": KEY_HEX});
     assert_eq!(
@@ -249,13 +254,11 @@ async fn index_and_vector_life_cycle() {
         (json!(false), json!(1))
     );
 
-    let r = s
-        .post(
-            "/v1/indexes/train",
-            &json!({"index_name": "docs", "index_key": KEY_HEX, "max_iters": 10}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/indexes/train",
+        &json!({"index_name": "docs", "index_key": KEY_HEX, "max_iters": 10}),
+    )
+    .await;
     let d = s.post("/v1/indexes/describe", &key).await;
     assert_eq!(d.0, 200);
     assert_eq!(d.1["is_trained"], true);
@@ -382,13 +385,11 @@ async fn kms_envelope_keys_through_the_service() {
         .await;
     assert_eq!(r.0, 200, "{}", r.1);
     // No index_key: the service unwraps the KEK from the envelope through KMS.
-    let r = s
-        .post(
-            "/v1/vectors/upsert",
-            &json!({"index_name": "vault", "items": [{"id": "a", "vector": [1.0, 2.0]}]}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/vectors/upsert",
+        &json!({"index_name": "vault", "items": [{"id": "a", "vector": [1.0, 2.0]}]}),
+    )
+    .await;
     let r = s
         .post("/v1/vectors/num_vectors", &json!({"index_name": "vault"}))
         .await;
@@ -402,27 +403,22 @@ async fn kms_envelope_keys_through_the_service() {
         .await;
     assert_error(&r, 401, "wrong_key");
     // The current SDK's form: kms_name names the provider; user keys need no index key.
+    s.post_ok(
+        "/v1/indexes/create",
+        &json!({"index_name": "vault2", "dimension": 2, "kms_name": "aws-kms"}),
+    )
+    .await;
+    s.post_ok(
+        "/v1/vectors/upsert",
+        &json!({"index_name": "vault2", "items": [{"id": "b", "vector": [3.0, 4.0]}]}),
+    )
+    .await;
     let r = s
-        .post(
-            "/v1/indexes/create",
-            &json!({"index_name": "vault2", "dimension": 2, "kms_name": "aws-kms"}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
-    let r = s
-        .post(
-            "/v1/vectors/upsert",
-            &json!({"index_name": "vault2", "items": [{"id": "b", "vector": [3.0, 4.0]}]}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
-    let r = s
-        .post(
+        .post_ok(
             "/v1/indexes/vault2/users",
             &json!({"permissions": ["read"]}),
         )
         .await;
-    assert_eq!(r.0, 200, "{}", r.1);
     let user = r.1["api_key"].as_str().unwrap().to_owned();
     let r = s
         .http
@@ -437,13 +433,11 @@ async fn kms_envelope_keys_through_the_service() {
         json!([3.0, 4.0])
     );
     // An index without an envelope still needs its key.
-    let r = s
-        .post(
-            "/v1/indexes/create",
-            &json!({"index_name": "plain", "index_key": KEY_HEX, "index_config": {"dimension": 2}}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/indexes/create",
+        &json!({"index_name": "plain", "index_key": KEY_HEX, "index_config": {"dimension": 2}}),
+    )
+    .await;
     let r = s
         .post("/v1/vectors/num_vectors", &json!({"index_name": "plain"}))
         .await;

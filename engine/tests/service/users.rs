@@ -10,24 +10,20 @@ use super::*;
 async fn user_keys_over_http() {
     let s = Running::memory().await;
     for name in ["docs", "other"] {
-        let r = s
-            .post(
-                "/v1/indexes/create",
-                &json!({"index_name": name, "index_key": KEY_HEX, "dimension": 4}),
-            )
-            .await;
-        assert_eq!(r.0, 200, "{}", r.1);
+        s.post_ok(
+            "/v1/indexes/create",
+            &json!({"index_name": name, "index_key": KEY_HEX, "dimension": 4}),
+        )
+        .await;
     }
     let items: Vec<Value> = (0..50)
         .map(|i| json!({"id": format!("id-{i}"), "vector": vector(i)}))
         .collect();
-    let r = s
-        .post(
-            "/v1/vectors/upsert",
-            &json!({"index_name": "docs", "index_key": KEY_HEX, "items": items}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/vectors/upsert",
+        &json!({"index_name": "docs", "index_key": KEY_HEX, "items": items}),
+    )
+    .await;
     let mint = |perms: Value| json!({"permissions": perms, "index_key": KEY_HEX});
     let ro = s
         .post("/v1/indexes/docs/users", &mint(json!(["read"])))
@@ -269,13 +265,11 @@ async fn user_keys_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_status_and_concurrent_training() {
     let s = Running::memory().await;
-    let r = s
-        .post(
-            "/v1/indexes/create",
-            &json!({"index_name": "big", "index_key": KEY_HEX, "dimension": 4}),
-        )
-        .await;
-    assert_eq!(r.0, 200, "{}", r.1);
+    s.post_ok(
+        "/v1/indexes/create",
+        &json!({"index_name": "big", "index_key": KEY_HEX, "dimension": 4}),
+    )
+    .await;
     let flat: Vec<f32> = (0..20_000).flat_map(vector).collect();
     let ids: Vec<String> = (0..20_000).map(|i| format!("i{i}")).collect();
     let r = s
