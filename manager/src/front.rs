@@ -40,7 +40,7 @@ use alloy_primitives::Address;
 use axum::{
     body::{to_bytes, Body},
     extract::{ConnectInfo, Request, State},
-    http::Method,
+    http::{Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
     Router,
@@ -432,6 +432,11 @@ async fn front_door(State(front): State<Arc<FrontDoor>>, request: Request, next:
         return ApiError::audit_unavailable().into_response();
     }
     let response = FACTS.scope(Arc::clone(&facts), next.run(request)).await;
+    if let (Route::Admin(_), Some(ip)) = (route, client) {
+        if response.status() != StatusCode::UNAUTHORIZED {
+            front.quotas.admin_authenticated(ip);
+        }
+    }
     if !audited {
         return response;
     }

@@ -11,7 +11,7 @@
 //!
 //! Settings (`tkms manager run`): a limit per role (`--quota-gateway`, `--quota-runner`),
 //! per client address (`--quota-client-address`), for the admin endpoints per client address
-//! (`--quota-admin`; an operator token cannot be guessed faster than this), and per-requester
+//! (`--quota-admin`: wrong operator tokens, so the token cannot be guessed faster than this), and per-requester
 //! overrides in a JSON file (`--quota-file`: `{"requesters": {"0x…": "50:100"}}`).
 
 use std::{
@@ -139,6 +139,17 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
             Err(Duration::from_secs_f64((1.0 - tokens) / rate))
         }
     }
+
+    /// Return a token taken for `key` (the bucket never holds more than its burst).
+    pub fn give_back(&self, key: K, limit: Limit) {
+        let Limit::Rate { burst, .. } = limit else {
+            return;
+        };
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bucket) = table.get_mut(&key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(burst);
+        }
+    }
 }
 
 /// Which quota a requester's request counts against: the role it asks in
@@ -158,8 +169,10 @@ pub struct QuotaArgs {
     /// before the request is read (`RATE:BURST` or `off`).
     #[arg(long, default_value = "10000:20000")]
     pub quota_client_address: Limit,
-    /// Quota of the admin endpoints per client address (`RATE:BURST` or `off`): how fast an
-    /// operator token can be guessed. All addresses together get four times this.
+    /// Quota of wrong operator tokens on the admin endpoints per client address (`RATE:BURST`
+    /// or `off`): how fast the token can be guessed. A request with the right token does not
+    /// count; one from an address over its quota is refused unread. All addresses together
+    /// get four times this.
     #[arg(long, default_value = "2:10")]
     pub quota_admin: Limit,
     /// JSON file of per-requester quotas that replace their role's:
@@ -248,19 +261,35 @@ impl Quotas {
         )
     }
 
-    /// An admin request from `address`.
+    /// An admin request from `address`, refused when its address, or every address together,
+    /// has used up its quota of wrong operator tokens. The token taken here is returned by
+    /// [`Self::admin_authenticated`] once the request turns out to carry the right one, so
+    /// only guesses count: an operator polling `/admin/nodes` during a reshare is never
+    /// throttled, and a guess beyond the quota is refused before its token is compared.
     pub fn admin(&self, address: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
-        self.admin_addresses
-            .take(tkms_daemon::conn::address_key(address), self.admin, now)?;
-        let all = match self.admin {
+        let key = tkms_daemon::conn::address_key(address);
+        self.admin_addresses.take(key, self.admin, now)?;
+        self.admin_all
+            .take((), self.admin_all_limit(), now)
+            .inspect_err(|_| self.admin_addresses.give_back(key, self.admin))
+    }
+
+    /// The admin request from `address` carried the right operator token: it does not count.
+    pub fn admin_authenticated(&self, address: IpAddr) {
+        let key = tkms_daemon::conn::address_key(address);
+        self.admin_addresses.give_back(key, self.admin);
+        self.admin_all.give_back((), self.admin_all_limit());
+    }
+
+    fn admin_all_limit(&self) -> Limit {
+        match self.admin {
             Limit::Off => Limit::Off,
             Limit::Rate { rate, burst } => Limit::Rate {
                 rate: rate * 4.0,
                 burst: burst * 4.0,
             },
-        };
-        self.admin_all.take((), all, now)
+        }
     }
 }
 
@@ -365,5 +394,31 @@ mod tests {
         for _ in 0..500 {
             quotas.requester(Role::Runner, b).unwrap();
         }
+    }
+
+    #[test]
+    fn only_wrong_operator_tokens_count_against_the_admin_quota() {
+        let quotas = Quotas::new(&QuotaArgs {
+            quota_admin: "0.001:2".parse().unwrap(),
+            ..QuotaArgs::default()
+        })
+        .unwrap();
+        let operator: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..100 {
+            quotas.admin(operator).unwrap();
+            quotas.admin_authenticated(operator);
+        }
+        // Two guesses, then refusals, from that address only.
+        let guesser: IpAddr = "10.0.0.2".parse().unwrap();
+        quotas.admin(guesser).unwrap();
+        quotas.admin(guesser).unwrap();
+        assert!(quotas.admin(guesser).is_err());
+        quotas.admin(operator).unwrap();
+        quotas.admin_authenticated(operator);
+        // Every address together: four times the burst, then nobody until it refills.
+        for last in 3..=8u8 {
+            quotas.admin(IpAddr::from([10, 0, 1, last])).unwrap();
+        }
+        assert!(quotas.admin(operator).is_err());
     }
 }
