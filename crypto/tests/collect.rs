@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use tkms_crypto::{
     collect::{
         BreakerChange, Breakers, Collector, Liveness, Outcome, Plan, BREAKER_COOLDOWN,
-        BREAKER_MAX_COOLDOWN, BREAKER_THRESHOLD,
+        BREAKER_MAX_COOLDOWN, BREAKER_THRESHOLD, MIN_HEDGE,
     },
     NodeIndex,
 };
@@ -237,4 +237,65 @@ fn plan_puts_open_breakers_last_and_rotates_the_others() {
     let p = b.plan(MS, 4, false);
     assert_eq!(p.first, 3);
     assert_eq!(p.order.len(), 4);
+}
+
+/// The hedge delay follows the nodes' answer times: the initial value until `t` nodes have
+/// answered, then about the `t`-th quickest node's answer time plus its jitter, whether the
+/// links are loopback or a WAN; a few slow nodes (at most `n - t`) do not stretch it, a node
+/// behind an open breaker does not count, and it stays within its bounds.
+#[test]
+fn the_hedge_delay_adapts_to_the_nodes_answer_times() {
+    let initial = 100 * MS;
+    let ceiling = 2_000 * MS;
+    for answer in [MS, 20 * MS, 150 * MS] {
+        let mut b = Breakers::new(nodes(5));
+        b.answered_in(node(1), answer);
+        b.answered_in(node(2), answer);
+        assert_eq!(b.hedge_delay(Duration::ZERO, 3, initial, ceiling), initial);
+        // Steady answers, node 5 five times slower.
+        for _ in 0..30 {
+            for i in 1..=4 {
+                b.answered_in(node(i), answer);
+            }
+            b.answered_in(node(5), answer * 5);
+        }
+        let delay = b.hedge_delay(Duration::ZERO, 3, initial, ceiling);
+        assert!(
+            delay >= answer.max(MIN_HEDGE) && delay <= answer + answer / 5 + MIN_HEDGE,
+            "answers in {answer:?}: hedge after {delay:?}"
+        );
+        // Jitter widens it: answers alternating between 1x and 2x.
+        for k in 0..30u32 {
+            for i in 1..=5 {
+                b.answered_in(node(i), answer * (1 + k % 2));
+            }
+        }
+        let jittery = b.hedge_delay(Duration::ZERO, 3, initial, ceiling);
+        assert!(jittery > answer * 2, "{answer:?}: {jittery:?}");
+        assert!(jittery < answer * 4 + MIN_HEDGE, "{answer:?}: {jittery:?}");
+    }
+    // Bounds.
+    let mut b = Breakers::new(nodes(3));
+    for i in 1..=3 {
+        b.answered_in(node(i), Duration::from_micros(10));
+    }
+    assert_eq!(
+        b.hedge_delay(Duration::ZERO, 2, initial, ceiling),
+        MIN_HEDGE
+    );
+    for i in 1..=3 {
+        b.answered_in(node(i), 60_000 * MS);
+    }
+    assert_eq!(b.hedge_delay(Duration::ZERO, 2, initial, ceiling), ceiling);
+    // Nodes behind an open breaker are left out: with two of three open, too few estimates.
+    let mut b = Breakers::new(nodes(3));
+    for i in 1..=3 {
+        b.answered_in(node(i), 10 * MS);
+    }
+    for i in 2..=3 {
+        for _ in 0..BREAKER_THRESHOLD {
+            b.record(node(i), Duration::ZERO, Liveness::Down);
+        }
+    }
+    assert_eq!(b.hedge_delay(Duration::ZERO, 2, initial, ceiling), initial);
 }

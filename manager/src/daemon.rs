@@ -64,13 +64,14 @@ pub struct ManagerConfig {
     #[arg(long, default_value_t = 2_000)]
     pub node_timeout_ms: u64,
     /// Which nodes a request goes to: `all` (every node at once), or `t` / `t+K` (`t + K`
-    /// nodes in turn, one more as soon as one fails and every `--hedge-after-ms` while answers
-    /// are missing). `t+1` or more gives `/v1/delegate` clients a spare partial.
+    /// nodes in turn, one more as soon as one fails and each time `--hedge-after-ms` passes
+    /// while answers are missing). `t+1` or more gives `/v1/delegate` clients a spare partial.
     #[arg(long, default_value = "all")]
     pub fanout: Fanout,
-    /// Hedge delay of a `t`/`t+K` fan-out, in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    pub hedge_after_ms: u64,
+    /// Hedge delay of a `t`/`t+K` fan-out: `auto` (from the nodes' answer times: about when
+    /// the `t` quickest usually have answered, plus their jitter) or milliseconds.
+    #[arg(long, default_value = "auto")]
+    pub hedge_after_ms: crate::cluster::Hedge,
     /// Most concurrent `/v0` delegations sent to the nodes in one batch call (1..=256).
     #[arg(long, default_value_t = crate::cluster::DELEGATION_BATCH)]
     pub delegation_batch: usize,
@@ -291,7 +292,7 @@ pub async fn run(
         .with_fanout(match config.fanout {
             Fanout::Hedged { extra, .. } => Fanout::Hedged {
                 extra,
-                hedge: Duration::from_millis(config.hedge_after_ms),
+                hedge: config.hedge_after_ms,
             },
             other => other,
         });

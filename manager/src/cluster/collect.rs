@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use super::{
-    requests::failure_of, ClusterError, Core, Fanout, Gather, Health, NodeEndpoint, NodeFailure,
-    ProofCounts,
+    requests::failure_of, ClusterError, Core, Fanout, Gather, Health, Hedge, NodeEndpoint,
+    NodeFailure, ProofCounts, INITIAL_HEDGE,
 };
 
 impl Health {
@@ -32,22 +32,39 @@ impl Health {
         self.breakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whom a request asks, and its hedge delay.
-    fn plan(&self, fanout: Fanout, threshold: usize, nodes: usize) -> (Plan, Option<Duration>) {
+    /// Whom a request asks, and its hedge delay (at most `ceiling`, the node timeout).
+    fn plan(
+        &self,
+        fanout: Fanout,
+        threshold: usize,
+        nodes: usize,
+        ceiling: Duration,
+    ) -> (Plan, Option<Duration>) {
         let now = self.clock.elapsed();
+        let mut breakers = self.breakers();
         match fanout {
-            Fanout::All => (self.breakers().plan(now, nodes, false), None),
-            Fanout::Hedged { extra, hedge } => (
-                self.breakers()
-                    .plan(now, threshold + usize::from(extra), true),
-                Some(hedge),
-            ),
+            Fanout::All => (breakers.plan(now, nodes, false), None),
+            Fanout::Hedged { extra, hedge } => {
+                let delay = match hedge {
+                    Hedge::After(delay) => delay,
+                    Hedge::Auto => breakers.hedge_delay(now, threshold, INITIAL_HEDGE, ceiling),
+                };
+                (
+                    breakers.plan(now, threshold + usize::from(extra), true),
+                    Some(delay),
+                )
+            }
         }
     }
 
-    pub(super) fn record(&self, node: NodeIndex, liveness: Liveness) {
+    /// What a call to `node` showed; `took` is its answer time when it answered in full.
+    pub(super) fn record(&self, node: NodeIndex, liveness: Liveness, took: Option<Duration>) {
         let now = self.clock.elapsed();
-        match self.breakers().record(node, now, liveness) {
+        let mut breakers = self.breakers();
+        if let Some(took) = took {
+            breakers.answered_in(node, took);
+        }
+        match breakers.record(node, now, liveness) {
             Some(BreakerChange::Opened { cooldown }) => tracing::warn!(
                 %node,
                 cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX),
@@ -130,10 +147,12 @@ impl Core {
         G: Gather<Response = Resp>,
     {
         let threshold = usize::from(self.keys.threshold());
-        let (plan, hedge) = self.health.plan(fanout, threshold, self.nodes.len());
+        let (plan, hedge) = self
+            .health
+            .plan(fanout, threshold, self.nodes.len(), self.timeout);
         let mut collector: Collector<NodeFailure> =
             Collector::new(plan, self.keys.threshold(), items);
-        let mut calls: JoinSet<(NodeIndex, Result<Resp, NodeFailure>)> = JoinSet::new();
+        let mut calls: JoinSet<(NodeIndex, Result<Resp, NodeFailure>, Duration)> = JoinSet::new();
         let launch = |calls: &mut JoinSet<_>, nodes: Vec<NodeIndex>| {
             for node in nodes {
                 let Some(client) = self.nodes.get(&node) else {
@@ -142,16 +161,20 @@ impl Core {
                 let pending = call(client.clone(), request.clone());
                 let timeout = self.timeout;
                 calls.spawn(async move {
+                    let asked = Instant::now();
                     let answer = match tokio::time::timeout(timeout, pending).await {
                         Err(_) => Err(NodeFailure::Timeout),
                         Ok(Err(status)) => Err(failure_of(&status)),
                         Ok(Ok(response)) => Ok(response.into_inner()),
                     };
-                    (node, answer)
+                    (node, answer, asked.elapsed())
                 });
             }
         };
         launch(&mut calls, collector.start());
+        // One more node each time the hedge delay passes without the answers (not reset by
+        // each answer: the first answers coming in time says nothing of the last).
+        let mut hedge_at = hedge.map(|delay| tokio::time::Instant::now() + delay);
         let mut linger_until: Option<tokio::time::Instant> = None;
         loop {
             let ready = collector.to_verify();
@@ -175,14 +198,17 @@ impl Core {
                     Ok(Some(joined)) => joined,
                     Ok(None) | Err(_) => break,
                 }
-            } else if let Some(delay) = hedge.filter(|_| collector.waiting() > 0) {
-                match tokio::time::timeout(delay, calls.join_next()).await {
+            } else if let (Some(at), Some(delay)) =
+                (hedge_at.filter(|_| collector.waiting() > 0), hedge)
+            {
+                match tokio::time::timeout_at(at, calls.join_next()).await {
                     Ok(Some(joined)) => joined,
                     Ok(None) => break,
                     Err(_) => {
                         if let Some(node) = collector.hedge() {
                             launch(&mut calls, vec![node]);
                         }
+                        hedge_at = Some(tokio::time::Instant::now() + delay);
                         continue;
                     }
                 }
@@ -193,8 +219,11 @@ impl Core {
                 }
             };
             // A call task only ends early when aborted.
-            let Ok((node, answer)) = joined else { continue };
-            self.health.record(node, liveness(&answer));
+            let Ok((node, answer, took)) = joined else {
+                continue;
+            };
+            self.health
+                .record(node, liveness(&answer), answer.is_ok().then_some(took));
             match answer {
                 Ok(response) => {
                     collector.answered(node);

@@ -126,31 +126,69 @@ pub enum Fanout {
     #[default]
     All,
     /// `t + extra` nodes, taken in turn so the load spreads; another node is asked as soon as
-    /// one fails (timeout, refusal, bad partial), and one more every `hedge` while answers are
-    /// still missing. Less node work (on a machine that hosts all nodes, `n / (t + extra)`
-    /// times less); a failure costs the failed call's time.
+    /// one fails (timeout, refusal, bad partial), and one more each time `hedge` passes while
+    /// answers are still missing. Less node work (on a machine that hosts all nodes,
+    /// `n / (t + extra)` times less); a failure costs the failed call's time.
     Hedged {
         /// Nodes asked beyond `t` from the start.
         extra: u16,
-        /// Wait without an answer after which one more node is asked.
-        hedge: Duration,
+        /// When one more node is asked.
+        hedge: Hedge,
     },
 }
 
-/// Default hedge delay of [`Fanout::Hedged`] when none is given.
-pub const DEFAULT_HEDGE: Duration = Duration::from_millis(100);
+/// How long a hedged fan-out waits for answers before it asks one more node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hedge {
+    /// From the nodes' answer times: about when the `t` quickest usually have answered (their
+    /// smoothed answer time plus four variations, as TCP times a retransmission), so a node
+    /// that is late for this network is covered without hedging every request on a slow
+    /// network ([`tkms_crypto::collect::Breakers::hedge_delay`]). [`INITIAL_HEDGE`] until
+    /// `t` nodes have answered.
+    #[default]
+    Auto,
+    /// A fixed delay.
+    After(Duration),
+}
+
+/// The hedge delay of [`Hedge::Auto`] before the nodes have answered.
+pub const INITIAL_HEDGE: Duration = Duration::from_millis(100);
+
+impl std::str::FromStr for Hedge {
+    type Err = String;
+
+    /// `auto`, or a delay in milliseconds.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            ms => ms
+                .parse::<u64>()
+                .map(|ms| Self::After(Duration::from_millis(ms)))
+                .map_err(|_| format!("hedge delay {s:?}: expected auto or milliseconds")),
+        }
+    }
+}
+
+impl std::fmt::Display for Hedge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::After(d) => write!(f, "{}", d.as_millis()),
+        }
+    }
+}
 
 impl std::str::FromStr for Fanout {
     type Err = String;
 
-    /// `all`, `t`, or `t+K` (K extra nodes), with [`DEFAULT_HEDGE`].
+    /// `all`, `t`, or `t+K` (K extra nodes), with the [`Hedge::Auto`] delay.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("fan-out {s:?}: expected all, t, or t+K");
         match s.trim() {
             "all" => Ok(Self::All),
             "t" => Ok(Self::Hedged {
                 extra: 0,
-                hedge: DEFAULT_HEDGE,
+                hedge: Hedge::Auto,
             }),
             other => {
                 let extra = other
@@ -160,7 +198,7 @@ impl std::str::FromStr for Fanout {
                     .map_err(|_| bad())?;
                 Ok(Self::Hedged {
                     extra,
-                    hedge: DEFAULT_HEDGE,
+                    hedge: Hedge::Auto,
                 })
             }
         }
@@ -380,7 +418,7 @@ impl Cluster {
     /// Tell the breakers what an out-of-band check (a status probe) showed about `node`, so
     /// that a node that comes back is asked first again at once.
     pub fn observe(&self, node: NodeIndex, liveness: Liveness) {
-        self.core.health.record(node, liveness);
+        self.core.health.record(node, liveness, None);
     }
 
     /// Obtain `x(S)` for the ephemeral key `K`: `t` verified partial delegations, combined.

@@ -2,7 +2,13 @@
 
 #![allow(clippy::unwrap_used, dead_code)] // test harness; not every test uses every helper
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -35,6 +41,8 @@ pub struct TestCluster {
     pub endpoints: Vec<NodeEndpoint>,
     pub servers: Vec<JoinHandle<()>>,
     pub manager: SecretScalar<S>,
+    /// Batch delegation calls served by the nodes of another [`Version`].
+    batch_calls: Arc<AtomicU64>,
 }
 
 /// Start `n` node servers holding a `t`-of-`n` sharing; `liars` serve a wrong share.
@@ -60,6 +68,9 @@ pub enum Version {
     /// batch answer to another point (`2·D`) and keeps its honest aggregate proof: one wrong
     /// partial in a batch.
     OneWrongPartial(usize),
+    /// The current version, answering each batch this long after it arrives (a node across a
+    /// WAN, as the manager sees it).
+    Slow(Duration),
 }
 
 /// Like [`start`]; the nodes listed in `versions` run that version instead of the current one.
@@ -77,6 +88,7 @@ pub async fn start_versions(
     let accepted = vec![Encoded::new(manager.public_point())];
     let mut endpoints = Vec::new();
     let mut servers = Vec::new();
+    let batch_calls = Arc::new(AtomicU64::new(0));
     for share in shares {
         let share = if liars.contains(&share.index().get()) {
             KeyShare::new(share.index(), SecretScalar::random(&mut rng))
@@ -100,13 +112,14 @@ pub async fn start_versions(
         // Each node serves TLS as its own node key, like the daemon.
         let node_key = SecretScalar::<S>::random(&mut rng);
         let tls = tls::node_server_config(&node_key).unwrap();
+        let calls = Arc::clone(&batch_calls);
         servers.push(tokio::spawn(async move {
             let builder = tonic::transport::Server::builder();
             let router = match version {
                 None => builder.clone().add_service(NodeServer::new(service)),
                 Some(v) => builder
                     .clone()
-                    .add_service(NodeServer::new(OldNode(service, v))),
+                    .add_service(NodeServer::new(OldNode(service, v, calls))),
             };
             router
                 .serve_with_incoming(tls::incoming(listener, tls))
@@ -125,6 +138,7 @@ pub async fn start_versions(
         endpoints,
         servers,
         manager,
+        batch_calls,
     }
 }
 
@@ -170,6 +184,11 @@ impl TestCluster {
         Arc::new(Served::new(Some((cluster, record))))
     }
 
+    /// Batch delegation calls served so far by the nodes of another [`Version`].
+    pub fn batch_calls(&self) -> u64 {
+        self.batch_calls.load(Ordering::SeqCst)
+    }
+
     pub fn kill(&self, index: u16) {
         self.servers[usize::from(index) - 1].abort();
     }
@@ -181,7 +200,7 @@ pub fn encrypt(keys: &PublicKeySet<S>, message: &[u8]) -> ecies::Ciphertext<S> {
 }
 
 /// A node of another [`Version`]: everything else as the node serves it.
-struct OldNode(NodeService, Version);
+struct OldNode(NodeService, Version, Arc<AtomicU64>);
 
 #[tonic::async_trait]
 impl Node for OldNode {
@@ -204,6 +223,7 @@ impl Node for OldNode {
         &self,
         mut r: Request<pb::PartialDelegationBatchRequest>,
     ) -> Answer<pb::PartialDelegationBatchResponse> {
+        self.2.fetch_add(1, Ordering::SeqCst);
         match self.1 {
             Version::NoBatch => Err(Status::unimplemented("PartialDelegationBatch")),
             Version::PerItemProofs => {
@@ -220,6 +240,10 @@ impl Node for OldNode {
                     *bytes = S::encode_uncompressed(&(d + d)).to_vec();
                 }
                 Ok(answer)
+            }
+            Version::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                self.0.partial_delegation_batch(r).await
             }
         }
     }
