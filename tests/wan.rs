@@ -3,7 +3,8 @@
 //! every link at 50 ms round trip with 1 % of the packets lost. Through that network: the DKG,
 //! `/v0` and `/v1` delegation and proxy re-encryption through the `tkms` CLI, a node
 //! partitioned away (every request still served, a reshare completes without it and retires
-//! it), healed and reshared back in, and every node on the same epoch at the end.
+//! it), healed and reshared back in; a node cut off in the middle of a reshare (the ceremony
+//! completes without it), healed and reshared back in; every node on the same epoch at the end.
 //!
 //! Needs root (or CAP_NET_ADMIN), iproute2 and iptables (`./test.sh` installs iptables where
 //! it is missing); it fails with a message naming what is missing, never skips silently.
@@ -264,4 +265,58 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
         b"across the WAN"
     );
     assert_eq!(cli(&testnet, &["delegate"], &ct), b"across the WAN");
+
+    // Node 2 cut off in the middle of a reshare (once it reports the ceremony running): the
+    // ceremony completes without it and retires it. Healed, the next reshare takes it back at
+    // once: its peers dropped the connections whose messages went unacknowledged, which TCP
+    // would otherwise have held in retransmission backoff past the heal (before that, node 2
+    // got "only 1 confirmations of the transcript" and was dropped again).
+    let started = Instant::now();
+    let cut_off = async {
+        loop {
+            let (_, body) = cluster.admin_get("/admin/nodes").await;
+            let running = body["nodes"]
+                .as_array()
+                .and_then(|nodes| nodes.get(1))
+                .is_some_and(|n| n["ceremony"].as_str().is_some_and(|c| !c.is_empty()));
+            if running {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "node 2 never reported the ceremony: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        link("partition", 2);
+    };
+    let ((status, body), ()) = tokio::join!(cluster.reshare(3, &all), cut_off);
+    assert_eq!(status, 200, "reshare with node 2 cut off during it: {body}");
+    eprintln!(
+        "reshare 5 -> 5 with node 2 cut off during it, at {RTT_MS} ms RTT: {:.2?}",
+        started.elapsed()
+    );
+    let members: Vec<u64> = body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(members, [1, 3, 4, 5], "{body}");
+    let epoch = body["epoch"].as_u64().unwrap();
+    epochs_agree(&cluster, epoch, 4, Duration::from_secs(30)).await;
+    link("heal", 2);
+    let (status, body) = cluster.reshare(3, &all).await;
+    assert_eq!(status, 200, "reshare back to five after the heal: {body}");
+    assert_eq!(
+        body["nodes"].as_array().map(Vec::len),
+        Some(5),
+        "node 2 was not taken back after the heal: {body}"
+    );
+    let epoch = body["epoch"].as_u64().unwrap();
+    epochs_agree(&cluster, epoch, 5, Duration::from_secs(30)).await;
+    assert_eq!(
+        cli(&testnet, &["delegate", "--api", "v0"], &ct),
+        b"across the WAN"
+    );
 }

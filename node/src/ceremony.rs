@@ -155,6 +155,9 @@ pub struct Ceremonies {
     current: Mutex<Option<&'static str>>,
 }
 
+/// How often a running ceremony checks whether its epoch was committed without it.
+const SUPERSEDED_CHECK: Duration = Duration::from_millis(500);
+
 impl std::fmt::Debug for Ceremonies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ceremonies")
@@ -380,7 +383,8 @@ impl Ceremonies {
                 .map(|(at, _)| *at)
                 .min()
                 .unwrap_or(deadline)
-                .min(deadline);
+                .min(deadline)
+                .min(Instant::now() + SUPERSEDED_CHECK);
             tokio::select! {
                 received = rx.recv() => {
                     let Some((from, msg)) = received else {
@@ -393,6 +397,15 @@ impl Ceremonies {
                     if now >= deadline {
                         break Err(CeremonyError::Failed(format!(
                             "no result after {:?}", now - started
+                        )));
+                    }
+                    // The committee finished without this node (it was cut off): nothing this
+                    // ceremony makes can be committed, and it would hold the node busy, and
+                    // out of the next ceremony, until its deadline.
+                    let committed = self.epochs.committed();
+                    if committed >= epoch {
+                        break Err(CeremonyError::Failed(format!(
+                            "epoch {committed} was committed without this node; ceremony abandoned"
                         )));
                     }
                     let (due, later): (Vec<_>, Vec<_>) = timers.drain(..).partition(|(at, _)| *at <= now);

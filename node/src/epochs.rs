@@ -147,6 +147,11 @@ impl Epochs {
         holder.last_ceremony() >= epoch || holder.held().any(|(held, _)| held >= epoch)
     }
 
+    /// The newest committed epoch (0: none).
+    pub fn committed(&self) -> u64 {
+        self.read().committed()
+    }
+
     /// Everything held, for a status answer.
     pub fn snapshot(&self) -> Snapshot {
         let holder = self.read();

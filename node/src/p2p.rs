@@ -6,7 +6,9 @@
 //! broadcast is one such request to every committee member: a committee is a closed, known set
 //! of at most a few hundred nodes, so direct delivery with acknowledgement and retry is both
 //! simpler and more reliable than gossip (no mesh to form before the first round). A request
-//! that fails (peer not up yet, connection lost) is retried with backoff for a bounded time.
+//! that fails (peer not up yet, connection lost) is retried with backoff for a bounded time;
+//! one that times out on an open connection also drops that connection, so that a link that
+//! was cut and came back is dialed anew instead of waiting out TCP's retransmission backoff.
 //!
 //! The transport authenticates the sender's peer id; the ceremony driver maps peer ids to node
 //! indices from the committee and drops anything else.
@@ -241,6 +243,16 @@ async fn run(
                     }
                 }
                 SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
+                    // No acknowledgement within the request timeout on an open connection:
+                    // the link went away under it (a partition), and TCP may keep the
+                    // connection in retransmission backoff for minutes after the link is
+                    // back, holding every later message. Drop it, so the retry dials anew.
+                    if matches!(error, request_response::OutboundFailure::Timeout)
+                        && swarm.is_connected(&peer)
+                    {
+                        tracing::info!(%peer, "ceremony message unacknowledged; reconnecting");
+                        let _ = swarm.disconnect_peer_id(peer);
+                    }
                     if let Some((peer_id, addr, envelope, attempt)) = pending.remove(&request_id) {
                         if attempt + 1 < MAX_ATTEMPTS {
                             let retry = retry.clone();

@@ -29,6 +29,9 @@ type CeremonyAnswer = (
     >,
 );
 
+/// Longest wait for members told of the committed epoch to end a stale ceremony.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+
 impl Admin {
     /// Every epoch committed so far, oldest first.
     pub fn epochs(&self) -> Result<Vec<EpochRecord>, AdminError> {
@@ -102,6 +105,7 @@ impl Admin {
             .record()
             .ok_or_else(|| AdminError::Invalid("no epoch to reshare: run a DKG first".into()))?;
         let views = self.reachable(&urls).await?;
+        let views = self.catch_up(&urls, views, &current).await?;
         // Old holders that are reachable and hold the share deal; they need not all be in the
         // new committee.
         let old_urls: Vec<String> = current.nodes.iter().map(|n| n.url.clone()).collect();
@@ -192,6 +196,42 @@ impl Admin {
             )));
         }
         Ok(views)
+    }
+
+    /// Members still running a ceremony of an epoch the others committed without them (they
+    /// were cut off from it) are told of the committed epoch first, which ends that ceremony at
+    /// once (they check for it every half second), and the members are surveyed again; without
+    /// this, a node healed just before a reshare stays busy until its ceremony times out and
+    /// is dropped from the new committee too. Waits at most [`CATCH_UP_WAIT`].
+    async fn catch_up(
+        &self,
+        urls: &[String],
+        views: Vec<NodeView>,
+        current: &EpochRecord,
+    ) -> Result<Vec<NodeView>, AdminError> {
+        let behind = |views: &[NodeView]| -> Vec<String> {
+            views
+                .iter()
+                .filter(|v| !v.ceremony.is_empty() && v.committed_epoch < current.epoch)
+                .map(|v| v.url.clone())
+                .collect()
+        };
+        let stale = behind(&views);
+        if stale.is_empty() || !self.drained() {
+            return Ok(views);
+        }
+        for url in &stale {
+            tracing::info!(url, epoch = current.epoch, "a member still runs a ceremony the others finished: telling it of the committed epoch");
+            self.commit_at(url, current, &views).await;
+        }
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let fresh = self.reachable(urls).await?;
+            if behind(&fresh).is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(fresh);
+            }
+        }
     }
 
     /// An epoch number no node has seen (numbers are never reused, even after a roll-back).
