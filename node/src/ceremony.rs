@@ -394,19 +394,8 @@ impl Ceremonies {
                 }
                 () = tokio::time::sleep_until(next) => {
                     let now = Instant::now();
-                    if now >= deadline {
-                        break Err(CeremonyError::Failed(format!(
-                            "no result after {:?}", now - started
-                        )));
-                    }
-                    // The committee finished without this node (it was cut off): nothing this
-                    // ceremony makes can be committed, and it would hold the node busy, and
-                    // out of the next ceremony, until its deadline.
-                    let committed = self.epochs.committed();
-                    if committed >= epoch {
-                        break Err(CeremonyError::Failed(format!(
-                            "epoch {committed} was committed without this node; ceremony abandoned"
-                        )));
+                    if let Some(end) = self.given_up(epoch, now, started, deadline) {
+                        break Err(end);
                     }
                     let (due, later): (Vec<_>, Vec<_>) = timers.drain(..).partition(|(at, _)| *at <= now);
                     timers = later;
@@ -440,6 +429,31 @@ impl Ceremonies {
         let output = result?;
         tracing::info!(epoch, elapsed = ?started.elapsed(), "ceremony finished");
         self.adopt(output, me)
+    }
+
+    /// Why the ceremony of `epoch` (started at `started`) ends unfinished at `now`, if it does:
+    /// its deadline passed, or the committee finished without this node (it was cut off), so
+    /// nothing it makes can be committed and it would only hold the node busy, and out of the
+    /// next ceremony, until its deadline.
+    fn given_up(
+        &self,
+        epoch: u64,
+        now: Instant,
+        started: Instant,
+        deadline: Instant,
+    ) -> Option<CeremonyError> {
+        if now >= deadline {
+            return Some(CeremonyError::Failed(format!(
+                "no result after {:?}",
+                now - started
+            )));
+        }
+        let committed = self.epochs.committed();
+        (committed >= epoch).then(|| {
+            CeremonyError::Failed(format!(
+                "epoch {committed} was committed without this node; ceremony abandoned"
+            ))
+        })
     }
 
     /// Store the new share (if any) and hold it beside the committed epoch until the manager
