@@ -86,9 +86,12 @@ impl AnswerTime {
         self.smoothed = self.smoothed * 7 / 8 + sample / 8;
     }
 
-    /// When an answer is late: the smoothed time plus four variations (TCP's RTO).
+    /// When an answer is late: the smoothed time plus four variations (TCP's RTO), the
+    /// variation counted as at least an eighth of the smoothed time, so that on a steady link
+    /// (where it decays towards zero) a hiccup of a few percent does not hedge: at least 1.5
+    /// times the smoothed time.
     fn late_after(&self) -> Duration {
-        self.smoothed + self.variation * 4
+        self.smoothed + self.variation.max(self.smoothed / 8) * 4
     }
 }
 
@@ -177,7 +180,8 @@ impl Breakers {
 
     /// How long a request waits for answers before it asks one more node: the time by which
     /// the `threshold` quickest nodes usually have answered (the `threshold`-th smallest of
-    /// the nodes' smoothed answer time plus four variations, over nodes whose breaker is
+    /// the nodes' smoothed answer time plus four variations, at least 1.5 times the smoothed
+    /// time, over nodes whose breaker is
     /// closed at `now`), within `[MIN_HEDGE, ceiling]`; `initial` until `threshold` nodes have
     /// answered once. On a 150 ms link it is about 150 ms plus the jitter, on loopback a few
     /// milliseconds: a fixed delay either hedges every request or none.

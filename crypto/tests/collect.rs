@@ -261,7 +261,7 @@ fn the_hedge_delay_adapts_to_the_nodes_answer_times() {
         }
         let delay = b.hedge_delay(Duration::ZERO, 3, initial, ceiling);
         assert!(
-            delay >= answer.max(MIN_HEDGE) && delay <= answer + answer / 5 + MIN_HEDGE,
+            delay >= (answer * 3 / 2).max(MIN_HEDGE) && delay <= answer * 8 / 5 + MIN_HEDGE,
             "answers in {answer:?}: hedge after {delay:?}"
         );
         // Jitter widens it: answers alternating between 1x and 2x.

@@ -200,6 +200,13 @@ pub fn layer(
             }
         } else {
             cmd.mut_arg(id, |a| {
+                // A switch set from a variable or the file reads the usual spellings:
+                // 1/0, yes/no, on/off, true/false (clap's default takes only true/false).
+                let a = if matches!(a.get_action(), ArgAction::SetTrue) {
+                    a.value_parser(clap::builder::BoolishValueParser::new())
+                } else {
+                    a
+                };
                 // A file's values are defaults to clap, which count for neither "required
                 // unless --other is present" nor "requires --other": with a file, those
                 // checks are the daemon's own.
@@ -365,6 +372,26 @@ mod tests {
             (3, ["c".to_string()].as_slice())
         );
         assert!(!o.verbose);
+    }
+
+    #[test]
+    fn switches_read_the_usual_spellings() {
+        for (value, set) in [
+            ("1", true),
+            ("\"yes\"", true),
+            ("\"on\"", true),
+            ("true", true),
+            ("0", false),
+            ("\"no\"", false),
+            ("false", false),
+        ] {
+            let o = parse(&format!("data-dir = \"/d\"\nverbose = {value}"), &[]).unwrap();
+            assert_eq!(o.verbose, set, "verbose = {value}");
+        }
+        let e = parse("data-dir = \"/d\"\nverbose = \"maybe\"", &[]).unwrap_err();
+        assert!(e.contains("maybe"), "{e}");
+        // The command line's switch still takes no value.
+        assert!(parse("data-dir = \"/d\"", &["--verbose"]).unwrap().verbose);
     }
 
     #[test]

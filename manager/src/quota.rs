@@ -264,8 +264,9 @@ impl Quotas {
     /// An admin request from `address`, refused when its address, or every address together,
     /// has used up its quota of wrong operator tokens. The token taken here is returned by
     /// [`Self::admin_authenticated`] once the request turns out to carry the right one, so
-    /// only guesses count: an operator polling `/admin/nodes` during a reshare is never
-    /// throttled, and a guess beyond the quota is refused before its token is compared.
+    /// only guesses count: an operator polling `/admin/nodes` during a reshare is not throttled
+    /// by its own requests, and a guess beyond the quota is refused before its token is
+    /// compared (as is the operator's request while its address is over the quota).
     pub fn admin(&self, address: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         let key = tkms_daemon::conn::address_key(address);

@@ -390,6 +390,10 @@ impl Ceremonies {
                     let Some((from, msg)) = received else {
                         break Err(CeremonyError::Failed("ceremony channel closed".into()));
                     };
+                    // Checked here too: a stream of messages must not put it off.
+                    if let Some(end) = self.given_up(epoch, Instant::now(), started, deadline) {
+                        break Err(end);
+                    }
                     participant.on_message(started.elapsed(), from, msg, &mut OsRng, &mut actions);
                 }
                 () = tokio::time::sleep_until(next) => {

@@ -7,20 +7,24 @@
 //! of at most a few hundred nodes, so direct delivery with acknowledgement and retry is both
 //! simpler and more reliable than gossip (no mesh to form before the first round). A request
 //! that fails (peer not up yet, connection lost) is retried with backoff for a bounded time;
-//! one that times out on an open connection also drops that connection, so that a link that
-//! was cut and came back is dialed anew instead of waiting out TCP's retransmission backoff.
+//! one that times out on a connection that brought nothing else meanwhile also closes that
+//! connection, so that a link that was cut and came back is dialed anew instead of waiting out
+//! TCP's retransmission backoff.
 //!
 //! The transport authenticates the sender's peer id; the ceremony driver maps peer ids to node
 //! indices from the committee and drops anything else.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
 use libp2p::{
     identity::Keypair,
     noise,
     request_response::{self, cbor, OutboundRequestId, ProtocolSupport},
-    swarm::SwarmEvent,
+    swarm::{ConnectionId, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
 };
 use serde::{Deserialize, Serialize};
@@ -32,6 +36,8 @@ pub const PROTOCOL: &str = "/tkms/ceremony/1";
 pub const MAX_MESSAGE: u64 = 4 * 1024 * 1024;
 /// Delivery attempts of one message before it is given up.
 const MAX_ATTEMPTS: u32 = 20;
+/// How long a message waits for its acknowledgement.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What travels: the ceremony (its epoch) and the encoded `tkms_crypto::ceremony::Message`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,7 +117,7 @@ impl P2p {
         let behaviour = Behaviour::with_codec(
             codec,
             [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
         );
         let mut swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -201,6 +207,8 @@ async fn run(
 ) {
     let mut pending: HashMap<OutboundRequestId, (PeerId, Multiaddr, Envelope, u32)> =
         HashMap::new();
+    // When each connection last brought something (a message or an acknowledgement).
+    let mut heard: HashMap<ConnectionId, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -227,7 +235,8 @@ async fn run(
                 pending.insert(id, (peer, addr, envelope, attempt));
             }
             event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(request_response::Event::Message { peer, message, .. }) => {
+                SwarmEvent::Behaviour(request_response::Event::Message { peer, message, connection_id }) => {
+                    heard.insert(connection_id, Instant::now());
                     match message {
                         request_response::Message::Request { request, channel, .. } => {
                             let _ = swarm.behaviour_mut().send_response(channel, Ack);
@@ -242,16 +251,18 @@ async fn run(
                         }
                     }
                 }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
-                    // No acknowledgement within the request timeout on an open connection:
-                    // the link went away under it (a partition), and TCP may keep the
-                    // connection in retransmission backoff for minutes after the link is
-                    // back, holding every later message. Drop it, so the retry dials anew.
-                    if matches!(error, request_response::OutboundFailure::Timeout)
-                        && swarm.is_connected(&peer)
-                    {
-                        tracing::info!(%peer, "ceremony message unacknowledged; reconnecting");
-                        let _ = swarm.disconnect_peer_id(peer);
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, peer, connection_id }) => {
+                    // No acknowledgement within the request timeout, and nothing else from
+                    // that connection either: the link went away under it (a partition), and
+                    // TCP may keep it in retransmission backoff for minutes after the link is
+                    // back, holding every later message. Close it, so the retry dials anew. (A
+                    // connection that still brings messages is slow, not dead: kept.)
+                    let silent = heard
+                        .get(&connection_id)
+                        .is_none_or(|at| at.elapsed() >= REQUEST_TIMEOUT);
+                    if matches!(error, request_response::OutboundFailure::Timeout) && silent {
+                        tracing::info!(%peer, "ceremony message unacknowledged on a silent connection; reconnecting");
+                        let _ = swarm.close_connection(connection_id);
                     }
                     if let Some((peer_id, addr, envelope, attempt)) = pending.remove(&request_id) {
                         if attempt + 1 < MAX_ATTEMPTS {
@@ -266,6 +277,12 @@ async fn run(
                             tracing::warn!(%peer, %error, "ceremony message given up after {MAX_ATTEMPTS} attempts");
                         }
                     }
+                }
+                SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                    heard.insert(connection_id, Instant::now());
+                }
+                SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                    heard.remove(&connection_id);
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                     tracing::debug!(peer = ?peer_id, %error, "dial failed");

@@ -212,7 +212,11 @@ impl Admin {
         let behind = |views: &[NodeView]| -> Vec<String> {
             views
                 .iter()
-                .filter(|v| !v.ceremony.is_empty() && v.committed_epoch < current.epoch)
+                .filter(|v| {
+                    !v.ceremony.is_empty()
+                        && v.committed_epoch < current.epoch
+                        && v.last_ceremony_epoch <= current.epoch
+                })
                 .map(|v| v.url.clone())
                 .collect()
         };

@@ -192,7 +192,14 @@ impl Core {
                     _ => break,
                 }
             }
-            launch(&mut calls, collector.more());
+            let replacements = collector.more();
+            if !replacements.is_empty() {
+                // A replacement gets its own hedge delay before a hedge asks past it.
+                if let (Some(at), Some(delay)) = (&mut hedge_at, hedge) {
+                    *at = (*at).max(tokio::time::Instant::now() + delay);
+                }
+            }
+            launch(&mut calls, replacements);
             let joined = if let Some(until) = linger_until {
                 match tokio::time::timeout_at(until, calls.join_next()).await {
                     Ok(Some(joined)) => joined,

@@ -2,7 +2,7 @@
 //! [`Collector`] — the sans-IO collect-verify-combine loop the simulator drives too — run
 //! here over gRPC calls with a per-node timeout. A request goes to every node whose circuit
 //! breaker is closed (or, with [`Fanout::Hedged`], to `t + extra` of them, with one more
-//! after each hedge delay without an answer); a node that fails is replaced at once by the
+//! each time the hedge delay passes while answers are missing); a node that fails is replaced at once by the
 //! next in order; each partial is verified by its proof; the first `t` verified partials are
 //! combined and the rest abandoned. A breaker only orders the nodes: a request that falls
 //! short asks every node left, open breaker or not, before it fails, and fails as soon as
