@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tkms_crypto::{ecies, shamir, suite::Encoded, NodeIndex, SecretScalar};
+use tkms_crypto::{ecies, shamir, suite::Encoded, NodeIndex, SecretScalar, SharedSecret};
 use tkms_manager::cluster::{
     Batching, Cluster, ClusterError, DelegationProofs, Fanout, Hedge, NodeEndpoint, NodeFailure,
+    Served,
 };
 
 mod common;
@@ -239,17 +240,7 @@ async fn hedged_fanout_replaces_liars_and_dead_nodes_and_rotates() {
     let ct = encrypt(&tc.keys, b"hedged");
     let mut blamed = std::collections::BTreeSet::new();
     for r in 0..5u8 {
-        let started = Instant::now();
-        let served = cluster
-            .delegate(Encoded::new(*ct.ephemeral()), vec![r], None)
-            .await
-            .unwrap();
-        let took = started.elapsed();
-        assert!(took < timeout / 2, "request {r} took {took:?}");
-        assert_eq!(
-            &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
-            b"hedged"
-        );
+        let served = opened_within(&cluster, &ct, r, timeout / 2, b"hedged").await;
         for (index, failure) in &served.failures {
             match index.get() {
                 2 => assert_eq!(*failure, NodeFailure::InvalidProof),
@@ -274,6 +265,28 @@ async fn hedged_fanout_replaces_liars_and_dead_nodes_and_rotates() {
         &*served.value.capsules[0].decrypt(&target, &ct).unwrap(),
         b"hedged"
     );
+}
+
+/// Delegation `r` of `ct`'s key, served in less than `bound` and opening `ct` to `plain`.
+async fn opened_within(
+    cluster: &Cluster,
+    ct: &ecies::Ciphertext<S>,
+    r: u8,
+    bound: Duration,
+    plain: &[u8],
+) -> Served<SharedSecret> {
+    let started = Instant::now();
+    let served = cluster
+        .delegate(Encoded::new(*ct.ephemeral()), vec![r], None)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < bound, "request {r} took {took:?}");
+    assert_eq!(
+        &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
+        plain
+    );
+    served
 }
 
 /// A slow node (its server stopped accepting, so its call hangs until the timeout) is covered
@@ -308,17 +321,7 @@ async fn hedge_delay_covers_a_silent_node() {
             .unwrap()
             .with_fanout(Fanout::Hedged { extra: 0, hedge });
         for r in 0..4u8 {
-            let started = Instant::now();
-            let served = cluster
-                .delegate(Encoded::new(*ct.ephemeral()), vec![r], None)
-                .await
-                .unwrap();
-            let took = started.elapsed();
-            assert!(took < timeout / 2, "{hedge}: request {r} took {took:?}");
-            assert_eq!(
-                &*ecies::open_with_shared_secret(&served.value, &ct).unwrap(),
-                b"silent"
-            );
+            opened_within(&cluster, &ct, r, timeout / 2, b"silent").await;
         }
     }
 }
