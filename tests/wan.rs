@@ -5,6 +5,8 @@
 //! partitioned away (every request still served, a reshare completes without it and retires
 //! it), healed and reshared back in; a node cut off in the middle of a reshare (the ceremony
 //! completes without it), healed and reshared back in; every node on the same epoch at the end.
+//! And a node cut off in the middle of the DKG: the DKG completes without it, and a reshare
+//! after the heal takes it in.
 //!
 //! Needs root (or CAP_NET_ADMIN), iproute2 and iptables (`./test.sh` installs iptables where
 //! it is missing); it fails with a message naming what is missing, never skips silently.
@@ -114,6 +116,7 @@ async fn epochs_agree(cluster: &Cluster, epoch: u64, expect_reachable: usize, wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     require_network_tools();
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let _down = Down(dir.path().to_path_buf());
     let started = Instant::now();
@@ -186,14 +189,7 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
 
     // The manager cut off from n - t = 2 nodes under load: no request fails.
     let data = dir.path().join("data");
-    let link = |verb: &str, node: u16| {
-        let status = tkms()
-            .args(["testnet", verb, "--node", &node.to_string(), "--data-dir"])
-            .arg(&data)
-            .status()
-            .unwrap();
-        assert!(status.success(), "tkms testnet {verb} --node {node}");
-    };
+    let link = |verb: &str, node: u16| link(&data, verb, node);
     let load = std::thread::spawn({
         let testnet = testnet.clone();
         move || {
@@ -252,14 +248,11 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     // then, so the reshare's first call dials anew instead of waiting out TCP's backoff.)
     link("heal", 5);
     let started = Instant::now();
-    let (status, body) = cluster.reshare(3, &all).await;
-    assert_eq!(status, 200, "reshare back to five after the heal: {body}");
+    reshared_back_to_five(&cluster).await;
     eprintln!(
         "reshare 4 -> 5 at {RTT_MS} ms RTT: {:.2?}",
         started.elapsed()
     );
-    let epoch = body["epoch"].as_u64().unwrap();
-    epochs_agree(&cluster, epoch, 5, Duration::from_secs(30)).await;
     assert_eq!(
         cli(&testnet, &["delegate", "--api", "v0"], &ct),
         b"across the WAN"
@@ -272,51 +265,128 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     // would otherwise have held in retransmission backoff past the heal (before that, node 2
     // got "only 1 confirmations of the transcript" and was dropped again).
     let started = Instant::now();
-    let cut_off = async {
-        loop {
-            let (_, body) = cluster.admin_get("/admin/nodes").await;
-            let running = body["nodes"]
-                .as_array()
-                .and_then(|nodes| nodes.get(1))
-                .is_some_and(|n| n["ceremony"].as_str().is_some_and(|c| !c.is_empty()));
-            if running {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "node 2 never reported the ceremony: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        link("partition", 2);
-    };
-    let ((status, body), ()) = tokio::join!(cluster.reshare(3, &all), cut_off);
+    let ((status, body), ()) = tokio::join!(
+        cluster.reshare(3, &all),
+        cut_off_once_running(&cluster, &data, 2)
+    );
     assert_eq!(status, 200, "reshare with node 2 cut off during it: {body}");
     eprintln!(
         "reshare 5 -> 5 with node 2 cut off during it, at {RTT_MS} ms RTT: {:.2?}",
         started.elapsed()
     );
-    let members: Vec<u64> = body["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(members, [1, 3, 4, 5], "{body}");
+    assert_eq!(members(&body), [1, 3, 4, 5], "{body}");
     let epoch = body["epoch"].as_u64().unwrap();
     epochs_agree(&cluster, epoch, 4, Duration::from_secs(30)).await;
     link("heal", 2);
-    let (status, body) = cluster.reshare(3, &all).await;
-    assert_eq!(status, 200, "reshare back to five after the heal: {body}");
-    assert_eq!(
-        body["nodes"].as_array().map(Vec::len),
-        Some(5),
-        "node 2 was not taken back after the heal: {body}"
-    );
-    let epoch = body["epoch"].as_u64().unwrap();
-    epochs_agree(&cluster, epoch, 5, Duration::from_secs(30)).await;
+    reshared_back_to_five(&cluster).await;
     assert_eq!(
         cli(&testnet, &["delegate", "--api", "v0"], &ct),
         b"across the WAN"
     );
+}
+
+/// A node cut off in the middle of the DKG (once it reports the ceremony running): the DKG
+/// completes without it, and a reshare right after the heal takes it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_heal() {
+    require_network_tools();
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _down = Down(dir.path().to_path_buf());
+    let options = Options {
+        round_timeout_ms: 10_000,
+        ..Options::new(5, 3)
+    }
+    .arg("--netns")
+    .arg("--rtt-ms")
+    .arg(RTT_MS.to_string())
+    .arg("--loss-pct")
+    .arg(LOSS_PCT)
+    .arg("--no-dkg");
+    let cluster = Cluster::start(dir.path(), &options);
+    let data = dir.path().join("data");
+    let started = Instant::now();
+    let three = serde_json::json!({ "threshold": 3 });
+    let ((status, body), ()) = tokio::join!(
+        cluster.admin_post("/admin/dkg", &three),
+        cut_off_once_running(&cluster, &data, 2)
+    );
+    assert_eq!(status, 200, "DKG with node 2 cut off during it: {body}");
+    eprintln!(
+        "DKG 3 of 5 with node 2 cut off during it, at {RTT_MS} ms RTT: {:.2?}",
+        started.elapsed()
+    );
+    assert_eq!(members(&body), [1, 3, 4, 5], "{body}");
+    epochs_agree(&cluster, 1, 4, Duration::from_secs(30)).await;
+    link(&data, "heal", 2);
+    let key = body["publicKey"].clone();
+    let body = reshared_back_to_five(&cluster).await;
+    assert_eq!(
+        body["publicKey"], key,
+        "the reshare changed the key: {body}"
+    );
+    let testnet = cluster.testnet_json();
+    let ct = cli(&testnet, &["encrypt"], b"after the DKG");
+    assert_eq!(
+        cli(&testnet, &["delegate", "--api", "v0"], &ct),
+        b"after the DKG"
+    );
+}
+
+/// One cluster across namespaces at a time: two starting at once could pick one subnet.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `tkms testnet partition|heal --node NODE` for the testnet in `data`.
+fn link(data: &Path, verb: &str, node: u16) {
+    let status = tkms()
+        .args(["testnet", verb, "--node", &node.to_string(), "--data-dir"])
+        .arg(data)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tkms testnet {verb} --node {node}");
+}
+
+/// Cut node `node` off as soon as it reports a ceremony running.
+async fn cut_off_once_running(cluster: &Cluster, data: &Path, node: u16) {
+    let started = Instant::now();
+    loop {
+        let (_, body) = cluster.admin_get("/admin/nodes").await;
+        let running = body["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.get(usize::from(node) - 1))
+            .is_some_and(|n| n["ceremony"].as_str().is_some_and(|c| !c.is_empty()));
+        if running {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node {node} never reported the ceremony: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    link(data, "partition", node);
+}
+
+/// The indices of a ceremony's members.
+fn members(body: &Value) -> Vec<u64> {
+    body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["index"].as_u64().unwrap())
+        .collect()
+}
+
+/// A reshare to every node of the testnet, which must take all five; its answer.
+async fn reshared_back_to_five(cluster: &Cluster) -> Value {
+    let (status, body) = cluster.reshare(3, &cluster.node_urls()).await;
+    assert_eq!(status, 200, "reshare back to five after the heal: {body}");
+    assert_eq!(
+        members(&body),
+        [1, 2, 3, 4, 5],
+        "the healed node was not taken back: {body}"
+    );
+    let epoch = body["epoch"].as_u64().unwrap();
+    epochs_agree(cluster, epoch, 5, Duration::from_secs(30)).await;
+    body
 }

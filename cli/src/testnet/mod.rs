@@ -68,6 +68,10 @@ pub struct UpArgs {
     /// tests; stop them with the pids in the file).
     #[arg(long)]
     pub detach: bool,
+    /// Start the nodes and the manager without running the DKG: the cluster has no key until
+    /// `POST /admin/dkg` (to watch or disturb the DKG itself, e.g. with `testnet partition`).
+    #[arg(long)]
+    pub no_dkg: bool,
     /// Keep the registry on a local chain: start anvil (`contracts/install-anvil.sh`, or
     /// `TKMS_ANVIL`), deploy the registry, register the nodes, and publish the DKG's epoch.
     #[arg(long)]
@@ -329,14 +333,13 @@ fn start_nodes(
     Ok(nodes)
 }
 
-/// Wait for the manager, and run the DKG if the cluster has no key yet; return
-/// `/v0/public-key`.
+/// Wait for the manager, and run the DKG (`t` of `n`, given as `dkg`) if the cluster has no
+/// key yet; return `/v0/public-key` (null when there is no key and `dkg` is `None`).
 async fn ensure_key(
     manager_url: &str,
     manager: &mut Proc,
     admin_token: &str,
-    t: u16,
-    n: u16,
+    dkg: Option<(u16, u16)>,
     deadline: Instant,
     mdir: &Path,
 ) -> Result<serde_json::Value> {
@@ -368,6 +371,10 @@ async fn ensure_key(
     if key.status().is_success() {
         return Ok(key.json::<serde_json::Value>().await?);
     }
+    let Some((t, n)) = dkg else {
+        eprintln!("tkms testnet: no key yet (--no-dkg): POST /admin/dkg to create it");
+        return Ok(serde_json::Value::Null);
+    };
     eprintln!("tkms testnet: running the DKG ({t} of {n})...");
     let started = Instant::now();
     let dkg = client
@@ -629,12 +636,11 @@ pub fn up(args: &UpArgs) -> Result<()> {
         &manager_url,
         &mut manager,
         admin_token.as_str(),
-        t,
-        n,
+        (!args.no_dkg).then_some((t, n)),
         deadline,
         &mdir,
     ))?;
-    if let Some(chain) = &chain {
+    if let Some(chain) = chain.as_ref().filter(|_| !public.is_null()) {
         runtime.block_on(check_published(&chain.deployment, &public, &mdir))?;
     }
 
