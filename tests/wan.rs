@@ -5,8 +5,8 @@
 //! partitioned away (every request still served, a reshare completes without it and retires
 //! it), healed and reshared back in; a node cut off in the middle of a reshare (the ceremony
 //! completes without it), healed and reshared back in; every node on the same epoch at the end.
-//! And a node cut off in the middle of the DKG: the DKG completes without it, and a reshare
-//! after the heal takes it in.
+//! And, at 150 ms RTT, a node cut off in the middle of the DKG: the DKG completes without it,
+//! and a reshare after the heal takes it in.
 //!
 //! Needs root (or CAP_NET_ADMIN), iproute2 and iptables (`./test.sh` installs iptables where
 //! it is missing); it fails with a message naming what is missing, never skips silently.
@@ -25,6 +25,8 @@ use tkms_e2e::{tkms, Cluster, Options};
 
 /// Round trip of every link, and loss of each direction, as the issue asks for CI.
 const RTT_MS: u64 = 50;
+/// Round trip of the DKG test's links.
+const DKG_RTT_MS: u64 = 150;
 const LOSS_PCT: &str = "1";
 
 /// Runs `tkms testnet down` when dropped: the namespaces go even if the test fails.
@@ -286,7 +288,9 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
 }
 
 /// A node cut off in the middle of the DKG (once it reports the ceremony running): the DKG
-/// completes without it, and a reshare right after the heal takes it in.
+/// completes without it, and a reshare right after the heal takes it in. At 150 ms RTT (the
+/// issue's slowest link), so that the DKG lasts a few seconds and the cut, which takes a
+/// survey and an iptables call, lands well inside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_heal() {
     require_network_tools();
@@ -299,7 +303,7 @@ async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_hea
     }
     .arg("--netns")
     .arg("--rtt-ms")
-    .arg(RTT_MS.to_string())
+    .arg(DKG_RTT_MS.to_string())
     .arg("--loss-pct")
     .arg(LOSS_PCT)
     .arg("--no-dkg");
@@ -313,11 +317,16 @@ async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_hea
     );
     assert_eq!(status, 200, "DKG with node 2 cut off during it: {body}");
     eprintln!(
-        "DKG 3 of 5 with node 2 cut off during it, at {RTT_MS} ms RTT: {:.2?}",
+        "DKG 3 of 5 with node 2 cut off during it, at {DKG_RTT_MS} ms RTT: {:.2?}",
         started.elapsed()
     );
-    assert_eq!(members(&body), [1, 3, 4, 5], "{body}");
-    epochs_agree(&cluster, 1, 4, Duration::from_secs(30)).await;
+    assert_eq!(
+        members(&body),
+        [1, 3, 4, 5],
+        "node 2 should have been cut off before it finished the DKG: {body}"
+    );
+    let epoch = body["epoch"].as_u64().unwrap();
+    epochs_agree(&cluster, epoch, 4, Duration::from_secs(60)).await;
     link(&data, "heal", 2);
     let key = body["publicKey"].clone();
     let body = reshared_back_to_five(&cluster).await;
@@ -333,7 +342,9 @@ async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_hea
     );
 }
 
-/// One cluster across namespaces at a time: two starting at once could pick one subnet.
+/// One cluster across namespaces at a time: two starting at once could pick one subnet. (This
+/// holds while the tests of this file run as threads of one process, as `cargo test` runs
+/// them; the guard is dropped after `Down` has torn the namespaces down.)
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `tkms testnet partition|heal --node NODE` for the testnet in `data`.

@@ -85,7 +85,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TestnetCommand {
-    /// Start N nodes and a manager on loopback, run the DKG, write testnet.json; Ctrl-C stops.
+    /// Start N nodes and a manager on loopback, run the DKG (unless `--no-dkg`), write
+    /// testnet.json; Ctrl-C stops.
     Up(testnet::UpArgs),
     /// Stop a detached testnet and remove its network namespaces.
     Down(testnet::DataDirArgs),

@@ -240,7 +240,7 @@ async fn hedged_fanout_replaces_liars_and_dead_nodes_and_rotates() {
     let ct = encrypt(&tc.keys, b"hedged");
     let mut blamed = std::collections::BTreeSet::new();
     for r in 0..5u8 {
-        let served = opened_within(&cluster, &ct, r, timeout / 2, b"hedged").await;
+        let served = opened_within(&cluster, &ct, r, timeout / 2, b"hedged", "hedged").await;
         for (index, failure) in &served.failures {
             match index.get() {
                 2 => assert_eq!(*failure, NodeFailure::InvalidProof),
@@ -267,13 +267,15 @@ async fn hedged_fanout_replaces_liars_and_dead_nodes_and_rotates() {
     );
 }
 
-/// Delegation `r` of `ct`'s key, served in less than `bound` and opening `ct` to `plain`.
+/// Delegation `r` of `ct`'s key, served in less than `bound` and opening `ct` to `plain`;
+/// `label` names the case in a failure.
 async fn opened_within(
     cluster: &Cluster,
     ct: &ecies::Ciphertext<S>,
     r: u8,
     bound: Duration,
     plain: &[u8],
+    label: &str,
 ) -> Served<SharedSecret> {
     let started = Instant::now();
     let served = cluster
@@ -281,7 +283,7 @@ async fn opened_within(
         .await
         .unwrap();
     let took = started.elapsed();
-    assert!(took < bound, "request {r} took {took:?}");
+    assert!(took < bound, "request {r} took {took:?}, {label}");
     assert_eq!(
         &*ecies::open_with_shared_secret(&served.value, ct).unwrap(),
         plain
@@ -321,7 +323,7 @@ async fn hedge_delay_covers_a_silent_node() {
             .unwrap()
             .with_fanout(Fanout::Hedged { extra: 0, hedge });
         for r in 0..4u8 {
-            opened_within(&cluster, &ct, r, timeout / 2, b"silent").await;
+            opened_within(&cluster, &ct, r, timeout / 2, b"silent", &hedge.to_string()).await;
         }
     }
 }

@@ -217,7 +217,7 @@ pub struct Cluster {
 impl Cluster {
     /// `tkms testnet up --detach` with `options`, everything under `dir`: the data in
     /// `dir/data`, the description in `dir/testnet.json`. Returns once the DKG is done and the
-    /// manager serves.
+    /// manager serves (with `--no-dkg` among the options: once the manager answers, keyless).
     ///
     /// # Panics
     /// If the testnet does not come up (with `chain`, first if anvil is not installed: one

@@ -333,6 +333,13 @@ fn start_nodes(
     Ok(nodes)
 }
 
+/// The threshold of the key `/v0/public-key` described, or `t` when there is no key yet.
+fn keyed_threshold(public: &serde_json::Value, t: u16) -> u16 {
+    public["threshold"]
+        .as_u64()
+        .map_or(t, |v| u16::try_from(v).unwrap_or(t))
+}
+
 /// Wait for the manager, and run the DKG (`t` of `n`, given as `dkg`) if the cluster has no
 /// key yet; return `/v0/public-key` (null when there is no key and `dkg` is `None`).
 async fn ensure_key(
@@ -459,7 +466,11 @@ fn start_manager(
 fn print_summary(testnet: &Testnet, out: &Path, manager_pid: u32, t: u16, n: u16) {
     println!("tkms testnet is up ({t} of {n})");
     println!("  manager     {}  (pid {manager_pid})", testnet.manager_url);
-    println!("  public key  {}", testnet.public_key);
+    if testnet.public_key.is_empty() {
+        println!("  public key  none yet (--no-dkg): POST /admin/dkg to create it");
+    } else {
+        println!("  public key  {}", testnet.public_key);
+    }
     if let (Some(rpc), Some(registry)) = (&testnet.rpc_url, &testnet.registry_address) {
         println!("  chain       {rpc}  registry {registry}");
     }
@@ -648,7 +659,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         manager_url: manager_url.clone(),
         chain_id: args.chain_id,
         public_key: public["publicKey"].as_str().unwrap_or_default().to_string(),
-        threshold: u16::try_from(public["threshold"].as_u64().unwrap_or_default()).unwrap_or(t),
+        threshold: keyed_threshold(&public, t),
         manager_pid: manager.pid(),
         manager_address: tkms_manager::nox::wallet_address(&wallet).to_string(),
         gateway_private_key: format!("0x{}", gateway_hex.as_str()),
