@@ -11,12 +11,18 @@
 //! ```
 //!
 //! Each namespace is joined to the bridge by a veth pair (`tkXhI` on the bridge, `eth0`
-//! inside). Links are shaped on egress, as `tc netem` would: a packet leaving a namespace
-//! is lost with probability `loss` and otherwise held for `rtt / 2` (plus up to `jitter`),
-//! in order; two namespaces see `rtt` between them. The kernels this runs on may lack
-//! `sch_netem`, so the shaping is an iptables `NFQUEUE` rule and a small process per
-//! namespace ([`shape`], `tkms testnet shape`) that gives each packet its verdict when its
-//! time comes. Partitions are iptables `DROP` rules on `eth0`.
+//! inside). Links are shaped on ingress: a packet arriving in a namespace is lost with
+//! probability `loss` and otherwise held for `rtt / 2` (plus up to `jitter`), in order; two
+//! namespaces see `rtt` between them, and the host, which is not shaped, `rtt / 2` to each.
+//! The kernels this runs on may lack `sch_netem`, so the shaping is an iptables `NFQUEUE`
+//! rule and a small process per namespace ([`shape`], `tkms testnet shape`) that gives each
+//! packet its verdict when its time comes. Partitions are iptables `DROP` rules on `eth0`.
+//!
+//! Why ingress: a packet held on the sender's side still counts against its socket (TCP
+//! small queues), so the socket's next segment waited until the held one was released, one
+//! more `rtt / 2` for every write that followed another (an HTTP/2 request's HEADERS and
+//! DATA, a response and its trailers). A real link frees the sender at once; a packet held
+//! at the receiver has left the sender's socket when it crossed the veth pair, as on a WAN.
 //!
 //! Needs root (or `CAP_NET_ADMIN`), iproute2 and iptables; Linux only.
 
@@ -297,7 +303,8 @@ impl Network {
     }
 }
 
-/// Start the shaper of `ns` and send `eth0`'s outgoing packets through it.
+/// Start the shaper of `ns` and send the packets arriving on `eth0` through it (ingress: see
+/// the module's docs for why not egress).
 fn start_shaper(dir: &Path, ns: &Namespace, (delay, jitter, loss): (f64, f64, f64)) -> Result<u32> {
     let exe = std::env::current_exe().context("locating the tkms binary")?;
     let log_path = dir.join(format!("shaper-{}.log", ns.name));
@@ -346,8 +353,8 @@ fn start_shaper(dir: &Path, ns: &Namespace, (delay, jitter, loss): (f64, f64, f6
         "iptables",
         &[
             "-A",
-            "OUTPUT",
-            "-o",
+            "INPUT",
+            "-i",
             "eth0",
             "-j",
             "NFQUEUE",
