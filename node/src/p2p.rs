@@ -129,7 +129,16 @@ impl P2p {
             .map_err(|e| P2pError::Transport(e.to_string()))?
             .with_behaviour(|_| behaviour)
             .map_err(|e| P2pError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .with_swarm_config(|c| {
+                // Every ceremony message opens a stream; with multistream-select's V1 the
+                // message waited for the peer to confirm the protocol, one round trip more
+                // per message (three per DKG, on the WAN). Both ends speak the one protocol,
+                // so the message goes with the proposal (a peer without it resets the stream).
+                c.with_idle_connection_timeout(Duration::from_secs(120))
+                    .with_substream_upgrade_protocol_override(
+                        libp2p::core::upgrade::Version::V1Lazy,
+                    )
+            })
             .build();
         swarm
             .listen_on(listen.clone())
