@@ -108,8 +108,7 @@ impl Admin {
         let views = self.catch_up(&urls, views, &current).await?;
         // Old holders that are reachable and hold the share deal; they need not all be in the
         // new committee.
-        let old_urls: Vec<String> = current.nodes.iter().map(|n| n.url.clone()).collect();
-        let old_views = self.survey(&old_urls).await;
+        let old_views = self.old_views(&current, &views).await;
         let dealers: Vec<(u16, &NodeView)> = current
             .nodes
             .iter()
@@ -169,6 +168,25 @@ impl Admin {
             }
         }
         self.ceremony(request, &everyone, threshold).await
+    }
+
+    /// The views of `current`'s holders, in its order: those of the new committee from
+    /// `views` (just surveyed), the others surveyed now (one round trip less per reshare
+    /// across a WAN than surveying them all again).
+    async fn old_views(&self, current: &EpochRecord, views: &[NodeView]) -> Vec<NodeView> {
+        let known = |url: &str| views.iter().find(|v| v.url == url);
+        let missing: Vec<String> = current
+            .nodes
+            .iter()
+            .filter(|n| known(&n.url).is_none())
+            .map(|n| n.url.clone())
+            .collect();
+        let mut surveyed = self.survey(&missing).await.into_iter();
+        current
+            .nodes
+            .iter()
+            .filter_map(|n| known(&n.url).cloned().or_else(|| surveyed.next()))
+            .collect()
     }
 
     pub(super) async fn reachable(&self, urls: &[String]) -> Result<Vec<NodeView>, AdminError> {

@@ -210,9 +210,15 @@ impl Admin {
         }
         if !decision.settle.is_empty() && self.drained() {
             if let Some(record) = self.served.record() {
-                for url in &decision.settle {
-                    self.commit_at(url, &record, &views).await;
-                }
+                // All at once: one after another, the last node of a committee across a WAN
+                // learnt of the epoch n round trips after the first.
+                futures::future::join_all(
+                    decision
+                        .settle
+                        .iter()
+                        .map(|url| self.commit_at(url, &record, &views)),
+                )
+                .await;
             }
         }
         self.update_health(&views);
