@@ -14,6 +14,7 @@
 //! - [`scenario`]: ready-made runs (DKG, reshare, delegation) and their metrics.
 //! - [`invariants`]: the properties checked at the end of a run.
 
+pub mod connect;
 pub mod cpu;
 pub mod delegation;
 pub mod dkg_node;

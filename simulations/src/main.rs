@@ -9,6 +9,7 @@ use std::io::Write as _;
 use anyhow::{bail, Context as _};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use tkms_simulations::{
+    connect::Connect,
     cpu::{self, CpuModel},
     delegation::{ManagerMode, NodeFault},
     dkg_node::{DkgBehaviour, Rounds},
@@ -135,6 +136,11 @@ struct Args {
     /// Per-transmission loss probability.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Connection set-up: one-way trips before a pair's first message (5 models libp2p over
+    /// TCP as the nodes run it; 0: links exist from the start). A lost SYN or SYN-ACK costs
+    /// 1 s, as in Linux.
+    #[arg(long, default_value_t = 0)]
+    connect_trips: u32,
     /// Datagram semantics: lost messages are not retransmitted.
     #[arg(long)]
     datagram: bool,
@@ -214,6 +220,10 @@ fn build(args: &Args, seed: u64) -> anyhow::Result<Scenario> {
     s.net.loss = args.loss;
     s.net.reliable = !args.datagram;
     s.net.reorder = args.reorder;
+    s.net.connect = (args.connect_trips > 0).then_some(Connect {
+        trips: args.connect_trips,
+        ..Connect::LIBP2P_TCP
+    });
     s.timeouts.round = args.round_timeout_ms * MS;
     if let Some(r) = args.max_relays {
         s.timeouts.max_relays = r;

@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 
+use crate::connect::{Connect, Connections};
+
 /// Virtual time in microseconds.
 pub type Time = u64;
 /// An actor's network address (the DKG uses the node index; the manager is 0).
@@ -159,7 +161,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn sample(&self, rng: &mut ChaCha20Rng) -> Time {
+    pub(crate) fn sample(&self, rng: &mut ChaCha20Rng) -> Time {
         let extra = match (self.jitter, self.dist) {
             (0, _) => 0,
             (j, Jitter::Uniform) => rng.gen_range(0..=j),
@@ -236,6 +238,8 @@ pub struct NetConfig {
     pub reorder_delay: Time,
     /// Partitions.
     pub partitions: Vec<Partition>,
+    /// Connection set-up before a pair's first message (none: links exist from the start).
+    pub connect: Option<Connect>,
 }
 
 impl Default for NetConfig {
@@ -253,6 +257,7 @@ impl Default for NetConfig {
             reorder: 0.0,
             reorder_delay: 100 * MS,
             partitions: Vec::new(),
+            connect: None,
         }
     }
 }
@@ -328,6 +333,7 @@ pub struct Simulator<A: Actor> {
     stats: NetStats,
     events: u64,
     trace: u64,
+    connections: Connections,
 }
 
 impl<A: Actor> Simulator<A> {
@@ -355,6 +361,7 @@ impl<A: Actor> Simulator<A> {
             stats: NetStats::default(),
             events: 0,
             trace: 0xcbf2_9ce4_8422_2325,
+            connections: Connections::default(),
         };
         let addrs: Vec<Addr> = sim.actors.keys().copied().collect();
         for a in addrs {
@@ -420,6 +427,7 @@ impl<A: Actor> Simulator<A> {
             Event::Crash(a) => {
                 self.mix(&[self.now, 4, u64::from(a)]);
                 self.down.insert(a);
+                self.connections.drop_all(a);
                 self.stats.dropped += self.inbox.remove(&a).map_or(0, |q| {
                     q.iter()
                         .filter(|e| matches!(e, Event::Deliver { .. }))
@@ -596,7 +604,13 @@ impl<A: Actor> Simulator<A> {
             .get(&(from, to))
             .copied()
             .unwrap_or(self.net.latency);
-        let mut delay = 0;
+        let mut delay = match self.net.connect {
+            Some(c) => {
+                self.connections
+                    .wait((from, to), now, c, &latency, &self.net, &mut self.rng)
+            }
+            None => 0,
+        };
         let mut rto = self.net.retransmit;
         let mut tries = 0;
         while self.net.loss > 0.0 && self.rng.gen_bool(self.net.loss.clamp(0.0, 1.0)) {
