@@ -290,7 +290,8 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
 /// A node cut off in the middle of the DKG (once it reports the ceremony running): the DKG
 /// completes without it, and a reshare right after the heal takes it in. At 150 ms RTT (the
 /// issue's slowest link), so that the DKG lasts a few seconds and the cut, which takes a
-/// survey and an iptables call, lands well inside it.
+/// survey and an iptables call, lands well inside it. The registry is a local chain, as in a
+/// deployment: the nodes and the manager reach anvil on the host through their shaped links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_heal() {
     require_network_tools();
@@ -299,7 +300,7 @@ async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_hea
     let _down = Down(dir.path().to_path_buf());
     let options = Options {
         round_timeout_ms: 10_000,
-        ..Options::new(5, 3)
+        ..Options::new(5, 3).chain()
     }
     .arg("--netns")
     .arg("--rtt-ms")

@@ -4,17 +4,18 @@
 # (t = 3) and n = 16 (t = 11), one reshare of the 5-node cluster to itself, and /v0/delegate
 # throughput and latency (`tkms bench`, concurrency 16, DUR s) from the host (which sees half
 # the RTT to the manager). Needs root, iproute2 and iptables. Prints one line per figure.
-# usage: sudo bash cli/bench/wan.sh   (R=binary, RTTS="20 50 150", LOSS=1, DUR=10, NS="5 16")
+# usage: sudo bash cli/bench/wan.sh   (R=binary, RTTS="20 50 150", LOSS=1, DUR=10, NS="5 16",
+#        UP_ARGS="more testnet up flags", e.g. "--delegation-batches-in-flight 4")
 set -eu
 R=${R:-$(git rev-parse --show-toplevel)/target/release/tkms}
-D=${D:-/tmp/tkms-bench/wan}; DUR=${DUR:-10}; RTTS=${RTTS:-20 50 150}; LOSS=${LOSS:-1}; NS=${NS:-5 16}
+D=${D:-/tmp/tkms-bench/wan}; DUR=${DUR:-10}; RTTS=${RTTS:-20 50 150}; LOSS=${LOSS:-1}; NS=${NS:-5 16}; UP_ARGS=${UP_ARGS:-}
 rm -rf "$D"; mkdir -p "$D"
 for rtt in $RTTS; do
   for n in $NS; do
     t=$(( n == 5 ? 3 : 2 * n / 3 + 1 )); name="$D/rtt$rtt-n$n"
     trap '"$R" testnet down --data-dir "$name" --out "$name.json" || true' EXIT
     "$R" testnet up --netns --rtt-ms "$rtt" --loss-pct "$LOSS" --nodes "$n" --threshold "$t" \
-      --round-timeout-ms 10000 --detach --data-dir "$name" --out "$name.json" > "$name.up.log" 2>&1 \
+      --round-timeout-ms 10000 $UP_ARGS --detach --data-dir "$name" --out "$name.json" > "$name.up.log" 2>&1 \
       || { cat "$name.up.log"; exit 1; }
     echo "rtt=$rtt loss=$LOSS n=$n t=$t $(grep -o 'DKG done in .*' "$name.up.log")"
     if [ "$n" = 5 ]; then

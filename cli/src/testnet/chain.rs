@@ -1,7 +1,7 @@
 //! The local chain of `tkms testnet up --chain`: anvil, the registry deployed on it, the nodes
 //! registered, and the published epoch checked.
 
-use std::{path::Path, time::Duration};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use k256::ecdsa::SigningKey;
@@ -13,19 +13,42 @@ use super::{local::Proc, TestnetNode};
 pub(super) struct Chain {
     pub(super) anvil: AnvilInstance,
     pub(super) deployment: Deployment,
+    /// The JSON-RPC URL the nodes and the manager use: the deployment's (loopback), or with
+    /// `--netns` the host's address on the bridge, which every namespace reaches.
+    pub(super) daemon_rpc_url: String,
 }
 
 /// Start anvil serving `chain_id` and deploy the registry: anvil's first development account
 /// owns it, the manager wallet publishes epochs, the development gateway and runner hold
-/// their roles.
+/// their roles. With `bridge` (`--netns`: the host's address on the bridge) anvil listens there
+/// too, so that the daemons in the namespaces reach it.
 pub(super) async fn start_chain(
     chain_id: u64,
-    wallet: &SigningKey,
-    gateway: &SigningKey,
-    runner: &SigningKey,
+    keys: [&SigningKey; 3],
+    bridge: Option<Ipv4Addr>,
 ) -> Result<Chain> {
-    let anvil = tkms_registry::anvil::spawn_with(|a| a.chain_id(chain_id))
-        .context("starting the local chain for --chain")?;
+    let [wallet, gateway, runner] = keys;
+    // On two addresses anvil picks a port for each unless given one: one port, free on all.
+    let port = match bridge {
+        Some(_) => Some(
+            std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+                .and_then(|l| l.local_addr())
+                .context("picking a port for the local chain")?
+                .port(),
+        ),
+        None => None,
+    };
+    let anvil = tkms_registry::anvil::spawn_with(|a| {
+        let a = a.chain_id(chain_id);
+        match (bridge, port) {
+            // anvil takes a comma-separated list of addresses to listen on.
+            (Some(host), Some(port)) => a
+                .port(port)
+                .args(["--host".to_string(), format!("127.0.0.1,{host}")]),
+            _ => a,
+        }
+    })
+    .context("starting the local chain for --chain")?;
     let address = tkms_manager::nox::wallet_address;
     let deployment = tkms_registry::deploy_local(
         &anvil,
@@ -42,7 +65,15 @@ pub(super) async fn start_chain(
         "tkms testnet: registry {} deployed on the local chain {} (chain id {chain_id})",
         deployment.address, deployment.rpc_url
     );
-    Ok(Chain { anvil, deployment })
+    let daemon_rpc_url = match bridge {
+        Some(host) => format!("http://{host}:{}", anvil.port()),
+        None => deployment.rpc_url.clone(),
+    };
+    Ok(Chain {
+        anvil,
+        deployment,
+        daemon_rpc_url,
+    })
 }
 
 /// Register every node (index, libp2p peer id, gRPC URL and libp2p address, node key), then

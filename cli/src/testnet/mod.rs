@@ -521,7 +521,7 @@ fn registry_args(
         )?;
         let args = vec![
             "--rpc-url".into(),
-            d.rpc_url.clone(),
+            chain.daemon_rpc_url.clone(),
             "--registry-address".into(),
             d.address.to_string(),
         ];
@@ -562,9 +562,6 @@ fn checked(args: &UpArgs) -> Result<(u16, u16, tkms_manager::cluster::Batching)>
 /// before the process that listens on it.
 fn place(args: &UpArgs, dir: &Path, n: u16) -> Result<(Option<Network>, Option<Ports>, Layout)> {
     if args.network.netns {
-        if args.chain {
-            bail!("--netns runs with the registry file; --chain is not supported with it yet");
-        }
         let network = Network::create(dir, n, &args.network)?;
         let layout = Layout::namespaces(&network);
         return Ok((Some(network), None, layout));
@@ -583,6 +580,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let dir = dir.canonicalize()?;
 
     let (network, mut ports, layout) = place(args, &dir, n)?;
+    let bridge = network.as_ref().map(|network| network.host);
     // Whatever fails from here on removes the namespaces again (unless detached and up).
     let network_guard = NetworkGuard(network, dir.clone());
 
@@ -601,11 +599,10 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let chain = if args.chain {
-        Some(runtime.block_on(start_chain(args.chain_id, &wallet, &gateway, &runner))?)
-    } else {
-        None
-    };
+    let keys = [&wallet, &gateway, &runner];
+    let chain = (args.chain)
+        .then(|| runtime.block_on(start_chain(args.chain_id, keys, bridge)))
+        .transpose()?;
     let (registry_file, registry_args) =
         registry_args(chain.as_ref(), &mdir, args.chain_id, &gateway, &runner)?;
 
