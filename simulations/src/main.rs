@@ -141,6 +141,10 @@ struct Args {
     /// 1 s, as in Linux.
     #[arg(long, default_value_t = 0)]
     connect_trips: u32,
+    /// First retransmission timeout of a lost message, ms (doubling). Linux's on an
+    /// established connection is about the RTT plus max(2 x RTT, 200 ms) early on.
+    #[arg(long, default_value_t = 200)]
+    retransmit_ms: u64,
     /// Datagram semantics: lost messages are not retransmitted.
     #[arg(long)]
     datagram: bool,
@@ -219,6 +223,7 @@ fn build(args: &Args, seed: u64) -> anyhow::Result<Scenario> {
     }
     s.net.loss = args.loss;
     s.net.reliable = !args.datagram;
+    s.net.retransmit = args.retransmit_ms * MS;
     s.net.reorder = args.reorder;
     s.net.connect = (args.connect_trips > 0).then_some(Connect {
         trips: args.connect_trips,

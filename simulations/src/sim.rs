@@ -438,6 +438,8 @@ impl<A: Actor> Simulator<A> {
             Event::Restart(a) => {
                 self.mix(&[self.now, 5, u64::from(a)]);
                 if self.down.remove(&a) {
+                    // A peer that sent to it while it was down recorded a connection.
+                    self.connections.drop_all(a);
                     *self.lives.entry(a).or_insert(0) += 1;
                     let mut out = Outbox::default();
                     if let Some(actor) = self.actors.get_mut(&a) {

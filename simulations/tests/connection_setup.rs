@@ -1,8 +1,9 @@
 //! Connection set-up (calibration against the emulated WAN, docs/BENCHMARKS.md): with
 //! `net.connect` the first message between two nodes waits for their handshake, so on a
 //! lossless link with no jitter a DKG takes exactly `trips` one-way latencies longer than
-//! with links that exist from the start; later messages of the pair do not wait again. A
-//! lost SYN costs Linux's 1 s retransmission timeout; a run replays bit for bit.
+//! with links that exist from the start; later messages of the pair do not wait again. With
+//! loss the DKG still completes, later, and a run replays bit for bit. (What a lost handshake
+//! packet costs is tested in `simulations/src/connect.rs`.)
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
@@ -10,7 +11,7 @@ use tkms_simulations::{
     connect::Connect,
     invariants::dkg_agreement,
     scenario::{run_dkg, CeremonyRun, Scenario},
-    sim::{MS, SECOND},
+    sim::MS,
 };
 
 fn dkg(seed: u64, latency_ms: u64, loss: f64, connect: Option<Connect>) -> CeremonyRun {
@@ -42,22 +43,13 @@ fn the_first_message_of_each_pair_waits_for_the_handshake_and_only_the_first() {
 }
 
 #[test]
-fn a_lost_syn_costs_a_second_and_a_seed_replays() {
-    // Every handshake packet lost once at most: with loss this high some SYN is lost.
-    let syn_lost = Connect {
-        trips: 2,
-        syn_retransmit: SECOND,
-    };
+fn a_lossy_handshake_still_completes_and_a_seed_replays() {
     let open = dkg(7, 10, 0.0, None).completion().unwrap();
-    let lossy = dkg(7, 10, 0.3, Some(syn_lost));
-    assert!(
-        lossy.completion().unwrap() >= open + SECOND,
-        "{} µs",
-        lossy.completion().unwrap()
-    );
+    let lossy = dkg(7, 10, 0.1, Some(Connect::LIBP2P_TCP));
+    assert!(lossy.completion().unwrap() > open, "{lossy:?}");
     assert_eq!(
         lossy.trace,
-        dkg(7, 10, 0.3, Some(syn_lost)).trace,
+        dkg(7, 10, 0.1, Some(Connect::LIBP2P_TCP)).trace,
         "a seed replays bit for bit"
     );
 }
