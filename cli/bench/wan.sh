@@ -19,7 +19,7 @@ import glob, re, sys
 times = []
 for log in glob.glob(sys.argv[1] + "/node-*/node.log"):
     for line in open(log, errors="replace"):
-        m = re.search(r"ceremony finished\S* epoch\S*=\S*?%s\b.*elapsed\S*=\S*?([0-9.]+)(ms|µs|s)" % sys.argv[2],
+        m = re.search(r"ceremony finished epoch=%s\b.*elapsed=([0-9.]+)(ms|µs|s)" % sys.argv[2],
                       re.sub(r"\x1b\[[0-9;]*m", "", line))
         if m:
             times.append(float(m.group(1)) * {"ms": 1e-3, "µs": 1e-6, "s": 1}[m.group(2)])

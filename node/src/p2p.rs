@@ -133,7 +133,8 @@ impl P2p {
                 // Every ceremony message opens a stream; with multistream-select's V1 the
                 // message waited for the peer to confirm the protocol, one round trip more
                 // per message (three per DKG, on the WAN). Both ends speak the one protocol,
-                // so the message goes with the proposal (a peer without it resets the stream).
+                // so the message goes with the proposal (a peer without it answers `na`: an
+                // outbound failure, retried as any other).
                 c.with_idle_connection_timeout(Duration::from_secs(120))
                     .with_substream_upgrade_protocol_override(
                         libp2p::core::upgrade::Version::V1Lazy,

@@ -16,17 +16,20 @@ pub(super) struct Chain {
     /// The JSON-RPC URL the nodes and the manager use: the deployment's (loopback), or with
     /// `--netns` the host's address on the bridge, which every namespace reaches.
     pub(super) daemon_rpc_url: String,
+    /// How long the nodes' registry caches get to see a change.
+    catch_up: Duration,
 }
 
 /// Start anvil serving `chain_id` and deploy the registry: anvil's first development account
 /// owns it, the manager wallet publishes epochs, the development gateway and runner hold
-/// their roles. With `bridge` (`--netns`: the host's address on the bridge) anvil listens there
-/// too, so that the daemons in the namespaces reach it.
+/// their roles. With `bridge` (`--netns`: the host's address on the bridge, and the links'
+/// round trip) anvil listens there too, so that the daemons in the namespaces reach it.
 pub(super) async fn start_chain(
     chain_id: u64,
     keys: [&SigningKey; 3],
-    bridge: Option<Ipv4Addr>,
+    bridge: Option<(Ipv4Addr, Duration)>,
 ) -> Result<Chain> {
+    let (bridge, rtt) = (bridge.map(|b| b.0), bridge.map_or(Duration::ZERO, |b| b.1));
     let [wallet, gateway, runner] = keys;
     // On two addresses anvil picks a port for each unless given one: one port, free on all.
     let port = match bridge {
@@ -73,13 +76,16 @@ pub(super) async fn start_chain(
         anvil,
         deployment,
         daemon_rpc_url,
+        // A cache refresh is a few JSON-RPC calls in a row, each a round trip on a shaped link.
+        catch_up: CACHE_CATCH_UP + rtt * 10,
     })
 }
 
 /// Register every node (index, libp2p peer id, gRPC URL and libp2p address, node key), then
 /// give the nodes' registry caches time to see it: a node joins a ceremony only with members
 /// the registry lists.
-pub(super) async fn register_nodes(d: &Deployment, nodes: &[(Proc, TestnetNode)]) -> Result<()> {
+pub(super) async fn register_nodes(chain: &Chain, nodes: &[(Proc, TestnetNode)]) -> Result<()> {
+    let d = &chain.deployment;
     for (_, node) in nodes {
         let addr: libp2p::Multiaddr = node
             .p2p_addr
@@ -102,19 +108,20 @@ pub(super) async fn register_nodes(d: &Deployment, nodes: &[(Proc, TestnetNode)]
             .await
             .with_context(|| format!("registering node {}", node.index))?;
     }
-    tokio::time::sleep(CACHE_CATCH_UP).await;
+    tokio::time::sleep(chain.catch_up).await;
     Ok(())
 }
 
-/// How long the nodes' registry caches (polling every 250 ms) get to see a change.
+/// How long the nodes' registry caches (polling every 250 ms) get to see a change on loopback.
 pub(super) const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// The registry must publish the key the manager serves; then the nodes get time to see it.
 pub(super) async fn check_published(
-    d: &Deployment,
+    chain: &Chain,
     public: &serde_json::Value,
     mdir: &Path,
 ) -> Result<()> {
+    let d = &chain.deployment;
     let served = public["publicKey"]
         .as_str()
         .unwrap_or_default()
@@ -128,6 +135,6 @@ pub(super) async fn check_published(
             mdir.join("manager.log").display()
         ),
     }
-    tokio::time::sleep(CACHE_CATCH_UP).await;
+    tokio::time::sleep(chain.catch_up).await;
     Ok(())
 }

@@ -580,7 +580,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let dir = dir.canonicalize()?;
 
     let (network, mut ports, layout) = place(args, &dir, n)?;
-    let bridge = network.as_ref().map(|network| network.host);
+    let bridge = Network::chain_host(network.as_ref(), &args.network);
     // Whatever fails from here on removes the namespaces again (unless detached and up).
     let network_guard = NetworkGuard(network, dir.clone());
 
@@ -622,7 +622,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         deadline,
     )?;
     if let Some(chain) = &chain {
-        runtime.block_on(register_nodes(&chain.deployment, &nodes))?;
+        runtime.block_on(register_nodes(chain, &nodes))?;
     }
 
     let manager_url = format!("http://{}", layout.manager_listen);
@@ -649,7 +649,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         &mdir,
     ))?;
     if let Some(chain) = chain.as_ref().filter(|_| !public.is_null()) {
-        runtime.block_on(check_published(&chain.deployment, &public, &mdir))?;
+        runtime.block_on(check_published(chain, &public, &mdir))?;
     }
 
     let testnet = Testnet {

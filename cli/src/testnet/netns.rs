@@ -57,6 +57,23 @@ pub struct NetnsArgs {
     pub loss_pct: f64,
 }
 
+impl NetnsArgs {
+    /// The longest round trip between two namespaces: `rtt` plus the jitter of each way.
+    #[must_use]
+    pub fn longest_rtt(&self) -> Duration {
+        Duration::from_secs_f64((self.rtt_ms + 2.0 * self.jitter_ms).max(0.0) / 1000.0)
+    }
+}
+
+impl Network {
+    /// Where a local chain is reached from the namespaces of `network` (the host's address on
+    /// the bridge), with the longest round trip to it; none without namespaces.
+    #[must_use]
+    pub fn chain_host(network: Option<&Self>, args: &NetnsArgs) -> Option<(Ipv4Addr, Duration)> {
+        network.map(|n| (n.host, args.longest_rtt()))
+    }
+}
+
 /// One namespace of the testnet.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Namespace {
