@@ -23,11 +23,23 @@ use std::{
 use serde_json::Value;
 use tkms_e2e::{tkms, Cluster, Options};
 
-/// Round trip of every link, and loss of each direction, as the issue asks for CI.
-const RTT_MS: u64 = 50;
-/// Round trip of the DKG test's links.
-const DKG_RTT_MS: u64 = 150;
+/// Round trip of every link (50 ms, as the issue asks for CI; `WAN_RTT_MS` runs the same story
+/// at another, e.g. 20 or 150 for docs/BENCHMARKS.md), and loss of each direction.
+fn rtt_ms() -> u64 {
+    env_ms("WAN_RTT_MS", 50)
+}
+/// Round trip of the DKG test's links (`WAN_DKG_RTT_MS`, 150 ms by default).
+fn dkg_rtt_ms() -> u64 {
+    env_ms("WAN_DKG_RTT_MS", 150)
+}
 const LOSS_PCT: &str = "1";
+
+fn env_ms(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: milliseconds expected"))
+    })
+}
 
 /// Runs `tkms testnet down` when dropped: the namespaces go even if the test fails.
 struct Down(PathBuf);
@@ -117,6 +129,7 @@ async fn epochs_agree(cluster: &Cluster, epoch: u64, expect_reachable: usize, wi
 #[allow(clippy::too_many_lines)] // one cluster, one story told in order
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
+    let rtt_ms = rtt_ms();
     require_network_tools();
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
@@ -128,14 +141,14 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     }
     .arg("--netns")
     .arg("--rtt-ms")
-    .arg(RTT_MS.to_string())
+    .arg(rtt_ms.to_string())
     .arg("--loss-pct")
     .arg(LOSS_PCT);
     let cluster = Cluster::start(dir.path(), &options);
     let up = started.elapsed();
     let t = cluster.testnet().clone();
     let testnet = cluster.testnet_json();
-    eprintln!("up (5 namespaces, DKG at {RTT_MS} ms RTT): {up:.2?}");
+    eprintln!("up (5 namespaces, DKG at {rtt_ms} ms RTT): {up:.2?}");
     assert!(
         t.manager_url.starts_with("http://10.213."),
         "the manager is not in a namespace of its own: {}",
@@ -164,8 +177,8 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     let p50 = latencies[latencies.len() / 2];
     eprintln!("/v0/delegate through the tkms CLI: p50 {p50:.2?}");
     assert!(
-        p50 >= Duration::from_millis(RTT_MS * 3 / 2),
-        "a delegation took {p50:?}: the links are not shaped to {RTT_MS} ms"
+        p50 >= Duration::from_millis(rtt_ms * 3 / 2),
+        "a delegation took {p50:?}: the links are not shaped to {rtt_ms} ms"
     );
     assert_eq!(cli(&testnet, &["delegate"], &ct), b"across the WAN");
 
@@ -239,7 +252,7 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     let (status, body) = cluster.reshare(3, &four).await;
     assert_eq!(status, 200, "reshare without the partitioned node: {body}");
     eprintln!(
-        "reshare 5 -> 4 at {RTT_MS} ms RTT: {:.2?}",
+        "reshare 5 -> 4 at {rtt_ms} ms RTT: {:.2?}",
         started.elapsed()
     );
     let epoch = body["epoch"].as_u64().unwrap();
@@ -252,7 +265,7 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     let started = Instant::now();
     reshared_back_to_five(&cluster).await;
     eprintln!(
-        "reshare 4 -> 5 at {RTT_MS} ms RTT: {:.2?}",
+        "reshare 4 -> 5 at {rtt_ms} ms RTT: {:.2?}",
         started.elapsed()
     );
     assert_eq!(
@@ -271,7 +284,7 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
         tokio::join!(cluster.reshare(3, &all), cut_off_once_running(&data, 2));
     assert_eq!(status, 200, "reshare with node 2 cut off during it: {body}");
     eprintln!(
-        "reshare 5 -> 5 with node 2 cut off during it, at {RTT_MS} ms RTT: {:.2?}",
+        "reshare 5 -> 5 with node 2 cut off during it, at {rtt_ms} ms RTT: {:.2?}",
         started.elapsed()
     );
     assert_eq!(members(&body), [1, 3, 4, 5], "{body}");
@@ -292,6 +305,7 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
 /// deployment: the nodes and the manager reach anvil on the host through their shaped links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_heal() {
+    let dkg_rtt_ms = dkg_rtt_ms();
     require_network_tools();
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
@@ -302,7 +316,7 @@ async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_hea
     }
     .arg("--netns")
     .arg("--rtt-ms")
-    .arg(DKG_RTT_MS.to_string())
+    .arg(dkg_rtt_ms.to_string())
     .arg("--loss-pct")
     .arg(LOSS_PCT)
     .arg("--no-dkg");
@@ -316,7 +330,7 @@ async fn a_node_cut_off_during_the_dkg_is_left_out_and_reshared_in_after_the_hea
     );
     assert_eq!(status, 200, "DKG with node 2 cut off during it: {body}");
     eprintln!(
-        "DKG 3 of 5 with node 2 cut off during it, at {DKG_RTT_MS} ms RTT: {:.2?}",
+        "DKG 3 of 5 with node 2 cut off during it, at {dkg_rtt_ms} ms RTT: {:.2?}",
         started.elapsed()
     );
     assert_eq!(
