@@ -10,8 +10,8 @@ use tkms_proto::{node::v1 as pb, SignedRequest};
 use tokio::task::JoinSet;
 
 use super::{
-    record::node_key, Admin, AdminError, DroppedMember, EpochNode, EpochRecord, ManagerState,
-    NodeView,
+    reconcile::TIMED_OUT, record::node_key, Admin, AdminError, DroppedMember, EpochNode,
+    EpochRecord, ManagerState, NodeView,
 };
 
 /// The members of a finished ceremony holding a share, per (commitment, transcript hash).
@@ -28,6 +28,9 @@ type CeremonyAnswer = (
         tokio::time::error::Elapsed,
     >,
 );
+
+/// Surveys again of members that failed at once, before a ceremony is refused for them.
+const QUICK_RETRIES: usize = 3;
 
 /// Longest wait for members told of the committed epoch to end a stale ceremony.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
@@ -193,10 +196,29 @@ impl Admin {
         if urls.is_empty() {
             return Err(AdminError::Invalid("no nodes given".into()));
         }
-        let views = self.survey(urls).await;
+        let not_ready =
+            |v: &NodeView| !v.reachable || v.node_key.is_empty() || v.p2p_addr.is_empty();
+        let mut views = self.survey(urls).await;
+        // A node that failed at once (not a timeout) is asked again, on a new channel: a
+        // connection attempt begun while it was cut off fails after the heal (seen across 20 ms
+        // links: "not ready: … (transport error)" right after a heal), and a ceremony needs
+        // every member.
+        for _ in 0..QUICK_RETRIES {
+            let again: Vec<usize> = (0..views.len())
+                .filter(|&k| not_ready(&views[k]) && views[k].error.as_deref() != Some(TIMED_OUT))
+                .collect();
+            if again.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let urls_again: Vec<String> = again.iter().map(|&k| views[k].url.clone()).collect();
+            for (k, view) in again.into_iter().zip(self.survey(&urls_again).await) {
+                views[k] = view;
+            }
+        }
         let down: Vec<String> = views
             .iter()
-            .filter(|v| !v.reachable || v.node_key.is_empty() || v.p2p_addr.is_empty())
+            .filter(|v| not_ready(v))
             .map(|v| {
                 format!(
                     "{} ({})",
@@ -239,8 +261,16 @@ impl Admin {
                 .collect()
         };
         let stale = behind(&views);
-        if stale.is_empty() || !self.drained() {
+        if stale.is_empty() {
             return Ok(views);
+        }
+        // Telling a node of the commit erases its superseded share, which waits until the old
+        // epoch's requests have drained; `drained` gives up on them after its limit, so this
+        // ends. (Skipping the catch-up instead left the member in its stale ceremony, and the
+        // reshare dropped it: "another ceremony is in progress on this node", seen when the
+        // reshare came soon after the commit, across 20 ms links.)
+        while !self.drained() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for url in &stale {
             tracing::info!(url, epoch = current.epoch, "a member still runs a ceremony the others finished: telling it of the committed epoch");

@@ -82,16 +82,11 @@ pub struct Admin {
     tls: ManagerTls,
     /// Status channels per node URL, kept across reconciliations.
     clients: Mutex<HashMap<String, NodeClient<Channel>>>,
-    /// Channels pinned to a node key, per node URL and key, kept across ceremonies: a new one
-    /// costs a TCP and a TLS handshake (two round trips across a WAN) before each call.
-    pinned: Mutex<HashMap<PinnedId, NodeClient<Channel>>>,
+
     /// Clusters replaced by a commit, until their requests drain.
     retiring: Mutex<Vec<(Arc<Cluster>, Instant)>>,
     health: Mutex<Option<ClusterHealth>>,
 }
-
-/// A pinned channel's node URL and node key (encoded).
-type PinnedId = (String, Vec<u8>);
 
 /// Longest wait for an epoch's publication to be mined.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -128,7 +123,6 @@ impl Admin {
             batching: Batching::default(),
             tls,
             clients: Mutex::new(HashMap::new()),
-            pinned: Mutex::new(HashMap::new()),
             retiring: Mutex::new(Vec::new()),
             health: Mutex::new(None),
         })
@@ -254,21 +248,19 @@ impl Admin {
         Ok(client)
     }
 
-    /// A client that accepts only the node holding `key`, reused across calls.
+    /// A client that accepts only the node holding `key`. A new channel per call: one kept
+    /// across calls was tried (two round trips less per ceremony across a WAN), but after a
+    /// partition its connection attempt, begun while the node was cut off, sat in TCP's SYN
+    /// backoff past the heal, and the commit that should have ended the node's stale
+    /// ceremony timed out: the next reshare dropped the node.
     fn pinned_client(
         &self,
         url: &str,
         key: &Encoded<S>,
     ) -> Result<NodeClient<Channel>, AdminError> {
-        let id = (url.to_string(), key.bytes().to_vec());
-        if let Some(client) = lock(&self.pinned).get(&id) {
-            return Ok(client.clone());
-        }
         let tls = ManagerTls::pinned(&self.manager_key, key)
             .map_err(|e| AdminError::Node(format!("{url}: {e}")))?;
-        let client = Self::client_with(&tls, url, self.timeout)?;
-        lock(&self.pinned).insert(id, client.clone());
-        Ok(client)
+        Self::client_with(&tls, url, self.timeout)
     }
 
     fn client_with(

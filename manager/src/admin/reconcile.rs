@@ -27,6 +27,9 @@ use super::{
     EpochRecord, ManagerState, NodeView, RECONCILE_INTERVAL,
 };
 
+/// A survey's error when a node did not answer within the node timeout.
+pub(super) const TIMED_OUT: &str = "timed out";
+
 impl Admin {
     /// Ask every node in `urls` for its status, concurrently.
     pub async fn survey(&self, urls: &[String]) -> Vec<NodeView> {
@@ -39,7 +42,7 @@ impl Admin {
                     Err(e) => Err(e.to_string()),
                     Ok(mut c) => {
                         match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
-                            Err(_) => Err("timed out".to_string()),
+                            Err(_) => Err(TIMED_OUT.to_string()),
                             Ok(Err(s)) => Err(s.message().to_string()),
                             Ok(Ok(r)) => Ok(r.into_inner()),
                         }
@@ -57,6 +60,13 @@ impl Admin {
             views.push((k, view));
         }
         views.sort_by_key(|(k, _)| *k);
+        // A channel whose call failed at once is dialed anew next time (a reconnection begun
+        // during a partition can fail after the heal).
+        for (_, v) in &views {
+            if v.error.as_deref().is_some_and(|e| e != TIMED_OUT) {
+                lock(&self.clients).remove(&v.url);
+            }
+        }
         views.into_iter().map(|(_, v)| v).collect()
     }
 
