@@ -376,15 +376,17 @@ fn link(data: &Path, verb: &str, node: u16) {
 /// and a reshare, down to a few round trips across the WAN, could finish before the cut.
 async fn cut_off_once_running(data: &Path, node: u16) {
     let log = data.join(format!("node-{node}")).join("node.log");
-    let started = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("ceremony started")
-            .count()
+    // Counted over the raw bytes (a read may end inside a character being written); a failed
+    // read counts as no change.
+    let needle: &[u8] = b"ceremony started";
+    let started = |previous: usize| {
+        std::fs::read(&log).map_or(previous, |bytes| {
+            bytes.windows(needle.len()).filter(|w| *w == needle).count()
+        })
     };
-    let before = started();
+    let before = started(0);
     let since = Instant::now();
-    while started() == before {
+    while started(before) == before {
         assert!(
             since.elapsed() < Duration::from_secs(30),
             "node {node} never started the ceremony (see {})",

@@ -205,7 +205,7 @@ impl Admin {
         // every member.
         for _ in 0..QUICK_RETRIES {
             let again: Vec<usize> = (0..views.len())
-                .filter(|&k| not_ready(&views[k]) && views[k].error.as_deref() != Some(TIMED_OUT))
+                .filter(|&k| views[k].error.as_deref().is_some_and(|e| e != TIMED_OUT))
                 .collect();
             if again.is_empty() {
                 break;
@@ -242,7 +242,9 @@ impl Admin {
     /// were cut off from it) are told of the committed epoch first, which ends that ceremony at
     /// once (they check for it every half second), and the members are surveyed again; without
     /// this, a node healed just before a reshare stays busy until its ceremony times out and
-    /// is dropped from the new committee too. Waits at most [`CATCH_UP_WAIT`].
+    /// is dropped from the new committee too. Telling them waits for the old epoch's requests
+    /// to drain (at most 3 node timeouts + 1 s after the last commit, the limit of
+    /// `drained`); then it waits at most [`CATCH_UP_WAIT`] for their ceremonies to end.
     async fn catch_up(
         &self,
         urls: &[String],
