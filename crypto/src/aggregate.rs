@@ -32,9 +32,10 @@ use crate::{
     dst,
     error::{EncodingError, Error},
     hash::hash_to_scalar,
+    msm::msm_vartime,
     secret::SecretScalar,
     shamir::{KeyShare, NodeIndex, PublicKeySet},
-    suite::{msm_vartime, Encoded, Suite, POINT_LEN, UNCOMPRESSED_POINT_LEN},
+    suite::{Encoded, Suite, POINT_LEN, UNCOMPRESSED_POINT_LEN},
 };
 
 /// Encoded aggregate proof length: `index(2) || T1(33) || T2(33) || z(32)`.

@@ -12,8 +12,8 @@ use crate::{
     ecies,
     error::Error,
     secret::SharedSecret,
-    shamir::{lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet},
-    suite::{msm_vartime, Encoded, Suite, POINT_LEN},
+    shamir::{KeyShare, NodeIndex, PublicKeySet, ZeroInterpolation},
+    suite::{Encoded, Suite, POINT_LEN},
 };
 
 /// What a partial is bound to: the key epoch, a request id, and the ephemeral key `K`.
@@ -296,14 +296,8 @@ pub fn combine_point<S: Suite>(
         return Err(Error::MixedRequests);
     }
     let indices: Vec<NodeIndex> = chosen.iter().map(|p| p.index).collect();
-    let lambdas = lagrange_coefficients::<S>(&indices)?;
-    let terms: Vec<_> = chosen
-        .iter()
-        .zip(lambdas)
-        .map(|(p, l)| (p.partial, l))
-        .collect();
-    // The partials and the Lagrange weights are public: a variable-time MSM is safe.
-    Ok(msm_vartime::<S>(&terms))
+    // The partials and the Lagrange weights are public: variable-time arithmetic is safe.
+    Ok(ZeroInterpolation::<S>::new(&indices)?.apply(chosen.iter().map(|p| p.partial)))
 }
 
 /// The first `threshold` items with distinct indices, or an error if there are fewer.

@@ -18,8 +18,9 @@ use crate::{
     dst,
     error::EncodingError,
     hash::hash_to_scalar,
+    msm::msm_vartime,
     secret::SecretScalar,
-    suite::{msm_vartime, Encoded, Suite, POINT_LEN, SCALAR_LEN},
+    suite::{Encoded, Suite, POINT_LEN, SCALAR_LEN},
 };
 
 /// Encoded proof length: `T1(33) || T2(33) || z(32)`.

@@ -59,6 +59,7 @@ pub mod handover;
 pub mod hash;
 mod index;
 mod libsecp;
+pub mod msm;
 pub mod pre;
 pub mod schnorr;
 pub mod secret;

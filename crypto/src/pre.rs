@@ -18,9 +18,10 @@ use crate::{
     ecies::{self, Ciphertext},
     error::Error,
     hash::hash_to_scalar,
+    msm::msm_vartime,
     secret::{SecretScalar, SharedSecret},
-    shamir::{lagrange_coefficients, KeyShare, NodeIndex, PublicKeySet},
-    suite::{msm_vartime, Encoded, Suite, POINT_LEN, SCALAR_LEN},
+    shamir::{KeyShare, NodeIndex, PublicKeySet, ZeroInterpolation},
+    suite::{Encoded, Suite, POINT_LEN, SCALAR_LEN},
 };
 
 /// What a re-encryption partial is bound to: epoch, request id, capsule `K`, target `B`.
@@ -358,20 +359,10 @@ pub fn combine<S: Suite>(
         return Err(Error::MixedRequests);
     }
     let indices: Vec<NodeIndex> = chosen.iter().map(|p| p.index).collect();
-    let lambdas = lagrange_coefficients::<S>(&indices)?;
-    let r_terms: Vec<_> = chosen
-        .iter()
-        .zip(&lambdas)
-        .map(|(p, l)| (p.r, *l))
-        .collect();
-    let c_terms: Vec<_> = chosen
-        .iter()
-        .zip(&lambdas)
-        .map(|(p, l)| (p.c, *l))
-        .collect();
+    let interpolation = ZeroInterpolation::<S>::new(&indices)?;
     Ok(ReencryptedCapsule {
         ephemeral: *request.ephemeral(),
-        r: msm_vartime::<S>(&r_terms),
-        c: msm_vartime::<S>(&c_terms),
+        r: interpolation.apply(chosen.iter().map(|p| p.r)),
+        c: interpolation.apply(chosen.iter().map(|p| p.c)),
     })
 }

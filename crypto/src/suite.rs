@@ -447,129 +447,10 @@ impl<S: Suite> fmt::Debug for SecretScalar<S> {
     }
 }
 
-/// Variable-time multi-scalar multiplication `Σ s_i·P_i` (Straus' interleaved width-5 wNAF).
-///
-/// **Only for public scalars** (proof verification, Lagrange combination of public partials):
-/// its running time depends on the scalars. Secret scalars go through [`Suite::lincomb`].
-/// Small scalars (the 128-bit weights of batch verification) cost proportionally less.
-pub fn msm_vartime<S: Suite>(terms: &[(S::Point, S::Scalar)]) -> S::Point {
-    const WIDTH: u32 = 5;
-    const TABLE: usize = 1 << (WIDTH - 2); // odd multiples P, 3P, ..., 15P
-    let mut digits = Vec::with_capacity(terms.len());
-    let mut tables = Vec::with_capacity(terms.len());
-    let mut length = 0;
-    for (point, scalar) in terms {
-        let naf = wnaf(scalar.to_repr().as_ref(), WIDTH);
-        length = length.max(naf.len());
-        let double = point.double();
-        let mut table = [*point; TABLE];
-        for k in 1..TABLE {
-            table[k] = table[k - 1] + double;
-        }
-        digits.push(naf);
-        tables.push(table);
-    }
-    let mut acc = S::Point::identity();
-    for position in (0..length).rev() {
-        acc = acc.double();
-        for (naf, table) in digits.iter().zip(&tables) {
-            match naf.get(position).copied().unwrap_or(0) {
-                0 => {}
-                d if d > 0 => acc += table[usize::from(d.unsigned_abs()) / 2],
-                d => acc -= table[usize::from(d.unsigned_abs()) / 2],
-            }
-        }
-    }
-    acc
-}
-
-/// Width-`w` non-adjacent form of a big-endian integer, least significant digit first; every
-/// non-zero digit is odd with `|d| < 2^(w-1)`.
-fn wnaf(big_endian: &[u8], width: u32) -> Vec<i8> {
-    // Little-endian limbs with one spare limb for the carry.
-    let mut limbs = vec![0u64; big_endian.len().div_ceil(8) + 1];
-    for (k, byte) in big_endian.iter().rev().enumerate() {
-        limbs[k / 8] |= u64::from(*byte) << (8 * (k % 8));
-    }
-    let window = 1u64 << width;
-    let mut out = Vec::with_capacity(big_endian.len() * 8 + 1);
-    while limbs.iter().any(|l| *l != 0) {
-        let mut digit = 0i8;
-        if limbs[0] & 1 == 1 {
-            let low = limbs[0] % window;
-            if low >= window / 2 {
-                // digit = low - 2^w (negative): add 2^w - low to the number.
-                add_small(&mut limbs, window - low);
-                digit = -i8::try_from(window - low).unwrap_or(0);
-            } else {
-                limbs[0] -= low;
-                digit = i8::try_from(low).unwrap_or(0);
-            }
-        }
-        out.push(digit);
-        shift_right_one(&mut limbs);
-    }
-    out
-}
-
-fn add_small(limbs: &mut [u64], value: u64) {
-    let mut carry = value;
-    for limb in limbs.iter_mut() {
-        let (sum, overflow) = limb.overflowing_add(carry);
-        *limb = sum;
-        carry = u64::from(overflow);
-        if carry == 0 {
-            break;
-        }
-    }
-}
-
-fn shift_right_one(limbs: &mut [u64]) {
-    for k in 0..limbs.len() {
-        let next = limbs.get(k + 1).map_or(0, |l| l & 1);
-        limbs[k] = (limbs[k] >> 1) | (next << 63);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand_core::OsRng;
-
-    fn check<S: Suite>() {
-        for n in [0usize, 1, 2, 3, 7, 12] {
-            let terms: Vec<(S::Point, S::Scalar)> = (0..n)
-                .map(|_| {
-                    (
-                        S::mul_by_generator(&S::Scalar::random(&mut OsRng)),
-                        S::Scalar::random(&mut OsRng),
-                    )
-                })
-                .collect();
-            let expected = terms
-                .iter()
-                .fold(S::Point::identity(), |acc, (p, s)| acc + *p * s);
-            assert_eq!(msm_vartime::<S>(&terms), expected);
-            assert_eq!(S::lincomb(&terms), expected);
-        }
-        // Edge scalars: 0, 1, -1, 2^128, small.
-        let p = S::mul_by_generator(&S::Scalar::from(5u64));
-        for s in [
-            S::Scalar::ZERO,
-            S::Scalar::ONE,
-            -S::Scalar::ONE,
-            S::Scalar::from_u128(u128::MAX),
-            S::Scalar::from(31u64),
-        ] {
-            assert_eq!(msm_vartime::<S>(&[(p, s)]), p * s);
-        }
-    }
-
-    #[test]
-    fn msm_matches_naive() {
-        check::<Secp256k1>();
-        check::<P256>();
-    }
 
     /// libsecp256k1's secret multiplications give k256's points and encodings: random
     /// scalars and bases, and the edges -1 (`n - 1`) and 1, on the generator too.
@@ -634,17 +515,5 @@ mod tests {
         }
         all::<Secp256k1>();
         all::<P256>();
-    }
-
-    #[test]
-    fn wnaf_reconstructs() {
-        for value in [1u128, 15, 16, 17, 31, 0xdead_beef, u128::MAX] {
-            let naf = wnaf(&value.to_be_bytes(), 5);
-            let back = naf.iter().rev().fold(0i128, |acc, d| {
-                acc.wrapping_mul(2).wrapping_add(i128::from(*d))
-            });
-            assert_eq!(back.cast_unsigned(), value, "{value}");
-            assert!(naf.iter().all(|d| *d == 0 || (d % 2 != 0 && d.abs() < 16)));
-        }
     }
 }
