@@ -297,7 +297,8 @@ pub fn combine_point<S: Suite>(
     }
     let indices: Vec<NodeIndex> = chosen.iter().map(|p| p.index).collect();
     // The partials and the Lagrange weights are public: variable-time arithmetic is safe.
-    Ok(ZeroInterpolation::<S>::new(&indices)?.apply(chosen.iter().map(|p| p.partial)))
+    let points: Vec<S::Point> = chosen.iter().map(|p| p.partial).collect();
+    ZeroInterpolation::<S>::new(&indices)?.apply(&points)
 }
 
 /// The first `threshold` items with distinct indices, or an error if there are fewer.

@@ -42,6 +42,14 @@ pub enum Error {
     /// different epochs in one batch.
     #[error("partials belong to different requests")]
     MixedRequests,
+    /// Points to interpolate were not one per index of the set their weights were made for.
+    #[error("{points} points to interpolate over {indices} indices")]
+    InterpolationShape {
+        /// Points given.
+        points: usize,
+        /// Indices of the set.
+        indices: usize,
+    },
     /// A batch of partials does not match its requests: not one partial per request, or none.
     #[error("a batch of {partials} partials for {requests} requests")]
     BatchShape {

@@ -8,6 +8,8 @@ use elliptic_curve::{group::Group, PrimeField};
 use crate::suite::Suite;
 
 const WIDTH: u32 = 5;
+// wnaf's digits, |d| < 2^(w-1), must fit an i8.
+const _: () = assert!(WIDTH >= 2 && WIDTH <= 8);
 
 /// `Σ s_i·P_i` over field scalars. Short scalars (the 128-bit weights of batch verification)
 /// cost proportionally less.

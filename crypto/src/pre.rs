@@ -362,7 +362,7 @@ pub fn combine<S: Suite>(
     let interpolation = ZeroInterpolation::<S>::new(&indices)?;
     Ok(ReencryptedCapsule {
         ephemeral: *request.ephemeral(),
-        r: interpolation.apply(chosen.iter().map(|p| p.r)),
-        c: interpolation.apply(chosen.iter().map(|p| p.c)),
+        r: interpolation.apply(&chosen.iter().map(|p| p.r).collect::<Vec<_>>())?,
+        c: interpolation.apply(&chosen.iter().map(|p| p.c).collect::<Vec<_>>())?,
     })
 }

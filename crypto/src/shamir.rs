@@ -259,8 +259,8 @@ pub fn lagrange_coefficients<S: Suite>(set: &[NodeIndex]) -> Result<Vec<S::Scala
 /// `l = 1` (as for every set of consecutive indices from 1, `{1, 2, 3}`, `{2, 3, 4}`, ...).
 /// A full multi-scalar multiplication by the field weights costs about three times as much for
 /// `t = 3`. Only for **public** points (combining verified partials): the running time depends
-/// on the indices and the points. Sets whose integer weights do not fit 127 bits fall back
-/// to the field weights.
+/// on the indices and the points. Sets whose integer weights or the products that lead to
+/// them overflow 128-bit integers (large indices, large sets) use the field weights.
 pub struct ZeroInterpolation<S: Suite> {
     weights: Weights<S>,
 }
@@ -297,18 +297,34 @@ impl<S: Suite> ZeroInterpolation<S> {
         Ok(Self { weights })
     }
 
-    /// `Σ λ_i·P_i` for `points` in the order of the set given to [`ZeroInterpolation::new`].
-    pub fn apply(&self, points: impl IntoIterator<Item = S::Point>) -> S::Point {
-        match &self.weights {
+    /// `Σ λ_i·P_i` for `points` in the order of the set given to [`ZeroInterpolation::new`],
+    /// one point per index.
+    pub fn apply(&self, points: &[S::Point]) -> Result<S::Point, Error> {
+        let indices = match &self.weights {
+            Weights::Integer { numerators, .. } => numerators.len(),
+            Weights::Field(weights) => weights.len(),
+        };
+        if points.len() != indices {
+            return Err(Error::InterpolationShape {
+                points: points.len(),
+                indices,
+            });
+        }
+        Ok(match &self.weights {
             Weights::Integer {
                 numerators,
                 inverse_denominator,
             } => {
-                let terms: Vec<_> = points.into_iter().zip(numerators.iter().copied()).collect();
+                let terms: Vec<_> = points
+                    .iter()
+                    .copied()
+                    .zip(numerators.iter().copied())
+                    .collect();
                 let sum = msm_small::<S>(&terms);
                 match inverse_denominator {
-                    // libsecp256k1's ladder beats the variable-time wNAF here (37 against 56
-                    // µs, docs/BENCHMARKS.md), encoding included.
+                    // libsecp256k1's ladder beats k256's variable-time multiplication here (37
+                    // against 56 µs, encoding included: docs/BENCHMARKS.md, "What changed the
+                    // numbers").
                     Some(inverse) if !bool::from(sum.is_identity()) => {
                         *S::mul_secret(&Encoded::new(sum), inverse).point()
                     }
@@ -316,16 +332,20 @@ impl<S: Suite> ZeroInterpolation<S> {
                 }
             }
             Weights::Field(weights) => {
-                let terms: Vec<_> = points.into_iter().zip(weights.iter().copied()).collect();
+                let terms: Vec<_> = points
+                    .iter()
+                    .copied()
+                    .zip(weights.iter().copied())
+                    .collect();
                 msm_vartime::<S>(&terms)
             }
-        }
+        })
     }
 }
 
 /// The Lagrange weights at zero of `set` as integers over one positive common denominator,
-/// `λ_i = c_i / l` in lowest terms: `Some((c, l))`, or `None` if a product overflows (or two
-/// indices are equal).
+/// `λ_i = c_i / l` in lowest terms: `Some((c, l))`, or `None` if two indices are equal or any
+/// intermediate product (`Π x_j`, `Π (x_j - x_i)`, `l`, `c_i`) overflows 128-bit integers.
 fn integer_lagrange(set: &[NodeIndex]) -> Option<(Vec<i128>, u128)> {
     let xs: Vec<i128> = set.iter().map(|i| i128::from(i.get())).collect();
     // λ_i = p_i / q_i, reduced, q_i > 0.
@@ -527,10 +547,19 @@ mod tests {
             .iter()
             .map(|_| S::mul_by_generator(&S::Scalar::random(&mut OsRng)))
             .collect();
-        let lambdas = lagrange_coefficients::<S>(indices).unwrap();
-        let terms: Vec<_> = points.iter().copied().zip(lambdas).collect();
+        // Expected: one plain multiplication per point, by λ_i computed on its own.
+        let expected = indices
+            .iter()
+            .zip(&points)
+            .fold(S::Point::identity(), |acc, (i, p)| {
+                acc + *p * lagrange_coefficient::<S>(*i, indices).unwrap()
+            });
         let interpolation = ZeroInterpolation::<S>::new(indices).unwrap();
-        assert_eq!(interpolation.apply(points), msm_vartime::<S>(&terms));
+        assert_eq!(interpolation.apply(&points), Ok(expected));
+        assert!(matches!(
+            interpolation.apply(&points[1..]),
+            Err(Error::InterpolationShape { .. })
+        ));
     }
 
     #[test]
