@@ -109,13 +109,23 @@ fn wnaf(big_endian: &[u8], width: u32) -> Vec<i8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use elliptic_curve::Field;
     use proptest::prelude::*;
     use rand_core::OsRng;
 
     use super::*;
     use crate::{Secp256k1, P256};
+
+    /// A signed integer as a field scalar.
+    pub(crate) fn signed<S: Suite>(c: i128) -> S::Scalar {
+        let magnitude = S::Scalar::from_u128(c.unsigned_abs());
+        if c < 0 {
+            -magnitude
+        } else {
+            magnitude
+        }
+    }
 
     fn check<S: Suite>() {
         for n in [0usize, 1, 2, 3, 7, 12] {
@@ -153,17 +163,9 @@ mod tests {
             (-15, 16),
             (i128::MAX, i128::MIN + 1),
         ] {
-            let field = |c: i128| {
-                let magnitude = S::Scalar::from_u128(c.unsigned_abs());
-                if c < 0 {
-                    -magnitude
-                } else {
-                    magnitude
-                }
-            };
             assert_eq!(
                 msm_small::<S>(&[(p, a), (q, b)]),
-                p * field(a) + q * field(b),
+                p * signed::<S>(a) + q * signed::<S>(b),
                 "{a} {b}"
             );
         }

@@ -526,19 +526,10 @@ mod tests {
     use rand_core::OsRng;
 
     use super::*;
-    use crate::{Secp256k1, P256};
+    use crate::{msm::tests::signed, Secp256k1, P256};
 
     fn set(indices: &[u16]) -> Vec<NodeIndex> {
         indices.iter().filter_map(|i| NodeIndex::new(*i)).collect()
-    }
-
-    fn field<S: Suite>(c: i128) -> S::Scalar {
-        let magnitude = S::Scalar::from_u128(c.unsigned_abs());
-        if c < 0 {
-            -magnitude
-        } else {
-            magnitude
-        }
     }
 
     /// Interpolating at zero with the integer weights gives what the field weights give.
@@ -573,28 +564,24 @@ mod tests {
             let inverse =
                 Option::<k256::Scalar>::from(k256::Scalar::from_u128(l).invert()).unwrap();
             for (c, lambda) in numerators.iter().zip(&lambdas) {
-                assert_eq!(field::<Secp256k1>(*c) * inverse, *lambda, "{indices:?}");
+                assert_eq!(signed::<Secp256k1>(*c) * inverse, *lambda, "{indices:?}");
             }
             same_as_field_weights::<Secp256k1>(&indices);
             same_as_field_weights::<P256>(&indices);
         }
         // Consecutive sets need no multiplication at all; others one, by l⁻¹.
-        assert_eq!(
-            integer_lagrange(&set(&[1, 2, 3])),
-            Some((vec![3, -3, 1], 1))
-        );
-        assert_eq!(
-            integer_lagrange(&set(&[3, 4, 5])),
-            Some((vec![10, -15, 6], 1))
-        );
-        assert_eq!(
-            integer_lagrange(&set(&[1, 2, 5])),
-            Some((vec![15, -10, 1], 6))
-        );
-        assert_eq!(
-            integer_lagrange(&set(&[5, 2, 1])),
-            Some((vec![1, -10, 15], 6))
-        );
+        for (indices, expected) in [
+            (&[1u16, 2, 3], (vec![3i128, -3, 1], 1u128)),
+            (&[3, 4, 5], (vec![10, -15, 6], 1)),
+            (&[1, 2, 5], (vec![15, -10, 1], 6)),
+            (&[5, 2, 1], (vec![1, -10, 15], 6)),
+        ] {
+            assert_eq!(
+                integer_lagrange(&set(indices)),
+                Some(expected),
+                "{indices:?}"
+            );
+        }
     }
 
     #[test]
