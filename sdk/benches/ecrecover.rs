@@ -1,12 +1,15 @@
 //! `cargo bench -p tkms-sdk --bench ecrecover`: Ethereum signer recovery, alloy (k256:
-//! constant-time recovery, then a verification) against `tkms_sdk::ecrecover`.
+//! constant-time recovery, then a verification) against `tkms_sdk::ecrecover`; and the
+//! `/v0` EIP-712 digest every node and the manager compute per request, against alloy's
+//! generic `eip712_signing_hash`.
 
 #![allow(clippy::unwrap_used)] // benchmarks may panic on failure
 
 use alloy_primitives::{Signature, B256};
+use alloy_sol_types::SolStruct;
 use criterion::{criterion_group, criterion_main, Criterion};
 use k256::ecdsa::SigningKey;
-use tkms_sdk::ecrecover::recover_address;
+use tkms_sdk::{ecrecover::recover_address, nox};
 
 fn bench(c: &mut Criterion) {
     let key = SigningKey::from_bytes(&[5u8; 32].into()).unwrap();
@@ -19,6 +22,24 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("tkms_sdk::ecrecover::recover_address", |b| {
         b.iter(|| recover_address(&signature, &digest).unwrap());
+    });
+    group.finish();
+
+    // A compressed ephemeral key and an RSA-2048 SPKI, as hex strings of their real lengths.
+    let ephemeral = format!("0x02{}", "ab".repeat(32));
+    let target = format!("0x{}", "cd".repeat(294));
+    let mut group = c.benchmark_group("v0 authorization digest");
+    group.bench_function("alloy eip712_signing_hash", |b| {
+        b.iter(|| {
+            nox::DelegateAuthorization {
+                ephemeralPubKey: ephemeral.clone(),
+                targetPubKey: target.clone(),
+            }
+            .eip712_signing_hash(&nox::authorization_domain(421_614))
+        });
+    });
+    group.bench_function("tkms_sdk::nox::authorization_signing_hash", |b| {
+        b.iter(|| nox::authorization_signing_hash(421_614, &ephemeral, &target));
     });
     group.finish();
 }

@@ -43,9 +43,9 @@
 //!   prefix in `targetPubKey` (`0x0x…`, `0X…`) and in the signature (`Bearer 0x0x…`); that
 //!   accident is not reproduced.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::LazyLock};
 
-use alloy_primitives::{Address, Signature, B256, U256};
+use alloy_primitives::{keccak256, Address, Keccak256, Signature, B256, U256};
 use alloy_sol_types::{sol, Eip712Domain, SolStruct};
 use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
 use k256::ecdsa::SigningKey;
@@ -355,25 +355,87 @@ pub fn response_domain(chain_id: u64, salt: B256) -> Eip712Domain {
     )
 }
 
+/// What the two `/v0` EIP-712 digests need that no request changes, computed once: alloy's
+/// generic `eip712_signing_hash` recomputes the domain's type and field hashes and the
+/// struct's type hash (5 of the authorization digest's 13 Keccak permutations) and copies
+/// the strings on every call, and every node and the manager compute this digest per request.
+struct Eip712Constants {
+    /// `EIP712Domain(string name,string version,uint256 chainId)`.
+    domain_type: B256,
+    /// `EIP712Domain(string name,string version,uint256 chainId,bytes32 salt)`.
+    salted_domain_type: B256,
+    name: B256,
+    version: B256,
+    authorization_type: B256,
+    response_type: B256,
+}
+
+static EIP712: LazyLock<Eip712Constants> = LazyLock::new(|| Eip712Constants {
+    domain_type: authorization_domain(0).type_hash(),
+    salted_domain_type: response_domain(0, B256::ZERO).type_hash(),
+    name: keccak256(EIP712_DOMAIN_NAME),
+    version: keccak256(EIP712_DOMAIN_VERSION),
+    authorization_type: DelegateAuthorization {
+        ephemeralPubKey: String::new(),
+        targetPubKey: String::new(),
+    }
+    .eip712_type_hash(),
+    response_type: DelegateResponseProof {
+        encryptedSharedSecret: String::new(),
+    }
+    .eip712_type_hash(),
+});
+
+/// `keccak256(0x1901 ‖ domainSeparator ‖ hashStruct)` for a `{name, version, chainId[, salt]}`
+/// domain and a struct of string members (EIP-712: each string member encodes as its hash).
+fn signing_hash(chain_id: u64, salt: Option<B256>, struct_type: B256, members: &[&str]) -> B256 {
+    let c = &*EIP712;
+    let mut domain = Keccak256::new();
+    domain.update(if salt.is_some() {
+        c.salted_domain_type
+    } else {
+        c.domain_type
+    });
+    domain.update(c.name);
+    domain.update(c.version);
+    domain.update(U256::from(chain_id).to_be_bytes::<32>());
+    if let Some(salt) = salt {
+        domain.update(salt);
+    }
+    let mut message = Keccak256::new();
+    message.update(struct_type);
+    for member in members {
+        message.update(keccak256(member));
+    }
+    let mut digest = Keccak256::new();
+    digest.update([0x19, 0x01]);
+    digest.update(domain.finalize());
+    digest.update(message.finalize());
+    digest.finalize()
+}
+
 /// EIP-712 digest of `DelegateAuthorization{ephemeralPubKey, targetPubKey}` (NC §1.1).
 pub fn authorization_signing_hash(
     chain_id: u64,
     ephemeral_pub_key: &str,
     target_pub_key: &str,
 ) -> B256 {
-    DelegateAuthorization {
-        ephemeralPubKey: ephemeral_pub_key.to_owned(),
-        targetPubKey: target_pub_key.to_owned(),
-    }
-    .eip712_signing_hash(&authorization_domain(chain_id))
+    signing_hash(
+        chain_id,
+        None,
+        EIP712.authorization_type,
+        &[ephemeral_pub_key, target_pub_key],
+    )
 }
 
 /// EIP-712 digest of `DelegateResponseProof{encryptedSharedSecret}` (NC §1.2).
 pub fn response_signing_hash(chain_id: u64, salt: B256, encrypted_shared_secret: &str) -> B256 {
-    DelegateResponseProof {
-        encryptedSharedSecret: encrypted_shared_secret.to_owned(),
-    }
-    .eip712_signing_hash(&response_domain(chain_id, salt))
+    signing_hash(
+        chain_id,
+        Some(salt),
+        EIP712.response_type,
+        &[encrypted_shared_secret],
+    )
 }
 
 /// The gateway side: the `Authorization` header value (`Bearer 0x` + 130 lowercase hex,
@@ -692,4 +754,35 @@ pub(crate) fn strip_any_0x(value: &str) -> &str {
 /// Hex digits of either case, no prefix.
 pub(crate) fn decode_hex(digits: &str) -> Result<Vec<u8>, String> {
     hex::decode(digits).map_err(|e| format!("invalid hex: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The precomputed digests equal alloy's generic EIP-712 hashing (the known-answer
+        /// vectors from Nox are in manager/tests/nox.rs).
+        #[test]
+        fn digests_equal_alloys(
+            chain_id: u64,
+            salt: [u8; 32],
+            first in ".{0,200}",
+            second in ".{0,800}",
+        ) {
+            let authorization = DelegateAuthorization {
+                ephemeralPubKey: first.clone(),
+                targetPubKey: second.clone(),
+            }
+            .eip712_signing_hash(&authorization_domain(chain_id));
+            prop_assert_eq!(authorization_signing_hash(chain_id, &first, &second), authorization);
+            let salt = B256::from(salt);
+            let response = DelegateResponseProof {
+                encryptedSharedSecret: second.clone(),
+            }
+            .eip712_signing_hash(&response_domain(chain_id, salt));
+            prop_assert_eq!(response_signing_hash(chain_id, salt, &second), response);
+        }
+    }
 }

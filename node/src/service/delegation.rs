@@ -2,7 +2,7 @@
 //! requester), answered with `D_i = share_i·K` and its proof, alone or in a batch under one
 //! aggregated proof, split over the blocking pool.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use rand_core::OsRng;
 use tkms_crypto::{
@@ -132,33 +132,53 @@ struct BatchItem {
     wire: [u8; UNCOMPRESSED_POINT_LEN],
 }
 
-/// `work` over `items` split into one part per core on the blocking pool, so a batch keeps
-/// every core busy and no runtime worker is held; the results in item order.
-pub(super) async fn on_every_core<T, R>(
+/// The cores a batch is split over, read once: `available_parallelism` reads the cgroup's
+/// CPU quota files on every call (an `openat`, a `read` and a `statx` each).
+fn cores() -> usize {
+    static CORES: LazyLock<usize> = LazyLock::new(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    });
+    *CORES
+}
+
+/// `work` over `items` split into one part per core, then `finish` over the results in item
+/// order, all on the blocking pool so no runtime worker is held. The first part and `finish`
+/// run on one blocking thread, which waits there for the other parts: a batch costs one
+/// hand-off per extra core and one back to the runtime.
+pub(super) async fn on_every_core<T, R, F>(
     items: Vec<T>,
     work: impl Fn(&[T]) -> Vec<R> + Clone + Send + 'static,
-) -> Result<Vec<R>, tokio::task::JoinError>
+    finish: impl FnOnce(Vec<R>) -> F + Send + 'static,
+) -> Result<F, tokio::task::JoinError>
 where
     T: Send + 'static,
     R: Send + 'static,
+    F: Send + 'static,
 {
-    let parts = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let per_part = items.len().div_ceil(parts).max(1);
-    let mut tasks = Vec::with_capacity(parts);
+    let per_part = items.len().div_ceil(cores()).max(1);
     let mut items = items.into_iter();
+    let first: Vec<T> = items.by_ref().take(per_part).collect();
+    let mut others = Vec::new();
     loop {
         let part: Vec<T> = items.by_ref().take(per_part).collect();
         if part.is_empty() {
             break;
         }
         let work = work.clone();
-        tasks.push(tokio::task::spawn_blocking(move || work(&part)));
+        others.push(tokio::task::spawn_blocking(move || work(&part)));
     }
-    let mut results = Vec::new();
-    for task in tasks {
-        results.extend(task.await?);
-    }
-    Ok(results)
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut results = work(&first);
+        for part in others {
+            // A blocking-pool thread is outside the runtime's async context, so it may block;
+            // and the pool's queue is first in, first out, so the parts, queued before this
+            // task, already hold threads of their own: the wait cannot starve them.
+            results.extend(runtime.block_on(part)?);
+        }
+        Ok(finish(results))
+    })
+    .await?
 }
 
 /// A batch answered with one aggregated proof (docs/PROTOCOL.md §5.1): every item is checked
@@ -170,26 +190,14 @@ pub(super) async fn aggregated_batch(
     share: Arc<ActiveShare>,
     requests: Vec<pb::PartialDelegationRequest>,
 ) -> Result<pb::PartialDelegationBatchResponse, Status> {
-    let failed = |e: tokio::task::JoinError| Status::internal(format!("delegation task: {e}"));
-    let parts = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if requests.len() == 1 || parts == 1 {
-        let service = service.clone();
-        return tokio::task::spawn_blocking(move || {
-            let items = service.batch_partials(&share, &requests);
-            prove_batch(&share, &items)
-        })
-        .await
-        .map_err(failed);
-    }
-    let items = {
-        let (service, share) = (service.clone(), Arc::clone(&share));
-        on_every_core(requests, move |part| service.batch_partials(&share, part))
-            .await
-            .map_err(failed)?
-    };
-    tokio::task::spawn_blocking(move || prove_batch(&share, &items))
-        .await
-        .map_err(failed)
+    let (service, proving) = (service.clone(), Arc::clone(&share));
+    on_every_core(
+        requests,
+        move |part| service.batch_partials(&share, part),
+        move |items| prove_batch(&proving, &items),
+    )
+    .await
+    .map_err(|e| Status::internal(format!("delegation task: {e}")))
 }
 
 /// The answer to an aggregated batch: every answered item's `D_i` under one proof (each with

@@ -354,9 +354,11 @@ impl Node for NodeService {
         // More than one: split over the blocking pool, one part per core, so a batch keeps
         // every core busy and no runtime worker is held.
         let service = self.clone();
-        let results = on_every_core(requests, move |part| {
-            service.delegation_results(&share, part)
-        })
+        let results = on_every_core(
+            requests,
+            move |part| service.delegation_results(&share, part),
+            |results| results,
+        )
         .await
         .map_err(|e| Status::internal(format!("delegation partials task: {e}")))?;
         Ok(Response::new(pb::PartialDelegationBatchResponse {
