@@ -357,7 +357,7 @@ pub fn response_domain(chain_id: u64, salt: B256) -> Eip712Domain {
 
 /// What the two `/v0` EIP-712 digests need that no request changes, computed once: alloy's
 /// generic `eip712_signing_hash` recomputes the domain's type and field hashes and the
-/// struct's type hash (5 of the authorization digest's 13 Keccak permutations) and copies
+/// struct's type hash (4 of the authorization digest's 13 Keccak permutations) and copies
 /// the strings on every call, and every node and the manager compute this digest per request.
 struct Eip712Constants {
     /// `EIP712Domain(string name,string version,uint256 chainId)`.

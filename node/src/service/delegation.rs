@@ -2,7 +2,12 @@
 //! requester), answered with `D_i = share_i·K` and its proof, alone or in a batch under one
 //! aggregated proof, split over the blocking pool.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc, LazyLock, Mutex, PoisonError,
+};
+
+use tokio::sync::oneshot;
 
 use rand_core::OsRng;
 use tkms_crypto::{
@@ -132,8 +137,9 @@ struct BatchItem {
     wire: [u8; UNCOMPRESSED_POINT_LEN],
 }
 
-/// The cores a batch is split over, read once: `available_parallelism` reads the cgroup's
-/// CPU quota files on every call (an `openat`, a `read` and a `statx` each).
+/// The cores a batch is split over, read once for the life of the process (a CPU quota
+/// changed while it runs is not seen): `available_parallelism` reads the cgroup's CPU quota
+/// files on every call (an `openat`, a `read` and a `statx` each).
 fn cores() -> usize {
     static CORES: LazyLock<usize> = LazyLock::new(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
@@ -142,43 +148,83 @@ fn cores() -> usize {
 }
 
 /// `work` over `items` split into one part per core, then `finish` over the results in item
-/// order, all on the blocking pool so no runtime worker is held. The first part and `finish`
-/// run on one blocking thread, which waits there for the other parts: a batch costs one
-/// hand-off per extra core and one back to the runtime.
-pub(super) async fn on_every_core<T, R, F>(
+/// order, all on the blocking pool so no runtime worker is held. The part that ends last runs
+/// `finish` on its own thread: a batch costs one hand-off per part and one back, and no
+/// thread ever waits for another (so no order of the pool's queue can starve a part). If the
+/// caller is gone by then, `finish` is skipped; if a part panics, the call fails.
+pub(super) async fn on_every_core<T, R, F, Finish>(
     items: Vec<T>,
     work: impl Fn(&[T]) -> Vec<R> + Clone + Send + 'static,
-    finish: impl FnOnce(Vec<R>) -> F + Send + 'static,
-) -> Result<F, tokio::task::JoinError>
+    finish: Finish,
+) -> Result<F, Status>
 where
     T: Send + 'static,
     R: Send + 'static,
     F: Send + 'static,
+    Finish: FnOnce(Vec<R>) -> F + Send + 'static,
 {
     let per_part = items.len().div_ceil(cores()).max(1);
+    let mut parts = Vec::new();
     let mut items = items.into_iter();
-    let first: Vec<T> = items.by_ref().take(per_part).collect();
-    let mut others = Vec::new();
     loop {
         let part: Vec<T> = items.by_ref().take(per_part).collect();
         if part.is_empty() {
             break;
         }
-        let work = work.clone();
-        others.push(tokio::task::spawn_blocking(move || work(&part)));
+        parts.push(part);
     }
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let mut results = work(&first);
-        for part in others {
-            // A blocking-pool thread is outside the runtime's async context, so it may block;
-            // and the pool's queue is first in, first out, so the parts, queued before this
-            // task, already hold threads of their own: the wait cannot starve them.
-            results.extend(runtime.block_on(part)?);
+    let (answer, answered) = oneshot::channel();
+    let shared = Arc::new(Parts {
+        results: Mutex::new(parts.iter().map(|_| None).collect()),
+        remaining: AtomicUsize::new(parts.len()),
+        finish: Mutex::new(Some((finish, answer))),
+    });
+    for (k, part) in parts.into_iter().enumerate() {
+        let (work, shared) = (work.clone(), Arc::clone(&shared));
+        tokio::task::spawn_blocking(move || shared.done(k, work(&part)));
+    }
+    // The parts alone hold the sender now: if one panics, it is dropped unsent.
+    drop(shared);
+    answered
+        .await
+        .map_err(|_| Status::internal("a delegation task failed"))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The parts of one [`on_every_core`] call: their results as they end, and what the last
+/// one runs.
+struct Parts<R, F, Finish> {
+    results: Mutex<Vec<Option<Vec<R>>>>,
+    remaining: AtomicUsize,
+    finish: Mutex<Option<(Finish, oneshot::Sender<F>)>>,
+}
+
+impl<R, F, Finish: FnOnce(Vec<R>) -> F> Parts<R, F, Finish> {
+    /// Part `k` ended with `results`; the last part to end runs `finish` over all of them.
+    fn done(&self, k: usize, results: Vec<R>) {
+        if let Some(slot) = lock(&self.results).get_mut(k) {
+            *slot = Some(results);
         }
-        Ok(finish(results))
-    })
-    .await?
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let Some((finish, answer)) = lock(&self.finish).take() else {
+            return;
+        };
+        if answer.is_closed() {
+            return;
+        }
+        let all = std::mem::take(&mut *lock(&self.results))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        // The caller may have gone since: then nobody needs the answer.
+        let _ = answer.send(finish(all));
+    }
 }
 
 /// A batch answered with one aggregated proof (docs/PROTOCOL.md §5.1): every item is checked
@@ -197,7 +243,6 @@ pub(super) async fn aggregated_batch(
         move |items| prove_batch(&proving, &items),
     )
     .await
-    .map_err(|e| Status::internal(format!("delegation task: {e}")))
 }
 
 /// The answer to an aggregated batch: every answered item's `D_i` under one proof (each with
@@ -240,5 +285,46 @@ fn prove_batch(
         aggregate_proof: proof
             .map(|p| p.proof().to_bytes().to_vec())
             .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parts_end_in_item_order_and_finish_runs_once() {
+        let finished = Arc::new(AtomicUsize::new(0));
+        for n in 1..=9 {
+            let count = Arc::clone(&finished);
+            let out = on_every_core(
+                (0..n).collect::<Vec<u32>>(),
+                |part| part.iter().map(|x| x * 10).collect(),
+                move |all: Vec<u32>| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    all
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(out, (0..n).map(|x| x * 10).collect::<Vec<_>>());
+        }
+        assert_eq!(finished.load(Ordering::SeqCst), 9);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_part_fails_the_call() {
+        let result = on_every_core(
+            (0..8).collect::<Vec<u32>>(),
+            |part| {
+                assert!(!part.contains(&7), "a part fails");
+                part.to_vec()
+            },
+            |all: Vec<u32>| all,
+        )
+        .await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::Internal);
     }
 }

@@ -359,8 +359,7 @@ impl Node for NodeService {
             move |part| service.delegation_results(&share, part),
             |results| results,
         )
-        .await
-        .map_err(|e| Status::internal(format!("delegation partials task: {e}")))?;
+        .await?;
         Ok(Response::new(pb::PartialDelegationBatchResponse {
             results,
             aggregate_proof: Vec::new(),
