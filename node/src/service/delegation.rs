@@ -141,9 +141,8 @@ struct BatchItem {
 /// changed while it runs is not seen): `available_parallelism` reads the cgroup's CPU quota
 /// files on every call (an `openat`, a `read` and a `statx` each).
 fn cores() -> usize {
-    static CORES: LazyLock<usize> = LazyLock::new(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-    });
+    static CORES: LazyLock<usize> =
+        LazyLock::new(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     *CORES
 }
 
@@ -163,7 +162,24 @@ where
     F: Send + 'static,
     Finish: FnOnce(Vec<R>) -> F + Send + 'static,
 {
-    let per_part = items.len().div_ceil(cores()).max(1);
+    in_parts(cores(), items, work, finish).await
+}
+
+/// [`on_every_core`] with `items` split into at most `count` parts (at least one, even if
+/// `items` is empty).
+async fn in_parts<T, R, F, Finish>(
+    count: usize,
+    items: Vec<T>,
+    work: impl Fn(&[T]) -> Vec<R> + Clone + Send + 'static,
+    finish: Finish,
+) -> Result<F, Status>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Send + 'static,
+    Finish: FnOnce(Vec<R>) -> F + Send + 'static,
+{
+    let per_part = items.len().div_ceil(count.max(1)).max(1);
     let mut parts = Vec::new();
     let mut items = items.into_iter();
     loop {
@@ -172,6 +188,9 @@ where
             break;
         }
         parts.push(part);
+    }
+    if parts.is_empty() {
+        parts.push(Vec::new());
     }
     let (answer, answered) = oneshot::channel();
     let shared = Arc::new(Parts {
@@ -205,9 +224,7 @@ struct Parts<R, F, Finish> {
 impl<R, F, Finish: FnOnce(Vec<R>) -> F> Parts<R, F, Finish> {
     /// Part `k` ended with `results`; the last part to end runs `finish` over all of them.
     fn done(&self, k: usize, results: Vec<R>) {
-        if let Some(slot) = lock(&self.results).get_mut(k) {
-            *slot = Some(results);
-        }
+        lock(&self.results)[k] = Some(results);
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
@@ -290,41 +307,89 @@ fn prove_batch(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn parts_end_in_item_order_and_finish_runs_once() {
-        let finished = Arc::new(AtomicUsize::new(0));
-        for n in 1..=9 {
-            let count = Arc::clone(&finished);
-            let out = on_every_core(
-                (0..n).collect::<Vec<u32>>(),
-                |part| part.iter().map(|x| x * 10).collect(),
-                move |all: Vec<u32>| {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    all
-                },
-            )
+    /// `in_parts` with a deadline, so a call that never answers fails instead of hanging.
+    async fn bounded<F>(
+        call: impl std::future::Future<Output = Result<F, Status>>,
+    ) -> Result<F, Status> {
+        tokio::time::timeout(Duration::from_secs(10), call)
             .await
-            .unwrap();
-            assert_eq!(out, (0..n).map(|x| x * 10).collect::<Vec<_>>());
-        }
-        assert_eq!(finished.load(Ordering::SeqCst), 9);
+            .expect("the call answers")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_part_fails_the_call() {
-        let result = on_every_core(
+    async fn results_keep_item_order_whatever_order_the_parts_end_in() {
+        for count in 1..=4 {
+            for n in 0..=9u64 {
+                // Earlier parts take longer, so the parts end in reverse order.
+                let out = bounded(in_parts(
+                    count,
+                    (0..n).collect(),
+                    move |part: &[u64]| {
+                        let first = part.first().copied().unwrap_or(0);
+                        std::thread::sleep(Duration::from_millis(5 * (10 - first)));
+                        part.iter().map(|x| x * 10).collect()
+                    },
+                    |all: Vec<u64>| all,
+                ))
+                .await
+                .unwrap();
+                assert_eq!(
+                    out,
+                    (0..n).map(|x| x * 10).collect::<Vec<_>>(),
+                    "{count} parts"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_a_part_or_in_finish_fails_the_call() {
+        let part_fails = bounded(in_parts(
+            2,
             (0..8).collect::<Vec<u32>>(),
             |part| {
                 assert!(!part.contains(&7), "a part fails");
                 part.to_vec()
             },
             |all: Vec<u32>| all,
-        )
+        ))
         .await;
-        assert_eq!(result.unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(part_fails.unwrap_err().code(), tonic::Code::Internal);
+        let finish_fails = bounded(in_parts(
+            2,
+            (0..8).collect::<Vec<u32>>(),
+            <[u32]>::to_vec,
+            |_: Vec<u32>| -> Vec<u32> { panic!("finish fails") },
+        ))
+        .await;
+        assert_eq!(finish_fails.unwrap_err().code(), tonic::Code::Internal);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finish_is_skipped_once_the_caller_is_gone() {
+        let finished = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&finished);
+        let call = in_parts(
+            2,
+            (0..4).collect::<Vec<u32>>(),
+            |part| {
+                std::thread::sleep(Duration::from_millis(200));
+                part.to_vec()
+            },
+            move |all: Vec<u32>| {
+                count.fetch_add(1, Ordering::SeqCst);
+                all
+            },
+        );
+        // The caller gives up while the parts still run.
+        assert!(tokio::time::timeout(Duration::from_millis(50), call)
+            .await
+            .is_err());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 0);
     }
 }
