@@ -292,6 +292,12 @@ async fn a_cluster_across_namespaces_at_50ms_rtt_and_1pct_loss() {
     epochs_agree(&cluster, epoch, 4, Duration::from_secs(30)).await;
     link("heal", 2);
     reshared_back_to_five(&cluster).await;
+    // How node 2's stale ceremony ended: told of the commit by the manager's catch-up, or
+    // given up when the newer ceremony's start reached it first.
+    let log = std::fs::read_to_string(data.join("node-2").join("node.log")).unwrap_or_default();
+    for line in log.lines().filter(|l| l.contains("abandon")) {
+        eprintln!("node 2: {line}");
+    }
     assert_eq!(
         cli(&testnet, &["delegate", "--api", "v0"], &ct),
         b"across the WAN"

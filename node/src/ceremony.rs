@@ -11,7 +11,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -153,10 +156,19 @@ pub struct Ceremonies {
     routes: Mutex<Routes>,
     running: tokio::sync::Mutex<()>,
     current: Mutex<Option<&'static str>>,
+    /// The epoch of the ceremony in progress (0: none).
+    running_epoch: AtomicU64,
+    /// Ceremonies of this epoch or older end at their next check: the manager asked for a
+    /// newer one, so it is done with them.
+    abandon_through: AtomicU64,
 }
 
 /// How often a running ceremony checks whether its epoch was committed without it.
 const SUPERSEDED_CHECK: Duration = Duration::from_millis(500);
+
+/// How long the start of a newer ceremony waits for an abandoned older one to end (it
+/// checks every [`SUPERSEDED_CHECK`]).
+const SUPERSEDED_WAIT: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for Ceremonies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,6 +193,8 @@ impl Ceremonies {
             routes: Mutex::new(Routes::default()),
             running: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
+            running_epoch: AtomicU64::new(0),
+            abandon_through: AtomicU64::new(0),
         }
     }
 
@@ -225,12 +239,33 @@ impl Ceremonies {
     }
 
     /// Run the ceremony `spec` to its end at this node and store the new share.
+    ///
+    /// If a ceremony of an older epoch still runs here, it is abandoned and this one waits for
+    /// it to end (at most [`SUPERSEDED_WAIT`]): the manager runs one ceremony at a time and
+    /// signs every start, so a start of a newer epoch means it is done with the older one,
+    /// which this node may not know yet (it was cut off from its end, and the manager's
+    /// word that the epoch was committed may not have reached it first).
     pub async fn run(self: &Arc<Self>, spec: Spec) -> Result<Outcome, CeremonyError> {
-        let Ok(_busy) = self.running.try_lock() else {
-            return Err(CeremonyError::Precondition(
-                "another ceremony is in progress on this node".into(),
-            ));
+        let busy =
+            || CeremonyError::Precondition("another ceremony is in progress on this node".into());
+        let _busy = if let Ok(guard) = self.running.try_lock() {
+            guard
+        } else {
+            let running = self.running_epoch.load(Ordering::Acquire);
+            if running == 0 || running >= spec.epoch {
+                return Err(busy());
+            }
+            tracing::info!(
+                running,
+                epoch = spec.epoch,
+                "a newer ceremony is asked for: abandoning the one in progress"
+            );
+            self.abandon_through.fetch_max(running, Ordering::AcqRel);
+            tokio::time::timeout(SUPERSEDED_WAIT, self.running.lock())
+                .await
+                .map_err(|_| busy())?
         };
+        self.running_epoch.store(spec.epoch, Ordering::Release);
         let kind = if spec.previous.is_some() {
             "reshare"
         } else {
@@ -239,6 +274,7 @@ impl Ceremonies {
         *lock(&self.current) = Some(kind);
         let result = self.run_locked(spec).await;
         *lock(&self.current) = None;
+        self.running_epoch.store(0, Ordering::Release);
         result
     }
 
@@ -451,6 +487,11 @@ impl Ceremonies {
                 "no result after {:?}",
                 now - started
             )));
+        }
+        if self.abandon_through.load(Ordering::Acquire) >= epoch {
+            return Some(CeremonyError::Failed(
+                "the manager asked for a newer ceremony; this one abandoned".into(),
+            ));
         }
         let committed = self.epochs.committed();
         (committed >= epoch).then(|| {
