@@ -48,7 +48,7 @@ async fn a_start_of_a_newer_epoch_abandons_the_ceremony_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let vault = Arc::new(
         Vault::open(
-            &dir.path().join("vault.redb"),
+            dir.path().join("vault.redb"),
             &StaticPassword::new("ceremony test password"),
             KdfParams::insecure_for_tests(),
         )
