@@ -12,7 +12,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -156,11 +156,25 @@ pub struct Ceremonies {
     routes: Mutex<Routes>,
     running: tokio::sync::Mutex<()>,
     current: Mutex<Option<&'static str>>,
-    /// The epoch of the ceremony in progress (0: none).
-    running_epoch: AtomicU64,
-    /// Ceremonies of this epoch or older end at their next check: the manager asked for a
-    /// newer one, so it is done with them.
-    abandon_through: AtomicU64,
+    /// The ceremony in progress once its epoch has begun here.
+    in_flight: Mutex<Option<InFlight>>,
+}
+
+/// A ceremony in progress: its epoch, and the flag a start of a newer one raises to end it
+/// at its next check.
+struct InFlight {
+    epoch: u64,
+    abandon: Arc<AtomicBool>,
+}
+
+/// Clears what [`Ceremonies::run`] records of its ceremony however it ends (a panic too).
+struct Running<'a>(&'a Ceremonies);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.current) = None;
+        *lock(&self.0.in_flight) = None;
+    }
 }
 
 /// How often a running ceremony checks whether its epoch was committed without it.
@@ -193,8 +207,7 @@ impl Ceremonies {
             routes: Mutex::new(Routes::default()),
             running: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
-            running_epoch: AtomicU64::new(0),
-            abandon_through: AtomicU64::new(0),
+            in_flight: Mutex::new(None),
         }
     }
 
@@ -240,42 +253,50 @@ impl Ceremonies {
 
     /// Run the ceremony `spec` to its end at this node and store the new share.
     ///
-    /// If a ceremony of an older epoch still runs here, it is abandoned and this one waits for
-    /// it to end (at most [`SUPERSEDED_WAIT`]): the manager runs one ceremony at a time and
-    /// signs every start, so a start of a newer epoch means it is done with the older one,
-    /// which this node may not know yet (it was cut off from its end, and the manager's
-    /// word that the epoch was committed may not have reached it first).
+    /// If a ceremony of an older epoch still runs here, and this node would take part in
+    /// `spec`, the older one is abandoned and this one waits for it to end (at most
+    /// [`SUPERSEDED_WAIT`]): the manager runs one ceremony at a time and signs every start,
+    /// so a start of a newer epoch means it is done with the older one, which this node may
+    /// not know yet (it was cut off from its end, and the manager's word that the epoch was
+    /// committed may not have reached it first). This assumes one active manager: of two
+    /// run at once, the later one's ceremonies would end the earlier one's here.
     pub async fn run(self: &Arc<Self>, spec: Spec) -> Result<Outcome, CeremonyError> {
-        let busy =
-            || CeremonyError::Precondition("another ceremony is in progress on this node".into());
         let _busy = if let Ok(guard) = self.running.try_lock() {
             guard
         } else {
-            let running = self.running_epoch.load(Ordering::Acquire);
-            if running == 0 || running >= spec.epoch {
-                return Err(busy());
-            }
+            let older = lock(&self.in_flight)
+                .as_ref()
+                .filter(|f| f.epoch < spec.epoch)
+                .map(|f| (f.epoch, Arc::clone(&f.abandon)));
+            let Some((running, abandon)) = older else {
+                return Err(CeremonyError::Precondition(
+                    "another ceremony is in progress on this node".into(),
+                ));
+            };
+            // A start this node would refuse anyway leaves the running one alone.
+            self.plan(&spec)?;
             tracing::info!(
                 running,
                 epoch = spec.epoch,
                 "a newer ceremony is asked for: abandoning the one in progress"
             );
-            self.abandon_through.fetch_max(running, Ordering::AcqRel);
+            abandon.store(true, Ordering::Release);
             tokio::time::timeout(SUPERSEDED_WAIT, self.running.lock())
                 .await
-                .map_err(|_| busy())?
+                .map_err(|_| {
+                    CeremonyError::Precondition(format!(
+                        "the ceremony of epoch {running} in progress on this node did not end within {SUPERSEDED_WAIT:?}"
+                    ))
+                })?
         };
-        self.running_epoch.store(spec.epoch, Ordering::Release);
+        let _running = Running(self);
         let kind = if spec.previous.is_some() {
             "reshare"
         } else {
             "dkg"
         };
         *lock(&self.current) = Some(kind);
-        let result = self.run_locked(spec).await;
-        *lock(&self.current) = None;
-        self.running_epoch.store(0, Ordering::Release);
-        result
+        self.run_locked(spec).await
     }
 
     /// Check the request against this node's state and build the ceremony's configuration.
@@ -365,6 +386,22 @@ impl Ceremonies {
         })
     }
 
+    /// Begin `epoch` at this node (epochs only move forward, and a number is never used
+    /// twice: recorded durably) and record it as the ceremony in progress: the flag returned
+    /// is raised when a newer one is asked for.
+    fn begin(&self, epoch: u64) -> Result<Arc<AtomicBool>, CeremonyError> {
+        self.epochs.begin_ceremony(epoch).map_err(|e| match e {
+            crate::epochs::EpochError::Vault(v) => CeremonyError::Vault(v.to_string()),
+            other => CeremonyError::Precondition(other.to_string()),
+        })?;
+        let abandon = Arc::new(AtomicBool::new(false));
+        *lock(&self.in_flight) = Some(InFlight {
+            epoch,
+            abandon: Arc::clone(&abandon),
+        });
+        Ok(abandon)
+    }
+
     async fn run_locked(self: &Arc<Self>, spec: Spec) -> Result<Outcome, CeremonyError> {
         let Plan {
             me,
@@ -373,13 +410,7 @@ impl Ceremonies {
             peers,
             addrs,
         } = self.plan(&spec)?;
-        // Epochs only move forward, and a number is never used twice (recorded durably).
-        self.epochs
-            .begin_ceremony(spec.epoch)
-            .map_err(|e| match e {
-                crate::epochs::EpochError::Vault(v) => CeremonyError::Vault(v.to_string()),
-                other => CeremonyError::Precondition(other.to_string()),
-            })?;
+        let abandon = self.begin(spec.epoch)?;
         let timeouts = Timeouts {
             round: spec.round_timeout,
             ..Timeouts::default()
@@ -427,14 +458,14 @@ impl Ceremonies {
                         break Err(CeremonyError::Failed("ceremony channel closed".into()));
                     };
                     // Checked here too: a stream of messages must not put it off.
-                    if let Some(end) = self.given_up(epoch, Instant::now(), started, deadline) {
+                    if let Some(end) = self.given_up(epoch, &abandon, Instant::now(), started, deadline) {
                         break Err(end);
                     }
                     participant.on_message(started.elapsed(), from, msg, &mut OsRng, &mut actions);
                 }
                 () = tokio::time::sleep_until(next) => {
                     let now = Instant::now();
-                    if let Some(end) = self.given_up(epoch, now, started, deadline) {
+                    if let Some(end) = self.given_up(epoch, &abandon, now, started, deadline) {
                         break Err(end);
                     }
                     let (due, later): (Vec<_>, Vec<_>) = timers.drain(..).partition(|(at, _)| *at <= now);
@@ -472,12 +503,14 @@ impl Ceremonies {
     }
 
     /// Why the ceremony of `epoch` (started at `started`) ends unfinished at `now`, if it does:
-    /// its deadline passed, or the committee finished without this node (it was cut off), so
+    /// its deadline passed; or the manager asked for a newer one (`abandon`, see
+    /// [`Ceremonies::run`]) or the committee finished without this node (it was cut off), so
     /// nothing it makes can be committed and it would only hold the node busy, and out of the
     /// next ceremony, until its deadline.
     fn given_up(
         &self,
         epoch: u64,
+        abandon: &AtomicBool,
         now: Instant,
         started: Instant,
         deadline: Instant,
@@ -488,7 +521,7 @@ impl Ceremonies {
                 now - started
             )));
         }
-        if self.abandon_through.load(Ordering::Acquire) >= epoch {
+        if abandon.load(Ordering::Acquire) {
             return Some(CeremonyError::Failed(
                 "the manager asked for a newer ceremony; this one abandoned".into(),
             ));

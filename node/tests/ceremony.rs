@@ -3,7 +3,8 @@
 //! reached it (docs/RELIABILITY.md, "A member cut off in the middle of a reshare"). The older
 //! one is abandoned and the newer one starts, instead of the node answering "another ceremony
 //! is in progress on this node" and being dropped from the new committee. A start of the
-//! same epoch, or an older one, is still refused while one runs.
+//! same epoch, or an older one, or of one this node is not part of, is still refused while
+//! one runs, and leaves it running.
 
 #![allow(clippy::unwrap_used)] // tests may panic on failure
 
@@ -91,7 +92,8 @@ async fn a_start_of_a_newer_epoch_abandons_the_ceremony_in_progress() {
     })
     .await;
 
-    // The same epoch, or an older one, is refused at once while it runs.
+    // The same epoch, or an older one, is refused at once while it runs; so is a newer one
+    // this node is not part of.
     for epoch in [2, 3] {
         let refused = ceremonies.run(dkg(epoch, &me, &silent)).await;
         assert!(
@@ -99,6 +101,17 @@ async fn a_start_of_a_newer_epoch_abandons_the_ceremony_in_progress() {
             "epoch {epoch}: {refused:?}"
         );
     }
+    let stranger = Member {
+        node_key: Encoded::new(SecretScalar::<S>::random(&mut OsRng).public_point()),
+        ..me.clone()
+    };
+    let refused = ceremonies.run(dkg(5, &stranger, &silent)).await;
+    assert!(
+        matches!(&refused, Err(CeremonyError::Precondition(m)) if m.contains("not in the ceremony's committee")),
+        "{refused:?}"
+    );
+    // Longer than a ceremony's check interval (500 ms): a refused start left it alone.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(
         !older.is_finished(),
         "a refused start leaves the running one alone"
