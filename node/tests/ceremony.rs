@@ -105,7 +105,20 @@ async fn a_start_of_a_newer_epoch_abandons_the_ceremony_in_progress() {
         node_key: Encoded::new(SecretScalar::<S>::random(&mut OsRng).public_point()),
         ..me.clone()
     };
-    let refused = ceremonies.run(dkg(5, &stranger, &silent)).await;
+    // Until the running ceremony has begun its epoch (a vault write after `in_progress` shows
+    // it), any start is refused as busy; after, this one is checked and refused on its own.
+    let since = tokio::time::Instant::now();
+    let refused = loop {
+        let refused = ceremonies.run(dkg(5, &stranger, &silent)).await;
+        match &refused {
+            Err(CeremonyError::Precondition(m))
+                if m.contains("another ceremony") && since.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => break refused,
+        }
+    };
     assert!(
         matches!(&refused, Err(CeremonyError::Precondition(m)) if m.contains("not in the ceremony's committee")),
         "{refused:?}"
