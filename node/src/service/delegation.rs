@@ -140,34 +140,19 @@ struct BatchItem {
 /// The cores a batch is split over, read once for the life of the process (a CPU quota
 /// changed while it runs is not seen): `available_parallelism` reads the cgroup's CPU quota
 /// files on every call (an `openat`, a `read` and a `statx` each).
-fn cores() -> usize {
+pub(super) fn cores() -> usize {
     static CORES: LazyLock<usize> =
         LazyLock::new(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     *CORES
 }
 
-/// `work` over `items` split into one part per core, then `finish` over the results in item
-/// order, all on the blocking pool so no runtime worker is held. The part that ends last runs
-/// `finish` on its own thread: a batch costs one hand-off per part and one back, and no
-/// thread ever waits for another (so no order of the pool's queue can starve a part). If the
-/// caller is gone by then, `finish` is skipped; if a part panics, the call fails.
-pub(super) async fn on_every_core<T, R, F, Finish>(
-    items: Vec<T>,
-    work: impl Fn(&[T]) -> Vec<R> + Clone + Send + 'static,
-    finish: Finish,
-) -> Result<F, Status>
-where
-    T: Send + 'static,
-    R: Send + 'static,
-    F: Send + 'static,
-    Finish: FnOnce(Vec<R>) -> F + Send + 'static,
-{
-    in_parts(cores(), items, work, finish).await
-}
-
-/// [`on_every_core`] with `items` split into at most `count` parts (at least one, even if
-/// `items` is empty).
-async fn in_parts<T, R, F, Finish>(
+/// `work` over `items` split into at most `count` parts (one per core: [`cores`]; at least
+/// one, even if `items` is empty), then `finish` over the results in item order, all on the
+/// blocking pool so no runtime worker is held. The part that ends last runs `finish` on its
+/// own thread: a batch costs one hand-off per part and one back, and no thread ever waits for
+/// another (so no order of the pool's queue can starve a part). If the caller is gone by
+/// then, `finish` is skipped; if a part panics, the call fails.
+pub(super) async fn in_parts<T, R, F, Finish>(
     count: usize,
     items: Vec<T>,
     work: impl Fn(&[T]) -> Vec<R> + Clone + Send + 'static,
@@ -213,7 +198,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The parts of one [`on_every_core`] call: their results as they end, and what the last
+/// The parts of one [`in_parts`] call: their results as they end, and what the last
 /// one runs.
 struct Parts<R, F, Finish> {
     results: Mutex<Vec<Option<Vec<R>>>>,
@@ -254,7 +239,8 @@ pub(super) async fn aggregated_batch(
     requests: Vec<pb::PartialDelegationRequest>,
 ) -> Result<pb::PartialDelegationBatchResponse, Status> {
     let (service, proving) = (service.clone(), Arc::clone(&share));
-    on_every_core(
+    in_parts(
+        cores(),
         requests,
         move |part| service.batch_partials(&share, part),
         move |items| prove_batch(&proving, &items),

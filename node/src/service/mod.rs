@@ -39,7 +39,7 @@ mod registry;
 mod requester;
 
 use self::{
-    delegation::{aggregated_batch, on_every_core},
+    delegation::{aggregated_batch, cores, in_parts},
     requester::Operation,
 };
 
@@ -354,7 +354,8 @@ impl Node for NodeService {
         // More than one: split over the blocking pool, one part per core, so a batch keeps
         // every core busy and no runtime worker is held.
         let service = self.clone();
-        let results = on_every_core(
+        let results = in_parts(
+            cores(),
             requests,
             move |part| service.delegation_results(&share, part),
             |results| results,
